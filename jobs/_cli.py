@@ -1,0 +1,60 @@
+"""What every job shares: command line -> validated config, Ray start-up, and clean user errors."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable
+
+from sa_ray.config import Config, ConfigError, load_config
+
+DEFAULT_CONFIG = "configs/tiny.yaml"
+
+
+def parse(argv: list[str] | None, description: str) -> tuple[Config, argparse.Namespace]:
+    ap = argparse.ArgumentParser(description=description, epilog="Overrides: dotted.key=value, e.g. "
+                                 "codec.n_codebooks=8 corpus.max_utterances=200")
+    ap.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
+    ap.add_argument("--run-id", default=None, help="MLflow run id to resume")
+    ap.add_argument("overrides", nargs="*", help="dotted.key=value")
+    args = ap.parse_args(argv)
+    return load_config(args.config, args.overrides), args
+
+
+def init_ray(cfg: Config) -> None:
+    """Joins the cluster a job was submitted to (RAY_ADDRESS), the configured one, or starts a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def _user_error(exc: BaseException) -> str | None:
+    """The message of a foreseeable mistake, also when Ray wrapped it on its way from a worker."""
+    from sa_ray.corpus.voices import VoiceError
+    from sa_ray.data.validate import BadInputError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (ConfigError, BadInputError, VoiceError, FileNotFoundError)):
+            return str(exc)
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
+
+
+def run(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
+    try:
+        main(argv)
+    except Exception as exc:  # noqa: BLE001 - anything unforeseen keeps its traceback
+        message = _user_error(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,44 @@
+"""Codecs behind one interface (`Codec`): the offline mel k-means codec and transformers' EnCodec/Mimi."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from sa_ray.codec.base import Codec
+from sa_ray.config import CodecConfig
+
+__all__ = ["Codec", "load_or_fit_codec", "load_codec"]
+
+
+def load_codec(cfg: CodecConfig, codec_dir: str | Path) -> Codec:
+    """The codec a prepared dataset was made with (mel_kmeans: its saved codebooks)."""
+    if cfg.kind == "mel_kmeans":
+        from sa_ray.codec.mel_kmeans import MelKMeansCodec
+
+        return MelKMeansCodec.load(codec_dir)
+    from sa_ray.codec.hf_codec import HFCodec
+
+    if cfg.path:
+        return HFCodec.from_pretrained(cfg.path, n_codebooks=cfg.n_codebooks)
+    # No weights given: a seeded random model with filled codebooks (smoke runs; its audio is noise).
+    return HFCodec.from_config(cfg.kind, seed=0, init_codebooks=True, n_codebooks=cfg.n_codebooks)
+
+
+def load_or_fit_codec(cfg: CodecConfig, codec_dir: str | Path, seed: int,
+                      training_audio: Callable[[], Iterable[tuple[np.ndarray, int]]]) -> Codec:
+    """Loads the codec saved in `codec_dir`, fitting and saving it first when it is trained here.
+
+    A fitted codec is never refitted: the codes already written with it must keep their meaning.
+    """
+    codec_dir = Path(codec_dir)
+    if cfg.kind != "mel_kmeans" or (codec_dir / "codec.json").is_file():
+        return load_codec(cfg, codec_dir)
+    from sa_ray.codec.mel_kmeans import MelKMeansCodec
+
+    codec = MelKMeansCodec.fit(training_audio(), n_codebooks=cfg.n_codebooks, codebook_size=cfg.codebook_size,
+                               stack=cfg.stack, seed=seed, vocoder=cfg.vocoder)
+    codec.save(codec_dir)
+    return codec

@@ -1,0 +1,258 @@
+"""Typed configuration: one dataclass per concern, loaded from YAML, overridden by `dotted.key=value`.
+
+Everything is checked before any work starts: unknown keys, wrong types and out-of-range values raise
+`ConfigError` with the dotted name of the field and the rule it broke.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value broke a rule; the message names the field."""
+
+
+def _require(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+@dataclass
+class CorpusConfig:
+    kind: str = "synthetic"  # synthetic | librispeech | libritts | vctk
+    root: str | None = None  # directory of a real corpus (kind != synthetic)
+    cache_dir: str = "data/corpus"  # where the synthetic corpus's audio is built once and kept
+    n_sentences: int = 1600  # distinct sentences of the synthetic corpus
+    # synthetic voices, named <engine>-<name> (sa_ray.corpus.voices); the name is the speaker id
+    voices: list[str] = field(default_factory=lambda: ["mbrola-us1", "mbrola-us2", "mbrola-us3", "mbrola-en1"])
+    heldout_voices: list[str] = field(default_factory=lambda: ["mbrola-en1"])  # zero-shot evaluation speakers
+    heldout_sentences: int = 80  # sentences never trained on (spoken by every voice)
+    utterances_per_voice: int | None = None  # per-voice sample of the training sentences; None = all
+    max_utterances: int | None = None  # a small slice for tests and smoke runs
+    phonemes: str = "espeak"  # espeak | chars
+    seed: int = 0
+
+    def validate(self) -> None:
+        _require(self.kind in ("synthetic", "librispeech", "libritts", "vctk"),
+                 f"corpus.kind must be one of synthetic, librispeech, libritts, vctk; got {self.kind!r}")
+        _require(self.kind == "synthetic" or bool(self.root),
+                 f"corpus.root is required when corpus.kind={self.kind!r}")
+        _require(self.n_sentences >= 2, "corpus.n_sentences must be >= 2")
+        _require(0 <= self.heldout_sentences < self.n_sentences,
+                 "corpus.heldout_sentences must be >= 0 and < corpus.n_sentences")
+        if self.kind == "synthetic":  # for recorded corpora heldout_voices are speaker ids of the data
+            _require(len(self.voices) > 0, "corpus.voices must name at least one voice")
+            unknown = sorted(set(self.heldout_voices) - set(self.voices))
+            _require(not unknown, f"corpus.heldout_voices must be among corpus.voices; unknown: {unknown}")
+            _require(len(set(self.voices) - set(self.heldout_voices)) > 0,
+                     "corpus.voices must keep at least one training voice besides corpus.heldout_voices")
+        _require(self.phonemes in ("espeak", "chars"), f"corpus.phonemes must be espeak or chars; got {self.phonemes!r}")
+        for name in ("utterances_per_voice", "max_utterances"):
+            value = getattr(self, name)
+            _require(value is None or value > 0, f"corpus.{name} must be > 0 or null")
+
+
+@dataclass
+class CodecConfig:
+    kind: str = "mel_kmeans"  # mel_kmeans (offline, trained on the corpus) | encodec | mimi
+    path: str | None = None  # encodec/mimi: local HF directory or hub id; None = random init (smoke runs)
+    n_codebooks: int = 4
+    codebook_size: int = 256
+    stack: int = 2  # mel_kmeans: mel frames per code frame (2 -> 43 Hz)
+    fit_utterances: int = 400  # mel_kmeans: training utterances the k-means is fitted on
+    vocoder: str = "hifigan"  # mel_kmeans: hifigan | griffinlim
+
+    def validate(self) -> None:
+        _require(self.kind in ("mel_kmeans", "encodec", "mimi"),
+                 f"codec.kind must be one of mel_kmeans, encodec, mimi; got {self.kind!r}")
+        _require(1 <= self.n_codebooks <= 32, "codec.n_codebooks must be in [1, 32]")
+        _require(2 <= self.codebook_size <= 65536, "codec.codebook_size must be in [2, 65536]")
+        _require(1 <= self.stack <= 8, "codec.stack must be in [1, 8]")
+        _require(self.fit_utterances >= 1, "codec.fit_utterances must be >= 1")
+        _require(self.vocoder in ("hifigan", "griffinlim"), f"codec.vocoder must be hifigan or griffinlim; got {self.vocoder!r}")
+
+
+@dataclass
+class PrepareConfig:
+    strict: bool = False  # stop at the first bad file instead of quarantining it
+    min_seconds: float = 0.4
+    max_seconds: float = 20.0
+    silence_dbfs: float = -55.0  # RMS level below which audio counts as silent
+    batch_size: int = 32  # utterances per Ray Data batch
+    encoders: int = 2  # codec actors encoding in parallel
+
+    def validate(self) -> None:
+        _require(0 < self.min_seconds < self.max_seconds,
+                 "prepare.min_seconds must be > 0 and < prepare.max_seconds")
+        _require(-120.0 < self.silence_dbfs < 0.0, "prepare.silence_dbfs must be in (-120, 0)")
+        _require(self.batch_size >= 1, "prepare.batch_size must be >= 1")
+        _require(self.encoders >= 1, "prepare.encoders must be >= 1")
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = "sqlite:///mlruns/mlflow.db"  # any MLflow tracking URI
+    experiment: str | None = None  # defaults to the config's name
+
+    def validate(self) -> None:
+        _require(bool(self.uri), "tracking.uri must not be empty")
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: RAY_ADDRESS if set (ray job submit), else a local cluster
+    num_cpus: int | None = None  # local cluster only
+
+    def validate(self) -> None:
+        _require(self.num_cpus is None or self.num_cpus >= 1, "ray.num_cpus must be >= 1 or null")
+
+
+@dataclass
+class Config:
+    name: str = "tiny"
+    run_dir: str = "runs/tiny"
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def validate(self) -> None:
+        _require(bool(self.name), "name must not be empty")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.validate()
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted key -> value, e.g. for MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, d: dict) -> None:
+            for k, v in d.items():
+                if isinstance(v, dict):
+                    walk(f"{prefix}{k}.", v)
+                else:
+                    out[prefix + k] = v
+
+        walk("", self.to_dict())
+        return out
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Checks `value` against the annotation `tp` (builds nested dataclasses); raises ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key or 'config'} must be a mapping, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {type(value).__name__} {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        # bool is an int subclass in Python; a config that says `true` for a count is a mistake.
+        if not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
+            raise ConfigError(f"{key} must be {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported config type {tp}")
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = prefix or "the top level"
+        raise ConfigError(f"unknown config key(s) {', '.join(f'{prefix}.{k}' if prefix else k for k in unknown)} "
+                          f"(valid keys at {where}: {', '.join(names)})")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`["codec.n_codebooks=8", "corpus.voices=[mbrola:us1]"]` -> nested dict; values parsed as YAML."""
+    data: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like dotted.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from None
+        _set_dotted(data, key.strip(), value)
+    return data
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Loads YAML (or the defaults when `path` is None), applies overrides, validates."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    data = _merge(data, parse_overrides(overrides or []))
+    cfg = _build(Config, data)
+    cfg.validate()
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import pytest
+
+from sa_ray.config import Config, ConfigError, load_config, parse_overrides, save_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+def test_tiny_yaml_loads_and_matches_the_dataclass_defaults():
+    cfg = load_config(TINY)
+    assert cfg.name == "tiny" and cfg.codec.kind == "mel_kmeans" and cfg.corpus.kind == "synthetic"
+    # tiny.yaml spells the defaults out: a user reading it sees what runs.
+    assert cfg.to_dict() == Config().to_dict()
+
+
+def test_cluster_example_loads_and_validates():
+    cfg = load_config(REPO / "configs" / "librispeech-encodec.yaml")
+    assert cfg.corpus.kind == "librispeech" and cfg.codec.kind == "encodec" and cfg.codec.n_codebooks == 8
+    assert cfg.ray.address == "auto" and cfg.tracking.uri.startswith("http")
+
+
+def test_overrides_are_typed_by_yaml_and_applied():
+    cfg = load_config(TINY, ["codec.n_codebooks=8", "corpus.voices=[mbrola-us1, mbrola-en1]",
+                             "corpus.max_utterances=null", "prepare.min_seconds=1", "name=x"])
+    assert cfg.codec.n_codebooks == 8 and cfg.corpus.voices == ["mbrola-us1", "mbrola-en1"]
+    assert cfg.prepare.min_seconds == 1.0 and isinstance(cfg.prepare.min_seconds, float)
+    assert cfg.name == "x" and cfg.experiment == "x"
+    assert parse_overrides(["a.b.c=1", "a.d=[1, 2]"]) == {"a": {"b": {"c": 1}, "d": [1, 2]}}
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("corpus.nope=1", "corpus.nope"),                      # unknown key, named with its section
+    ("nope.x=1", "nope"),                                  # unknown section
+    ("codec.n_codebooks=four", "codec.n_codebooks must be int"),
+    ("codec.n_codebooks=true", "codec.n_codebooks must be int"),
+    ("codec.n_codebooks=0", "codec.n_codebooks must be in [1, 32]"),
+    ("prepare.min_seconds=50", "prepare.min_seconds must be > 0 and < prepare.max_seconds"),
+    ("corpus.kind=timit", "corpus.kind must be one of"),
+    ("corpus.kind=vctk", "corpus.root is required"),
+    ("corpus.heldout_voices=[mbrola-us9]", "corpus.heldout_voices must be among corpus.voices"),
+    ("corpus.voices=mbrola-us1", "corpus.voices must be a list"),
+    ("codec.vocoder=wavenet", "codec.vocoder must be hifigan or griffinlim"),
+    ("just-a-word", "must look like dotted.key=value"),
+])
+def test_bad_values_fail_before_any_work_naming_the_field(override, needle):
+    with pytest.raises(ConfigError, match=None) as err:
+        load_config(TINY, [override])
+    assert needle in str(err.value)
+
+
+def test_bad_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("corpus: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_config(bad)
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    cfg = load_config(TINY, ["codec.stack=1", "corpus.seed=7"])
+    save_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == cfg
+    assert cfg.flat()["codec.stack"] == 1

@@ -1,0 +1,60 @@
+import os
+from collections import Counter
+
+import pytest
+import soundfile as sf
+
+from sa_ray.config import CorpusConfig
+from sa_ray.corpus.synthetic import build_synthetic_corpus, heldout_sentence_ids, plan_synthetic_corpus
+from sa_ray.corpus.voices import Voice, VoiceError
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(cache_dir=str(tmp_path), n_sentences=30, heldout_sentences=5,
+                voices=["mbrola-us1", "mbrola-us2", "mbrola-en1"], heldout_voices=["mbrola-en1"])
+    cfg = CorpusConfig(**{**base, **kw})
+    cfg.validate()
+    return cfg
+
+
+def test_plan_is_deterministic_and_keeps_heldout_voices_to_heldout_sentences(tmp_path):
+    cfg = _cfg(tmp_path)
+    plan = plan_synthetic_corpus(cfg)
+    assert plan == plan_synthetic_corpus(cfg)
+    heldout = heldout_sentence_ids(cfg)
+    assert len(heldout) == 5
+    by_voice = Counter(v.speaker for v, _, _ in plan)
+    assert by_voice == {"mbrola-us1": 30, "mbrola-us2": 30, "mbrola-en1": 5}
+    assert {i for v, i, _ in plan if v.speaker == "mbrola-en1"} == heldout
+    assert plan_synthetic_corpus(_cfg(tmp_path, seed=1)) != plan
+
+
+def test_sampling_and_slicing_keep_every_voice(tmp_path):
+    sampled = plan_synthetic_corpus(_cfg(tmp_path, utterances_per_voice=10))
+    # 10 sampled training sentences + the 5 held-out ones for each training voice
+    assert Counter(v.speaker for v, _, _ in sampled) == {"mbrola-us1": 15, "mbrola-us2": 15, "mbrola-en1": 5}
+    sliced = plan_synthetic_corpus(_cfg(tmp_path, max_utterances=7))
+    assert len(sliced) == 7 and {v.speaker for v, _, _ in sliced} == {"mbrola-us1", "mbrola-us2", "mbrola-en1"}
+
+
+def test_build_synthesises_once_with_alignment(tmp_path):
+    cfg = _cfg(tmp_path, max_utterances=6)
+    utts = build_synthetic_corpus(cfg, progress=False)
+    assert len(utts) == 6 and len({u.utt_id for u in utts}) == 6
+    for u in utts:
+        info = sf.info(u.audio_path)
+        assert info.samplerate == 16000 and 0.5 < info.duration < 10
+        # MBROLA renders exactly the phones espeak-ng laid out
+        assert abs(sum(u.phone_ms) / 1000 - info.duration) < 0.02
+        assert u.phones[0] == "_" and u.phones[-1] == "_" and u.source == "mbrola"
+    mtimes = {u.audio_path: os.stat(u.audio_path).st_mtime_ns for u in utts}
+    again = build_synthetic_corpus(cfg, progress=False)
+    assert again == utts
+    assert all(os.stat(p).st_mtime_ns == t for p, t in mtimes.items())  # cached: not synthesised again
+
+
+def test_voice_names_are_checked():
+    with pytest.raises(VoiceError, match="<engine>-<name>"):
+        Voice.parse("us1")
+    with pytest.raises(VoiceError, match="mbrola-zz9"):
+        Voice.parse("mbrola-zz9").check_available()
