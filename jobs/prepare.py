@@ -15,6 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 
+import pyarrow.parquet as pq
+
 from jobs import _cli
 from sa_ray import tracking
 from sa_ray.codec import load_or_fit_codec
@@ -96,8 +98,10 @@ def main(argv: list[str] | None = None) -> dict:
     outputs = {s: ok.filter(expr=col("split") == s) for s in SPLITS}
     outputs["quarantine"] = ds.filter(expr=col("status") == "quarantined").select_columns(quarantine_cols)
     for name, part in outputs.items():
-        (staging / name).mkdir(parents=True)  # present even when empty, so readers find every split
         part.sort("utt_id").repartition(1).write_parquet(str(staging / name))
+        if not any((staging / name).glob("*.parquet")):  # an empty split still has a readable table
+            (staging / name).mkdir(parents=True, exist_ok=True)
+            pq.write_table(part.schema().base_schema.empty_table(), staging / name / "empty.parquet")
 
     meta = ds.select_columns(["split", "status", "rule", "duration", "orig_sample_rate"]).to_arrow_refs()
     table = ray.get(meta)

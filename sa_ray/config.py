@@ -98,6 +98,54 @@ class PrepareConfig:
 
 
 @dataclass
+class ModelConfig:
+    arch: str = "llama"  # llama | qwen2 (the AR model's Hugging Face architecture)
+    ar_path: str | None = None  # a pretrained AR checkpoint (HF directory) to start from
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 4
+    intermediate: int = 768
+    max_positions: int = 1024
+    nar_hidden: int = 256
+    nar_layers: int = 3
+    nar_heads: int = 4
+    prompt_seconds: float = 3.0  # voice prompt: a crop of another utterance of the same speaker
+
+    def validate(self) -> None:
+        _require(self.arch in ("llama", "qwen2"), f"model.arch must be llama or qwen2; got {self.arch!r}")
+        for name in ("hidden", "layers", "heads", "intermediate", "max_positions", "nar_hidden", "nar_layers", "nar_heads"):
+            _require(getattr(self, name) >= 1, f"model.{name} must be >= 1")
+        _require(self.hidden % self.heads == 0, "model.hidden must be divisible by model.heads")
+        _require(self.nar_hidden % self.nar_heads == 0, "model.nar_hidden must be divisible by model.nar_heads")
+        _require(0.5 <= self.prompt_seconds <= 30, "model.prompt_seconds must be in [0.5, 30]")
+
+
+@dataclass
+class PretrainConfig:
+    steps: int = 3000
+    batch_size: int = 16  # per worker
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    eval_every: int = 500
+    checkpoint_every: int = 250
+    eval_utterances: int = 40  # held-out utterances synthesised and scored at the end
+    workers: int = 1  # Ray Train workers (DDP over gloo on CPU, NCCL on GPU)
+    use_gpu: bool = False
+    deepspeed_stage: int = 0  # 0 = plain DDP; 1/2/3 = DeepSpeed ZeRO stage
+    init_from: str | None = None  # a shipped/saved base model directory: skip training, evaluate it
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "workers", "eval_utterances"):
+            _require(getattr(self, name) >= 1, f"pretrain.{name} must be >= 1")
+        _require(0 < self.lr < 1, "pretrain.lr must be in (0, 1)")
+        _require(self.warmup_steps >= 0, "pretrain.warmup_steps must be >= 0")
+        _require(self.deepspeed_stage in (0, 1, 2, 3), "pretrain.deepspeed_stage must be 0, 1, 2 or 3")
+
+
+@dataclass
 class TrackingConfig:
     uri: str = "sqlite:///mlruns/mlflow.db"  # any MLflow tracking URI
     experiment: str | None = None  # defaults to the config's name
@@ -122,6 +170,8 @@ class Config:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 

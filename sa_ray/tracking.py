@@ -82,3 +82,18 @@ def log_dict(data: dict, name: str) -> None:
 
 def client(cfg: Config) -> MlflowClient:
     return MlflowClient(resolve_uri(cfg.tracking.uri))
+
+
+class RunLogger:
+    """Logs into an existing run from any process (e.g. a Ray Train worker), without a global active run."""
+
+    def __init__(self, uri: str, run_id: str):
+        self._client, self.run_id = MlflowClient(resolve_uri(uri)), run_id
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        from mlflow.entities import Metric
+        import time
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        self._client.log_batch(self.run_id, metrics=batch)

@@ -50,6 +50,7 @@ def test_prepare_writes_every_split_with_the_documented_schema(prepared_tiny):
     held = _table(cfg.run_dir, "heldout_sentences").to_pylist()
     assert not {r["text_norm"] for r in held} & {r["text_norm"] for r in rows}
     assert {r["speaker"] for r in _table(cfg.run_dir, "heldout_voices").to_pylist()} == {"mbrola-en1"}
+    assert _table(cfg.run_dir, "quarantine").num_rows == 0  # present and readable, though empty
     # the codec the codes were made with is saved beside them
     assert (Path(cfg.run_dir) / "codec" / "codec.json").is_file()
 

@@ -1,0 +1,66 @@
+"""Ray Train role: the per-worker loop that trains the AR + NAR models (`TorchTrainer`).
+
+Every worker reads the whole (small, tokenised) training set from its Ray Data shard and keeps the
+rows whose id hashes to its rank: the split is deterministic, so a resumed run sees the same data.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zlib
+
+import ray.data
+import ray.train
+import ray.train.torch
+import torch
+
+from sa_ray.config import ModelConfig, PretrainConfig
+from sa_ray.data.examples import PromptBank
+from sa_ray.models.vocab import Vocab
+from sa_ray.pretrain import CodecLMTrainer
+from sa_ray.tracking import RunLogger
+
+
+def _rows(name: str) -> list[dict]:
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one small read: no bars per worker
+    return list(ray.train.get_dataset_shard(name).iter_rows())
+
+
+def train_loop(config: dict) -> None:
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(config["threads"])
+    model_cfg, train_cfg = ModelConfig(**config["model"]), PretrainConfig(**config["pretrain"])
+    vocab: Vocab = config["vocab"]
+    all_rows = _rows("train")
+    mine = [r for r in all_rows if zlib.crc32(r["utt_id"].encode()) % world == rank]
+    bank = PromptBank.from_rows(all_rows, config["prompt_frames"], config["n_codebooks"])
+    trainer = CodecLMTrainer(model_cfg, train_cfg, vocab, config["n_codebooks"], config["frame_rate"], mine, bank,
+                             rank=rank, wrap=ray.train.torch.prepare_model if world > 1 else (lambda m: m))
+    heldout = _rows("heldout") if rank == 0 else []
+    heldout_bank = PromptBank.from_rows(heldout, config["prompt_frames"], config["n_codebooks"]) if heldout else None
+    logger = RunLogger(config["tracking_uri"], config["run_id"]) if rank == 0 and config.get("run_id") else None
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            trainer.load(d)
+
+    log_every = 25
+    while trainer.step_count < train_cfg.steps:
+        metrics = trainer.train_step()
+        step = trainer.step_count
+        last = step == train_cfg.steps
+        if heldout_bank is not None and (step % train_cfg.eval_every == 0 or last):
+            metrics.update(trainer.evaluate(heldout, heldout_bank))
+        metrics["step"], metrics["epoch"] = step, trainer.epoch
+        if logger and (step % log_every == 0 or last or "heldout_ar_loss" in metrics):
+            logger.log(metrics, step)
+        if step % train_cfg.checkpoint_every == 0 or last:
+            with tempfile.TemporaryDirectory() as d:
+                if rank == 0:
+                    trainer.save(d)
+                    trainer.export(f"{d}/model")
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
+        elif step % log_every == 0:
+            ray.train.report(metrics)

@@ -1,0 +1,80 @@
+"""pretrain: supervised training of the AR and NAR codec LMs on golden tokens (the "weak" base model).
+
+    python -m jobs.pretrain --config configs/tiny.yaml pretrain.steps=3000
+    ray job submit --working-dir . -- python -m jobs.pretrain --config configs/tiny.yaml
+
+Runs on Ray Train (`TorchTrainer`; DDP over gloo on CPU). Re-running the same command resumes from
+the latest checkpoint under <run_dir>/pretrain/ray. The base model lands in <run_dir>/pretrain/model
+(ar/: HF safetensors + vocab.json, loads in vLLM; nar/) and is registered in MLflow. With
+`pretrain.init_from=DIR` (e.g. the shipped checkpoint) training is skipped and DIR is evaluated.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from jobs import _cli
+from sa_ray import tracking
+from sa_ray.data.examples import build_vocab
+from sa_ray.data.prepare import read_summary
+
+
+def train(cfg, run_dir: Path, summary: dict, run_id: str) -> Path:
+    """Fits the models on Ray Train; returns the exported model directory of the final checkpoint."""
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from actors.pretrainer import train_loop
+
+    data = run_dir / "data"
+    meta = pq.read_table(data / "train", columns=["text_norm", "phones", "phone_ms"]).to_pylist()
+    codec = summary["codec"]
+    workers = cfg.pretrain.workers
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "model": cfg.model.__dict__, "pretrain": cfg.pretrain.__dict__,
+            "vocab": build_vocab(meta, codec["codebook_size"]), "n_codebooks": codec["n_codebooks"],
+            "frame_rate": codec["frame_rate"], "prompt_frames": round(cfg.model.prompt_seconds * codec["frame_rate"]),
+            "tracking_uri": tracking.resolve_uri(cfg.tracking.uri), "run_id": run_id,
+            "threads": max(1, int(ray.available_resources().get("CPU", 1)) // workers),
+        },
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.pretrain.use_gpu),
+        run_config=RunConfig(name="ray", storage_path=str((run_dir / "pretrain").resolve()),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets={"train": ray.data.read_parquet(str(data / "train")),
+                  "heldout": ray.data.read_parquet(str(data / "heldout_sentences"))},
+        dataset_config=DataConfig(datasets_to_split=[]),  # each worker takes its rows by id hash
+    )
+    result = trainer.fit()
+    out = run_dir / "pretrain" / "model"
+    shutil.rmtree(out, ignore_errors=True)
+    with result.checkpoint.as_directory() as d:
+        shutil.copytree(Path(d) / "model", out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg, args = _cli.parse(argv, __doc__.splitlines()[0])
+    run_dir = Path(cfg.run_dir)
+    summary = read_summary(run_dir / "data")
+    if summary is None:
+        raise FileNotFoundError(f"no prepared data in {run_dir / 'data'}: run `python -m jobs.prepare` first")
+
+    _cli.init_ray(cfg)
+    with tracking.job_run(cfg, "pretrain", args.run_id) as run:
+        if cfg.pretrain.init_from:
+            model_dir = Path(cfg.pretrain.init_from)
+        else:
+            model_dir = train(cfg, run_dir, summary, run.info.run_id)
+        tracking.log_artifact(model_dir, "model")
+    print(f"\nbase model: {model_dir}")
+    return {"model_dir": str(model_dir)}
+
+
+if __name__ == "__main__":
+    _cli.run(main)

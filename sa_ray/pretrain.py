@@ -1,0 +1,148 @@
+"""Supervised training of the AR and NAR models on golden tokens (the "weak" base model).
+
+`CodecLMTrainer` is plain PyTorch and knows nothing of Ray: `actors/pretrainer.py` runs it inside Ray
+Train workers, tests run it directly. Data order is a pure function of (seed, epoch, rank), and the
+checkpoint holds weights, optimiser moments, schedulers, the RNG and the data position, so a resumed
+run reproduces the uninterrupted one step for step.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from sa_ray.checkpoint import load_state, save_state
+from sa_ray.config import ModelConfig, PretrainConfig
+from sa_ray.data.examples import PromptBank, ar_example, nar_example
+from sa_ray.models.ar import ar_loss, build_ar_model, collate_ar, save_ar
+from sa_ray.models.nar import NARConfig, NARModel, collate_nar
+from sa_ray.models.vocab import Vocab
+
+
+def warmup_cosine(warmup: int, total: int, floor: float = 0.1) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class CodecLM(torch.nn.Module):
+    """AR + NAR as one module, so one DDP wrapper all-reduces both models' gradients."""
+
+    def __init__(self, ar: torch.nn.Module, nar: NARModel):
+        super().__init__()
+        self.ar, self.nar = ar, nar
+
+    def forward(self, ar_batch: dict, nar_batch: dict, generator: torch.Generator | None = None):
+        loss_ar, metrics = ar_loss(self.ar, ar_batch)
+        loss_nar, nar_metrics = self.nar.loss(nar_batch, generator=generator)
+        return loss_ar + loss_nar, {**metrics, **nar_metrics}
+
+
+class CodecLMTrainer:
+    def __init__(self, model_cfg: ModelConfig, train_cfg: PretrainConfig, vocab: Vocab, n_codebooks: int,
+                 frame_rate: float, rows: list[dict], bank: PromptBank, rank: int = 0,
+                 wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m):
+        self.cfg, self.vocab, self.rank = train_cfg, vocab, rank
+        self.n_codebooks, self.frame_rate, self.bank = n_codebooks, frame_rate, bank
+        self.rows = sorted(rows, key=lambda r: r["utt_id"])
+        torch.manual_seed(train_cfg.seed)  # same initial weights on every worker
+        self.ar = build_ar_model(model_cfg, vocab)
+        self.nar = NARModel(NARConfig(n_codebooks=n_codebooks, codebook_size=vocab.codebook_size,
+                                      n_text_tokens=len(vocab.text_tokens), hidden=model_cfg.nar_hidden,
+                                      layers=model_cfg.nar_layers, heads=model_cfg.nar_heads,
+                                      ff=4 * model_cfg.nar_hidden))
+        self.model = CodecLM(self.ar, self.nar)
+        torch.manual_seed(train_cfg.seed + 1000 * (rank + 1))  # dropout differs per worker
+        self.model_train = wrap(self.model)
+        self.optimizers = {"model": torch.optim.AdamW(self.model.parameters(), lr=train_cfg.lr, betas=(0.9, 0.98),
+                                                      weight_decay=train_cfg.weight_decay)}
+        schedule = warmup_cosine(train_cfg.warmup_steps, train_cfg.steps)
+        self.schedulers = {"model": torch.optim.lr_scheduler.LambdaLR(self.optimizers["model"], schedule)}
+        self.step_count, self.epoch, self.position = 0, 0, 0
+        self.nar_gen = torch.Generator().manual_seed(train_cfg.seed + rank)
+
+    # ----------------------------------------------------------------------------------- data
+
+    def _order(self) -> list[int]:
+        order = list(range(len(self.rows)))
+        random.Random(f"{self.cfg.seed}:{self.epoch}:{self.rank}").shuffle(order)
+        return order
+
+    def _examples(self, indices: list[int], rng: random.Random) -> tuple[dict, dict]:
+        ar, nar = [], []
+        for i in indices:
+            row = self.rows[i]
+            prompt = self.bank.draw(row["speaker"], row["utt_id"], rng)
+            ar.append(ar_example(row, prompt, self.vocab, self.frame_rate))
+            nar.append(nar_example(row, prompt, self.vocab, self.frame_rate, self.n_codebooks))
+        return collate_ar(ar), collate_nar(nar)
+
+    def next_batch(self) -> tuple[dict, dict]:
+        bs = self.cfg.batch_size
+        if self.position + bs > len(self.rows):
+            self.epoch, self.position = self.epoch + 1, 0
+        indices = self._order()[self.position : self.position + bs]
+        rng = random.Random(f"{self.cfg.seed}:{self.epoch}:{self.rank}:{self.position}")  # prompt choice
+        self.position += bs
+        return self._examples(indices, rng)
+
+    # ---------------------------------------------------------------------------------- steps
+
+    def train_step(self) -> dict[str, float]:
+        ar_batch, nar_batch = self.next_batch()
+        self.model_train.train()
+        loss, metrics = self.model_train(ar_batch, nar_batch, self.nar_gen)
+        opt, sched = self.optimizers["model"], self.schedulers["model"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
+        opt.step()
+        sched.step()
+        self.step_count += 1
+        metrics["lr"] = sched.get_last_lr()[0]
+        return metrics
+
+    @torch.no_grad()
+    def evaluate(self, rows: list[dict], bank: PromptBank, batch_size: int = 16) -> dict[str, float]:
+        """Teacher-forced losses on held-out rows with fixed prompts (comparable across steps)."""
+        self.model.eval()
+        rng = random.Random(self.cfg.seed)
+        totals: dict[str, list[float]] = {}
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            ar, nar = [], []
+            for row in chunk:
+                prompt = bank.draw(row["speaker"], row["utt_id"], rng)
+                ar.append(ar_example(row, prompt, self.vocab, self.frame_rate))
+                nar.append(nar_example(row, prompt, self.vocab, self.frame_rate, self.n_codebooks))
+            _, m = ar_loss(self.ar, collate_ar(ar))
+            _, m2 = self.nar.loss(collate_nar(nar), generator=torch.Generator().manual_seed(start))
+            for k, v in {**m, **m2}.items():
+                totals.setdefault(k, []).append(v)
+        return {f"heldout_{k}": float(np.mean(v)) for k, v in totals.items()}
+
+    # ------------------------------------------------------------------------------ checkpoints
+
+    def save(self, directory: str | Path) -> None:
+        save_state(directory, {"model": self.model}, self.optimizers, self.schedulers,
+                   {"step": self.step_count, "epoch": self.epoch, "position": self.position,
+                    "nar_gen": self.nar_gen.get_state().tolist()})
+
+    def load(self, directory: str | Path) -> None:
+        extra = load_state(directory, {"model": self.model}, self.optimizers, self.schedulers)
+        self.step_count, self.epoch, self.position = extra["step"], extra["epoch"], extra["position"]
+        self.nar_gen.set_state(torch.tensor(extra["nar_gen"], dtype=torch.uint8))
+
+    def export(self, directory: str | Path) -> None:
+        """The base model in its serving layout: ar/ (HF + vocab.json, loads in vLLM) and nar/."""
+        save_ar(self.ar, self.vocab, Path(directory) / "ar")
+        self.nar.save_pretrained(Path(directory) / "nar")

@@ -1,0 +1,211 @@
+"""Batched, KV-cached sampling from a Hugging Face decoder-only causal LM: the CPU rollout engine.
+
+vLLM is the other backend; this one only needs `model(input_ids, attention_mask, position_ids,
+past_key_values, logits_to_keep)`, i.e. any `*ForCausalLM` of transformers with full attention.
+
+How it works:
+- Requests are packed longest-prompt-first into batches of `cfg.batch_size` (little padding) and LEFT
+  padded, so every row's next token sits in the last column. Position ids count real tokens only, so a
+  row computes the same thing whatever padding its batch needed.
+- One prefill forward, then one forward per step that feeds only the new token. The KV cache is
+  preallocated for prompt + budget and written in place: transformers' DynamicCache re-concatenates the
+  whole cache every step, an O(length) copy per layer per step. Rows that finish (EOS or their own
+  max_new_tokens) are dropped from the batch and the cache, so they cost nothing afterwards.
+- Logits are restricted to `allowed_ids` by selecting those columns (the same as masking all others to
+  -inf, and cheaper), then temperature, top-k and top-p as in transformers' logits warpers.
+- Reproducibility: request i owns a `torch.Generator` seeded with seed i, from which it draws Gumbel noise
+  in fixed blocks of NOISE_BLOCK steps x len(allowed_ids). The token is argmax(filtered logits / T + noise),
+  an exact sample from the filtered softmax (the Gumbel-max trick). As no other request touches that
+  generator and the block shape is fixed, request i's tokens depend only on (model, prompt i, seed i, cfg),
+  not on batch size, order, its neighbours or its max_new_tokens. (A different batch shape may change the
+  float rounding of the matmuls in the last bits; that flips a token only on a near exact tie.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+NOISE_BLOCK = 64  # steps of Gumbel noise a request draws from its generator at a time (part of the seed contract)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 1.0  # 0 -> greedy (argmax)
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    batch_size: int = 32  # requests decoded together (longest-first packing)
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1 or self.batch_size < 1:
+            raise ValueError(f"invalid sampling config: {self}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def sample(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    allowed_ids: list[int],
+    eos_id: int,
+    max_new_tokens: list[int] | int,
+    seeds: list[int] | int,
+    cfg: SamplingConfig = SamplingConfig(),
+) -> list[list[int]]:
+    """Generated ids per prompt (prompt excluded): up to and including eos_id, else max_new_tokens of them.
+
+    Only ids of `allowed_ids` are emitted; if eos_id is not among them a request never stops early.
+    `seeds` is one seed per request, or one int from which request i's seed is derived (via
+    numpy's SeedSequence([seed, i]), so base seeds s and s+1 share no request stream).
+    """
+    n = len(prompts)
+    budgets = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if isinstance(seeds, int):
+        seeds = [int(np.random.SeedSequence([seeds, i]).generate_state(1, np.uint64)[0] >> 1) for i in range(n)]
+    if len(budgets) != n or len(seeds) != n:
+        raise ValueError(f"{n} prompts need {n} max_new_tokens and seeds, got {len(budgets)} and {len(seeds)}")
+    if any(len(p) == 0 for p in prompts) or any(b < 0 for b in budgets):
+        raise ValueError("prompts must be non-empty and max_new_tokens >= 0")
+    vocab = sorted(set(allowed_ids))  # ascending: argmax ties resolve to the smallest id, as over the full vocab
+    if not vocab or vocab[0] < 0 or vocab[-1] >= model.get_output_embeddings().weight.shape[0]:
+        raise ValueError("allowed_ids must be non-empty ids of the model's vocabulary")
+
+    device = next(model.parameters()).device
+    allowed = torch.tensor(vocab, dtype=torch.long, device=device)
+    eos_col = vocab.index(eos_id) if eos_id in vocab else -1
+    pad_id = getattr(model.config, "pad_token_id", None) or 0  # any id: padded positions are masked out
+
+    results: list[list[int]] = [[] for _ in range(n)]
+    todo = sorted((i for i in range(n) if budgets[i] > 0), key=lambda i: (-len(prompts[i]), i))
+    was_training = model.training
+    model.eval()  # dropout would make rollouts irreproducible
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(todo), cfg.batch_size):
+                batch = todo[start : start + cfg.batch_size]
+                outs = _decode_batch(model, [prompts[i] for i in batch], [budgets[i] for i in batch],
+                                     [seeds[i] for i in batch], allowed, eos_col, pad_id, cfg)
+                for i, out in zip(batch, outs):
+                    results[i] = out
+    finally:
+        model.train(was_training)
+    return results
+
+
+def _decode_batch(model: torch.nn.Module, prompts: list[list[int]], budgets: list[int], seeds: list[int],
+                  allowed: torch.Tensor, eos_col: int, pad_id: int, cfg: SamplingConfig) -> list[list[int]]:
+    device = allowed.device
+    b, n_allowed = len(prompts), allowed.numel()
+    lens = [len(p) for p in prompts]
+    prompt_len, steps = max(lens), max(budgets)
+
+    ids = torch.full((b, prompt_len), pad_id, dtype=torch.long)
+    mask = torch.ones((b, prompt_len + steps), dtype=torch.long)  # generated positions of live rows are all real
+    for r, p in enumerate(prompts):
+        ids[r, prompt_len - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[r, : prompt_len - len(p)] = 0
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask[:, :prompt_len].cumsum(-1) - 1).clamp_(min=0)
+
+    cache = _make_cache(model, prompt_len + steps)
+    logits = model(input_ids=ids, attention_mask=mask[:, :prompt_len], position_ids=positions,
+                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    rows = torch.arange(b, device=device)  # request (index in this batch) of each live row
+    next_pos = torch.tensor(lens, device=device)  # position of each live row's next token
+    budget = torch.tensor(budgets, device=device)
+    chosen = torch.zeros((b, steps), dtype=torch.long, device=device)  # columns of `allowed`
+    n_out = [0] * b
+    noise: torch.Tensor | None = None
+    for t in range(steps):
+        if not cfg.greedy and t % NOISE_BLOCK == 0:
+            noise = torch.stack([_gumbel(gens[r], n_allowed) for r in rows.tolist()]).to(device)
+        col = _choose(logits.index_select(-1, allowed).float(), None if noise is None else noise[:, t % NOISE_BLOCK], cfg)
+        chosen[rows, t] = col
+        done = budget <= t + 1
+        if eos_col >= 0:
+            done |= col == eos_col
+        if bool(done.any()):  # the one host sync per step
+            for r in rows[done].tolist():
+                n_out[r] = t + 1
+            keep = (~done).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            rows, next_pos, budget, col, mask = rows[keep], next_pos[keep], budget[keep], col[keep], mask[keep]
+            noise = None if noise is None else noise[keep]
+            cache.batch_select_indices(keep)
+        logits = model(input_ids=allowed[col].unsqueeze(1), attention_mask=mask[:, : prompt_len + t + 1],
+                       position_ids=next_pos.unsqueeze(1), past_key_values=cache, use_cache=True).logits[:, -1]
+        next_pos += 1
+    tokens = allowed[chosen].tolist()
+    return [tokens[r][: n_out[r]] for r in range(b)]
+
+
+def _gumbel(gen: torch.Generator, n_allowed: int) -> torch.Tensor:
+    """One noise block [NOISE_BLOCK, n_allowed] of standard Gumbel noise from a request's own generator."""
+    u = torch.rand((NOISE_BLOCK, n_allowed), generator=gen)
+    return u.log_().neg_().log_().neg_()  # -log(-log u); u == 0 gives -inf, a token never picked
+
+
+def _choose(logits: torch.Tensor, noise: torch.Tensor | None, cfg: SamplingConfig) -> torch.Tensor:
+    """Logits over the allowed ids [B, A] -> the chosen column per row [B]."""
+    if cfg.greedy:
+        return logits.argmax(-1)
+    logits = logits / cfg.temperature
+    if 0 < cfg.top_k < logits.shape[-1]:  # as TopKLogitsWarper: keep everything >= the k-th largest
+        kth = logits.topk(cfg.top_k, dim=-1).values[:, -1:]
+        logits.masked_fill_(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:  # as TopPLogitsWarper: drop the low tail holding at most 1 - top_p of the mass
+        sorted_logits, order = logits.sort(dim=-1)
+        tail = sorted_logits.softmax(-1).cumsum(-1) <= 1 - cfg.top_p
+        tail[:, -1] = False  # always keep the most likely token
+        logits.masked_fill_(tail.scatter(1, order, tail), float("-inf"))
+    return (logits + noise).argmax(-1)
+
+
+class _PreallocatedLayer(DynamicLayer):
+    """A DynamicLayer whose keys/values live in buffers sized for the whole generation: a decode step writes
+    one slot in place (DynamicLayer.update is a torch.cat of the whole cache) and returns a view."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.dtype, self.device = key_states.dtype, key_states.device
+            b, h, _, dk = key_states.shape
+            self._k = key_states.new_empty((b, h, self.capacity, dk))
+            self._v = value_states.new_empty((b, h, self.capacity, value_states.shape[-1]))
+            self.is_initialized = True
+        end = self.length + key_states.shape[-2]
+        self._k[:, :, self.length : end] = key_states
+        self._v[:, :, self.length : end] = value_states
+        self.length = end
+        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        # Compact the kept rows into the front of the same buffers: no new allocation of the full capacity.
+        m, end = indices.numel(), self.length
+        self._k[:m, :, :end] = self._k[indices, :, :end]
+        self._v[:m, :, :end] = self._v[indices, :, :end]
+        self._k, self._v = self._k[:m], self._v[:m]
+        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+
+
+def _make_cache(model: torch.nn.Module, capacity: int) -> Cache:
+    config = model.config.get_text_config(decoder=True)
+    layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+    if any(t != "full_attention" for t in layer_types):  # sliding/linear layers: let transformers pick
+        return DynamicCache(config=config)
+    return Cache(layers=[_PreallocatedLayer(capacity) for _ in layer_types])
