@@ -58,6 +58,32 @@ def train(cfg, run_dir: Path, summary: dict, run_id: str) -> Path:
     return out
 
 
+def evaluate(cfg, run_dir: Path, model_dir: Path) -> dict[str, dict]:
+    """WER/SIM of synthesised held-out speech (offline ASR and speaker encoder), per held-out set."""
+    from sa_ray.codec import load_codec
+    from sa_ray.data.examples import PromptBank
+    from sa_ray.evaluation import evaluate_tts
+    from sa_ray.metrics.asr import PocketSphinxASR
+    from sa_ray.metrics.speaker import ResemblyzerSIM
+    from sa_ray.synthesis import CodecTTS
+
+    codec = load_codec(cfg.codec, run_dir / "codec")
+    tts = CodecTTS.load(model_dir, codec, cfg.model.phone_voice)
+    asr, sim = PocketSphinxASR(), ResemblyzerSIM()
+    prompt_frames = round(cfg.model.prompt_seconds * codec.frame_rate)
+    tables = {s: pq.read_table(run_dir / "data" / s).to_pylist() for s in ("heldout_sentences", "heldout_voices")}
+    n = cfg.pretrain.eval_utterances
+    out = {}
+    for split, rows in tables.items():
+        if not rows:
+            continue
+        bank = PromptBank.from_rows(rows, prompt_frames, codec.n_codebooks)
+        picked = rows[:: max(1, len(rows) // n)][:n]
+        out[split] = evaluate_tts(tts, picked, bank, asr, sim, seed=cfg.pretrain.seed, desc=split,
+                                  others=tables["heldout_sentences"])
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     cfg, args = _cli.parse(argv, __doc__.splitlines()[0])
     run_dir = Path(cfg.run_dir)
@@ -72,8 +98,14 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             model_dir = train(cfg, run_dir, summary, run.info.run_id)
         tracking.log_artifact(model_dir, "model")
+        metrics = evaluate(cfg, run_dir, model_dir)
+        tracking.log_metrics({f"{split}_{k}": v for split, m in metrics.items() for k, v in m.items()})
     print(f"\nbase model: {model_dir}")
-    return {"model_dir": str(model_dir)}
+    print(f"{'held-out set':<18} {'n':>4} {'WER':>6} {'ceiling':>8} {'SIM':>6} {'SIM other':>9} {'dur':>5} {'no EOS':>7}")
+    for split, m in metrics.items():
+        print(f"{split:<18} {m['n']:>4} {m['wer']:>6.3f} {m['golden_wer']:>8.3f} {m['sim']:>6.3f} "
+              f"{m.get('sim_other_speaker', float('nan')):>9.3f} {m['duration_ratio']:>5.2f} {m['eos_failure_rate']:>7.2f}")
+    return {"model_dir": str(model_dir), "metrics": metrics}
 
 
 if __name__ == "__main__":

@@ -70,6 +70,10 @@ class CodecLMTrainer:
         self.step_count, self.epoch, self.position = 0, 0, 0
         self.nar_gen = torch.Generator().manual_seed(train_cfg.seed + rank)
 
+    def _autocast(self):
+        device = next(self.model.parameters()).device.type
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+
     # ----------------------------------------------------------------------------------- data
 
     def _order(self) -> list[int]:
@@ -100,7 +104,8 @@ class CodecLMTrainer:
     def train_step(self) -> dict[str, float]:
         ar_batch, nar_batch = self.next_batch()
         self.model_train.train()
-        loss, metrics = self.model_train(ar_batch, nar_batch, self.nar_gen)
+        with self._autocast():
+            loss, metrics = self.model_train(ar_batch, nar_batch, self.nar_gen)
         opt, sched = self.optimizers["model"], self.schedulers["model"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -124,8 +129,9 @@ class CodecLMTrainer:
                 prompt = bank.draw(row["speaker"], row["utt_id"], rng)
                 ar.append(ar_example(row, prompt, self.vocab, self.frame_rate))
                 nar.append(nar_example(row, prompt, self.vocab, self.frame_rate, self.n_codebooks))
-            _, m = ar_loss(self.ar, collate_ar(ar))
-            _, m2 = self.nar.loss(collate_nar(nar), generator=torch.Generator().manual_seed(start))
+            with self._autocast():
+                _, m = ar_loss(self.ar, collate_ar(ar))
+                _, m2 = self.nar.loss(collate_nar(nar), generator=torch.Generator().manual_seed(start))
             for k, v in {**m, **m2}.items():
                 totals.setdefault(k, []).append(v)
         return {f"heldout_{k}": float(np.mean(v)) for k, v in totals.items()}

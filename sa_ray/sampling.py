@@ -5,20 +5,23 @@ past_key_values, logits_to_keep)`, i.e. any `*ForCausalLM` of transformers with 
 
 How it works:
 - Requests are packed longest-prompt-first into batches of `cfg.batch_size` (little padding) and LEFT
-  padded, so every row's next token sits in the last column. Position ids count real tokens only, so a
-  row computes the same thing whatever padding its batch needed.
-- One prefill forward, then one forward per step that feeds only the new token. The KV cache is
-  preallocated for prompt + budget and written in place: transformers' DynamicCache re-concatenates the
-  whole cache every step, an O(length) copy per layer per step. Rows that finish (EOS or their own
-  max_new_tokens) are dropped from the batch and the cache, so they cost nothing afterwards.
+  padded, so every row's next token sits in the last column. Position ids count real tokens only.
+- One prefill forward (logits of the last position only), then one forward per step that feeds only
+  the new token. The KV cache is preallocated for prompt + budget and written in place: transformers'
+  DynamicCache re-concatenates the whole cache at every step (an O(length) copy per layer).
+- Rows that finish (EOS, or their own max_new_tokens) are dropped from the batch and the cache, so
+  they cost nothing afterwards.
 - Logits are restricted to `allowed_ids` by selecting those columns (the same as masking all others to
-  -inf, and cheaper), then temperature, top-k and top-p as in transformers' logits warpers.
-- Reproducibility: request i owns a `torch.Generator` seeded with seed i, from which it draws Gumbel noise
-  in fixed blocks of NOISE_BLOCK steps x len(allowed_ids). The token is argmax(filtered logits / T + noise),
-  an exact sample from the filtered softmax (the Gumbel-max trick). As no other request touches that
-  generator and the block shape is fixed, request i's tokens depend only on (model, prompt i, seed i, cfg),
-  not on batch size, order, its neighbours or its max_new_tokens. (A different batch shape may change the
-  float rounding of the matmuls in the last bits; that flips a token only on a near exact tie.)
+  -inf, and cheaper), then temperature, top-k and top-p exactly as transformers' logits warpers.
+- Seeds: request i owns a `torch.Generator` seeded with seed i, from which it draws Gumbel noise in
+  fixed blocks of NOISE_BLOCK steps x len(allowed_ids); the token is argmax(filtered logits / T + noise),
+  an exact sample of the filtered softmax (the Gumbel-max trick). No other request touches that
+  generator and the block shape is fixed, so request i's tokens depend only on (model, prompt i, seed i,
+  cfg), not on batch size, order, neighbours or its own max_new_tokens (a shorter budget is a prefix).
+  Identical calls (same thread count) are bit-identical. One caveat, from float32 kernels rather than from the sampler: the
+  padding a row gets and the batch's shape change the reduction order of its attention (and of tiny
+  matmuls) in the last bits, ~1e-5 on the logits of the benchmark model, which flips a token only where
+  two candidates tie to that precision: rare, but possible over very many rollouts.
 """
 
 from __future__ import annotations
@@ -112,6 +115,11 @@ def _decode_batch(model: torch.nn.Module, prompts: list[list[int]], budgets: lis
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask[:, :prompt_len].cumsum(-1) - 1).clamp_(min=0)
 
+    # sdpa takes a ready [B, 1, 1, kv] bool mask (True = attend): handing it a view skips transformers' mask
+    # construction at every step. Other attention implementations get the 2D mask and build their own.
+    ready_mask = getattr(model.config, "_attn_implementation", None) == "sdpa"
+    attend = mask.bool()[:, None, None, :] if ready_mask else mask
+
     cache = _make_cache(model, prompt_len + steps)
     logits = model(input_ids=ids, attention_mask=mask[:, :prompt_len], position_ids=positions,
                    past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
@@ -137,10 +145,10 @@ def _decode_batch(model: torch.nn.Module, prompts: list[list[int]], budgets: lis
             keep = (~done).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
-            rows, next_pos, budget, col, mask = rows[keep], next_pos[keep], budget[keep], col[keep], mask[keep]
+            rows, next_pos, budget, col, attend = rows[keep], next_pos[keep], budget[keep], col[keep], attend[keep]
             noise = None if noise is None else noise[keep]
             cache.batch_select_indices(keep)
-        logits = model(input_ids=allowed[col].unsqueeze(1), attention_mask=mask[:, : prompt_len + t + 1],
+        logits = model(input_ids=allowed[col].unsqueeze(1), attention_mask=attend[..., : prompt_len + t + 1],
                        position_ids=next_pos.unsqueeze(1), past_key_values=cache, use_cache=True).logits[:, -1]
         next_pos += 1
     tokens = allowed[chosen].tolist()

@@ -176,7 +176,12 @@ def load_hifigan(
         raise HiFiGANWeightsNotFound(f"HiFi-GAN checkpoint {checkpoint} does not exist ({INSTALL_HINT})")
     if config is None:
         beside = checkpoint.parent / "config.json"
-        config = beside if beside.is_file() else shipped_weights(model)[1]
+        try:
+            config = beside if beside.is_file() else shipped_weights(model)[1]
+        except HiFiGANWeightsNotFound as err:
+            raise HiFiGANWeightsNotFound(
+                f"no config.json beside {checkpoint}: pass config=, or `{INSTALL_HINT}` for the shipped one"
+            ) from err
     generator = HiFiGAN(HiFiGANConfig.from_json(config))
     generator.load_state_dict(_fold_weight_norm(_read_state_dict(checkpoint)), strict=True)
     return generator.eval().requires_grad_(False)

@@ -64,6 +64,13 @@ class Voice:
         _run(["espeak-ng", "-v", self.name, "-w", str(wav_path), text])
         return None
 
+    def phones(self, text: str) -> tuple[list[str], list[int]]:
+        """The phones (and their durations in ms) this MBROLA voice would say for `text`, without audio."""
+        if self.engine != "mbrola":
+            raise VoiceError(f"only MBROLA voices report phones; {self.speaker} does not")
+        phones, ms, _ = _edge_silences(_run(["espeak-ng", "-v", f"mb-{self.name}", "-q", "--pho", text]))
+        return phones, ms
+
     def _mbrola_db(self) -> Path:
         return MBROLA_DIR / self.name / self.name
 

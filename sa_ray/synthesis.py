@@ -1,0 +1,84 @@
+"""Text + voice prompt -> speech: AR sample (layer 0, and phones when aligned) -> NAR -> codec decode.
+
+`CodecTTS` bundles the three models a voice needs and is what the evaluator, the synthesize job and
+Serve use. The AR step goes through `sa_ray.sampling` here; the rollout engine may use vLLM instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sa_ray.codec import Codec
+from sa_ray.corpus.voices import Voice
+from sa_ray.models.ar import load_ar
+from sa_ray.models.nar import NARModel
+from sa_ray.models.vocab import EOS, Vocab
+from sa_ray.sampling import SamplingConfig, sample
+from sa_ray.text import normalize_text
+
+
+@dataclass
+class Request:
+    text: str
+    prompt_codes: np.ndarray  # [L, frames] of another utterance of the target voice
+    seed: int = 0
+
+
+@dataclass
+class Synthesis:
+    wav: np.ndarray
+    codes: np.ndarray  # [L, frames]
+    ar_tokens: list[int]  # the AR target as generated (phones + codes [+ EOS])
+    ended: bool  # False when generation hit its length limit before EOS
+
+
+class CodecTTS:
+    def __init__(self, ar, vocab: Vocab, nar: NARModel, codec: Codec, phone_voice: str = "mbrola-us1"):
+        self.ar, self.vocab, self.nar, self.codec = ar.eval(), vocab, nar.eval(), codec
+        self.phone_voice = Voice.parse(phone_voice)
+
+    @classmethod
+    def load(cls, model_dir: str | Path, codec: Codec, phone_voice: str = "mbrola-us1") -> "CodecTTS":
+        ar, vocab = load_ar(Path(model_dir) / "ar")
+        return cls(ar, vocab, NARModel.from_pretrained(Path(model_dir) / "nar"), codec, phone_voice)
+
+    def text_tokens(self, text: str) -> tuple[list[str], float]:
+        """Text tokens for new text and the expected number of frames (a length guide for sampling)."""
+        if self.vocab.aligned:
+            phones, ms = self.phone_voice.phones(text)
+            return phones, sum(ms) / 1000 * self.codec.frame_rate
+        chars = ["|" if c == " " else c for c in normalize_text(text)]
+        return chars, len(chars) * 0.08 * self.codec.frame_rate  # ~80 ms a character
+
+    def prompts(self, requests: list[Request]) -> tuple[list[list[int]], list[int], list[list[int]]]:
+        """AR prompts, max new tokens and text ids of each request."""
+        prompts, budgets, texts = [], [], []
+        for r in requests:
+            tokens, expected = self.text_tokens(r.text)
+            text_ids = self.vocab.text_ids(tokens)
+            prompts.append(self.vocab.prompt(text_ids, r.prompt_codes[0]))
+            extra = len(text_ids) if self.vocab.aligned else 0
+            budgets.append(extra + int(2 * expected) + 20)
+            texts.append(text_ids)
+        return prompts, budgets, texts
+
+    def synthesize(self, requests: list[Request], sampling: SamplingConfig = SamplingConfig()) -> list[Synthesis]:
+        prompts, budgets, texts = self.prompts(requests)
+        generated = sample(self.ar, prompts, self.vocab.generation_ids(), EOS, budgets,
+                           [r.seed for r in requests], sampling)
+        return [self.finish(r, ids, t) for r, ids, t in zip(requests, generated, texts)]
+
+    def finish(self, request: Request, ar_tokens: list[int], text_ids: list[int]) -> Synthesis:
+        """Generated AR tokens -> all codec layers (NAR) -> waveform."""
+        level0, owner, ended = self.vocab.parse_target(ar_tokens)
+        if len(level0) == 0:
+            return Synthesis(np.zeros(0, np.float32), np.zeros((self.codec.n_codebooks, 0), np.int64), ar_tokens, ended)
+        text = [i - self.vocab.text_offset for i in text_ids]
+        frame_text = owner if self.vocab.aligned else None  # -1 marks frames before the first phone
+        with torch.inference_mode():
+            codes = self.nar.generate(text, request.prompt_codes, level0, frame_text)
+        return Synthesis(self.codec.decode(codes), codes, ar_tokens, ended)
