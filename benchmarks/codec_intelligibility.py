@@ -21,12 +21,13 @@ from sa_ray.audio import read_wav
 from sa_ray.codec import Codec
 from sa_ray.codec.hf_codec import HFCodec
 from sa_ray.codec.mel_kmeans import MelKMeansCodec
+from sa_ray.evaluation import domain_asr
 from sa_ray.metrics.asr import PocketSphinxASR
 from sa_ray.metrics.wer import wer
 
 
-def round_trip_wer(name: str, codec: Codec | None, rows: list[dict], asr: PocketSphinxASR, layers: int | None) -> dict:
-    hyps, t_codec = [], 0.0
+def round_trip_wer(name: str, codec: Codec | None, rows: list[dict], asrs: list, layers: int | None) -> dict:
+    hyps, t_codec = [[] for _ in asrs], 0.0
     for row in tqdm(rows, desc=name, leave=False):
         wav, sr = read_wav(row["audio_path"])
         if codec is not None:
@@ -34,9 +35,11 @@ def round_trip_wer(name: str, codec: Codec | None, rows: list[dict], asr: Pocket
             codes = codec.encode(wav, sr)
             wav, sr = codec.decode(codes[: layers or codes.shape[0]]), codec.sample_rate
             t_codec += time.perf_counter() - t0
-        hyps.append(asr.transcribe(wav, sr))
+        for h, asr in zip(hyps, asrs):
+            h.append(asr.transcribe(wav, sr))
     seconds = sum(r["duration"] for r in rows)
-    return {"audio": name, "wer": wer([r["text"] for r in rows], hyps),
+    refs = [r["text"] for r in rows]
+    return {"audio": name, **{asr.backend: wer(refs, h) for asr, h in zip(asrs, hyps)},
             "codec_rtf": t_codec / seconds if codec is not None else None}
 
 
@@ -51,25 +54,26 @@ def main() -> None:
     run = Path(args.run_dir)
     rows = pq.read_table(run / "data" / args.split, columns=["utt_id", "text", "audio_path", "duration"]).to_pylist()
     rows = rows[:: max(1, len(rows) // args.n)][: args.n]
-    asr = PocketSphinxASR()
+    asrs = [PocketSphinxASR(), domain_asr(run / "data")]
     mk = MelKMeansCodec.load(run / "codec")
     L = mk.n_codebooks
     results = [
-        round_trip_wer("original", None, rows, asr, None),
-        round_trip_wer(f"mel k-means {L} x {mk.codebook_size} @ {mk.frame_rate:.1f} Hz, all layers", mk, rows, asr, None),
-        round_trip_wer("mel k-means, layer 0 only", mk, rows, asr, 1),
+        round_trip_wer("original", None, rows, asrs, None),
+        round_trip_wer(f"mel k-means {L} x {mk.codebook_size} @ {mk.frame_rate:.1f} Hz, all layers", mk, rows, asrs, None),
+        round_trip_wer("mel k-means, layer 0 only", mk, rows, asrs, 1),
     ]
     if args.encodec:
         enc = HFCodec.from_pretrained(args.encodec, bandwidth=6.0)
-        results.append(round_trip_wer(f"EnCodec {args.encodec} 6 kbps", enc, rows, asr, None))
+        results.append(round_trip_wer(f"EnCodec {args.encodec} 6 kbps", enc, rows, asrs, None))
     enc_random = HFCodec.from_config("encodec", seed=0, init_codebooks=True, n_codebooks=8)
-    results.append(round_trip_wer("EnCodec 24 kHz, random weights (no download possible)", enc_random, rows, asr, None))
+    results.append(round_trip_wer("EnCodec 24 kHz, random weights (no download possible)", enc_random, rows, asrs, None))
 
-    print(f"\n{len(rows)} utterances of {run / 'data' / args.split}, ASR: {asr.backend}\n")
-    print("| audio | WER | codec time / audio time |\n|---|---|---|")
+    print(f"\n{len(rows)} utterances of {run / 'data' / args.split}\n")
+    print("| audio | " + " | ".join(f"WER ({a.backend})" for a in asrs) + " | codec time / audio time |")
+    print("|---|" + "---|" * (len(asrs) + 1))
     for r in results:
         rtf = f"{r['codec_rtf']:.3f}" if r["codec_rtf"] is not None else "-"
-        print(f"| {r['audio']} | {r['wer']:.3f} | {rtf} |")
+        print(f"| {r['audio']} | " + " | ".join(f"{r[a.backend]:.3f}" for a in asrs) + f" | {rtf} |")
     (run / "codec_intelligibility.json").write_text(json.dumps(results, indent=1))
 
 

@@ -62,14 +62,13 @@ def evaluate(cfg, run_dir: Path, model_dir: Path) -> dict[str, dict]:
     """WER/SIM of synthesised held-out speech (offline ASR and speaker encoder), per held-out set."""
     from sa_ray.codec import load_codec
     from sa_ray.data.examples import PromptBank
-    from sa_ray.evaluation import evaluate_tts
-    from sa_ray.metrics.asr import PocketSphinxASR
+    from sa_ray.evaluation import domain_asr, evaluate_tts
     from sa_ray.metrics.speaker import ResemblyzerSIM
     from sa_ray.synthesis import CodecTTS
 
     codec = load_codec(cfg.codec, run_dir / "codec")
     tts = CodecTTS.load(model_dir, codec, cfg.model.phone_voice)
-    asr, sim = PocketSphinxASR(), ResemblyzerSIM()
+    asr, sim = domain_asr(run_dir / "data"), ResemblyzerSIM()
     prompt_frames = round(cfg.model.prompt_seconds * codec.frame_rate)
     tables = {s: pq.read_table(run_dir / "data" / s).to_pylist() for s in ("heldout_sentences", "heldout_voices")}
     n = cfg.pretrain.eval_utterances

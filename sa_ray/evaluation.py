@@ -10,15 +10,31 @@ ceiling (golden codes of all layers decoded by the same codec) is reported besid
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from sa_ray.audio import read_wav
 from sa_ray.data.examples import PromptBank, row_codes
+from sa_ray.metrics.asr import PocketSphinxASR, build_domain_lm
 from sa_ray.metrics.wer import wer
 from sa_ray.sampling import SamplingConfig
 from sa_ray.synthesis import CodecTTS, Request
+
+
+def domain_asr(data_dir: str | Path) -> PocketSphinxASR:
+    """pocketsphinx with an n-gram LM of the TRAINING sentences (built once, kept beside the data).
+
+    The generic LM's prior fights the corpus's unusual sentences (original audio: WER 0.44 generic vs
+    0.24 domain LM on held-out sentences), so the domain LM lets WER measure the speech, not the prior.
+    """
+    lm_dir = Path(data_dir) / "asr_lm"
+    if not (lm_dir / "domain.lm").is_file():
+        texts = sorted(set(pq.read_table(Path(data_dir) / "train", columns=["text"]).column("text").to_pylist()))
+        build_domain_lm(texts, lm_dir)
+    return PocketSphinxASR(str(lm_dir / "domain.lm"), str(lm_dir / "domain.dict"))
 
 
 def evaluate_tts(tts: CodecTTS, rows: list[dict], bank: PromptBank, asr, sim, seed: int = 0,

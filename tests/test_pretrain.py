@@ -96,3 +96,15 @@ def test_pretrain_job_trains_on_ray_exports_and_evaluates(prepared_tiny, tmp_pat
     heldout = [h.value for h in client.get_metric_history(run.info.run_id, "heldout_ar_loss")]
     assert len(heldout) == 2 and heldout[-1] < heldout[0]  # training lowers the held-out loss
     assert "heldout_sentences_wer" in run.data.metrics
+
+    # synthesis of one sentence through the job: a wav of plausible length for the text
+    from jobs import synthesize
+    from sa_ray.audio import read_wav
+    from sa_ray.corpus.voices import Voice
+
+    text = "The cat sat on the mat."
+    wav_path = synthesize.main(["--config", argv[1], "--text", text, "--speaker", "mbrola-us2",
+                                "--model", str(model_dir), "--out", str(tmp_path / "cat.wav"), *argv[2:]])
+    wav, sr = read_wav(wav_path)
+    expected = sum(Voice.parse("mbrola-us1").phones(text)[1]) / 1000
+    assert 0.05 < len(wav) / sr <= 2.5 * expected

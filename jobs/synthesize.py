@@ -1,0 +1,64 @@
+"""synthesize: text + a voice (a corpus speaker id or a prompt wav) -> a wav file.
+
+    python -m jobs.synthesize --text "The cat sat on the mat." --speaker mbrola-us2 --out cat.wav
+    python -m jobs.synthesize --text "Hello there." --prompt-wav me.wav --out hello.wav model_dir=...
+
+The model is <run_dir>/pretrain/model unless `--model DIR` names another (e.g. an aligned policy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from jobs import _cli
+from sa_ray.audio import read_wav, write_wav
+from sa_ray.codec import load_codec
+from sa_ray.config import load_config
+from sa_ray.data.examples import PromptBank
+from sa_ray.sampling import SamplingConfig
+from sa_ray.synthesis import CodecTTS, Request
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=_cli.DEFAULT_CONFIG)
+    ap.add_argument("--text", required=True)
+    voice = ap.add_mutually_exclusive_group(required=True)
+    voice.add_argument("--speaker", help="a speaker id of the prepared corpus")
+    voice.add_argument("--prompt-wav", help="~3 s of the voice to clone")
+    ap.add_argument("--model", default=None, help="model directory (ar/ + nar/)")
+    ap.add_argument("--out", default="synth.wav")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(cfg.run_dir)
+
+    codec = load_codec(cfg.codec, run_dir / "codec")
+    model_dir = Path(args.model) if args.model else run_dir / "pretrain" / "model"
+    if not (model_dir / "ar").is_dir():
+        raise FileNotFoundError(f"no model in {model_dir}: run `python -m jobs.pretrain` or pass --model")
+    tts = CodecTTS.load(model_dir, codec, cfg.model.phone_voice)
+    frames = round(cfg.model.prompt_seconds * codec.frame_rate)
+    if args.prompt_wav:
+        prompt = codec.encode(*read_wav(args.prompt_wav))[:, :frames]
+    else:
+        rows = [r for split in ("train", "heldout_voices") for r in pq.read_table(run_dir / "data" / split).to_pylist()
+                if r["speaker"] == args.speaker]
+        if not rows:
+            raise FileNotFoundError(f"speaker {args.speaker!r} has no utterance in {run_dir / 'data'}")
+        prompt = PromptBank.from_rows(rows, frames, codec.n_codebooks).draw(args.speaker, "", random.Random(args.seed))
+    out = tts.synthesize([Request(args.text, prompt, args.seed)], SamplingConfig(temperature=args.temperature))[0]
+    write_wav(args.out, out.wav, codec.sample_rate)
+    print(f"{args.out}: {len(out.wav) / codec.sample_rate:.2f} s"
+          + ("" if out.ended else " (hit the length limit before EOS)"))
+    return Path(args.out)
+
+
+if __name__ == "__main__":
+    _cli.run(main)
