@@ -21,6 +21,7 @@ from sa_ray.audio import read_wav
 from sa_ray.codec import Codec
 from sa_ray.codec.hf_codec import HFCodec
 from sa_ray.codec.mel_kmeans import MelKMeansCodec
+from sa_ray.config import load_config
 from sa_ray.evaluation import domain_asr
 from sa_ray.metrics.asr import PocketSphinxASR
 from sa_ray.metrics.wer import wer
@@ -54,7 +55,7 @@ def main() -> None:
     run = Path(args.run_dir)
     rows = pq.read_table(run / "data" / args.split, columns=["utt_id", "text", "audio_path", "duration"]).to_pylist()
     rows = rows[:: max(1, len(rows) // args.n)][: args.n]
-    asrs = [PocketSphinxASR(), domain_asr(run / "data")]
+    asrs = [PocketSphinxASR(), domain_asr(run / "data", load_config(run / "data" / "config.yaml").corpus)]
     mk = MelKMeansCodec.load(run / "codec")
     L = mk.n_codebooks
     results = [

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from jobs import _cli
 from sa_ray import tracking
 from sa_ray.codec import load_or_fit_codec
-from sa_ray.config import Config
+from sa_ray.config import Config, save_config
 from sa_ray.data.prepare import (SPLITS, fingerprint, load_corpus, manifest_rows, read_summary,
                                  summarize)
 from sa_ray.data.validate import BadInputError, load_checked_audio
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
                 rules[r["rule"]] += 1
     summary = summarize(counts, seconds, rules, resampled, fp, codec)
     (staging / "summary.json").write_text(json.dumps(summary, indent=2))
+    save_config(cfg, staging / "config.yaml")  # what made this dataset, for later stages and people
     shutil.rmtree(data_dir, ignore_errors=True)
     staging.rename(data_dir)
 

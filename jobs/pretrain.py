@@ -68,7 +68,7 @@ def evaluate(cfg, run_dir: Path, model_dir: Path) -> dict[str, dict]:
 
     codec = load_codec(cfg.codec, run_dir / "codec")
     tts = CodecTTS.load(model_dir, codec, cfg.model.phone_voice)
-    asr, sim = domain_asr(run_dir / "data"), ResemblyzerSIM()
+    asr, sim = domain_asr(run_dir / "data", cfg.corpus), ResemblyzerSIM()
     prompt_frames = round(cfg.model.prompt_seconds * codec.frame_rate)
     tables = {s: pq.read_table(run_dir / "data" / s).to_pylist() for s in ("heldout_sentences", "heldout_voices")}
     n = cfg.pretrain.eval_utterances
