@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections import Counter
 from pathlib import Path
 
 
@@ -103,18 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
             (staging / name).mkdir(parents=True, exist_ok=True)
             pq.write_table(part.schema().base_schema.empty_table(), staging / name / "empty.parquet")
 
-    meta = ds.select_columns(["split", "status", "rule", "duration", "orig_sample_rate"]).to_arrow_refs()
-    table = ray.get(meta)
-    counts, seconds, rules, resampled = Counter(), Counter(), Counter(), 0
-    for t in table:
-        for r in t.to_pylist():
-            if r["status"] == "ok":
-                counts[r["split"]] += 1
-                seconds[r["split"]] += r["duration"]
-                resampled += int(r["orig_sample_rate"] != codec.sample_rate)
-            else:
-                rules[r["rule"]] += 1
-    summary = summarize(counts, seconds, rules, resampled, fp, codec)
+    meta = ds.select_columns(["split", "status", "rule", "duration", "orig_sample_rate"]).iter_rows()
+    summary = summarize(meta, fp, codec)
     (staging / "summary.json").write_text(json.dumps(summary, indent=2))
     save_config(cfg, staging / "config.yaml")  # what made this dataset, for later stages and people
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -123,10 +112,10 @@ def main(argv: list[str] | None = None) -> dict:
     # Save: the record of this preparation in MLflow.
     with tracking.job_run(cfg, "prepare", args.run_id):
         tracking.log_metrics({"utterances": summary["utterances"], "kept": summary["kept"],
-                              "quarantined": summary["quarantined"], "resampled": resampled,
+                              "quarantined": summary["quarantined"], "resampled": summary["resampled"],
                               **{f"{s}_utterances": v["utterances"] for s, v in summary["splits"].items()},
                               **{f"{s}_hours": v["hours"] for s, v in summary["splits"].items()},
-                              **{f"quarantine_{k}": v for k, v in rules.items()}})
+                              **{f"quarantine_{k}": v for k, v in summary["quarantine_reasons"].items()}})
         tracking.log_artifact(data_dir / "summary.json")
         tracking.log_artifact(data_dir / "quarantine", "quarantine")
         tracking.log_artifact(run_dir / "codec", "codec")

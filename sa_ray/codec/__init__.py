@@ -31,12 +31,19 @@ def load_or_fit_codec(cfg: CodecConfig, codec_dir: str | Path, seed: int,
                       training_audio: Callable[[], Iterable[tuple[np.ndarray, int]]]) -> Codec:
     """Loads the codec saved in `codec_dir`, fitting and saving it first when it is trained here.
 
-    A fitted codec is never refitted: the codes already written with it must keep their meaning.
+    A fitted codec is never refitted while the config asks for the same shape: the codes already
+    written with it must keep their meaning.
     """
     codec_dir = Path(codec_dir)
-    if cfg.kind != "mel_kmeans" or (codec_dir / "codec.json").is_file():
+    if cfg.kind != "mel_kmeans":
         return load_codec(cfg, codec_dir)
     from sa_ray.codec.mel_kmeans import MelKMeansCodec
+
+    if (codec_dir / "codec.json").is_file():
+        codec = MelKMeansCodec.load(codec_dir)
+        if (codec.n_codebooks, codec.codebook_size, codec.stack) == (cfg.n_codebooks, cfg.codebook_size, cfg.stack):
+            return codec
+        # The config asks for another codec: its data is re-prepared from scratch, so refit.
 
     codec = MelKMeansCodec.fit(training_audio(), n_codebooks=cfg.n_codebooks, codebook_size=cfg.codebook_size,
                                stack=cfg.stack, seed=seed, vocoder=cfg.vocoder)
