@@ -5,7 +5,7 @@ STAMP := $(VENV)/.sa-ray-installed
 CONFIG ?= configs/tiny.yaml
 ARGS ?=
 
-.PHONY: install demo test test-fast prepare clean
+.PHONY: install demo test test-fast prepare pretrain clean
 
 $(STAMP): pyproject.toml scripts/install.sh scripts/install-system.sh
 	bash scripts/install.sh
@@ -18,6 +18,9 @@ demo: install  ## the main job on the embedded default (configs/tiny.yaml)
 
 prepare: install
 	$(PY) -m jobs.prepare --config $(CONFIG) $(ARGS)
+
+pretrain: install  ## train the base codec LM (resumes when re-run)
+	$(PY) -m jobs.pretrain --config $(CONFIG) $(ARGS)
 
 test: install  ## the whole suite
 	bash scripts/install-system.sh

@@ -64,7 +64,7 @@ class CorpusConfig:
 class CodecConfig:
     kind: str = "mel_kmeans"  # mel_kmeans (offline, trained on the corpus) | encodec | mimi
     path: str | None = None  # encodec/mimi: local HF directory or hub id; None = random init (smoke runs)
-    n_codebooks: int = 4
+    n_codebooks: int = 8
     codebook_size: int = 256
     stack: int = 2  # mel_kmeans: mel frames per code frame (2 -> 43 Hz)
     fit_utterances: int = 400  # mel_kmeans: training utterances the k-means is fitted on

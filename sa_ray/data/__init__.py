@@ -1,0 +1,1 @@
+"""Prepared data: validation rules, tokenisation into Parquet splits, training examples."""

@@ -1,0 +1,1 @@
+"""Inference engines behind the project's sampling interface (vLLM lives in `vllm_engine`, imported lazily)."""

