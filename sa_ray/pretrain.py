@@ -81,11 +81,10 @@ class CodecLMTrainer:
         random.Random(f"{self.cfg.seed}:{self.epoch}:{self.rank}").shuffle(order)
         return order
 
-    def _examples(self, indices: list[int], rng: random.Random) -> tuple[dict, dict]:
+    def _examples(self, rows: list[dict], bank: PromptBank, rng: random.Random) -> tuple[dict, dict]:
         ar, nar = [], []
-        for i in indices:
-            row = self.rows[i]
-            prompt = self.bank.draw(row["speaker"], row["utt_id"], rng)
+        for row in rows:
+            prompt = bank.draw(row["speaker"], row["utt_id"], rng)
             ar.append(ar_example(row, prompt, self.vocab, self.frame_rate))
             nar.append(nar_example(row, prompt, self.vocab, self.frame_rate, self.n_codebooks))
         return collate_ar(ar), collate_nar(nar)
@@ -97,7 +96,7 @@ class CodecLMTrainer:
         indices = self._order()[self.position : self.position + bs]
         rng = random.Random(f"{self.cfg.seed}:{self.epoch}:{self.rank}:{self.position}")  # prompt choice
         self.position += bs
-        return self._examples(indices, rng)
+        return self._examples([self.rows[i] for i in indices], self.bank, rng)
 
     # ---------------------------------------------------------------------------------- steps
 
@@ -123,16 +122,10 @@ class CodecLMTrainer:
         rng = random.Random(self.cfg.seed)
         totals: dict[str, list[float]] = {}
         for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            ar, nar = [], []
-            for row in chunk:
-                prompt = bank.draw(row["speaker"], row["utt_id"], rng)
-                ar.append(ar_example(row, prompt, self.vocab, self.frame_rate))
-                nar.append(nar_example(row, prompt, self.vocab, self.frame_rate, self.n_codebooks))
+            ar_batch, nar_batch = self._examples(rows[start : start + batch_size], bank, rng)
             with self._autocast():
-                _, m = ar_loss(self.ar, collate_ar(ar))
-                _, m2 = self.nar.loss(collate_nar(nar), generator=torch.Generator().manual_seed(start))
-            for k, v in {**m, **m2}.items():
+                _, m = self.model(ar_batch, nar_batch, torch.Generator().manual_seed(start))
+            for k, v in m.items():
                 totals.setdefault(k, []).append(v)
         return {f"heldout_{k}": float(np.mean(v)) for k, v in totals.items()}
 
