@@ -123,7 +123,7 @@ class ModelConfig:
 
 @dataclass
 class PretrainConfig:
-    steps: int = 3000
+    steps: int = 6000
     batch_size: int = 16  # per worker
     lr: float = 1e-3
     warmup_steps: int = 200
