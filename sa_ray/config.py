@@ -97,6 +97,9 @@ class PrepareConfig:
         _require(self.encoders >= 1, "prepare.encoders must be >= 1")
 
 
+VLLM_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
 @dataclass
 class ModelConfig:
     arch: str = "llama"  # llama | qwen2 (the AR model's Hugging Face architecture)
@@ -117,6 +120,10 @@ class ModelConfig:
         for name in ("hidden", "layers", "heads", "intermediate", "max_positions", "nar_hidden", "nar_layers", "nar_heads"):
             _require(getattr(self, name) >= 1, f"model.{name} must be >= 1")
         _require(self.hidden % self.heads == 0, "model.hidden must be divisible by model.heads")
+        # vLLM's CPU attention kernels exist for these head sizes only; other sizes fail at first forward.
+        _require(self.hidden // self.heads in VLLM_HEAD_SIZES,
+                 f"model.hidden / model.heads must be one of {VLLM_HEAD_SIZES} (head sizes vLLM serves); "
+                 f"got {self.hidden // self.heads}")
         _require(self.nar_hidden % self.nar_heads == 0, "model.nar_hidden must be divisible by model.nar_heads")
         _require(0.5 <= self.prompt_seconds <= 30, "model.prompt_seconds must be in [0.5, 30]")
 
