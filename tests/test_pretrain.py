@@ -92,10 +92,20 @@ def test_pretrain_job_trains_on_ray_exports_and_evaluates(prepared_tiny, tmp_pat
 
     client = tracking.client(cfg)
     exp = client.get_experiment_by_name(cfg.experiment)
-    run = client.search_runs([exp.experiment_id], filter_string="tags.`sa_ray.job` = 'pretrain'")[0]
+    run = client.search_runs([exp.experiment_id], filter_string="tags.`sa_ray.job` = 'pretrain'",
+                             order_by=["start_time DESC"])[0]
     heldout = [h.value for h in client.get_metric_history(run.info.run_id, "heldout_ar_loss")]
     assert len(heldout) == 2 and heldout[-1] < heldout[0]  # training lowers the held-out loss
     assert "heldout_sentences_wer" in run.data.metrics
+
+    # re-running the same command resumes from the latest checkpoint: here, the finished run's last one,
+    # so nothing trains again and the exported model is the same
+    weights = (model_dir / "ar" / "model.safetensors").read_bytes()
+    pretrain.main(argv)
+    rerun = client.search_runs([exp.experiment_id], filter_string="tags.`sa_ray.job` = 'pretrain'",
+                               order_by=["start_time DESC"])[0]
+    assert rerun.info.run_id != run.info.run_id and "ar_loss" not in rerun.data.metrics
+    assert (model_dir / "ar" / "model.safetensors").read_bytes() == weights
 
     # synthesis of one sentence through the job: a wav of plausible length for the text
     from jobs import synthesize
