@@ -13,9 +13,8 @@ import soundfile as sf
 from jobs import _cli, prepare
 from sa_ray import tracking
 from sa_ray.corpus.voices import Voice
-from sa_ray.data.prepare import SPLITS
 
-from .conftest import REPO, config_of, tiny_argv
+from .conftest import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -109,7 +108,7 @@ def _write_bad_librispeech(root: Path, speech: Path) -> dict[str, str]:
     add("11-22-0006", "SO SILENT", "silent_audio", np.zeros(sr, np.float32))
     add("11-22-0007", "TOO SHORT", "too_short", wav[: sr // 10])
     add("11-22-0008", "TOO LONG", "too_long", np.tile(wav, 16))
-    lines.append(f"11-22-0000 HELLO AGAIN")  # a repeated id: the first one is kept
+    lines.append("11-22-0000 HELLO AGAIN")  # a repeated id: the first one is kept
     (chapter / "11-22.trans.txt").write_text("\n".join(lines) + "\n")
     # an empty audio file: a valid header and no samples (libsndfile reads by content, not by name)
     sf.write(chapter / "11-22-0009.flac", np.zeros(0, np.float32), sr, format="WAV")
