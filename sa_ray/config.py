@@ -141,7 +141,6 @@ class PretrainConfig:
     eval_utterances: int = 40  # held-out utterances synthesised and scored at the end
     workers: int = 1  # Ray Train workers (DDP over gloo on CPU, NCCL on GPU)
     use_gpu: bool = False
-    deepspeed_stage: int = 0  # 0 = plain DDP; 1/2/3 = DeepSpeed ZeRO stage
     bf16: bool = True  # bfloat16 autocast for matmuls (3x faster on CPUs with AVX512-BF16; fp32 weights)
     init_from: str | None = None  # a shipped/saved base model directory: skip training, evaluate it
     seed: int = 0
@@ -151,7 +150,6 @@ class PretrainConfig:
             _require(getattr(self, name) >= 1, f"pretrain.{name} must be >= 1")
         _require(0 < self.lr < 1, "pretrain.lr must be in (0, 1)")
         _require(self.warmup_steps >= 0, "pretrain.warmup_steps must be >= 0")
-        _require(self.deepspeed_stage in (0, 1, 2, 3), "pretrain.deepspeed_stage must be 0, 1, 2 or 3")
 
 
 @dataclass
