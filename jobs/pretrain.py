@@ -39,7 +39,7 @@ def train(cfg, run_dir: Path, summary: dict, run_id: str) -> Path:
         train_loop_config={
             "model": cfg.model.__dict__, "pretrain": cfg.pretrain.__dict__,
             "vocab": build_vocab(meta, codec["codebook_size"]), "n_codebooks": codec["n_codebooks"],
-            "frame_rate": codec["frame_rate"], "prompt_frames": round(cfg.model.prompt_seconds * codec["frame_rate"]),
+            "frame_rate": codec["frame_rate"], "prompt_frames": cfg.model.prompt_frames(codec["frame_rate"]),
             "tracking_uri": tracking.resolve_uri(cfg.tracking.uri), "run_id": run_id,
             "threads": max(1, int(ray.available_resources().get("CPU", 1)) // workers),
         },
@@ -69,7 +69,7 @@ def evaluate(cfg, run_dir: Path, model_dir: Path) -> dict[str, dict]:
     codec = load_codec(cfg.codec, run_dir / "codec")
     tts = CodecTTS.load(model_dir, codec, cfg.model.phone_voice)
     asr, sim = domain_asr(run_dir / "data", cfg.corpus), ResemblyzerSIM()
-    prompt_frames = round(cfg.model.prompt_seconds * codec.frame_rate)
+    prompt_frames = cfg.model.prompt_frames(codec.frame_rate)
     tables = {s: pq.read_table(run_dir / "data" / s).to_pylist() for s in ("heldout_sentences", "heldout_voices")}
     n = cfg.pretrain.eval_utterances
     out = {}

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> Path:
     if not (model_dir / "ar").is_dir():
         raise FileNotFoundError(f"no model in {model_dir}: run `python -m jobs.pretrain` or pass --model")
     tts = CodecTTS.load(model_dir, codec, cfg.model.phone_voice)
-    frames = round(cfg.model.prompt_seconds * codec.frame_rate)
+    frames = cfg.model.prompt_frames(codec.frame_rate)
     if args.prompt_wav:
         prompt = codec.encode(*read_wav(args.prompt_wav))[:, :frames]
     else:

@@ -127,6 +127,9 @@ class ModelConfig:
         _require(self.nar_hidden % self.nar_heads == 0, "model.nar_hidden must be divisible by model.nar_heads")
         _require(0.5 <= self.prompt_seconds <= 30, "model.prompt_seconds must be in [0.5, 30]")
 
+    def prompt_frames(self, frame_rate: float) -> int:
+        return round(self.prompt_seconds * frame_rate)
+
 
 @dataclass
 class PretrainConfig:

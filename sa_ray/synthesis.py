@@ -14,6 +14,7 @@ import torch
 
 from sa_ray.codec import Codec
 from sa_ray.corpus.voices import Voice
+from sa_ray.data.examples import char_tokens
 from sa_ray.models.ar import load_ar
 from sa_ray.models.nar import NARModel
 from sa_ray.models.vocab import EOS, Vocab
@@ -51,7 +52,7 @@ class CodecTTS:
         if self.vocab.aligned:
             phones, ms = self.phone_voice.phones(text)
             return phones, sum(ms) / 1000 * self.codec.frame_rate
-        chars = ["|" if c == " " else c for c in normalize_text(text)]
+        chars = char_tokens(normalize_text(text))
         return chars, len(chars) * 0.08 * self.codec.frame_rate  # ~80 ms a character
 
     def prompts(self, requests: list[Request]) -> tuple[list[list[int]], list[int], list[list[int]]]:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from sa_ray.config import Config, save_config
@@ -91,9 +93,6 @@ class RunLogger:
         self._client, self.run_id = MlflowClient(resolve_uri(uri)), run_id
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        from mlflow.entities import Metric
-        import time
-
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
         self._client.log_batch(self.run_id, metrics=batch)

@@ -33,16 +33,17 @@ def build_vocab(rows: list[dict], codebook_size: int) -> Vocab:
     aligned = is_aligned(rows)
     tokens: set[str] = set()
     for r in rows:
-        tokens.update(r["phones"] if aligned else _chars(r["text_norm"]))
+        tokens.update(r["phones"] if aligned else char_tokens(r["text_norm"]))
     return Vocab(tuple(sorted(tokens)), codebook_size, aligned)
 
 
-def _chars(text: str) -> list[str]:
+def char_tokens(text: str) -> list[str]:
+    """Characters of normalised text as text tokens, `|` marking word boundaries."""
     return ["|" if c == " " else c for c in text]
 
 
 def text_tokens(row: dict, vocab: Vocab) -> list[str]:
-    return list(row["phones"]) if vocab.aligned else _chars(row["text_norm"])
+    return list(row["phones"]) if vocab.aligned else char_tokens(row["text_norm"])
 
 
 @dataclass
