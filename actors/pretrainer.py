@@ -35,8 +35,11 @@ def train_loop(config: dict) -> None:
     all_rows = _rows("train")
     mine = [r for r in all_rows if zlib.crc32(r["utt_id"].encode()) % world == rank]
     bank = PromptBank.from_rows(all_rows, config["prompt_frames"], config["n_codebooks"])
+    # DDP for the plain path; with pretrain.deepspeed the trainer builds a ZeRO engine on the process group
+    # Ray Train set up (gloo on CPU, also for one worker), which reduces gradients itself
+    ddp = world > 1 and not train_cfg.deepspeed
     trainer = CodecLMTrainer(model_cfg, train_cfg, vocab, config["n_codebooks"], config["frame_rate"], mine, bank,
-                             rank=rank, wrap=ray.train.torch.prepare_model if world > 1 else (lambda m: m))
+                             rank=rank, wrap=ray.train.torch.prepare_model if ddp else (lambda m: m))
     heldout = _rows("heldout") if rank == 0 else []
     heldout_bank = PromptBank.from_rows(heldout, config["prompt_frames"], config["n_codebooks"]) if heldout else None
     logger = RunLogger(config["tracking_uri"], config["run_id"]) if rank == 0 and config.get("run_id") else None
@@ -58,8 +61,8 @@ def train_loop(config: dict) -> None:
             logger.log(metrics, step)
         if step % train_cfg.checkpoint_every == 0 or last:
             with tempfile.TemporaryDirectory() as d:
+                trainer.save(d)  # every rank (ZeRO gathers the optimiser state collectively); rank 0 writes
                 if rank == 0:
-                    trainer.save(d)
                     trainer.export(f"{d}/model")
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
         elif step % log_every == 0:

@@ -61,26 +61,15 @@ def train(cfg, run_dir: Path, summary: dict, run_id: str) -> Path:
 def evaluate(cfg, run_dir: Path, model_dir: Path) -> dict[str, dict]:
     """WER/SIM of synthesised held-out speech (offline ASR and speaker encoder), per held-out set."""
     from sa_ray.codec import load_codec
-    from sa_ray.data.examples import PromptBank
-    from sa_ray.evaluation import domain_asr, evaluate_tts
+    from sa_ray.evaluation import domain_asr, evaluate_heldout, heldout_tables
     from sa_ray.metrics.speaker import ResemblyzerSIM
     from sa_ray.synthesis import CodecTTS
 
     codec = load_codec(cfg.codec, run_dir / "codec")
     tts = CodecTTS.load(model_dir, codec, cfg.model.phone_voice)
     asr, sim = domain_asr(run_dir / "data", cfg.corpus), ResemblyzerSIM()
-    prompt_frames = cfg.model.prompt_frames(codec.frame_rate)
-    tables = {s: pq.read_table(run_dir / "data" / s).to_pylist() for s in ("heldout_sentences", "heldout_voices")}
-    n = cfg.pretrain.eval_utterances
-    out = {}
-    for split, rows in tables.items():
-        if not rows:
-            continue
-        bank = PromptBank.from_rows(rows, prompt_frames, codec.n_codebooks)
-        picked = rows[:: max(1, len(rows) // n)][:n]
-        out[split] = evaluate_tts(tts, picked, bank, asr, sim, seed=cfg.pretrain.seed, desc=split,
-                                  others=tables["heldout_sentences"])
-    return out
+    return evaluate_heldout(tts, heldout_tables(run_dir / "data"), cfg.pretrain.eval_utterances, asr, sim,
+                            cfg.model.prompt_frames(codec.frame_rate), seed=cfg.pretrain.seed)
 
 
 def main(argv: list[str] | None = None) -> dict:

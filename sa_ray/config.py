@@ -146,6 +146,7 @@ class PretrainConfig:
     use_gpu: bool = False
     bf16: bool = True  # bfloat16 autocast for matmuls (3x faster on CPUs with AVX512-BF16; fp32 weights)
     init_from: str | None = None  # a shipped/saved base model directory: skip training, evaluate it
+    deepspeed: int | None = None  # ZeRO stage (1 or 2) or null: plain DDP
     seed: int = 0
 
     def validate(self) -> None:
@@ -153,6 +154,67 @@ class PretrainConfig:
             _require(getattr(self, name) >= 1, f"pretrain.{name} must be >= 1")
         _require(0 < self.lr < 1, "pretrain.lr must be in (0, 1)")
         _require(self.warmup_steps >= 0, "pretrain.warmup_steps must be >= 0")
+        _require(self.deepspeed in (None, 1, 2), "pretrain.deepspeed must be a ZeRO stage (1 or 2) or null")
+
+
+@dataclass
+class AlignConfig:
+    """The SpeechAlign loop: rollout -> pairs -> reference -> LoRA preference learner -> evaluate, N times."""
+
+    iterations: int = 3
+    base_model: str | None = None  # base model directory (ar/ + nar/); None = <run_dir>/pretrain/model
+    backend: str = "auto"  # rollout engine: vllm | torch | auto (vllm when installed)
+    # pairs
+    pairs: str = "golden"  # golden: chosen = golden, rejected = own sample (the paper) | ranked: best vs worst sample
+    prompts_per_iteration: int = 256  # training utterances rolled out per iteration (a fresh draw each time)
+    samples_per_prompt: int = 1
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    # loss
+    method: str = "rpo"  # dpo | cdpo | ipo | rpo (dpo + nll_weight * NLL of the chosen)
+    beta: float = 0.1
+    label_smoothing: float = 0.0  # cdpo's label-flip probability
+    nll_weight: float = 1.0  # rpo
+    # learner
+    lr: float = 5.0e-5
+    steps: int = 32  # optimiser steps per iteration
+    batch_size: int = 16  # pairs per step per worker
+    warmup_steps: int = 4
+    grad_clip: float = 1.0
+    checkpoint_every: int = 16
+    workers: int = 1  # Ray Train workers of the learner
+    use_gpu: bool = False
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                             "gate_proj", "up_proj", "down_proj"])
+    # evaluation
+    eval_utterances: int = 80  # per held-out set and iteration
+    eval_seeds: int = 1  # sampling seeds per evaluation (the spread across seeds is reported)
+    early_stopping: int = 0  # stop after this many iterations without a better held-out WER (0 = never)
+    probe_tolerance: float = 0.02  # |engine - learner| logprob of the probe sequence (nats, summed)
+    seed: int = 0
+
+    def validate(self) -> None:
+        _require(self.iterations >= 1, "align.iterations must be >= 1")
+        _require(self.backend in ("auto", "vllm", "torch"), f"align.backend must be auto, vllm or torch; got {self.backend!r}")
+        _require(self.pairs in ("golden", "ranked"), f"align.pairs must be golden or ranked; got {self.pairs!r}")
+        _require(self.method in ("dpo", "cdpo", "ipo", "rpo"), f"align.method must be dpo, cdpo, ipo or rpo; got {self.method!r}")
+        for name in ("prompts_per_iteration", "samples_per_prompt", "steps", "batch_size", "checkpoint_every",
+                     "workers", "lora_rank", "lora_alpha", "eval_utterances", "eval_seeds"):
+            _require(getattr(self, name) >= 1, f"align.{name} must be >= 1")
+        _require(self.pairs != "ranked" or self.samples_per_prompt >= 2,
+                 "align.pairs=ranked needs align.samples_per_prompt >= 2 (best vs worst of a prompt's samples)")
+        _require(self.temperature > 0, "align.temperature must be > 0 (rollouts sample)")
+        _require(0 < self.top_p <= 1 and self.top_k >= 0, "align.top_p must be in (0, 1] and align.top_k >= 0")
+        _require(self.beta > 0, "align.beta must be > 0")
+        _require(0 <= self.label_smoothing < 0.5, "align.label_smoothing must be in [0, 0.5)")
+        _require(self.nll_weight >= 0, "align.nll_weight must be >= 0")
+        _require(0 < self.lr < 1, "align.lr must be in (0, 1)")
+        _require(self.warmup_steps >= 0 and self.early_stopping >= 0 and self.probe_tolerance > 0,
+                 "align.warmup_steps and align.early_stopping must be >= 0, align.probe_tolerance > 0")
+        _require(len(self.lora_targets) > 0, "align.lora_targets must name at least one module")
 
 
 @dataclass
@@ -182,6 +244,7 @@ class Config:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 

@@ -77,6 +77,26 @@ def evaluate_tts(tts: CodecTTS, rows: list[dict], bank: PromptBank, asr, sim, se
     return result
 
 
+def heldout_tables(data_dir: str | Path) -> dict[str, list[dict]]:
+    """The prepared held-out sets: unseen sentences of training voices, and unseen voices."""
+    return {s: pq.read_table(Path(data_dir) / s).to_pylist() for s in ("heldout_sentences", "heldout_voices")}
+
+
+def evaluate_heldout(tts: CodecTTS, tables: dict[str, list[dict]], n: int, asr, sim, prompt_frames: int,
+                     seed: int = 0, sampling: SamplingConfig = SamplingConfig(), ceiling: bool = True
+                     ) -> dict[str, dict[str, float]]:
+    """`evaluate_tts` on an even spread of `n` utterances of each held-out set (the same ones every time)."""
+    out = {}
+    for split, rows in tables.items():
+        if not rows:
+            continue
+        bank = PromptBank.from_rows(rows, prompt_frames, tts.codec.n_codebooks)
+        picked = rows[:: max(1, len(rows) // n)][:n]
+        out[split] = evaluate_tts(tts, picked, bank, asr, sim, seed=seed, sampling=sampling, desc=split,
+                                  ceiling=ceiling, others=tables["heldout_sentences"])
+    return out
+
+
 def _other_speaker(rows: list[dict], row: dict, rng: random.Random) -> dict | None:
     pool = [r for r in rows if r["speaker"] != row["speaker"]]
     return pool[rng.randrange(len(pool))] if pool else None

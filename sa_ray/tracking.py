@@ -7,13 +7,16 @@ in `mlruns/artifacts/`; any tracking URI (an `mlflow server`, a managed service)
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow
+import mlflow.artifacts
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from sa_ray.config import Config, save_config
@@ -82,6 +85,33 @@ def log_dict(data: dict, name: str) -> None:
     mlflow.log_dict(data, name)
 
 
+def set_tags(tags: dict[str, str]) -> None:
+    mlflow.set_tags(tags)
+
+
+def log_wav(wav, sample_rate: int, artifact_file: str) -> None:
+    """A waveform as a .wav artifact (MLflow's UI plays it)."""
+    import soundfile as sf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        sf.write(path, wav, sample_rate)
+        parent = str(Path(artifact_file).parent)
+        mlflow.log_artifact(str(path), artifact_path=None if parent == "." else parent)
+
+
+def child_run(cfg: Config, parent_run_id: str, name: str) -> str:
+    """A nested run under `parent_run_id` (e.g. one per learner), created without touching the active run."""
+    c = client(cfg)
+    parent = c.get_run(parent_run_id)
+    existing = c.search_runs([parent.info.experiment_id],
+                             filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.mlflow.runName = '{name}'")
+    if existing:  # a resumed job continues its child run
+        return existing[0].info.run_id
+    return c.create_run(parent.info.experiment_id, run_name=name,
+                        tags={"mlflow.parentRunId": parent_run_id}).info.run_id
+
+
 def client(cfg: Config) -> MlflowClient:
     return MlflowClient(resolve_uri(cfg.tracking.uri))
 
@@ -96,3 +126,89 @@ class RunLogger:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
         self._client.log_batch(self.run_id, metrics=batch)
+
+
+# ---- Model registry: versions of artifact directories (base models, LoRA adapters) under a name ----
+
+_LATEST = "latest"  # MLflow reserves this alias: it always means the highest version, never set by hand
+
+
+def _registry_client(tracking_uri: str | None) -> MlflowClient:
+    uri = resolve_uri(tracking_uri or mlflow.get_tracking_uri())
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def register_model(name: str, run_id: str, artifact_path: str, aliases: list[str] | tuple[str, ...] = (),
+                   tags: dict | None = None, tracking_uri: str | None = None) -> int:
+    """Registers the directory already logged at `runs:/<run_id>/<artifact_path>` as a new version of
+    registered model `name` (created if missing), points `aliases` at it and returns the version.
+
+    The version's source is the run's concrete artifact location (not a `runs:/` URI), so readers need
+    only the artifact store. `latest` is MLflow's reserved alias for the highest version: a new version
+    always becomes it, so it is accepted here and not set. `tracking_uri` defaults to the current one
+    (the job's, inside `job_run`).
+    """
+    client = _registry_client(tracking_uri)
+    artifact_path = artifact_path.strip("/")
+    if not client.list_artifacts(run_id, artifact_path):
+        raise FileNotFoundError(f"run {run_id} has no artifact directory {artifact_path!r} to register")
+    source = client.get_run(run_id).info.artifact_uri.rstrip("/") + "/" + artifact_path
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        client.create_registered_model(name)
+    mv = client.create_model_version(name, source, run_id=run_id,
+                                     tags={k: str(v) for k, v in (tags or {}).items()})
+    version = int(mv.version)
+    for alias in aliases:
+        if alias.lower() != _LATEST:
+            client.set_registered_model_alias(name, alias, version)
+    return version
+
+
+def alias_version(name: str, alias: str, tracking_uri: str) -> int | None:
+    """The version that `name@alias` points at, or None (no such model or alias; `latest`: no version)."""
+    client = _registry_client(tracking_uri)
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    if alias.lower() == _LATEST:
+        versions = client.search_model_versions(f"name = '{name}'")
+        return max((int(v.version) for v in versions), default=None)
+    version = model.aliases.get(alias)
+    return None if version is None else int(version)
+
+
+def download_model(uri_or_name_alias: str, dst: str | Path, tracking_uri: str) -> Path:
+    """Copies a registered version's files into the folder `dst` and returns it (`dst` then holds
+    e.g. `adapter_config.json` directly). Accepts `models:/<name>@<alias>`, `models:/<name>/<version>`,
+    or the same without `models:/`."""
+    client = _registry_client(tracking_uri)
+    ref = uri_or_name_alias.removeprefix("models:/").strip("/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        mv = client.get_model_version_by_alias(name, alias)
+    elif "/" in ref and ref.rsplit("/", 1)[1].isdigit():
+        name, version = ref.rsplit("/", 1)
+        mv = client.get_model_version(name, version)
+    else:
+        raise ValueError(f"expected models:/<name>@<alias> or models:/<name>/<version>, got {uri_or_name_alias!r}")
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=f".{dst.name}.") as staging:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=staging,
+                                                         tracking_uri=client.tracking_uri))
+        if not local.is_dir():
+            raise NotADirectoryError(f"{name} version {mv.version} ({mv.source}) is not a directory")
+        if dst.is_dir() and not any(dst.iterdir()):
+            dst.rmdir()
+        if dst.exists():
+            shutil.copytree(local, dst, dirs_exist_ok=True)
+        else:
+            local.rename(dst)
+    return dst

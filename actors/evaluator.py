@@ -1,0 +1,91 @@
+"""Evaluator role: loads the codec, NAR model, offline ASR and speaker encoder ONCE, then scores any policy
+(base + adapter) on the held-out sets, and rewards rollout samples for ranked pairs."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from sa_ray import lora
+from sa_ray.audio import read_wav
+from sa_ray.codec import load_codec
+from sa_ray.config import Config
+from sa_ray.data.examples import PromptBank
+from sa_ray.evaluation import domain_asr, evaluate_heldout, heldout_tables
+from sa_ray.metrics.speaker import ResemblyzerSIM
+from sa_ray.metrics.wer import wer
+from sa_ray.models.ar import load_ar
+from sa_ray.models.nar import NARModel
+from sa_ray.models.vocab import SEP
+from sa_ray.preference import voice_prompt
+from sa_ray.sampling import SamplingConfig
+from sa_ray.synthesis import CodecTTS, Request
+
+ASR_BACKEND = "pocketsphinx-domain-lm"  # every WER names its ASR: numbers of other backends never mix
+SIM_BACKEND = "resemblyzer"
+
+
+class Evaluator:
+    def __init__(self, cfg: Config, base_dir: str):
+        run_dir = Path(cfg.run_dir)
+        self.cfg, self.data_dir = cfg, run_dir / "data"
+        self.codec = load_codec(cfg.codec, run_dir / "codec")
+        self.base, self.vocab = load_ar(Path(base_dir) / "ar")
+        self.nar = NARModel.from_pretrained(Path(base_dir) / "nar")
+        self.asr, self.sim = domain_asr(self.data_dir, cfg.corpus), ResemblyzerSIM()
+        self.tables = heldout_tables(self.data_dir)
+        self.prompt_frames = cfg.model.prompt_frames(self.codec.frame_rate)
+        self._train_bank: PromptBank | None = None
+
+    def _tts(self, adapter_dir: str | None) -> CodecTTS:
+        return CodecTTS(lora.policy(self.base, adapter_dir), self.vocab, self.nar, self.codec, self.cfg.model.phone_voice)
+
+    def evaluate(self, adapter_dir: str | None, ceiling: bool = False) -> dict[str, float]:
+        """Held-out metrics, flat (`heldout_sentences_wer`, ...), averaged over `align.eval_seeds` sampling seeds,
+        with the seed-to-seed spread (`..._wer_spread`: half the range) when there are several."""
+        tts, a = self._tts(adapter_dir), self.cfg.align
+        runs = [evaluate_heldout(tts, self.tables, a.eval_utterances, self.asr, self.sim, self.prompt_frames,
+                                 seed=a.seed + 1000 * s, ceiling=ceiling and s == 0) for s in range(a.eval_seeds)]
+        flat: dict[str, float] = {}
+        for split in runs[0]:
+            for key in runs[0][split]:
+                values = [r[split][key] for r in runs if key in r[split]]
+                flat[f"{split}_{key}"] = float(np.mean(values))
+                if len(values) > 1 and key in ("wer", "sim"):
+                    flat[f"{split}_{key}_spread"] = float((max(values) - min(values)) / 2)
+        return flat
+
+    def samples(self, adapter_dir: str | None, n: int = 2) -> list[tuple[str, np.ndarray, int]]:
+        """A few held-out sentences spoken by the policy: (name, wav, sample rate), to listen to in MLflow."""
+        tts, rows = self._tts(adapter_dir), self.tables["heldout_sentences"][:n]
+        bank = PromptBank.from_rows(self.tables["heldout_sentences"], self.prompt_frames, self.codec.n_codebooks)
+        rng = random.Random(0)
+        outs = tts.synthesize([Request(r["text"], bank.draw(r["speaker"], r["utt_id"], rng), i) for i, r in enumerate(rows)],
+                              SamplingConfig())
+        return [(f"{r['utt_id']}.wav", o.wav, self.codec.sample_rate) for r, o in zip(rows, outs)]
+
+    def reward(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """reward = SIM to the speaker's real utterance - WER of the sample, per rollout sample (ranked pairs)."""
+        if self._train_bank is None:
+            rows = pq.read_table(self.data_dir / "train", columns=["utt_id", "speaker"] + [
+                f"codes_{i}" for i in range(self.codec.n_codebooks)]).to_pylist()
+            self._train_bank = PromptBank.from_rows(rows, self.prompt_frames, self.codec.n_codebooks)
+        tts = CodecTTS(self.base, self.vocab, self.nar, self.codec, self.cfg.model.phone_voice)
+        wers, sims = [], []
+        for row in batch.to_dict("records"):
+            prompt = voice_prompt(self._train_bank, row, self.cfg.align.seed, int(row["iteration"]))
+            prompt_ids = list(row["prompt_ids"])
+            text_ids = prompt_ids[1 : prompt_ids.index(SEP)]
+            out = tts.finish(Request(row["text"], prompt, int(row["seed"])), list(row["sample_ids"]), text_ids)
+            hyp = self.asr.transcribe(out.wav, self.codec.sample_rate) if len(out.wav) else ""
+            wers.append(wer([row["text"]], [hyp]))
+            sims.append(self.sim.similarity((out.wav, self.codec.sample_rate), read_wav(row["audio_path"]))
+                        if len(out.wav) else 0.0)
+        batch = batch.copy()
+        batch["sample_wer"], batch["sample_sim"] = wers, sims
+        batch["reward"] = np.asarray(sims) - np.asarray(wers)
+        return batch

@@ -1,0 +1,54 @@
+"""Learner role: the Ray Train per-worker loop of the LoRA preference learner (`TorchTrainer`).
+
+Each worker reads the iteration's pair set from its Ray Data shard and keeps the pairs whose utterance id
+hashes to its rank (deterministic, so a resumed learner sees the same data). Checkpoints go through
+`ray.train.report` every `align.checkpoint_every` steps; the last one also holds the exported adapter
+(PEFT layout + probe.json), which becomes the next policy version.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zlib
+
+import ray.data
+import ray.train
+import ray.train.torch
+import torch
+
+from sa_ray.config import AlignConfig
+from sa_ray.dpo import DPOLearner
+from sa_ray.tracking import RunLogger
+
+
+def learn_loop(config: dict) -> None:
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(config["threads"])
+    cfg = AlignConfig(**config["align"])
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    rows = [r for r in ray.train.get_dataset_shard("pairs").iter_rows()
+            if zlib.crc32(r["utt_id"].encode()) % world == rank]
+    learner = DPOLearner(config["base_dir"], config["adapter_dir"], cfg, rows, rank=rank,
+                         wrap=ray.train.torch.prepare_model if world > 1 else (lambda m: m))
+    logger = RunLogger(config["tracking_uri"], config["run_id"]) if rank == 0 and config.get("run_id") else None
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            learner.load(d)
+    while learner.step_count < cfg.steps:
+        metrics = learner.train_step()
+        step = learner.step_count
+        metrics["step"] = step
+        if logger:
+            logger.log(metrics, step)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            with tempfile.TemporaryDirectory() as d:
+                if rank == 0:
+                    learner.save(d)
+                    if step == cfg.steps:
+                        learner.export(f"{d}/adapter", config["probe"])
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
+        else:
+            ray.train.report(metrics)

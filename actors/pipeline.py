@@ -1,0 +1,72 @@
+"""One iteration's pair set as a Ray Data pipeline between the long-lived roles:
+
+    train rows -> requests -> RolloutEngine -> [Evaluator rewards] -> pair builder -> ReferenceScorer -> Parquet
+
+Batches stream through map_batches stages; the engines are actors created once per job, called from
+zero-CPU forwarding tasks, so the driver never holds an iteration and no engine restarts per iteration.
+The pairs land in a staging directory and are committed (manifest + atomic rename) only when complete.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import ray
+
+from sa_ray import preference
+
+PAIR_COLUMNS = ["iteration", "utt_id", "sample_idx", "prompt_ids", "chosen_ids", "rejected_ids"]
+ROW_COLUMNS = ["utt_id", "speaker", "text", "text_norm", "phones", "phone_ms", "audio_path", "codes_0"]
+
+
+def _requests(batch: pd.DataFrame, vocab, bank_ref, frame_rate: float, iteration: int, seed: int, samples: int,
+              max_len: int) -> pd.DataFrame:
+    bank = ray.get(bank_ref) if isinstance(bank_ref, ray.ObjectRef) else bank_ref
+    return pd.DataFrame(preference.rollout_requests(batch.to_dict("records"), vocab, bank, frame_rate, iteration,
+                                                    seed, samples, max_len))
+
+
+def _call(batch: pd.DataFrame, actor, method: str, args: tuple) -> pd.DataFrame:
+    return ray.get(getattr(actor, method).remote(batch, *args))
+
+
+def _golden(batch: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(preference.golden_pairs(batch.to_dict("records")), columns=PAIR_COLUMNS)
+
+
+def _ranked(group: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(preference.ranked_pairs(group.to_dict("records")),
+                        columns=PAIR_COLUMNS + ["chosen_reward", "rejected_reward"])
+
+
+def make_pairs(iteration: int, cfg, data_dir: Path, out_dir: Path, vocab, bank_ref, frame_rate: float,
+               roles: dict, policy: dict) -> dict:
+    """Runs the pipeline for `iteration` and commits `out_dir`; returns its manifest."""
+    a = cfg.align
+    ids = pq.read_table(data_dir / "train", columns=["utt_id"]).column("utt_id").to_pylist()
+    chosen = set(preference.select_prompts(ids, a.prompts_per_iteration, a.seed, iteration))
+    max_len = cfg.model.max_positions
+    ds = ray.data.read_parquet(str(data_dir / "train"), columns=ROW_COLUMNS).filter(
+        lambda r: r["utt_id"] in chosen)
+    requests = ds.map_batches(_requests, batch_format="pandas", batch_size=32, fn_kwargs=dict(
+        vocab=vocab, bank_ref=bank_ref, frame_rate=frame_rate, iteration=iteration, seed=a.seed,
+        samples=a.samples_per_prompt, max_len=max_len))
+    samples = requests.map_batches(_call, batch_format="pandas", batch_size=64, num_cpus=0, fn_kwargs=dict(
+        actor=roles["rollout"], method="rollout", args=(policy,)))
+    if a.pairs == "ranked":
+        rewarded = samples.map_batches(_call, batch_format="pandas", batch_size=16, num_cpus=0, fn_kwargs=dict(
+            actor=roles["evaluator"], method="reward", args=()))
+        pairs = rewarded.groupby("utt_id").map_groups(_ranked, batch_format="pandas")
+    else:
+        pairs = samples.map_batches(_golden, batch_format="pandas")
+    scored = pairs.map_batches(_call, batch_format="pandas", batch_size=32, num_cpus=0, fn_kwargs=dict(
+        actor=roles["reference"], method="score", args=(policy["version"], policy["adapter_dir"])))
+    staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
+    scored.write_parquet(str(staging))
+    stats = ray.get(roles["rollout"].stats.remote())
+    return preference.commit_pairs(staging, out_dir, {
+        "iteration": iteration, "prompts": len(chosen), "samples": len(chosen) * a.samples_per_prompt,
+        "strategy": a.pairs, "policy_version": policy["version"], **stats})

@@ -1,0 +1,45 @@
+"""ReferenceScorer role: the frozen reference of an iteration (base + the adapter that produced its rejected
+samples) scores chosen and rejected with `sa_ray.dpo.pair_logprobs`, the learner's own function."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from sa_ray import lora
+from sa_ray.dpo import pair_logprobs, probe_logprob
+from sa_ray.models.ar import load_ar
+
+
+class ReferenceScorer:
+    def __init__(self, model_dir: str, batch_size: int = 16):
+        self.model_dir, self.batch_size = model_dir, batch_size
+        self.model, self.version, self.adapter_dir = self._base(), 0, None
+
+    def _base(self) -> torch.nn.Module:
+        base, _ = load_ar(self.model_dir)
+        return base.requires_grad_(False).eval()
+
+    def load_adapter(self, version: int, adapter_dir: str | None) -> None:
+        """Unmerged peft, exactly as the learner computes at its step 0 (so the DPO loss starts at ln 2)."""
+        base = self._base()
+        self.model = base if adapter_dir is None else lora.attach(base, 1, 1, [], adapter_dir, trainable=False).eval()
+        self.version, self.adapter_dir = version, adapter_dir
+
+    def probe(self, probe: dict) -> float:
+        return probe_logprob(self.model, probe)
+
+    def score(self, batch: pd.DataFrame, version: int, adapter_dir: str | None) -> pd.DataFrame:
+        if version != self.version or adapter_dir != self.adapter_dir:  # e.g. after a restart
+            self.load_adapter(version, adapter_dir)
+        rows = batch.to_dict("records")
+        chosen, rejected = [], []
+        with torch.inference_mode():
+            for start in range(0, len(rows), self.batch_size):
+                c, r, _ = pair_logprobs(self.model, rows[start : start + self.batch_size])
+                chosen += c.tolist()
+                rejected += r.tolist()
+        batch = batch.copy()
+        batch["ref_chosen_logp"], batch["ref_rejected_logp"] = chosen, rejected
+        batch["reference_version"] = self.version
+        return batch

@@ -1,0 +1,81 @@
+"""RolloutEngine role: samples first-layer codes (and phones) with the current policy, base + adapter v.
+
+One engine per job (vLLM, or the torch sampler), created once; `load_adapter` switches the policy per
+iteration and PROVES it: the logprob of a fixed probe sequence must match the learner's value for that
+version, else `AdapterProbeError` stops the iteration (a stale adapter would silently poison the pairs).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from sa_ray.models.vocab import EOS, Vocab
+
+
+class AdapterProbeError(RuntimeError):
+    """An engine serves other weights than the adapter version it was asked to load."""
+
+
+def resolve_backend(backend: str) -> str:
+    if backend == "auto":
+        return "vllm" if importlib.util.find_spec("vllm") is not None else "torch"
+    return backend
+
+
+def make_engine(backend: str, model_dir: str | Path, lora_rank: int, max_model_len: int, seed: int):
+    if resolve_backend(backend) == "vllm":
+        from sa_ray.engines.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model_dir, max_model_len=max_model_len, enable_lora=True, max_lora_rank=lora_rank, seed=seed)
+    from sa_ray.engines.torch_engine import TorchEngine
+
+    return TorchEngine(model_dir, max_model_len=max_model_len)
+
+
+class RolloutEngine:
+    def __init__(self, backend: str, model_dir: str, sampling: dict, lora_rank: int, max_model_len: int, seed: int = 0):
+        self.backend = resolve_backend(backend)
+        self.engine = make_engine(self.backend, model_dir, lora_rank, max_model_len, seed)
+        self.allowed = Vocab.load(model_dir).generation_ids()
+        self.sampling = sampling  # temperature, top_k, top_p
+        self.lora, self.version = None, 0
+        self.tokens, self.seconds = 0, 0.0
+
+    def start_seconds(self) -> float:
+        return float(self.engine.start_seconds)
+
+    def load_adapter(self, version: int, adapter_dir: str | None, probe: dict, tolerance: float) -> float:
+        """Serve base + adapter `version` (0 = the base) from now on, after proving it with the probe."""
+        lora = None if version == 0 else (f"v{version}", int(version), str(adapter_dir))
+        value = self.engine.sequence_logprob(probe["prompt"], probe["continuation"], lora=lora)
+        if abs(value - probe["logprob"]) > tolerance:
+            raise AdapterProbeError(
+                f"{self.backend} engine does not serve adapter v{version} ({adapter_dir}): probe logprob {value:.4f}, "
+                f"the learner's {probe['logprob']:.4f} (tolerance {tolerance})")
+        self.lora, self.version = lora, version
+        self.tokens, self.seconds = 0, 0.0
+        return value
+
+    def rollout(self, batch: pd.DataFrame, policy: dict) -> pd.DataFrame:
+        """Samples for a batch of requests with policy {version, adapter_dir, probe, tolerance}; an engine that
+        was restarted (or switched by someone else) reloads and re-proves the version first."""
+        if policy["version"] != self.version or (self.version and self.lora[2] != str(policy["adapter_dir"])):
+            self.load_adapter(policy["version"], policy["adapter_dir"], policy["probe"], policy["tolerance"])
+        start = time.perf_counter()
+        out = self.engine.generate([list(map(int, p)) for p in batch["prompt_ids"]], self.allowed, EOS,
+                                   [int(b) for b in batch["budget"]], [int(s) for s in batch["seed"]],
+                                   lora=self.lora, **self.sampling)
+        self.seconds += time.perf_counter() - start
+        self.tokens += sum(len(o) for o in out)
+        batch = batch.copy()
+        batch["sample_ids"] = out
+        batch["sample_ended"] = [bool(o) and o[-1] == EOS for o in out]
+        batch["policy_version"] = self.version
+        return batch
+
+    def stats(self) -> dict[str, float]:
+        return {"rollout_tokens": self.tokens, "rollout_tokens_per_s": self.tokens / max(self.seconds, 1e-9)}

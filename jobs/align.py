@@ -1,0 +1,153 @@
+"""align: the SpeechAlign loop: rollout -> pairs -> reference -> LoRA preference learner -> evaluate, N times.
+
+    python -m jobs.align --config configs/tiny.yaml align.iterations=3
+    ray job submit --working-dir . -- python -m jobs.align --config configs/tiny.yaml run_dir=/abs/runs/tiny
+
+Roles (actors/): RolloutEngine (vLLM or torch), ReferenceScorer, Evaluator, all created once; the Learner
+runs on Ray Train. Every stage's output is keyed and committed (sa_ray/align_run.py): re-running the same
+command resumes after the last completed stage, inside the same MLflow parent run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from jobs import _cli
+from sa_ray import tracking
+from sa_ray.align_run import AlignRun, format_table
+from sa_ray.data.examples import PromptBank
+from sa_ray.data.prepare import read_summary
+from sa_ray.models.vocab import Vocab
+from sa_ray.preference import probe_sequence
+
+
+def start_roles(cfg, base_dir: Path) -> dict:
+    import ray
+
+    from actors.evaluator import Evaluator
+    from actors.reference import ReferenceScorer
+    from actors.rollout import RolloutEngine
+
+    a = cfg.align
+    opts = dict(num_cpus=0, max_restarts=1, max_task_retries=1,
+                runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})  # idle engines must not spin on cores
+    sampling = {"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p}
+    return {
+        "rollout": ray.remote(RolloutEngine).options(**opts).remote(
+            a.backend, str(base_dir / "ar"), sampling, a.lora_rank, cfg.model.max_positions, a.seed),
+        "reference": ray.remote(ReferenceScorer).options(**opts).remote(str(base_dir / "ar")),
+        "evaluator": ray.remote(Evaluator).options(**opts).remote(cfg, str(base_dir)),
+    }
+
+
+def learn(cfg, run: AlignRun, i: int, base_dir: Path, probe: dict, parent_run_id: str) -> tuple[Path, dict]:
+    """Iteration i's learner on Ray Train: adapter v_i -> v_{i+1} (resumes from its own checkpoints)."""
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from actors.learner import learn_loop
+
+    a = cfg.align
+    child = tracking.child_run(cfg, parent_run_id, f"learner-iter{i}")
+    adapter = run.adapter(i)
+    trainer = TorchTrainer(
+        learn_loop,
+        train_loop_config={"align": a.__dict__, "base_dir": str(base_dir / "ar"), "probe": probe,
+                           "adapter_dir": str(adapter) if adapter else None, "run_id": child,
+                           "tracking_uri": tracking.resolve_uri(cfg.tracking.uri),
+                           "threads": max(1, int(ray.available_resources().get("CPU", 1)) // a.workers)},
+        scaling_config=ScalingConfig(num_workers=a.workers, use_gpu=a.use_gpu),
+        run_config=RunConfig(name=f"iter_{i}", storage_path=str(run.learner_storage()),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets={"pairs": ray.data.read_parquet(str(run.pairs(i)), file_extensions=["parquet"])},
+        dataset_config=DataConfig(datasets_to_split=[]),  # each worker takes its pairs by id hash
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as d:
+        path = run.commit_adapter(Path(d) / "adapter", i + 1)
+    return path, {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and k != "step"}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg, args = _cli.parse(argv, __doc__.splitlines()[0])
+    a, run_dir = cfg.align, Path(cfg.run_dir)
+    summary = read_summary(run_dir / "data")
+    if summary is None:
+        raise FileNotFoundError(f"no prepared data in {run_dir / 'data'}: run `python -m jobs.prepare` first")
+    base_dir = Path(a.base_model or run_dir / "pretrain" / "model").resolve()
+    if not (base_dir / "ar" / "vocab.json").is_file():
+        raise FileNotFoundError(f"no base model in {base_dir}: run `python -m jobs.pretrain` or set align.base_model")
+    run = AlignRun(run_dir)
+    vocab, frame_rate = Vocab.load(base_dir / "ar"), summary["codec"]["frame_rate"]
+    prompt_frames = cfg.model.prompt_frames(frame_rate)
+
+    _cli.init_ray(cfg)
+    import ray
+
+    from actors.pipeline import make_pairs
+
+    state = run.load("state.json") or {}
+    with tracking.job_run(cfg, "align", args.run_id or state.get("run_id")) as mlrun:
+        run.save("state.json", {"run_id": mlrun.info.run_id})
+        tracking.set_tags({"sa_ray.method": a.method, "sa_ray.pairs": a.pairs,
+                           "sa_ray.asr_backend": "pocketsphinx-domain-lm", "sa_ray.sim_backend": "resemblyzer"})
+        roles = start_roles(cfg, base_dir)
+        train_rows = pq.read_table(run_dir / "data" / "train", columns=["utt_id", "speaker", "codes_0"]).to_pylist()
+        bank_ref = ray.put(PromptBank.from_rows(train_rows, prompt_frames, 1))
+        heldout = pq.read_table(run_dir / "data" / "heldout_sentences").to_pylist()
+        probe = run.load("probe.json") or probe_sequence(
+            min(heldout, key=lambda r: r["utt_id"]), vocab, PromptBank.from_rows(heldout, prompt_frames, 1), frame_rate)
+        run.save("probe.json", probe)
+
+        records = []
+        for k in range(a.iterations + 1):  # policy version k = the base after k iterations
+            record = run.record(k)
+            if record is None:
+                record = {"iteration": k}
+                if k > 0:
+                    i = k - 1
+                    policy = {"version": i, "adapter_dir": str(run.adapter(i)) if i else None,
+                              "probe": run.probe(i) or {**probe, "logprob": ray.get(roles["reference"].probe.remote(probe))},
+                              "tolerance": a.probe_tolerance}
+                    start = time.perf_counter()
+                    manifest = run.pairs_done(i) or make_pairs(i, cfg, run_dir / "data", run.pairs(i), vocab, bank_ref,
+                                                               frame_rate, roles, policy)
+                    record.update(pairs=manifest["pairs"], prompts=manifest["prompts"],
+                                  rollout_tokens_per_s=manifest.get("rollout_tokens_per_s"),
+                                  rollout_seconds=time.perf_counter() - start)
+                    start = time.perf_counter()
+                    _, learner_metrics = learn(cfg, run, i, base_dir, probe, mlrun.info.run_id)
+                    record.update(learner_metrics, learn_seconds=time.perf_counter() - start)
+                start = time.perf_counter()
+                adapter = str(run.adapter(k)) if k else None
+                record.update(ray.get(roles["evaluator"].evaluate.remote(adapter, ceiling=k == 0)))
+                record["eval_seconds"] = time.perf_counter() - start
+                for name, wav, sr in ray.get(roles["evaluator"].samples.remote(adapter)):
+                    tracking.log_wav(wav, sr, f"samples/iter_{k}/{name}")
+                tracking.log_metrics({key: v for key, v in record.items() if isinstance(v, (int, float))}, step=k)
+                if k > 0:
+                    best = min([r["heldout_sentences_wer"] for r in records] + [record["heldout_sentences_wer"]])
+                    tracking.log_artifact(run.adapter(k), f"adapters/v{k}")
+                    aliases = ["latest"] + (["best"] if record["heldout_sentences_wer"] <= best else [])
+                    record["registered_version"] = tracking.register_model(
+                        f"{cfg.name}-policy", mlrun.info.run_id, f"adapters/v{k}", aliases)
+                run.save_record(k, record)
+            records.append(record)
+            print(format_table(records[-1:]) if k else format_table(records), flush=True)
+            if a.early_stopping and k > a.early_stopping:
+                best_k = min(range(len(records)), key=lambda j: records[j]["heldout_sentences_wer"])
+                if k - best_k >= a.early_stopping:
+                    print(f"early stop: no better held-out WER since iteration {best_k}")
+                    break
+        run.save("summary.json", {"run_id": mlrun.info.run_id, "iterations": records})
+        tracking.log_artifact(run.root / "summary.json")
+    print("\n" + format_table(records))
+    return {"run_id": mlrun.info.run_id, "records": records, "root": str(run.root)}
+
+
+if __name__ == "__main__":
+    _cli.run(main)

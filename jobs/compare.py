@@ -1,0 +1,149 @@
+"""compare: tables and plots of runs across methods and iterations, from the config's MLflow experiment.
+
+    python -m jobs.compare --config configs/tiny.yaml            # every align run of the experiment
+    python -m jobs.compare --runs 3f2a1c0d,align-tiny --out cmp  # named runs (ids or names)
+
+Reads each selected run's metric history (step = iteration) and writes into --out (default
+<run_dir>/compare): compare.md (one table per ASR backend, since WER from different recognisers is not
+comparable), compare.csv (every metric) and, per backend, one PNG per key metric (one line per run).
+The files are logged to the job's own MLflow run (tag sa_ray.job=compare) and the tables printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import re
+from pathlib import Path
+
+from tqdm import tqdm
+
+from jobs import _cli
+from sa_ray import tracking
+from sa_ray.config import load_config
+from sa_ray.plots import metric_curves
+
+# the table's columns, in this order, when a run logged them; the CSV keeps every metric
+KEY_METRICS = ("heldout_sentences_wer", "heldout_sentences_sim", "heldout_voices_wer", "heldout_voices_sim",
+               "gap_probe_acc", "gap_mmd", "nar_golden_wer", "nar_synthetic_wer", "dpo_loss", "reward_acc", "pairs")
+_FIXED = ("run", "run_id", "method", "asr_backend", "iteration")
+
+
+def parse(argv: list[str] | None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Overrides: dotted.key=value")
+    ap.add_argument("--config", default=_cli.DEFAULT_CONFIG, help=f"YAML config (default {_cli.DEFAULT_CONFIG})")
+    ap.add_argument("--out", default=None, help="output folder (default <run_dir>/compare)")
+    ap.add_argument("--job", default="align", help="compare the runs tagged sa_ray.job=JOB (default align)")
+    ap.add_argument("--runs", default=None, help="comma-separated run ids or names, instead of --job")
+    ap.add_argument("overrides", nargs="*", help="dotted.key=value")
+    args = ap.parse_args(argv)
+    return load_config(args.config, args.overrides), args
+
+
+def open_store(cfg):
+    """The MLflow client, once the store is known to exist (opening a SQLite store creates it)."""
+    uri = cfg.tracking.uri
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise FileNotFoundError(f"no MLflow store at {uri}: run a job first, or set tracking.uri")
+    return tracking.client(cfg)
+
+
+def select_runs(cfg, client, job: str, wanted: set[str]) -> list:
+    uri = cfg.tracking.uri
+    exp = client.get_experiment_by_name(cfg.experiment)
+    if exp is None:
+        raise FileNotFoundError(f"no MLflow experiment {cfg.experiment!r} in {uri}: run `python -m jobs.{job}` "
+                                "first, or set tracking.experiment")
+    query = "" if wanted else f"tags.`sa_ray.job` = '{job}'"
+    runs, token = [], None
+    while True:  # search_runs pages its answer
+        page = client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time ASC"], page_token=token)
+        runs += list(page)
+        if not (token := page.token):
+            break
+    if wanted:
+        runs = [r for r in runs if {r.info.run_id, r.info.run_name} & wanted]
+        missing = wanted - {k for r in runs for k in (r.info.run_id, r.info.run_name)}
+        if missing:
+            raise FileNotFoundError(f"no run with id or name {sorted(missing)} in experiment {cfg.experiment!r}")
+    else:  # child runs (an iteration's learner) are parts of a job run, not results to compare
+        runs = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    if not runs:
+        raise FileNotFoundError(f"no runs tagged sa_ray.job={job} in experiment {cfg.experiment!r}: "
+                                f"run `python -m jobs.{job}` first")
+    return runs
+
+
+def read_rows(client, runs: list) -> list[dict]:
+    """One row per (run, iteration) with every metric the run logged at that step."""
+    rows = []
+    for run in tqdm(runs, desc="compare: read runs", unit="run", disable=len(runs) < 10):
+        steps: dict[int, dict] = {}
+        for key in run.data.metrics:
+            # a resumed run may log a step again: oldest first, so the latest value wins
+            for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.timestamp):
+                steps.setdefault(m.step, {})[key] = m.value
+        tags = run.data.tags
+        fixed = {"run": f"{run.info.run_name} ({run.info.run_id[:8]})", "run_id": run.info.run_id,
+                 "method": tags.get("sa_ray.method", "?"), "asr_backend": tags.get("sa_ray.asr_backend", "unknown")}
+        rows += [{**fixed, "iteration": step, **steps[step]} for step in sorted(steps)]
+    return rows
+
+
+def fmt(value) -> str:
+    if value is None or math.isnan(value):
+        return ""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:.4g}"
+
+
+def write_section(rows: list[dict], backend: str, out: Path) -> tuple[list[str], list[Path]]:
+    """The Markdown lines and plots of one ASR backend's rows."""
+    present = {k for r in rows for k in r} - set(_FIXED)
+    metrics = [m for m in KEY_METRICS if m in present] or sorted(present)
+    lines = [f"## ASR backend: {backend}", "", "| " + " | ".join(["run", "method", "iteration", *metrics]) + " |",
+             "|" + "---|" * (3 + len(metrics))]
+    lines += ["| " + " | ".join([r["run"], r["method"], str(r["iteration"]), *(fmt(r.get(m)) for m in metrics)]) + " |"
+              for r in rows]
+    labelled = [{**r, "label": f"{r['method']}: {r['run']}"} for r in rows]
+    folder = out / re.sub(r"[^A-Za-z0-9_.-]+", "_", backend)
+    plots = [metric_curves(labelled, m, folder / f"{m}.png", "label", title=f"{m} ({backend})")
+             for m in metrics if any(fmt(r.get(m)) for r in rows)]  # an all-NaN metric has no curve
+    lines += [""] + [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in plots] + [""]
+    return lines, plots
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg, args = parse(argv)
+    wanted = {w.strip() for w in (args.runs or "").split(",") if w.strip()}
+    client = open_store(cfg)
+    runs = select_runs(cfg, client, args.job, wanted)
+    rows = read_rows(client, runs)
+    if not rows:
+        raise FileNotFoundError(f"the {len(runs)} selected runs logged no metrics yet")
+    out = Path(args.out) if args.out else Path(cfg.run_dir) / "compare"
+    out.mkdir(parents=True, exist_ok=True)
+
+    lines, files = [f"# compare: experiment {cfg.experiment}, {len(runs)} runs", ""], []
+    for backend in sorted({r["asr_backend"] for r in rows}):
+        section, plots = write_section([r for r in rows if r["asr_backend"] == backend], backend, out)
+        lines, files = lines + section, files + plots
+    markdown = "\n".join(lines)
+    (out / "compare.md").write_text(markdown)
+    metrics = sorted({k for r in rows for k in r} - set(_FIXED))
+    with open(out / "compare.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*_FIXED, *metrics])
+        writer.writeheader()
+        writer.writerows(rows)
+    files = [out / "compare.md", out / "compare.csv", *files]
+
+    with tracking.job_run(cfg, "compare"):
+        for path in files:  # only what this run wrote, never other files of --out
+            tracking.log_artifact(path, (Path("compare") / path.parent.relative_to(out)).as_posix())
+        tracking.log_dict({"runs": [r.info.run_id for r in runs]}, "compare/runs.json")
+    print(f"{markdown}\nwritten to {out}")
+    return {"out": out, "rows": rows, "markdown": markdown, "files": files}
+
+
+if __name__ == "__main__":
+    _cli.run(main)

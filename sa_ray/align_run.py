@@ -1,0 +1,107 @@
+"""The align job's directory: where every stage's output lives, and which stages are done.
+
+    <run_dir>/align/
+      state.json              the MLflow parent run id (a resubmitted job continues that run)
+      probe.json              the fixed probe sequence (prompt + continuation)
+      pairs/iter_<i>/         the pair set of iteration i (Parquet + _manifest.json; committed atomically)
+      learner/iter_<i>/       Ray Train checkpoints of iteration i's learner (resumed when present)
+      adapters/v<k>/          policy version k (PEFT layout + probe.json with the learner's probe logprob)
+      records/iter_<k>.json   metrics of policy version k (k = 0 is the base), written when k is evaluated
+      summary.json            the per-iteration table
+
+A stage is done when its output exists, so a killed job resumes after the last completed stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from sa_ray.preference import read_manifest
+
+
+class AlignRun:
+    def __init__(self, run_dir: str | Path):
+        self.root = Path(run_dir).resolve() / "align"
+        for sub in ("pairs", "learner", "adapters", "records"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        for stale in (self.root / "pairs").glob(".*.staging-*"):  # a pair set a killed job never committed
+            shutil.rmtree(stale, ignore_errors=True)
+
+    # ------------------------------------------------------------------------------------------ paths
+
+    def pairs(self, i: int) -> Path:
+        return self.root / "pairs" / f"iter_{i}"
+
+    def adapter(self, k: int) -> Path | None:
+        return None if k == 0 else self.root / "adapters" / f"v{k}"
+
+    def learner_storage(self) -> Path:
+        return self.root / "learner"
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def pairs_done(self, i: int) -> dict | None:
+        return read_manifest(self.pairs(i))
+
+    def adapter_done(self, k: int) -> bool:
+        return k == 0 or (self.adapter(k) / "probe.json").is_file()
+
+    def commit_adapter(self, source: Path, k: int) -> Path:
+        tmp = self.root / "adapters" / f".v{k}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        os.replace(tmp, self.adapter(k))
+        return self.adapter(k)
+
+    def probe(self, k: int) -> dict | None:
+        """Probe sequence and the learner's logprob for version k (None for the base: the reference computes it)."""
+        return None if k == 0 else json.loads((self.adapter(k) / "probe.json").read_text())
+
+    def record(self, k: int) -> dict | None:
+        path = self.root / "records" / f"iter_{k}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def save_record(self, k: int, record: dict) -> None:
+        _write_json(self.root / "records" / f"iter_{k}.json", record)
+
+    def load(self, name: str) -> dict | None:
+        path = self.root / name
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def save(self, name: str, data: dict) -> None:
+        _write_json(self.root / name, data)
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+TABLE = [("iter", "iteration", "{:>4}"), ("WER sent", "heldout_sentences_wer", "{:>8.3f}"),
+         ("SIM sent", "heldout_sentences_sim", "{:>8.3f}"), ("WER voice", "heldout_voices_wer", "{:>9.3f}"),
+         ("SIM voice", "heldout_voices_sim", "{:>9.3f}"), ("dur", "heldout_sentences_duration_ratio", "{:>5.2f}"),
+         ("no EOS", "heldout_sentences_eos_failure_rate", "{:>6.2f}"), ("pairs", "pairs", "{:>6.0f}"),
+         ("dpo loss", "dpo_loss", "{:>8.3f}"), ("rew acc", "reward_acc", "{:>7.2f}"),
+         ("tok/s", "rollout_tokens_per_s", "{:>7.0f}"), ("rollout s", "rollout_seconds", "{:>9.0f}"),
+         ("learn s", "learn_seconds", "{:>7.0f}"), ("eval s", "eval_seconds", "{:>6.0f}")]
+
+
+def format_table(records: list[dict]) -> str:
+    """The per-iteration table the job prints (iteration k = the policy after k iterations; 0 = base)."""
+    lines = [" ".join(_pad(h, fmt) for h, _, fmt in TABLE)]
+    for r in records:
+        cells = []
+        for h, key, fmt in TABLE:
+            value = r.get(key)
+            cells.append(fmt.format(value) if isinstance(value, (int, float)) else _pad("-", fmt))
+        lines.append(" ".join(cells))
+    return "\n".join(lines)
+
+
+def _pad(text: str, fmt: str) -> str:
+    width = int(fmt[3:].split(".")[0].rstrip("f}"))
+    return f"{text:>{width}}"

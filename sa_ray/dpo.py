@@ -1,0 +1,118 @@
+"""The LoRA preference learner: plain PyTorch, no Ray (actors/learner.py runs it in Ray Train workers).
+
+The policy is base + LoRA; it starts from the adapter that produced the iteration's rejected samples (a
+fresh, zero adapter at iteration 0), which is also the iteration's reference, so step 0 has policy ==
+reference. Reference logprobs come precomputed with each pair (the ReferenceScorer used `pair_logprobs`,
+as the learner does): the learner never holds a reference model. Chosen and rejected sequences of a batch
+go through ONE concatenated forward. Data order is a pure function of (seed, epoch, rank) and the
+checkpoint holds adapter, optimiser, scheduler, RNG and data position: a resumed run reproduces the
+uninterrupted one step for step.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sa_ray import lora
+from sa_ray.checkpoint import load_state, save_state
+from sa_ray.config import AlignConfig
+from sa_ray.losses import pack, preference_loss, sequence_logprobs
+from sa_ray.models.ar import load_ar
+from sa_ray.pretrain import warmup_cosine
+
+
+def pair_logprobs(model: torch.nn.Module, pairs: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed logprobs of chosen [B] and rejected [B] continuations (one forward) and the chosen token counts."""
+    prompts = [p["prompt_ids"] for p in pairs] * 2
+    conts = [p["chosen_ids"] for p in pairs] + [p["rejected_ids"] for p in pairs]
+    logp, counts = sequence_logprobs(model, pack(prompts, conts))
+    n = len(pairs)
+    return logp[:n], logp[n:], counts[:n]
+
+
+def probe_logprob(model: torch.nn.Module, probe: dict) -> float:
+    """The adapter probe's value under `model`: the same function every engine is checked against."""
+    with torch.inference_mode():
+        return float(sequence_logprobs(model, pack([probe["prompt"]], [probe["continuation"]]))[0][0])
+
+
+class DPOLearner:
+    def __init__(self, base_dir: str | Path, adapter_dir: str | Path | None, cfg: AlignConfig, pairs: list[dict],
+                 rank: int = 0, wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m):
+        self.cfg, self.rank = cfg, rank
+        self.pairs = sorted(pairs, key=lambda p: (p["utt_id"], p["sample_idx"]))
+        if not self.pairs:
+            raise ValueError("no preference pairs to learn from")
+        torch.manual_seed(cfg.seed)  # the fresh adapter's A matrices: equal on every worker
+        base, _ = load_ar(base_dir)
+        base.requires_grad_(False)
+        self.model = lora.attach(base, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, adapter_dir)
+        self.model_train = wrap(self.model)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizers = {"adapter": torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)}
+        self.schedulers = {"adapter": torch.optim.lr_scheduler.LambdaLR(
+            self.optimizers["adapter"], warmup_cosine(cfg.warmup_steps, cfg.steps))}
+        self.step_count, self.epoch, self.position = 0, 0, 0
+
+    # ----------------------------------------------------------------------------------------- data
+
+    def next_batch(self) -> list[dict]:
+        bs = min(self.cfg.batch_size, len(self.pairs))
+        if self.position + bs > len(self.pairs):
+            self.epoch, self.position = self.epoch + 1, 0
+        order = list(range(len(self.pairs)))
+        random.Random(f"{self.cfg.seed}:{self.epoch}:{self.rank}").shuffle(order)
+        batch = [self.pairs[i] for i in order[self.position : self.position + bs]]
+        self.position += bs
+        return batch
+
+    # ---------------------------------------------------------------------------------------- steps
+
+    def loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict[str, float]]:
+        chosen, rejected, n_chosen = pair_logprobs(self.model_train, batch)
+        ref_c = torch.tensor([p["ref_chosen_logp"] for p in batch], dtype=chosen.dtype)
+        ref_r = torch.tensor([p["ref_rejected_logp"] for p in batch], dtype=chosen.dtype)
+        return preference_loss(chosen, rejected, ref_c, ref_r, self.cfg.method, self.cfg.beta,
+                               self.cfg.label_smoothing, chosen_nll=-chosen / n_chosen, nll_weight=self.cfg.nll_weight)
+
+    def train_step(self) -> dict[str, float]:
+        self.model_train.train()
+        loss, metrics = self.loss(self.next_batch())
+        opt, sched = self.optimizers["adapter"], self.schedulers["adapter"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip))
+        opt.step()
+        sched.step()
+        self.step_count += 1
+        metrics["lr"] = sched.get_last_lr()[0]
+        return metrics
+
+    # ---------------------------------------------------------------------------------- checkpoints
+
+    def save(self, directory: str | Path) -> None:
+        d = Path(directory)
+        save_state(d, {}, self.optimizers, self.schedulers,
+                   {"step": self.step_count, "epoch": self.epoch, "position": self.position})
+        save_file(lora.adapter_tensors(self.model), d / "adapter_state.safetensors")
+
+    def load(self, directory: str | Path) -> None:
+        d = Path(directory)
+        lora.load_adapter_tensors(self.model, load_file(d / "adapter_state.safetensors"))
+        extra = load_state(d, {}, self.optimizers, self.schedulers)
+        self.step_count, self.epoch, self.position = extra["step"], extra["epoch"], extra["position"]
+
+    def export(self, directory: str | Path, probe: dict | None = None) -> None:
+        """The adapter in PEFT layout (vLLM LoRARequest / peft) and, when given, the probe's value for it."""
+        lora.save(self.model, directory)
+        if probe is not None:
+            self.model.eval()
+            value = probe_logprob(self.model, probe)
+            (Path(directory) / "probe.json").write_text(json.dumps({**probe, "logprob": value}))

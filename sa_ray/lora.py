@@ -1,0 +1,53 @@
+"""LoRA adapters on the AR model: the one module that touches peft's API.
+
+An adapter version is a directory in PEFT layout (adapter_config.json + adapter_model.safetensors) that
+vLLM serves as a LoRARequest and peft loads anywhere; the frozen base never moves.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+
+def attach(base: torch.nn.Module, rank: int, alpha: int, targets: list[str], adapter_dir: str | Path | None = None,
+           trainable: bool = True) -> PeftModel:
+    """base + LoRA: a fresh adapter (B = 0, so the policy starts equal to the base) or `adapter_dir`'s weights.
+
+    The base model object is wrapped in place: pass a copy when the bare base is still needed.
+    """
+    if adapter_dir is not None:
+        return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, bias="none",
+                        task_type="CAUSAL_LM")
+    model = get_peft_model(base, config)
+    if not trainable:
+        model.requires_grad_(False)
+    return model
+
+
+def policy(base: torch.nn.Module, adapter_dir: str | Path | None) -> torch.nn.Module:
+    """An inference copy of base + adapter with the adapter merged (plain HF model, as fast as the base)."""
+    model = copy.deepcopy(base)
+    if adapter_dir is None:
+        return model.eval()
+    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload().eval()
+
+
+def save(model: PeftModel, directory: str | Path) -> None:
+    model.save_pretrained(str(directory), safe_serialization=True)
+
+
+def adapter_tensors(model: PeftModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def load_adapter_tensors(model: PeftModel, tensors: dict[str, torch.Tensor]) -> None:
+    result = set_peft_model_state_dict(model, tensors)
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise ValueError(f"adapter tensors do not fit the model: {unexpected[:5]}")

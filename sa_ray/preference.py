@@ -1,0 +1,125 @@
+"""Preference data of the align loop: rollout requests, pairs, the adapter probe and the per-iteration pair set.
+
+Every row is keyed (iteration, utt_id, sample_idx). A request's voice prompt and sampling seed are pure
+functions of (seed, iteration, utt_id, sample_idx), so re-running a stage reproduces it exactly.
+
+Pair strategies:
+- golden (the paper): chosen = the golden target, rejected = the model's own sample of the same prompt.
+- ranked (Tian et al.): N samples per prompt scored by a reward (offline ASR WER and speaker similarity);
+  chosen = best, rejected = worst. Golden-vs-synthetic pairs are trivially separable for a weak model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from sa_ray.data.examples import PromptBank, ar_example
+from sa_ray.models.vocab import SPEECH, Vocab
+
+KEY = ("iteration", "utt_id", "sample_idx")
+MANIFEST = "_manifest.json"  # "_": Parquet readers skip it
+
+
+def request_seed(seed: int, iteration: int, utt_id: str, sample_idx: int) -> int:
+    entropy = [seed, iteration, zlib.crc32(utt_id.encode()), sample_idx]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
+
+
+def split_example(row: dict, prompt: np.ndarray, vocab: Vocab, frame_rate: float) -> tuple[list[int], list[int]]:
+    """A prepared row + voice prompt -> (AR prompt ending in [SPEECH], golden target ending in EOS)."""
+    ids = ar_example(row, prompt, vocab, frame_rate)["input_ids"]
+    head = ids.index(SPEECH) + 1
+    return ids[:head], ids[head:]
+
+
+def rollout_requests(rows: list[dict], vocab: Vocab, bank: PromptBank, frame_rate: float, iteration: int,
+                     seed: int, samples: int, max_len: int) -> list[dict]:
+    """One request per (utterance, sample): its AR prompt, the golden target, a token budget and a seed."""
+    out = []
+    for row in rows:
+        prompt_ids, golden = split_example(row, voice_prompt(bank, row, seed, iteration), vocab, frame_rate)
+        budget = min(2 * len(golden) + 20, max_len - len(prompt_ids))  # room for a slow sample, never the context
+        for k in range(samples):
+            out.append({"iteration": iteration, "utt_id": row["utt_id"], "sample_idx": k, "speaker": row["speaker"],
+                        "text": row["text"], "audio_path": row["audio_path"], "prompt_ids": prompt_ids, "chosen_ids": golden, "budget": budget,
+                        "seed": request_seed(seed, iteration, row["utt_id"], k)})
+    return out
+
+
+def voice_prompt(bank: PromptBank, row: dict, seed: int, iteration: int) -> np.ndarray:
+    """The voice prompt of `row`'s requests in an iteration (all codec layers of the bank): reproducible."""
+    return bank.draw(row["speaker"], row["utt_id"], random.Random(f"{seed}:{iteration}:{row['utt_id']}"))
+
+
+def select_prompts(utt_ids: list[str], n: int, seed: int, iteration: int) -> list[str]:
+    """A fresh, reproducible draw of `n` training utterances for an iteration."""
+    ids = sorted(utt_ids)
+    random.Random(f"prompts:{seed}:{iteration}").shuffle(ids)
+    return sorted(ids[:n])
+
+
+def golden_pairs(samples: list[dict]) -> list[dict]:
+    """chosen = golden, rejected = sample; a sample equal to the golden target is no preference and is dropped."""
+    return [{**_pair_fields(s), "chosen_ids": list(s["chosen_ids"]), "rejected_ids": list(s["sample_ids"])}
+            for s in samples if list(s["sample_ids"]) != list(s["chosen_ids"])]
+
+
+def ranked_pairs(samples: list[dict]) -> list[dict]:
+    """Per utterance: the best-rewarded sample is chosen and the worst rejected (ties: no pair)."""
+    by_utt: dict[str, list[dict]] = {}
+    for s in samples:
+        by_utt.setdefault(s["utt_id"], []).append(s)
+    pairs = []
+    for group in by_utt.values():
+        group = sorted(group, key=lambda s: (-s["reward"], s["sample_idx"]))
+        best, worst = group[0], group[-1]
+        if best["reward"] > worst["reward"] and list(best["sample_ids"]) != list(worst["sample_ids"]):
+            pairs.append({**_pair_fields(worst), "chosen_ids": list(best["sample_ids"]),
+                          "rejected_ids": list(worst["sample_ids"]), "chosen_reward": float(best["reward"]),
+                          "rejected_reward": float(worst["reward"])})
+    return pairs
+
+
+def _pair_fields(s: dict) -> dict:
+    return {"iteration": int(s["iteration"]), "utt_id": s["utt_id"], "sample_idx": int(s["sample_idx"]),
+            "prompt_ids": list(s["prompt_ids"])}
+
+
+def probe_sequence(row: dict, vocab: Vocab, bank: PromptBank, frame_rate: float) -> dict:
+    """The fixed sequence whose logprob proves which adapter version an engine serves."""
+    prompt_ids, golden = split_example(row, bank.draw(row["speaker"], row["utt_id"], random.Random(0)), vocab,
+                                       frame_rate)
+    return {"utt_id": row["utt_id"], "prompt": prompt_ids, "continuation": golden}
+
+
+# ---------------------------------------------------------------------------------- the pair set on disk
+
+
+def commit_pairs(staging: str | Path, final: str | Path, stats: dict) -> dict:
+    """Seals a fully written staging directory as the iteration's pair set: checks the keys are unique,
+    writes the manifest, then renames (atomic on one file system). Returns the manifest."""
+    staging, final = Path(staging), Path(final)
+    keys = pq.read_table(staging, columns=list(KEY)).to_pylist() if any(staging.glob("*.parquet")) else []
+    tuples = sorted((k["iteration"], k["utt_id"], k["sample_idx"]) for k in keys)
+    if len(set(tuples)) != len(tuples):
+        raise RuntimeError(f"{staging}: duplicate pair keys; refusing to commit")
+    manifest = {**stats, "pairs": len(tuples), "keys_sha256": hashlib.sha256(json.dumps(tuples).encode()).hexdigest()}
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    if final.exists():  # only a dangling directory without a manifest can be here (read_manifest returned None)
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    return manifest
+
+
+def read_manifest(final: str | Path) -> dict | None:
+    path = Path(final) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,187 @@
+"""The align loop's parts, without Ray: losses, the step-0 invariant, learner resume, the adapter probe."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from sa_ray.config import AlignConfig
+from sa_ray.data.examples import PromptBank
+from sa_ray.dpo import DPOLearner
+from sa_ray.losses import LN2, preference_loss
+from sa_ray.preference import golden_pairs, probe_sequence, ranked_pairs, rollout_requests
+
+BACKENDS = ["torch", pytest.param("vllm", marks=pytest.mark.vllm)]
+
+
+def test_preference_losses_match_an_independent_computation():
+    g = torch.Generator().manual_seed(0)
+    pc, pr, rc, rr = (torch.randn(6, generator=g) * 20 - 100 for _ in range(4))
+    nll = torch.rand(6, generator=g) + 1
+    beta, eps, alpha = 0.1, 0.2, 0.5
+
+    def by_hand(method: str) -> float:
+        total = 0.0
+        for i in range(6):
+            m = (pc[i] - rc[i]) - (pr[i] - rr[i])
+            h = beta * float(m)
+            sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+            if method == "ipo":
+                total += (float(m) - 1 / (2 * beta)) ** 2
+            elif method == "cdpo":
+                total += -(1 - eps) * math.log(sig(h)) - eps * math.log(sig(-h))
+            else:
+                total += -math.log(sig(h)) + (alpha * float(nll[i]) if method == "rpo" else 0.0)
+        return total / 6
+
+    for method in ("dpo", "cdpo", "ipo", "rpo"):
+        loss, metrics = preference_loss(pc, pr, rc, rr, method, beta, label_smoothing=eps, chosen_nll=nll,
+                                        nll_weight=alpha)
+        assert float(loss) == pytest.approx(by_hand(method), rel=1e-5), method
+    _, m = preference_loss(pc, pr, rc, rr, "dpo", beta)
+    margins = beta * ((pc - rc) - (pr - rr))
+    assert m["reward_acc"] == pytest.approx(float((margins > 0).float().mean()))
+    assert m["reward_margin"] == pytest.approx(float(margins.mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="unknown preference method"):
+        preference_loss(pc, pr, rc, rr, "ppo")
+
+
+@pytest.fixture(scope="module")
+def rows(prepared_tiny):
+    cfg, _, _ = prepared_tiny
+    return pq.read_table(Path(cfg.run_dir) / "data" / "train").to_pylist()
+
+
+@pytest.fixture(scope="module")
+def base_dir(tiny_base):
+    return tiny_base
+
+
+def _cfg(**kw) -> AlignConfig:
+    return AlignConfig(**{"lora_rank": 8, "lora_alpha": 16, "batch_size": 4, "steps": 6, "warmup_steps": 1,
+                          "lr": 1e-3, "checkpoint_every": 3, **kw})
+
+
+def _samples(engine, rows, vocab, n=8, iteration=0, lora=None):
+    bank = PromptBank.from_rows(rows, 20, 1)
+    reqs = rollout_requests(rows[:n], vocab, bank, 43.066, iteration, seed=0, samples=1, max_len=1024)
+    outs = engine.generate([r["prompt_ids"] for r in reqs], vocab.generation_ids(), 2, [r["budget"] for r in reqs],
+                           [r["seed"] for r in reqs], lora=lora)
+    return [{**r, "sample_ids": o} for r, o in zip(reqs, outs)]
+
+
+def _engine(backend: str, base_dir: Path):
+    from actors.rollout import make_engine
+
+    return make_engine(backend, base_dir / "ar", lora_rank=8, max_model_len=1024, seed=0)
+
+
+def _scored(pairs, base_dir, version=0, adapter=None):
+    import pandas as pd
+
+    from actors.reference import ReferenceScorer
+
+    return ReferenceScorer(str(base_dir / "ar"), batch_size=3).score(pd.DataFrame(pairs), version, adapter
+                                                                     ).to_dict("records")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_step0_policy_equals_reference_so_dpo_loss_is_ln2(backend, rows, base_dir, tmp_path):
+    from sa_ray.models.vocab import Vocab
+
+    vocab = Vocab.load(base_dir / "ar")
+    engine = _engine(backend, base_dir)
+    try:
+        pairs = _scored(golden_pairs(_samples(engine, rows, vocab)), base_dir)
+        assert len(pairs) == 8
+        learner = DPOLearner(base_dir / "ar", None, _cfg(batch_size=8), pairs)
+        m = learner.train_step()  # metrics of the step-0 forward, before the first update
+        assert abs(m["dpo_loss"] - LN2) < 1e-5 and abs(m["reward_margin"]) < 1e-5
+        for _ in range(5):
+            m = learner.train_step()
+        assert m["dpo_loss"] < LN2 and m["reward_acc"] > 0.5  # it learns the preference
+        # iteration 1: v1 is the new policy AND reference; its samples, scored under v1, start at ln 2 again
+        probe = probe_sequence(rows[0], vocab, PromptBank.from_rows(rows, 20, 1), 43.066)
+        learner.export(tmp_path / "v1", probe)
+        lora = ("v1", 1, str(tmp_path / "v1"))
+        pairs1 = _scored(golden_pairs(_samples(engine, rows, vocab, iteration=1, lora=lora)), base_dir, 1,
+                         str(tmp_path / "v1"))
+        m1 = DPOLearner(base_dir / "ar", tmp_path / "v1", _cfg(batch_size=8), pairs1).train_step()
+        assert abs(m1["dpo_loss"] - LN2) < 1e-5 and abs(m1["reward_margin"]) < 1e-5
+    finally:
+        engine.close()
+
+
+def test_resumed_learner_reproduces_the_uninterrupted_run(rows, base_dir, tmp_path):
+    from sa_ray.engines.torch_engine import TorchEngine
+    from sa_ray.models.vocab import Vocab
+
+    vocab = Vocab.load(base_dir / "ar")
+    pairs = _scored(golden_pairs(_samples(TorchEngine(base_dir / "ar"), rows, vocab, n=10)), base_dir)
+    cfg = _cfg(method="rpo", steps=8)
+    straight = DPOLearner(base_dir / "ar", None, cfg, pairs)
+    losses = [straight.train_step()["loss"] for _ in range(8)]
+    first = DPOLearner(base_dir / "ar", None, cfg, pairs)
+    for _ in range(5):
+        first.train_step()
+    first.save(tmp_path / "ckpt")
+    resumed = DPOLearner(base_dir / "ar", None, cfg, pairs)
+    resumed.load(tmp_path / "ckpt")
+    assert resumed.step_count == 5
+    assert [resumed.train_step()["loss"] for _ in range(3)] == losses[5:]  # bit for bit
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_adapter_probe_fails_loudly_on_a_stale_adapter(backend, rows, base_dir, tmp_path):
+    from actors.reference import ReferenceScorer
+    from actors.rollout import AdapterProbeError, RolloutEngine
+    from sa_ray.models.vocab import Vocab
+
+    vocab = Vocab.load(base_dir / "ar")
+    probe = probe_sequence(rows[0], vocab, PromptBank.from_rows(rows, 20, 1), 43.066)
+    pairs = _scored(golden_pairs(_samples(_engine("torch", base_dir), rows, vocab)), base_dir)
+    versions = {}
+    for k, steps in ((1, 3), (2, 6)):  # two adapter versions that differ
+        learner = DPOLearner(base_dir / "ar", None, _cfg(steps=steps), pairs)
+        for _ in range(steps):
+            learner.train_step()
+        learner.export(tmp_path / f"v{k}", probe)
+        versions[k] = json.loads((tmp_path / f"v{k}" / "probe.json").read_text())
+    assert abs(versions[1]["logprob"] - versions[2]["logprob"]) > 0.1
+
+    engine = RolloutEngine(backend, str(base_dir / "ar"), {"temperature": 1.0}, 8, 1024)
+    try:
+        base_value = ReferenceScorer(str(base_dir / "ar")).probe(probe)
+        engine.load_adapter(0, None, {**probe, "logprob": base_value}, 0.02)
+        engine.load_adapter(1, str(tmp_path / "v1"), versions[1], 0.02)  # the right files: proven
+        with pytest.raises(AdapterProbeError, match="does not serve adapter v2"):
+            engine.load_adapter(2, str(tmp_path / "v1"), versions[2], 0.02)  # v1's files served as v2: stale
+        assert engine.version == 1
+    finally:
+        engine.engine.close()
+
+
+def test_pairs_are_keyed_and_drop_non_preferences():
+    base = {"iteration": 0, "utt_id": "u", "prompt_ids": [1, 2], "chosen_ids": [7, 8, 2]}
+    samples = [{**base, "sample_idx": 0, "sample_ids": [7, 8, 2]}, {**base, "sample_idx": 1, "sample_ids": [9, 2]}]
+    pairs = golden_pairs(samples)
+    assert [(p["utt_id"], p["sample_idx"], p["rejected_ids"]) for p in pairs] == [("u", 1, [9, 2])]
+    ranked = ranked_pairs([{**s, "reward": r} for s, r in zip(samples, (0.5, -0.2))])
+    assert ranked[0]["chosen_ids"] == [7, 8, 2] and ranked[0]["rejected_ids"] == [9, 2]
+    assert ranked_pairs([{**s, "reward": 0.1} for s in samples]) == []  # a tie is no preference
+
+
+def test_prompt_draws_and_seeds_are_reproducible(rows):
+    from sa_ray.data.examples import build_vocab
+
+    vocab, bank = build_vocab(rows, 32), PromptBank.from_rows(rows, 20, 1)
+    a = rollout_requests(rows[:4], vocab, bank, 43.066, 1, seed=0, samples=2, max_len=1024)
+    b = rollout_requests(rows[:4], vocab, bank, 43.066, 1, seed=0, samples=2, max_len=1024)
+    c = rollout_requests(rows[:4], vocab, bank, 43.066, 2, seed=0, samples=2, max_len=1024)
+    assert a == b and [r["seed"] for r in a] != [r["seed"] for r in c]
+    assert len({(r["utt_id"], r["sample_idx"]) for r in a}) == 8

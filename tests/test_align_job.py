@@ -1,0 +1,111 @@
+"""`jobs.align` end to end on a local Ray cluster: both rollout backends, and kill-and-resubmit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from sa_ray.preference import read_manifest, select_prompts
+from tests.conftest import REPO, copy_prepared
+
+pytestmark = pytest.mark.slow
+
+ALIGN = ["align.iterations=2", "align.prompts_per_iteration=6", "align.steps=4", "align.batch_size=4",
+         "align.warmup_steps=1", "align.checkpoint_every=2", "align.eval_utterances=2", "align.lora_rank=8",
+         "align.lora_alpha=16", "align.lr=1e-3"]
+
+
+def _argv(prepared_tiny, tiny_base, tmp_path, *extra) -> tuple[list[str], Path]:
+    cfg, argv, _ = prepared_tiny
+    run_dir = copy_prepared(cfg.run_dir, tmp_path)
+    return [*argv, f"run_dir={run_dir}", f"align.base_model={tiny_base}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *ALIGN, *extra], run_dir
+
+
+def _expected_keys(run_dir: Path, iteration: int, n: int = 6) -> set[tuple]:
+    ids = pq.read_table(run_dir / "data" / "train", columns=["utt_id"]).column("utt_id").to_pylist()
+    return {(iteration, u, 0) for u in select_prompts(ids, n, 0, iteration)}
+
+
+def _keys(pairs_dir: Path) -> list[tuple]:
+    rows = pq.read_table(pairs_dir, columns=["iteration", "utt_id", "sample_idx"]).to_pylist()
+    return sorted((r["iteration"], r["utt_id"], r["sample_idx"]) for r in rows)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("vllm", marks=pytest.mark.vllm)])
+def test_align_runs_two_iterations_and_logs_to_mlflow(backend, prepared_tiny, tiny_base, tmp_path, ray_local, capsys):
+    if backend == "vllm":
+        pytest.importorskip("vllm")
+    from jobs import align
+    from sa_ray import tracking
+    from sa_ray.config import load_config
+
+    argv, run_dir = _argv(prepared_tiny, tiny_base, tmp_path, f"align.backend={backend}")
+    out = align.main(argv)
+    records = out["records"]
+    assert [r["iteration"] for r in records] == [0, 1, 2]
+    for i in (0, 1):
+        assert set(_keys(run_dir / "align" / "pairs" / f"iter_{i}")) == _expected_keys(run_dir, i)
+    for r in records[1:]:
+        assert r["pairs"] == 6 and 0 <= r["heldout_sentences_wer"] and r["rollout_tokens_per_s"] > 0
+        assert abs(r["dpo_loss"]) < 10 and 0 <= r["reward_acc"] <= 1
+    summary = json.loads((run_dir / "align" / "summary.json").read_text())
+    assert [r["iteration"] for r in summary["iterations"]] == [0, 1, 2]
+    assert "WER sent" in capsys.readouterr().out
+    # each adapter is a PEFT directory and carries the learner's probe value
+    for k in (1, 2):
+        adapter = run_dir / "align" / "adapters" / f"v{k}"
+        assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "probe.json").is_file()
+
+    cfg = load_config(argv[1], argv[2:])
+    client = tracking.client(cfg)
+    run = client.get_run(out["run_id"])
+    assert run.data.tags["sa_ray.job"] == "align" and run.data.tags["sa_ray.method"] == cfg.align.method
+    wer = client.get_metric_history(out["run_id"], "heldout_sentences_wer")
+    assert sorted(m.step for m in wer) == [0, 1, 2]
+    assert sorted(m.step for m in client.get_metric_history(out["run_id"], "pairs")) == [1, 2]
+    assert tracking.alias_version(f"{cfg.name}-policy", "latest", tracking.resolve_uri(cfg.tracking.uri)) is not None
+    artifacts = {a.path for a in client.list_artifacts(out["run_id"], "samples/iter_2")}
+    assert artifacts and all(p.endswith(".wav") for p in artifacts)
+    children = client.search_runs([run.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{out['run_id']}'")
+    assert len(children) == 2 and all(client.get_metric_history(c.info.run_id, "dpo_loss") for c in children)
+
+
+def test_killed_after_rollout_resubmitted_completes_with_the_expected_pairs(prepared_tiny, tiny_base, tmp_path):
+    argv, run_dir = _argv(prepared_tiny, tiny_base, tmp_path, "align.backend=torch")
+    cmd = [sys.executable, "-m", "jobs.align", *argv]
+    env = {**os.environ, "RAY_ADDRESS": ""}  # its own local cluster, like a fresh submission
+    env.pop("RAY_ADDRESS")
+    pairs0 = run_dir / "align" / "pairs" / "iter_0"
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600
+        while read_manifest(pairs0) is None:  # the rollout stage of iteration 0 is committed...
+            assert proc.poll() is None and time.time() < deadline, "the job ended before committing its pairs"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # ...and the job dies right after, driver and local cluster alike
+        proc.wait()
+    committed = read_manifest(pairs0)
+    assert not (run_dir / "align" / "adapters" / "v1").exists()
+
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read_manifest(pairs0) == committed  # not rolled out again
+    for i in (0, 1):
+        keys = _keys(run_dir / "align" / "pairs" / f"iter_{i}")
+        assert len(keys) == len(set(keys)) and set(keys) == _expected_keys(run_dir, i)  # none lost or duplicated
+    assert not list((run_dir / "align" / "pairs").glob(".*staging*"))
+    state = json.loads((run_dir / "align" / "state.json").read_text())
+    summary = json.loads((run_dir / "align" / "summary.json").read_text())
+    assert summary["run_id"] == state["run_id"] and len(summary["iterations"]) == 3  # one MLflow run, resumed
