@@ -49,11 +49,11 @@ def train_loop(config: dict) -> None:
         with checkpoint.as_directory() as d:
             trainer.load(d)
 
-    log_every = 25
-    while trainer.step_count < train_cfg.steps:
+    log_every, end = 25, train_cfg.stop_after or train_cfg.steps
+    while trainer.step_count < end:
         metrics = trainer.train_step()
         step = trainer.step_count
-        last = step == train_cfg.steps
+        last = step == end
         if heldout_bank is not None and (step % train_cfg.eval_every == 0 or last):
             metrics.update(trainer.evaluate(heldout, heldout_bank))
         metrics["step"], metrics["epoch"] = step, trainer.epoch

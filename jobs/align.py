@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
                     tracking.log_wav(wav, sr, f"samples/iter_{k}/{name}")
                 tracking.log_metrics({key: v for key, v in record.items() if isinstance(v, (int, float))}, step=k)
                 if k > 0:
-                    best = min([r["heldout_sentences_wer"] for r in records] + [record["heldout_sentences_wer"]])
+                    best = min(r["heldout_sentences_wer"] for r in [*records[1:], record])  # among adapters
                     tracking.log_artifact(run.adapter(k), f"adapters/v{k}")
                     aliases = ["latest"] + (["best"] if record["heldout_sentences_wer"] <= best else [])
                     record["registered_version"] = tracking.register_model(

@@ -146,6 +146,7 @@ class PretrainConfig:
     use_gpu: bool = False
     bf16: bool = True  # bfloat16 autocast for matmuls (3x faster on CPUs with AVX512-BF16; fp32 weights)
     init_from: str | None = None  # a shipped/saved base model directory: skip training, evaluate it
+    stop_after: int | None = None  # end this run at that step of the `steps`-long schedule (resumable later)
     deepspeed: int | None = None  # ZeRO stage (1 or 2) or null: plain DDP
     seed: int = 0
 
@@ -154,6 +155,8 @@ class PretrainConfig:
             _require(getattr(self, name) >= 1, f"pretrain.{name} must be >= 1")
         _require(0 < self.lr < 1, "pretrain.lr must be in (0, 1)")
         _require(self.warmup_steps >= 0, "pretrain.warmup_steps must be >= 0")
+        _require(self.stop_after is None or 1 <= self.stop_after <= self.steps,
+                 "pretrain.stop_after must be in [1, pretrain.steps] or null")
         _require(self.deepspeed in (None, 1, 2), "pretrain.deepspeed must be a ZeRO stage (1 or 2) or null")
 
 

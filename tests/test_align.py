@@ -185,3 +185,27 @@ def test_prompt_draws_and_seeds_are_reproducible(rows):
     c = rollout_requests(rows[:4], vocab, bank, 43.066, 2, seed=0, samples=2, max_len=1024)
     assert a == b and [r["seed"] for r in a] != [r["seed"] for r in c]
     assert len({(r["utt_id"], r["sample_idx"]) for r in a}) == 8
+
+
+def test_ranked_pairs_from_evaluator_rewards(prepared_tiny, rows, base_dir):
+    """Ranked pairs (Tian et al.): each sample decoded and scored by the offline ASR and speaker encoder."""
+    import pandas as pd
+
+    from actors.evaluator import Evaluator
+    from sa_ray.engines.torch_engine import TorchEngine
+    from sa_ray.models.vocab import Vocab
+
+    cfg, _, _ = prepared_tiny
+    vocab = Vocab.load(base_dir / "ar")
+    bank = PromptBank.from_rows(rows, 20, 1)
+    reqs = rollout_requests(rows[:2], vocab, bank, 43.066, 0, seed=0, samples=3, max_len=1024)
+    outs = TorchEngine(base_dir / "ar").generate([r["prompt_ids"] for r in reqs], vocab.generation_ids(), 2,
+                                                 [r["budget"] for r in reqs], [r["seed"] for r in reqs])
+    samples = pd.DataFrame([{**r, "sample_ids": o} for r, o in zip(reqs, outs)])
+    scored = Evaluator(cfg, str(base_dir)).reward(samples)
+    assert ((scored["sample_wer"] >= 0) & (scored["sample_sim"].between(-1, 1))).all()
+    assert (scored["reward"] == scored["sample_sim"] - scored["sample_wer"]).all()
+    pairs = ranked_pairs(scored.to_dict("records"))
+    assert len(pairs) <= 2
+    for p in pairs:
+        assert p["chosen_reward"] > p["rejected_reward"] and p["chosen_ids"] != p["rejected_ids"]
