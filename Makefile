@@ -4,8 +4,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sa-ray-installed
 CONFIG ?= configs/tiny.yaml
 ARGS ?=
+# The shipped base model (+ the codec its codes belong to) and where it stopped in the 6000-step schedule.
+BASE ?= checkpoints/base
+BASE_STEPS ?= 2500
 
-.PHONY: install demo test test-fast prepare pretrain clean
+.PHONY: install demo test test-fast prepare pretrain pretrain-base align clean
 
 $(STAMP): pyproject.toml scripts/install.sh scripts/install-system.sh
 	bash scripts/install.sh
@@ -13,14 +16,24 @@ $(STAMP): pyproject.toml scripts/install.sh scripts/install-system.sh
 
 install: $(STAMP)
 
-demo: install  ## the main job on the embedded default (configs/tiny.yaml)
-	$(PY) -m jobs.prepare --config $(CONFIG) $(ARGS)
+demo: install  ## prepare -> base model (the shipped checkpoint) -> 3 SpeechAlign iterations, on configs/tiny.yaml
+	$(PY) -m jobs.prepare --config $(CONFIG) codec.path=$(BASE)/codec $(ARGS)
+	$(PY) -m jobs.pretrain --config $(CONFIG) codec.path=$(BASE)/codec pretrain.init_from=$(BASE) $(ARGS)
+	$(PY) -m jobs.align --config $(CONFIG) codec.path=$(BASE)/codec $(ARGS)
 
 prepare: install
 	$(PY) -m jobs.prepare --config $(CONFIG) $(ARGS)
 
 pretrain: install  ## train the base codec LM (resumes when re-run)
 	$(PY) -m jobs.pretrain --config $(CONFIG) $(ARGS)
+
+pretrain-base: install  ## reproduce checkpoints/base: fit the codec, train the base recipe (hours), ship bf16
+	$(PY) -m jobs.prepare --config $(CONFIG) run_dir=runs/base $(ARGS)
+	$(PY) -m jobs.pretrain --config $(CONFIG) run_dir=runs/base pretrain.stop_after=$(BASE_STEPS) $(ARGS)
+	$(PY) -m jobs.ship_base --model runs/base/pretrain/model --codec runs/base/codec --out $(BASE)
+
+align: install  ## the SpeechAlign loop on an existing base model (resumes when re-run)
+	$(PY) -m jobs.align --config $(CONFIG) $(ARGS)
 
 test: install  ## the whole suite
 	bash scripts/install-system.sh

@@ -6,7 +6,8 @@
 Runs on Ray Train (`TorchTrainer`; DDP over gloo on CPU). Re-running the same command resumes from
 the latest checkpoint under <run_dir>/pretrain/ray. The base model lands in <run_dir>/pretrain/model
 (ar/: HF safetensors + vocab.json, loads in vLLM; nar/) and is registered in MLflow. With
-`pretrain.init_from=DIR` (e.g. the shipped checkpoint) training is skipped and DIR is evaluated.
+`pretrain.init_from=DIR` (e.g. the shipped checkpoint) training is skipped: DIR becomes the base model and
+is evaluated. The model is registered in MLflow as `<config name>-base`.
 """
 
 from __future__ import annotations
@@ -81,11 +82,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     _cli.init_ray(cfg)
     with tracking.job_run(cfg, "pretrain", args.run_id) as run:
-        if cfg.pretrain.init_from:
-            model_dir = Path(cfg.pretrain.init_from)
+        if cfg.pretrain.init_from:  # e.g. the shipped base model: it becomes this run's model, untrained further
+            model_dir = run_dir / "pretrain" / "model"
+            if Path(cfg.pretrain.init_from).resolve() != model_dir.resolve():
+                shutil.rmtree(model_dir, ignore_errors=True)
+                shutil.copytree(cfg.pretrain.init_from, model_dir, ignore=shutil.ignore_patterns("codec"))
         else:
             model_dir = train(cfg, run_dir, summary, run.info.run_id)
         tracking.log_artifact(model_dir, "model")
+        tracking.register_model(f"{cfg.name}-base", run.info.run_id, "model", ["latest"])
         metrics = evaluate(cfg, run_dir, model_dir)
         tracking.log_metrics({f"{split}_{k}": v for split, m in metrics.items() for k, v in m.items()})
     print(f"\nbase model: {model_dir}")

@@ -63,7 +63,7 @@ class CorpusConfig:
 @dataclass
 class CodecConfig:
     kind: str = "mel_kmeans"  # mel_kmeans (offline, trained on the corpus) | encodec | mimi
-    path: str | None = None  # encodec/mimi: local HF directory or hub id; None = random init (smoke runs)
+    path: str | None = None  # encodec/mimi: local HF dir or hub id (None: random init); mel_kmeans: a fitted codec dir (None: fit)
     n_codebooks: int = 8
     codebook_size: int = 256
     stack: int = 2  # mel_kmeans: mel frames per code frame (2 -> 43 Hz)

@@ -8,7 +8,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from sa_ray.codec.base import Codec
-from sa_ray.config import CodecConfig
+from sa_ray.config import CodecConfig, ConfigError
 
 __all__ = ["Codec", "load_or_fit_codec", "load_codec"]
 
@@ -39,6 +39,16 @@ def load_or_fit_codec(cfg: CodecConfig, codec_dir: str | Path, seed: int,
         return load_codec(cfg, codec_dir)
     from sa_ray.codec.mel_kmeans import MelKMeansCodec
 
+    if cfg.path:  # a fitted codec to use as is (e.g. the one shipped with the base model in checkpoints/base/codec)
+        if not (Path(cfg.path) / "codec.json").is_file():
+            raise FileNotFoundError(f"codec.path={cfg.path} holds no fitted mel_kmeans codec (codec.json)")
+        codec = MelKMeansCodec.load(cfg.path)
+        shape = (codec.n_codebooks, codec.codebook_size, codec.stack)
+        if shape != (cfg.n_codebooks, cfg.codebook_size, cfg.stack):
+            raise ConfigError(f"codec.path={cfg.path} is a {shape[0]} x {shape[1]} codec with stack {shape[2]}; the config "
+                              f"asks for {cfg.n_codebooks} x {cfg.codebook_size} with stack {cfg.stack}")
+        codec.save(codec_dir)
+        return codec
     if (codec_dir / "codec.json").is_file():
         codec = MelKMeansCodec.load(codec_dir)
         if (codec.n_codebooks, codec.codebook_size, codec.stack) == (cfg.n_codebooks, cfg.codebook_size, cfg.stack):
