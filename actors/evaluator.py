@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import torch
 
 from sa_ray import lora
 from sa_ray.audio import read_wav
@@ -21,7 +22,8 @@ from sa_ray.metrics.wer import wer
 from sa_ray.models.ar import load_ar
 from sa_ray.models.nar import NARModel
 from sa_ray.models.vocab import SEP
-from sa_ray.preference import voice_prompt
+from sa_ray.losses import pack, sequence_logprobs
+from sa_ray.preference import split_example, voice_prompt
 from sa_ray.sampling import SamplingConfig
 from sa_ray.synthesis import CodecTTS, Request
 
@@ -48,9 +50,9 @@ class Evaluator:
         """Held-out metrics, flat (`heldout_sentences_wer`, ...), averaged over `align.eval_seeds` sampling seeds,
         with the seed-to-seed spread (`..._wer_spread`: half the range) when there are several."""
         tts, a = self._tts(adapter_dir), self.cfg.align
+        flat = {"heldout_sentences_golden_nll": self.golden_nll(tts.ar)}
         runs = [evaluate_heldout(tts, self.tables, a.eval_utterances, self.asr, self.sim, self.prompt_frames,
                                  seed=a.seed + 1000 * s, ceiling=ceiling and s == 0) for s in range(a.eval_seeds)]
-        flat: dict[str, float] = {}
         for split in runs[0]:
             for key in runs[0][split]:
                 values = [r[split][key] for r in runs if key in r[split]]
@@ -58,6 +60,19 @@ class Evaluator:
                 if len(values) > 1 and key in ("wer", "sim"):
                     flat[f"{split}_{key}_spread"] = float((max(values) - min(values)) / 2)
         return flat
+
+    def golden_nll(self, model, n: int = 80, batch_size: int = 16) -> float:
+        """Teacher-forced NLL per target token of the golden held-out sentences under `model` (fixed prompts)."""
+        rows = self.tables["heldout_sentences"][:n]
+        bank = PromptBank.from_rows(self.tables["heldout_sentences"], self.prompt_frames, 1)
+        pairs = [split_example(r, voice_prompt(bank, r, 0, 0), self.vocab, self.codec.frame_rate) for r in rows]
+        total, tokens = 0.0, 0
+        with torch.inference_mode():
+            for start in range(0, len(pairs), batch_size):
+                chunk = pairs[start : start + batch_size]
+                logp, count = sequence_logprobs(model, pack([p for p, _ in chunk], [c for _, c in chunk]))
+                total, tokens = total - float(logp.sum()), tokens + int(count.sum())
+        return total / max(tokens, 1)
 
     def samples(self, adapter_dir: str | None, n: int = 2) -> list[tuple[str, np.ndarray, int]]:
         """A few held-out sentences spoken by the policy: (name, wav, sample rate), to listen to in MLflow."""

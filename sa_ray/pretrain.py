@@ -3,7 +3,9 @@
 `CodecLMTrainer` is plain PyTorch and knows nothing of Ray: `actors/pretrainer.py` runs it inside Ray
 Train workers, tests run it directly. Data order is a pure function of (seed, epoch, rank), and the
 checkpoint holds weights, optimiser moments, schedulers, the RNG and the data position, so a resumed
-run reproduces the uninterrupted one step for step.
+run reproduces the uninterrupted one step for step. The optimiser step is a `Stepper`
+(`sa_ray/engines/deepspeed_engine.py`): plain AdamW, or DeepSpeed ZeRO stage 1/2 when
+`PretrainConfig.deepspeed` names a stage; both write the same checkpoint layout.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from sa_ray.checkpoint import load_state, save_state
 from sa_ray.config import ModelConfig, PretrainConfig
 from sa_ray.data.examples import PromptBank, ar_example, nar_example
+from sa_ray.engines.deepspeed_engine import make_stepper
 from sa_ray.models.ar import ar_loss, build_ar_model, collate_ar, save_ar
 from sa_ray.models.nar import NARConfig, NARModel, collate_nar
 from sa_ray.models.vocab import Vocab
@@ -62,11 +65,14 @@ class CodecLMTrainer:
                                       ff=4 * model_cfg.nar_hidden))
         self.model = CodecLM(self.ar, self.nar)
         torch.manual_seed(train_cfg.seed + 1000 * (rank + 1))  # dropout differs per worker
-        self.model_train = wrap(self.model)
-        self.optimizers = {"model": torch.optim.AdamW(self.model.parameters(), lr=train_cfg.lr, betas=(0.9, 0.98),
-                                                      weight_decay=train_cfg.weight_decay)}
-        schedule = warmup_cosine(train_cfg.warmup_steps, train_cfg.steps)
-        self.schedulers = {"model": torch.optim.lr_scheduler.LambdaLR(self.optimizers["model"], schedule)}
+        # `wrap` (DDP) applies to the plain path only: a ZeRO engine reduces gradients itself
+        self.stepper = make_stepper(self.model, self.model.parameters(), lr=train_cfg.lr, betas=(0.9, 0.98),
+                                    weight_decay=train_cfg.weight_decay,
+                                    schedule=warmup_cosine(train_cfg.warmup_steps, train_cfg.steps),
+                                    grad_clip=train_cfg.grad_clip, zero_stage=train_cfg.deepspeed, wrap=wrap)
+        self.model_train = self.stepper.module
+        self.optimizers = {"model": self.stepper.optimizer}
+        self.schedulers = {"model": self.stepper.scheduler}
         self.step_count, self.epoch, self.position = 0, 0, 0
         self.nar_gen = torch.Generator().manual_seed(train_cfg.seed + rank)
 
@@ -105,14 +111,10 @@ class CodecLMTrainer:
         self.model_train.train()
         with self._autocast():
             loss, metrics = self.model_train(ar_batch, nar_batch, self.nar_gen)
-        opt, sched = self.optimizers["model"], self.schedulers["model"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
-        opt.step()
-        sched.step()
+        self.stepper.backward(loss)
+        metrics["grad_norm"] = self.stepper.step()
         self.step_count += 1
-        metrics["lr"] = sched.get_last_lr()[0]
+        metrics["lr"] = self.stepper.lr
         return metrics
 
     @torch.no_grad()
@@ -132,6 +134,11 @@ class CodecLMTrainer:
     # ------------------------------------------------------------------------------ checkpoints
 
     def save(self, directory: str | Path) -> None:
+        """Rank 0 writes. Under ZeRO every rank must call it: gathering the optimiser state is collective."""
+        if self.rank != 0:
+            if self.cfg.deepspeed:
+                self.optimizers["model"].state_dict()  # this rank's share of the gather rank 0 writes
+            return
         save_state(directory, {"model": self.model}, self.optimizers, self.schedulers,
                    {"step": self.step_count, "epoch": self.epoch, "position": self.position,
                     "nar_gen": self.nar_gen.get_state().tolist()})
