@@ -18,7 +18,7 @@ install: $(STAMP)
 
 demo: install  ## prepare -> base model (the shipped checkpoint) -> 3 SpeechAlign iterations, on configs/tiny.yaml
 	$(PY) -m jobs.prepare --config $(CONFIG) codec.path=$(BASE)/codec $(ARGS)
-	$(PY) -m jobs.pretrain --config $(CONFIG) codec.path=$(BASE)/codec pretrain.init_from=$(BASE) $(ARGS)
+	$(PY) -m jobs.pretrain --config $(CONFIG) codec.path=$(BASE)/codec pretrain.init_from=$(BASE) pretrain.eval_utterances=0 $(ARGS)
 	$(PY) -m jobs.align --config $(CONFIG) codec.path=$(BASE)/codec $(ARGS)
 
 prepare: install

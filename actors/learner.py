@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import tempfile
 import zlib
+from pathlib import Path
 
+import ray
 import ray.data
 import ray.train
 import ray.train.torch
 import torch
+from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
 
+from sa_ray import tracking
 from sa_ray.config import AlignConfig
 from sa_ray.dpo import DPOLearner
 from sa_ray.tracking import RunLogger
@@ -52,3 +57,26 @@ def learn_loop(config: dict) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
         else:
             ray.train.report(metrics)
+
+
+def fit_learner(cfg, run, i: int, base_dir: Path, probe: dict, parent_run_id: str) -> tuple[Path, dict]:
+    """Iteration i's learner on Ray Train: adapter v_i -> v_{i+1} (resumes from its own checkpoints)."""
+    a = cfg.align
+    child = tracking.child_run(cfg, parent_run_id, f"learner-iter{i}")
+    adapter = run.adapter(i)
+    trainer = TorchTrainer(
+        learn_loop,
+        train_loop_config={"align": a.__dict__, "base_dir": str(base_dir / "ar"), "probe": probe,
+                           "adapter_dir": str(adapter) if adapter else None, "run_id": child,
+                           "tracking_uri": tracking.resolve_uri(cfg.tracking.uri),
+                           "threads": max(1, int(ray.available_resources().get("CPU", 1)) // a.workers)},
+        scaling_config=ScalingConfig(num_workers=a.workers, use_gpu=a.use_gpu),
+        run_config=RunConfig(name=f"iter_{i}", storage_path=str(run.learner_storage()),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets={"pairs": ray.data.read_parquet(str(run.pairs(i)), file_extensions=["parquet"])},
+        dataset_config=DataConfig(datasets_to_split=[]),  # each worker takes its pairs by id hash
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as d:
+        path = run.commit_adapter(Path(d) / "adapter", i + 1)
+    return path, {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and k != "step"}

@@ -1,4 +1,4 @@
-"""One iteration's pair set as a Ray Data pipeline between the long-lived roles:
+"""The align loop's long-lived roles (`start_roles`) and one iteration's pair set as a Ray Data pipeline between them:
 
     train rows -> requests -> RolloutEngine -> [Evaluator rewards] -> pair builder -> ReferenceScorer -> Parquet
 
@@ -16,6 +16,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import ray
 
+from actors.evaluator import Evaluator
+from actors.reference import ReferenceScorer
+from actors.rollout import RolloutEngine
 from sa_ray import preference
 
 PAIR_COLUMNS = ["iteration", "utt_id", "sample_idx", "prompt_ids", "chosen_ids", "rejected_ids"]
@@ -70,3 +73,16 @@ def make_pairs(iteration: int, cfg, data_dir: Path, out_dir: Path, vocab, bank_r
     return preference.commit_pairs(staging, out_dir, {
         "iteration": iteration, "prompts": len(chosen), "samples": len(chosen) * a.samples_per_prompt,
         "strategy": a.pairs, "policy_version": policy["version"], **stats})
+
+
+def start_roles(cfg, base_dir: Path) -> dict:
+    a = cfg.align
+    opts = dict(num_cpus=0, max_restarts=1, max_task_retries=1,
+                runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})  # idle engines must not spin on cores
+    sampling = {"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p}
+    return {
+        "rollout": ray.remote(RolloutEngine).options(**opts).remote(
+            a.backend, str(base_dir / "ar"), sampling, a.lora_rank, cfg.model.max_positions, a.seed),
+        "reference": ray.remote(ReferenceScorer).options(**opts).remote(str(base_dir / "ar")),
+        "evaluator": ray.remote(Evaluator).options(**opts).remote(cfg, str(base_dir)),
+    }

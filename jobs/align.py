@@ -24,54 +24,6 @@ from sa_ray.models.vocab import Vocab
 from sa_ray.preference import probe_sequence
 
 
-def start_roles(cfg, base_dir: Path) -> dict:
-    import ray
-
-    from actors.evaluator import Evaluator
-    from actors.reference import ReferenceScorer
-    from actors.rollout import RolloutEngine
-
-    a = cfg.align
-    opts = dict(num_cpus=0, max_restarts=1, max_task_retries=1,
-                runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})  # idle engines must not spin on cores
-    sampling = {"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p}
-    return {
-        "rollout": ray.remote(RolloutEngine).options(**opts).remote(
-            a.backend, str(base_dir / "ar"), sampling, a.lora_rank, cfg.model.max_positions, a.seed),
-        "reference": ray.remote(ReferenceScorer).options(**opts).remote(str(base_dir / "ar")),
-        "evaluator": ray.remote(Evaluator).options(**opts).remote(cfg, str(base_dir)),
-    }
-
-
-def learn(cfg, run: AlignRun, i: int, base_dir: Path, probe: dict, parent_run_id: str) -> tuple[Path, dict]:
-    """Iteration i's learner on Ray Train: adapter v_i -> v_{i+1} (resumes from its own checkpoints)."""
-    import ray
-    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from actors.learner import learn_loop
-
-    a = cfg.align
-    child = tracking.child_run(cfg, parent_run_id, f"learner-iter{i}")
-    adapter = run.adapter(i)
-    trainer = TorchTrainer(
-        learn_loop,
-        train_loop_config={"align": a.__dict__, "base_dir": str(base_dir / "ar"), "probe": probe,
-                           "adapter_dir": str(adapter) if adapter else None, "run_id": child,
-                           "tracking_uri": tracking.resolve_uri(cfg.tracking.uri),
-                           "threads": max(1, int(ray.available_resources().get("CPU", 1)) // a.workers)},
-        scaling_config=ScalingConfig(num_workers=a.workers, use_gpu=a.use_gpu),
-        run_config=RunConfig(name=f"iter_{i}", storage_path=str(run.learner_storage()),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets={"pairs": ray.data.read_parquet(str(run.pairs(i)), file_extensions=["parquet"])},
-        dataset_config=DataConfig(datasets_to_split=[]),  # each worker takes its pairs by id hash
-    )
-    result = trainer.fit()
-    with result.checkpoint.as_directory() as d:
-        path = run.commit_adapter(Path(d) / "adapter", i + 1)
-    return path, {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and k != "step"}
-
-
 def main(argv: list[str] | None = None) -> dict:
     cfg, args = _cli.parse(argv, __doc__.splitlines()[0])
     a, run_dir = cfg.align, Path(cfg.run_dir)
@@ -88,7 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
     _cli.init_ray(cfg)
     import ray
 
-    from actors.pipeline import make_pairs
+    from actors.learner import fit_learner
+    from actors.pipeline import make_pairs, start_roles
 
     state = run.load("state.json") or {}
     with tracking.job_run(cfg, "align", args.run_id or state.get("run_id")) as mlrun:
@@ -120,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
                                   rollout_tokens_per_s=manifest.get("rollout_tokens_per_s"),
                                   rollout_seconds=time.perf_counter() - start)
                     start = time.perf_counter()
-                    _, learner_metrics = learn(cfg, run, i, base_dir, probe, mlrun.info.run_id)
+                    _, learner_metrics = fit_learner(cfg, run, i, base_dir, probe, mlrun.info.run_id)
                     record.update(learner_metrics, learn_seconds=time.perf_counter() - start)
                 start = time.perf_counter()
                 adapter = str(run.adapter(k)) if k else None
@@ -146,6 +99,11 @@ def main(argv: list[str] | None = None) -> dict:
         run.save("summary.json", {"run_id": mlrun.info.run_id, "iterations": records})
         tracking.log_artifact(run.root / "summary.json")
     print("\n" + format_table(records))
+    base = records[0]
+    print(f"golden ceiling (same codec, same ASR): WER sent {base.get('heldout_sentences_golden_wer', float('nan')):.3f}, "
+          f"WER voice {base.get('heldout_voices_golden_wer', float('nan')):.3f}; SIM to another speaker (floor): "
+          f"sent {base.get('heldout_sentences_sim_other_speaker', float('nan')):.3f}, "
+          f"voice {base.get('heldout_voices_sim_other_speaker', float('nan')):.3f}")
     return {"run_id": mlrun.info.run_id, "records": records, "root": str(run.root)}
 
 

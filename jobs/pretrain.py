@@ -91,9 +91,11 @@ def main(argv: list[str] | None = None) -> dict:
             model_dir = train(cfg, run_dir, summary, run.info.run_id)
         tracking.log_artifact(model_dir, "model")
         tracking.register_model(f"{cfg.name}-base", run.info.run_id, "model", ["latest"])
-        metrics = evaluate(cfg, run_dir, model_dir)
+        metrics = evaluate(cfg, run_dir, model_dir) if cfg.pretrain.eval_utterances else {}
         tracking.log_metrics({f"{split}_{k}": v for split, m in metrics.items() for k, v in m.items()})
     print(f"\nbase model: {model_dir}")
+    if not metrics:
+        return {"model_dir": str(model_dir), "metrics": metrics}
     print(f"{'held-out set':<18} {'n':>4} {'WER':>6} {'ceiling':>8} {'SIM':>6} {'SIM other':>9} {'dur':>5} {'no EOS':>7}")
     for split, m in metrics.items():
         print(f"{split:<18} {m['n']:>4} {m['wer']:>6.3f} {m['golden_wer']:>8.3f} {m['sim']:>6.3f} "

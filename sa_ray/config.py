@@ -141,7 +141,7 @@ class PretrainConfig:
     grad_clip: float = 1.0
     eval_every: int = 500
     checkpoint_every: int = 250
-    eval_utterances: int = 40  # held-out utterances synthesised and scored at the end
+    eval_utterances: int = 40  # held-out utterances synthesised and scored at the end (0: skip)
     workers: int = 1  # Ray Train workers (DDP over gloo on CPU, NCCL on GPU)
     use_gpu: bool = False
     bf16: bool = True  # bfloat16 autocast for matmuls (3x faster on CPUs with AVX512-BF16; fp32 weights)
@@ -151,8 +151,9 @@ class PretrainConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "workers", "eval_utterances"):
+        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "workers"):
             _require(getattr(self, name) >= 1, f"pretrain.{name} must be >= 1")
+        _require(self.eval_utterances >= 0, "pretrain.eval_utterances must be >= 0 (0: no synthesis evaluation)")
         _require(0 < self.lr < 1, "pretrain.lr must be in (0, 1)")
         _require(self.warmup_steps >= 0, "pretrain.warmup_steps must be >= 0")
         _require(self.stop_after is None or 1 <= self.stop_after <= self.steps,
