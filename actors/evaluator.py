@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from sa_ray.codec import load_codec
 from sa_ray.config import Config
 from sa_ray.data.examples import PromptBank
 from sa_ray.evaluation import domain_asr, evaluate_heldout, heldout_tables
+from sa_ray.metrics.gap import embedding_plot, mean_pooled_states, mmd_rbf, probe_accuracy
 from sa_ray.metrics.speaker import ResemblyzerSIM
 from sa_ray.metrics.wer import wer
 from sa_ray.models.ar import load_ar
@@ -73,6 +75,39 @@ class Evaluator:
                 logp, count = sequence_logprobs(model, pack([p for p, _ in chunk], [c for _, c in chunk]))
                 total, tokens = total - float(logp.sum()), tokens + int(count.sum())
         return total / max(tokens, 1)
+
+    def gap(self, adapter_dir: str | None, plot_title: str) -> tuple[dict[str, float], bytes]:
+        """The paper's distribution gap on `align.gap_utterances` held-out sentences:
+        - NAR gap: WER/SIM of speech from (golden layer 0 + NAR) vs (the policy's layer 0 + NAR);
+        - token gap: golden vs synthetic targets embedded by the FIXED base AR model (mean-pooled last layer,
+          one space for every iteration), as a linear probe's accuracy (0.5 = no gap), MMD and a t-SNE PNG."""
+        rows = self.tables["heldout_sentences"][: self.cfg.align.gap_utterances]
+        bank = PromptBank.from_rows(self.tables["heldout_sentences"], self.prompt_frames, self.codec.n_codebooks)
+        tts = self._tts(adapter_dir)
+        requests = [Request(r["text"], voice_prompt(bank, r, 0, 0), 7919 + i) for i, r in enumerate(rows)]
+        synthetic = tts.synthesize(requests)
+        golden_seqs, synth_seqs, starts, wers, sims = [], [], [], {"golden": [], "synthetic": []}, {"golden": [], "synthetic": []}
+        for row, req, syn in zip(rows, requests, synthetic):
+            prompt_ids, golden = split_example(row, req.prompt_codes, self.vocab, self.codec.frame_rate)
+            text_ids = prompt_ids[1 : prompt_ids.index(SEP)]
+            gold = tts.finish(req, golden, text_ids)
+            real = read_wav(row["audio_path"])
+            for kind, out in (("golden", gold), ("synthetic", syn)):
+                hyp = self.asr.transcribe(out.wav, self.codec.sample_rate) if len(out.wav) else ""
+                wers[kind].append(hyp)
+                sims[kind].append(self.sim.similarity((out.wav, self.codec.sample_rate), real) if len(out.wav) else 0.0)
+            golden_seqs.append(prompt_ids + golden)
+            synth_seqs.append(prompt_ids + syn.ar_tokens)
+            starts.append(len(prompt_ids))
+        refs = [r["text"] for r in rows]
+        g = mean_pooled_states(self.base, golden_seqs, starts)
+        y = mean_pooled_states(self.base, synth_seqs, starts)
+        metrics = {"nar_golden_wer": wer(refs, wers["golden"]), "nar_synthetic_wer": wer(refs, wers["synthetic"]),
+                   "nar_golden_sim": float(np.mean(sims["golden"])), "nar_synthetic_sim": float(np.mean(sims["synthetic"])),
+                   "gap_probe_acc": probe_accuracy(g, y), "gap_mmd": mmd_rbf(g, y)}
+        with tempfile.TemporaryDirectory() as tmp:
+            png = embedding_plot(g, y, Path(tmp) / "gap.png", plot_title)
+            return metrics, png.read_bytes()
 
     def samples(self, adapter_dir: str | None, n: int = 2) -> list[tuple[str, np.ndarray, int]]:
         """A few held-out sentences spoken by the policy: (name, wav, sample rate), to listen to in MLflow."""

@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> dict:
                 adapter = str(run.adapter(k)) if k else None
                 record.update(ray.get(roles["evaluator"].evaluate.remote(adapter, ceiling=k == 0)))
                 record["eval_seconds"] = time.perf_counter() - start
+                if a.gap_utterances:
+                    gap, png = ray.get(roles["evaluator"].gap.remote(adapter, f"golden vs synthetic, iteration {k}"))
+                    record.update(gap)
+                    tracking.log_bytes(png, f"gap/iter_{k}.png")
                 for name, wav, sr in ray.get(roles["evaluator"].samples.remote(adapter)):
                     tracking.log_wav(wav, sr, f"samples/iter_{k}/{name}")
                 tracking.log_metrics({key: v for key, v in record.items() if isinstance(v, (int, float))}, step=k)

@@ -196,6 +196,7 @@ class AlignConfig:
     # evaluation
     eval_utterances: int = 80  # per held-out set and iteration
     eval_seeds: int = 1  # sampling seeds per evaluation (the spread across seeds is reported)
+    gap_utterances: int = 40  # held-out sentences for the distribution-gap analysis (0: off)
     early_stopping: int = 0  # stop after this many iterations without a better held-out WER (0 = never)
     probe_tolerance: float = 0.02  # |engine - learner| logprob of the probe sequence (nats, summed)
     seed: int = 0
@@ -216,6 +217,7 @@ class AlignConfig:
         _require(0 <= self.label_smoothing < 0.5, "align.label_smoothing must be in [0, 0.5)")
         _require(self.nll_weight >= 0, "align.nll_weight must be >= 0")
         _require(0 < self.lr < 1, "align.lr must be in (0, 1)")
+        _require(self.gap_utterances == 0 or self.gap_utterances >= 4, "align.gap_utterances must be 0 (off) or >= 4")
         _require(self.warmup_steps >= 0 and self.early_stopping >= 0 and self.probe_tolerance > 0,
                  "align.warmup_steps and align.early_stopping must be >= 0, align.probe_tolerance > 0")
         _require(len(self.lora_targets) > 0, "align.lora_targets must name at least one module")

@@ -91,11 +91,20 @@ def set_tags(tags: dict[str, str]) -> None:
 
 def log_wav(wav, sample_rate: int, artifact_file: str) -> None:
     """A waveform as a .wav artifact (MLflow's UI plays it)."""
+    import io
+
     import soundfile as sf
 
+    buffer = io.BytesIO()
+    sf.write(buffer, wav, sample_rate, format="WAV")
+    log_bytes(buffer.getvalue(), artifact_file)
+
+
+def log_bytes(data: bytes, artifact_file: str) -> None:
+    """Bytes made elsewhere (e.g. a PNG from an actor on another node) as an artifact."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(artifact_file).name
-        sf.write(path, wav, sample_rate)
+        path.write_bytes(data)
         parent = str(Path(artifact_file).parent)
         mlflow.log_artifact(str(path), artifact_path=None if parent == "." else parent)
 

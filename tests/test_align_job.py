@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 ALIGN = ["align.iterations=2", "align.prompts_per_iteration=6", "align.steps=4", "align.batch_size=4",
          "align.warmup_steps=1", "align.checkpoint_every=2", "align.eval_utterances=2", "align.lora_rank=8",
-         "align.lora_alpha=16", "align.lr=1e-3"]
+         "align.lora_alpha=16", "align.lr=1e-3", "align.gap_utterances=4"]
 
 
 def _argv(prepared_tiny, tiny_base, tmp_path, *extra) -> tuple[list[str], Path]:
@@ -73,6 +73,9 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(backend, prepared_tiny, ti
     assert sorted(m.step for m in wer) == [0, 1, 2]
     assert sorted(m.step for m in client.get_metric_history(out["run_id"], "pairs")) == [1, 2]
     assert tracking.alias_version(f"{cfg.name}-policy", "latest", tracking.resolve_uri(cfg.tracking.uri)) is not None
+    for r in records:  # the distribution gap of every policy version
+        assert 0 <= r["gap_probe_acc"] <= 1 and r["nar_golden_wer"] >= 0 and r["nar_synthetic_wer"] >= 0
+    assert {a.path for a in client.list_artifacts(out["run_id"], "gap")} == {f"gap/iter_{k}.png" for k in range(3)}
     artifacts = {a.path for a in client.list_artifacts(out["run_id"], "samples/iter_2")}
     assert artifacts and all(p.endswith(".wav") for p in artifacts)
     children = client.search_runs([run.info.experiment_id],
