@@ -176,7 +176,7 @@ class AlignConfig:
     top_k: int = 0
     top_p: float = 1.0
     # loss
-    method: str = "rpo"  # dpo | cdpo | ipo | rpo (dpo + nll_weight * NLL of the chosen)
+    method: str = "rpo"  # dpo | cdpo | ipo | rpo (dpo + nll_weight * NLL of the chosen) | sft (the NLL alone: control)
     beta: float = 0.1
     label_smoothing: float = 0.0  # cdpo's label-flip probability
     nll_weight: float = 1.0  # rpo
@@ -205,7 +205,8 @@ class AlignConfig:
         _require(self.iterations >= 1, "align.iterations must be >= 1")
         _require(self.backend in ("auto", "vllm", "torch"), f"align.backend must be auto, vllm or torch; got {self.backend!r}")
         _require(self.pairs in ("golden", "ranked"), f"align.pairs must be golden or ranked; got {self.pairs!r}")
-        _require(self.method in ("dpo", "cdpo", "ipo", "rpo"), f"align.method must be dpo, cdpo, ipo or rpo; got {self.method!r}")
+        _require(self.method in ("dpo", "cdpo", "ipo", "rpo", "sft"),
+                 f"align.method must be dpo, cdpo, ipo, rpo or sft; got {self.method!r}")
         for name in ("prompts_per_iteration", "samples_per_prompt", "steps", "batch_size", "checkpoint_every",
                      "workers", "lora_rank", "lora_alpha", "eval_utterances", "eval_seeds"):
             _require(getattr(self, name) >= 1, f"align.{name} must be >= 1")

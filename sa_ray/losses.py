@@ -11,6 +11,8 @@ h = beta * [(pi_c - ref_c) - (pi_r - ref_r)] the scaled log-ratio margin:
 - ipo:  (margin - 1/(2 beta))^2 on the unscaled margin (Azar et al.)
 - rpo:  dpo + alpha * NLL of the chosen sequence per token (as CosyVoice: keeps the chosen likely, which a
         trivially separable golden-vs-synthetic pair set otherwise erodes)
+- sft:  alpha * NLL of the chosen only: the paper's control, continued supervised training on the golden
+        targets for the same compute as a preference iteration (the DPO loss is still reported)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 
 from sa_ray.models.ar import IGNORE
 
-METHODS = ("dpo", "cdpo", "ipo", "rpo")
+METHODS = ("dpo", "cdpo", "ipo", "rpo", "sft")
 
 
 def pack(prompts: list[list[int]], continuations: list[list[int]], pad_id: int = 0) -> dict[str, torch.Tensor]:
@@ -69,11 +71,11 @@ def preference_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, 
         losses = -(1 - eps) * F.logsigmoid(beta * margin) - eps * F.logsigmoid(-beta * margin)
     loss = losses.mean()
     metrics = {"dpo_loss": float(loss.detach())}
-    if method == "rpo":
+    if method in ("rpo", "sft"):
         if chosen_nll is None:
-            raise ValueError("rpo needs the chosen sequences' NLL")
+            raise ValueError(f"{method} needs the chosen sequences' NLL")
         nll = chosen_nll.mean()
-        loss = loss + nll_weight * nll
+        loss = nll_weight * nll + (loss if method == "rpo" else 0.0)
         metrics["chosen_nll"] = float(nll.detach())
     with torch.no_grad():
         metrics.update({

@@ -36,10 +36,11 @@ def test_preference_losses_match_an_independent_computation():
             elif method == "cdpo":
                 total += -(1 - eps) * math.log(sig(h)) - eps * math.log(sig(-h))
             else:
-                total += -math.log(sig(h)) + (alpha * float(nll[i]) if method == "rpo" else 0.0)
+                total += (0.0 if method == "sft" else -math.log(sig(h))) + (
+                    alpha * float(nll[i]) if method in ("rpo", "sft") else 0.0)
         return total / 6
 
-    for method in ("dpo", "cdpo", "ipo", "rpo"):
+    for method in ("dpo", "cdpo", "ipo", "rpo", "sft"):
         loss, metrics = preference_loss(pc, pr, rc, rr, method, beta, label_smoothing=eps, chosen_nll=nll,
                                         nll_weight=alpha)
         assert float(loss) == pytest.approx(by_hand(method), rel=1e-5), method
