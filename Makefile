@@ -16,10 +16,11 @@ $(STAMP): pyproject.toml scripts/install.sh scripts/install-system.sh
 
 install: $(STAMP)
 
-demo: install  ## prepare -> base model (the shipped checkpoint) -> 3 SpeechAlign iterations, on configs/tiny.yaml
+demo: install  ## prepare -> base model (the shipped checkpoint) -> 3 SpeechAlign iterations -> compare, on configs/tiny.yaml
 	$(PY) -m jobs.prepare --config $(CONFIG) codec.path=$(BASE)/codec $(ARGS)
 	$(PY) -m jobs.pretrain --config $(CONFIG) codec.path=$(BASE)/codec pretrain.init_from=$(BASE) pretrain.eval_utterances=0 $(ARGS)
 	$(PY) -m jobs.align --config $(CONFIG) codec.path=$(BASE)/codec $(ARGS)
+	$(PY) -m jobs.compare --config $(CONFIG) $(ARGS)
 
 prepare: install
 	$(PY) -m jobs.prepare --config $(CONFIG) $(ARGS)

@@ -82,6 +82,15 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(backend, prepared_tiny, ti
                                   filter_string=f"tags.mlflow.parentRunId = '{out['run_id']}'")
     assert len(children) == 2 and all(client.get_metric_history(c.info.run_id, "dpo_loss") for c in children)
 
+    if backend == "torch":  # `evaluate` scores the registered policy through its MLflow model URI
+        from jobs import evaluate
+
+        ev = evaluate.main(["--config", argv[1], "--adapter", "models:/tiny-policy@latest", *argv[2:]])
+        assert ev["metrics"]["heldout_sentences_n"] == 2 and 0 <= ev["metrics"]["gap_probe_acc"] <= 1
+        ev_run = client.get_run(ev["run_id"])
+        assert ev_run.data.tags["sa_ray.asr_backend"] == "pocketsphinx-domain-lm"
+        assert "heldout_voices_wer" in ev_run.data.metrics
+
 
 def test_killed_after_rollout_resubmitted_completes_with_the_expected_pairs(prepared_tiny, tiny_base, tmp_path):
     argv, run_dir = _argv(prepared_tiny, tiny_base, tmp_path, "align.backend=torch")

@@ -1,0 +1,62 @@
+"""evaluate: held-out metrics of a base model + adapter (a directory or an MLflow model URI), logged to MLflow.
+
+    python -m jobs.evaluate --adapter runs/tiny/align/adapters/v3
+    python -m jobs.evaluate --adapter models:/tiny-policy@best align.eval_utterances=80 align.eval_seeds=2
+    python -m jobs.evaluate                      # the base model alone
+
+Runs the Evaluator role (codec, NAR, offline ASR and speaker encoder loaded once) on both held-out sets
+and, unless `align.gap_utterances=0`, the distribution-gap analysis; every WER names its ASR backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from jobs import _cli
+from sa_ray import tracking
+from sa_ray.config import load_config
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=_cli.DEFAULT_CONFIG)
+    ap.add_argument("--adapter", default=None, help="LoRA adapter directory or models:/<name>@<alias>; none = base")
+    ap.add_argument("--base", default=None, help="base model directory (default: align.base_model or <run_dir>/pretrain/model)")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(cfg.run_dir)
+    base_dir = Path(args.base or cfg.align.base_model or run_dir / "pretrain" / "model").resolve()
+    if not (base_dir / "ar" / "vocab.json").is_file():
+        raise FileNotFoundError(f"no base model in {base_dir}: run `python -m jobs.pretrain` or pass --base")
+
+    _cli.init_ray(cfg)
+    import ray
+
+    from actors.evaluator import ASR_BACKEND, SIM_BACKEND, Evaluator
+
+    with tempfile.TemporaryDirectory() as tmp, tracking.job_run(cfg, "evaluate") as run:
+        adapter = args.adapter
+        if adapter and adapter.startswith("models:/"):
+            adapter = str(tracking.download_model(adapter, Path(tmp) / "adapter", tracking.resolve_uri(cfg.tracking.uri)))
+        if adapter and not (Path(adapter) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{adapter} is not a LoRA adapter directory (adapter_config.json)")
+        tracking.set_tags({"sa_ray.asr_backend": ASR_BACKEND, "sa_ray.sim_backend": SIM_BACKEND,
+                           "sa_ray.adapter": args.adapter or "none", "sa_ray.base": str(base_dir)})
+        evaluator = ray.remote(Evaluator).options(num_cpus=0).remote(cfg, str(base_dir))
+        metrics = ray.get(evaluator.evaluate.remote(adapter, ceiling=True))
+        if cfg.align.gap_utterances:
+            gap, png = ray.get(evaluator.gap.remote(adapter, f"golden vs synthetic: {args.adapter or 'base'}"))
+            metrics.update(gap)
+            tracking.log_bytes(png, "gap.png")
+        tracking.log_metrics(metrics)
+    print(f"\n{args.adapter or 'base model'} on {base_dir} (ASR: {ASR_BACKEND}, SIM: {SIM_BACKEND})")
+    for key in sorted(metrics):
+        print(f"  {key:<40} {metrics[key]:.4f}")
+    return {"run_id": run.info.run_id, "metrics": metrics}
+
+
+if __name__ == "__main__":
+    _cli.run(main)
