@@ -17,9 +17,9 @@ from sa_ray.audio import read_wav
 from sa_ray.codec import load_codec
 from sa_ray.config import Config
 from sa_ray.data.examples import PromptBank
-from sa_ray.evaluation import domain_asr, evaluate_heldout, heldout_tables
+from sa_ray.evaluation import evaluate_heldout, heldout_tables
+from sa_ray.metrics.backends import make_asr, make_sim
 from sa_ray.metrics.gap import embedding_plot, mean_pooled_states, mmd_rbf, probe_accuracy
-from sa_ray.metrics.speaker import ResemblyzerSIM
 from sa_ray.metrics.wer import wer
 from sa_ray.models.ar import load_ar
 from sa_ray.models.nar import NARModel
@@ -29,10 +29,6 @@ from sa_ray.preference import split_example, voice_prompt
 from sa_ray.sampling import SamplingConfig
 from sa_ray.synthesis import CodecTTS, Request
 
-ASR_BACKEND = "pocketsphinx-domain-lm"  # every WER names its ASR: numbers of other backends never mix
-SIM_BACKEND = "resemblyzer"
-
-
 class Evaluator:
     def __init__(self, cfg: Config, base_dir: str):
         run_dir = Path(cfg.run_dir)
@@ -40,10 +36,15 @@ class Evaluator:
         self.codec = load_codec(cfg.codec, run_dir / "codec")
         self.base, self.vocab = load_ar(Path(base_dir) / "ar")
         self.nar = NARModel.from_pretrained(Path(base_dir) / "nar")
-        self.asr, self.sim = domain_asr(self.data_dir, cfg.corpus), ResemblyzerSIM()
+        self.asr = make_asr(cfg.eval.asr, self.data_dir, cfg.corpus)
+        self.sim = make_sim(cfg.eval.sim)
         self.tables = heldout_tables(self.data_dir)
         self.prompt_frames = cfg.model.prompt_frames(self.codec.frame_rate)
         self._train_bank: PromptBank | None = None
+
+    def backends(self) -> dict[str, str]:
+        """Tags naming what produced the numbers: every WER names its ASR, every SIM its speaker model."""
+        return {"sa_ray.asr_backend": self.asr.backend, "sa_ray.sim_backend": self.sim.backend}
 
     def _tts(self, adapter_dir: str | None) -> CodecTTS:
         return CodecTTS(lora.policy(self.base, adapter_dir), self.vocab, self.nar, self.codec, self.cfg.model.phone_voice)

@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> dict:
     state = run.load("state.json") or {}
     with tracking.job_run(cfg, "align", args.run_id or state.get("run_id")) as mlrun:
         run.save("state.json", {"run_id": mlrun.info.run_id})
-        tracking.set_tags({"sa_ray.method": a.method, "sa_ray.pairs": a.pairs,
-                           "sa_ray.asr_backend": "pocketsphinx-domain-lm", "sa_ray.sim_backend": "resemblyzer"})
         roles = start_roles(cfg, base_dir)
+        tracking.set_tags({"sa_ray.method": a.method, "sa_ray.pairs": a.pairs,
+                           **ray.get(roles["evaluator"].backends.remote())})
         train_rows = pq.read_table(run_dir / "data" / "train", columns=["utt_id", "speaker", "codes_0"]).to_pylist()
         bank_ref = ray.put(PromptBank.from_rows(train_rows, prompt_frames, 1))
         heldout = pq.read_table(run_dir / "data" / "heldout_sentences").to_pylist()

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     _cli.init_ray(cfg)
     import ray
 
-    from actors.evaluator import ASR_BACKEND, SIM_BACKEND, Evaluator
+    from actors.evaluator import Evaluator
 
     with tempfile.TemporaryDirectory() as tmp, tracking.job_run(cfg, "evaluate") as run:
         adapter = args.adapter
@@ -43,16 +43,17 @@ def main(argv: list[str] | None = None) -> dict:
             adapter = str(tracking.download_model(adapter, Path(tmp) / "adapter", tracking.resolve_uri(cfg.tracking.uri)))
         if adapter and not (Path(adapter) / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{adapter} is not a LoRA adapter directory (adapter_config.json)")
-        tracking.set_tags({"sa_ray.asr_backend": ASR_BACKEND, "sa_ray.sim_backend": SIM_BACKEND,
-                           "sa_ray.adapter": args.adapter or "none", "sa_ray.base": str(base_dir)})
         evaluator = ray.remote(Evaluator).options(num_cpus=0).remote(cfg, str(base_dir))
+        backends = ray.get(evaluator.backends.remote())
+        tracking.set_tags({**backends, "sa_ray.adapter": args.adapter or "none", "sa_ray.base": str(base_dir)})
         metrics = ray.get(evaluator.evaluate.remote(adapter, ceiling=True))
         if cfg.align.gap_utterances:
             gap, png = ray.get(evaluator.gap.remote(adapter, f"golden vs synthetic: {args.adapter or 'base'}"))
             metrics.update(gap)
             tracking.log_bytes(png, "gap.png")
         tracking.log_metrics(metrics)
-    print(f"\n{args.adapter or 'base model'} on {base_dir} (ASR: {ASR_BACKEND}, SIM: {SIM_BACKEND})")
+    print(f"\n{args.adapter or 'base model'} on {base_dir} (ASR: {backends['sa_ray.asr_backend']}, "
+          f"SIM: {backends['sa_ray.sim_backend']})")
     for key in sorted(metrics):
         print(f"  {key:<40} {metrics[key]:.4f}")
     return {"run_id": run.info.run_id, "metrics": metrics}

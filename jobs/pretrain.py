@@ -62,13 +62,13 @@ def train(cfg, run_dir: Path, summary: dict, run_id: str) -> Path:
 def evaluate(cfg, run_dir: Path, model_dir: Path) -> dict[str, dict]:
     """WER/SIM of synthesised held-out speech (offline ASR and speaker encoder), per held-out set."""
     from sa_ray.codec import load_codec
-    from sa_ray.evaluation import domain_asr, evaluate_heldout, heldout_tables
-    from sa_ray.metrics.speaker import ResemblyzerSIM
+    from sa_ray.evaluation import evaluate_heldout, heldout_tables
+    from sa_ray.metrics.backends import make_asr, make_sim
     from sa_ray.synthesis import CodecTTS
 
     codec = load_codec(cfg.codec, run_dir / "codec")
     tts = CodecTTS.load(model_dir, codec, cfg.model.phone_voice)
-    asr, sim = domain_asr(run_dir / "data", cfg.corpus), ResemblyzerSIM()
+    asr, sim = make_asr(cfg.eval.asr, run_dir / "data", cfg.corpus), make_sim(cfg.eval.sim)
     return evaluate_heldout(tts, heldout_tables(run_dir / "data"), cfg.pretrain.eval_utterances, asr, sim,
                             cfg.model.prompt_frames(codec.frame_rate), seed=cfg.pretrain.seed)
 

@@ -225,6 +225,20 @@ class AlignConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Which models score synthesised speech. Numbers of different backends are never compared."""
+
+    asr: str = "pocketsphinx"  # pocketsphinx (offline, domain LM) | whisper:<local dir or hub id>
+    sim: str = "resemblyzer"  # resemblyzer (offline) | wavlm:<local dir or hub id> (a WavLM x-vector model)
+
+    def validate(self) -> None:
+        _require(self.asr == "pocketsphinx" or self.asr.startswith("whisper"),
+                 f"eval.asr must be pocketsphinx or whisper:<model>; got {self.asr!r}")
+        _require(self.sim == "resemblyzer" or self.sim.startswith("wavlm"),
+                 f"eval.sim must be resemblyzer or wavlm:<model>; got {self.sim!r}")
+
+
+@dataclass
 class TrackingConfig:
     uri: str = "sqlite:///mlruns/mlflow.db"  # any MLflow tracking URI
     experiment: str | None = None  # defaults to the config's name
@@ -252,6 +266,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 

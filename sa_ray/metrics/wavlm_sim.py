@@ -1,0 +1,54 @@
+"""Speaker similarity from WavLM speaker-verification x-vectors through transformers
+(e.g. microsoft/wavlm-base-plus-sv, the usual SIM encoder of zero-shot TTS papers).
+
+Same conventions as `ResemblyzerSIM`: `similarity((wav, sr), (wav, sr))` is the cosine of the two
+embeddings, and audio too short to embed gives a zero embedding, hence similarity 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sa_ray.audio import resample
+from sa_ray.metrics.backends import model_label, resolve_model
+
+
+class WavLMSIM:
+    def __init__(self, model: str, device: str = "cpu") -> None:
+        source, local_only = resolve_model(model)  # before importing transformers: a bad path fails fast
+        from transformers import AutoFeatureExtractor, WavLMForXVector
+
+        self.backend = f"wavlm:{model_label(model)}"
+        self.device = device
+        self._features = AutoFeatureExtractor.from_pretrained(source, local_files_only=local_only)
+        self._model = WavLMForXVector.from_pretrained(source, local_files_only=local_only).to(device).eval()
+        self.sample_rate = self._features.sampling_rate
+        self.dim = self._model.config.xvector_output_dim
+        self._min_samples = _min_samples(self._model.config)
+
+    def embed(self, wav: np.ndarray, sr: int) -> np.ndarray:
+        import torch
+
+        wav = resample(np.asarray(wav, np.float32), sr, self.sample_rate)
+        if len(wav) < self._min_samples:  # too short for the TDNN's context: no voice to compare
+            return np.zeros(self.dim, np.float32)
+        inputs = self._features(wav, sampling_rate=self.sample_rate, return_tensors="pt")
+        with torch.inference_mode():
+            # One unpadded utterance: the attention mask would be all ones, so it is not passed.
+            emb = self._model(input_values=inputs.input_values.to(self.device)).embeddings[0]
+        return emb.float().cpu().numpy()
+
+    def similarity(self, a: tuple[np.ndarray, int], b: tuple[np.ndarray, int]) -> float:
+        ea, eb = self.embed(*a), self.embed(*b)
+        denom = float(np.linalg.norm(ea) * np.linalg.norm(eb))
+        # Clipped: float rounding can push the cosine of near-identical vectors just past 1.
+        return float(np.clip(float(ea @ eb) / denom, -1.0, 1.0)) if denom > 0 else 0.0
+
+
+def _min_samples(cfg) -> int:
+    """The fewest samples WavLMForXVector can embed: its statistics pooling takes a standard deviation
+    over the TDNN's output frames, which needs at least 2 of them (1 gives NaN, 0 an error)."""
+    frames = 2 + sum(d * (k - 1) for k, d in zip(cfg.tdnn_kernel, cfg.tdnn_dilation))
+    for kernel, stride in reversed(list(zip(cfg.conv_kernel, cfg.conv_stride))):
+        frames = (frames - 1) * stride + kernel  # the input length a conv layer needs for `frames` outputs
+    return frames
