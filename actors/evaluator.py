@@ -21,10 +21,10 @@ from sa_ray.evaluation import evaluate_heldout, heldout_tables
 from sa_ray.metrics.backends import make_asr, make_sim
 from sa_ray.metrics.gap import embedding_plot, mean_pooled_states, mmd_rbf, probe_accuracy
 from sa_ray.metrics.wer import wer
-from sa_ray.models.ar import load_ar
+from sa_ray.models.ar import IGNORE, load_ar
 from sa_ray.models.nar import NARModel
 from sa_ray.models.vocab import SEP
-from sa_ray.losses import pack, sequence_logprobs
+from sa_ray.losses import pack
 from sa_ray.preference import split_example, voice_prompt
 from sa_ray.sampling import SamplingConfig
 from sa_ray.synthesis import CodecTTS, Request
@@ -53,7 +53,8 @@ class Evaluator:
         """Held-out metrics, flat (`heldout_sentences_wer`, ...), averaged over `align.eval_seeds` sampling seeds,
         with the seed-to-seed spread (`..._wer_spread`: half the range) when there are several."""
         tts, a = self._tts(adapter_dir), self.cfg.align
-        flat = {"heldout_sentences_golden_nll": self.golden_nll(tts.ar)}
+        nll, acc = self.golden_nll(tts.ar)
+        flat = {"heldout_sentences_golden_nll": nll, "heldout_sentences_golden_acc": acc}
         runs = [evaluate_heldout(tts, self.tables, a.eval_utterances, self.asr, self.sim, self.prompt_frames,
                                  seed=a.seed + 1000 * s, ceiling=ceiling and s == 0) for s in range(a.eval_seeds)]
         for split in runs[0]:
@@ -64,18 +65,24 @@ class Evaluator:
                     flat[f"{split}_{key}_spread"] = float((max(values) - min(values)) / 2)
         return flat
 
-    def golden_nll(self, model, n: int = 80, batch_size: int = 16) -> float:
-        """Teacher-forced NLL per target token of the golden held-out sentences under `model` (fixed prompts)."""
+    def golden_nll(self, model, n: int = 80, batch_size: int = 16) -> tuple[float, float]:
+        """Teacher-forced NLL per target token, and next-token accuracy, of the golden held-out sentences under
+        `model` (fixed prompts; over the full vocabulary, like every logprob of the loop)."""
         rows = self.tables["heldout_sentences"][:n]
         bank = PromptBank.from_rows(self.tables["heldout_sentences"], self.prompt_frames, 1)
         pairs = [split_example(r, voice_prompt(bank, r, 0, 0), self.vocab, self.codec.frame_rate) for r in rows]
-        total, tokens = 0.0, 0
+        nll, correct, tokens = 0.0, 0, 0
         with torch.inference_mode():
             for start in range(0, len(pairs), batch_size):
-                chunk = pairs[start : start + batch_size]
-                logp, count = sequence_logprobs(model, pack([p for p, _ in chunk], [c for _, c in chunk]))
-                total, tokens = total - float(logp.sum()), tokens + int(count.sum())
-        return total / max(tokens, 1)
+                batch = pack([p for p, _ in pairs[start : start + batch_size]], [c for _, c in pairs[start : start + batch_size]])
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+                labels = batch["labels"][:, 1:]
+                valid = labels != IGNORE
+                logp = torch.log_softmax(logits, -1).gather(2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+                nll -= float(logp[valid].sum())
+                correct += int((logits.argmax(-1) == labels)[valid].sum())
+                tokens += int(valid.sum())
+        return nll / max(tokens, 1), correct / max(tokens, 1)
 
     def gap(self, adapter_dir: str | None, plot_title: str) -> tuple[dict[str, float], bytes]:
         """The paper's distribution gap on `align.gap_utterances` held-out sentences:

@@ -52,7 +52,7 @@ def evaluate_tts(tts: CodecTTS, rows: list[dict], bank: PromptBank, asr, sim, se
                  desc: str = "evaluate", others: list[dict] | None = None) -> dict[str, float]:
     rng = random.Random(seed)
     requests = [Request(r["text"], bank.draw(r["speaker"], r["utt_id"], rng), seed + i) for i, r in enumerate(rows)]
-    hyps, sims, sims_other, ratios, ended, gold_hyps = [], [], [], [], [], []
+    hyps, sims, sims_other, ratios, ended, gold_hyps, repeats = [], [], [], [], [], [], []
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
         chunk = rows[start : start + batch_size]
         for row, out in zip(chunk, tts.synthesize(requests[start : start + batch_size], sampling)):
@@ -63,18 +63,26 @@ def evaluate_tts(tts: CodecTTS, rows: list[dict], bank: PromptBank, asr, sim, se
             if other is not None and len(out.wav):
                 sims_other.append(sim.similarity((out.wav, tts.codec.sample_rate), read_wav(other["audio_path"])))
             ratios.append(out.codes.shape[1] / max(1, row["frames"]))
+            repeats.append(repetition_rate(out.codes[0]))
             ended.append(out.ended)
             if ceiling:
                 gold_hyps.append(asr.transcribe(tts.codec.decode(row_codes(row, tts.codec.n_codebooks)),
                                                 tts.codec.sample_rate))
     refs = [r["text"] for r in rows]
     result = {"wer": wer(refs, hyps), "sim": float(np.mean(sims)), "duration_ratio": float(np.mean(ratios)),
-              "eos_failure_rate": 1.0 - float(np.mean(ended)), "n": len(rows)}
+              "eos_failure_rate": 1.0 - float(np.mean(ended)), "repetition_rate": float(np.mean(repeats)),
+              "n": len(rows)}
     if sims_other:  # the same synthesised speech against real speech of ANOTHER speaker: the SIM floor
         result["sim_other_speaker"] = float(np.mean(sims_other))
     if ceiling:
         result["golden_wer"] = wer(refs, gold_hyps)
     return result
+
+
+def repetition_rate(level0: np.ndarray) -> float:
+    """Share of frames whose first-layer code repeats the previous frame's (stuck or looping generations)."""
+    codes = np.asarray(level0)
+    return float(np.mean(codes[1:] == codes[:-1])) if len(codes) > 1 else 0.0
 
 
 def heldout_tables(data_dir: str | Path) -> dict[str, list[dict]]:

@@ -203,10 +203,20 @@ def test_ranked_pairs_from_evaluator_rewards(prepared_tiny, rows, base_dir):
     outs = TorchEngine(base_dir / "ar").generate([r["prompt_ids"] for r in reqs], vocab.generation_ids(), 2,
                                                  [r["budget"] for r in reqs], [r["seed"] for r in reqs])
     samples = pd.DataFrame([{**r, "sample_ids": o} for r, o in zip(reqs, outs)])
-    scored = Evaluator(cfg, str(base_dir)).reward(samples)
+    evaluator = Evaluator(cfg, str(base_dir))
+    nll, acc = evaluator.golden_nll(evaluator.base, n=4)  # teacher-forced token metrics of golden held-out codes
+    assert nll > 0 and 0 <= acc <= 1
+    scored = evaluator.reward(samples)
     assert ((scored["sample_wer"] >= 0) & (scored["sample_sim"].between(-1, 1))).all()
     assert (scored["reward"] == scored["sample_sim"] - scored["sample_wer"]).all()
     pairs = ranked_pairs(scored.to_dict("records"))
     assert len(pairs) <= 2
     for p in pairs:
         assert p["chosen_reward"] > p["rejected_reward"] and p["chosen_ids"] != p["rejected_ids"]
+
+
+def test_repetition_rate_counts_frames_that_repeat_their_predecessor():
+    from sa_ray.evaluation import repetition_rate
+
+    assert repetition_rate([1, 1, 2, 3, 3, 3]) == pytest.approx(3 / 5)
+    assert repetition_rate([4]) == 0.0 and repetition_rate([1, 2, 1, 2]) == 0.0
