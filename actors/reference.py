@@ -23,7 +23,7 @@ class ReferenceScorer:
     def load_adapter(self, version: int, adapter_dir: str | None) -> None:
         """Unmerged peft, exactly as the learner computes at its step 0 (so the DPO loss starts at ln 2)."""
         base = self._base()
-        self.model = base if adapter_dir is None else lora.attach(base, 1, 1, [], adapter_dir, trainable=False).eval()
+        self.model = base if adapter_dir is None else lora.load(base, adapter_dir)
         self.version, self.adapter_dir = version, adapter_dir
 
     def probe(self, probe: dict) -> float:
