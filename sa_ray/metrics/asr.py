@@ -46,11 +46,15 @@ class PocketSphinxASR:
         paths = {k: str(v) for k, v in (("lm", lm_path), ("dict", dict_path)) if v is not None}
         if lm_path is not None:
             self.backend = f"pocketsphinx+lm:{Path(lm_path).name}"
-        self._decoder = Decoder(samprate=self.sample_rate, loglevel="FATAL", **paths)
+        self._new_decoder = lambda: Decoder(samprate=self.sample_rate, loglevel="FATAL", **paths)
+        self._new_decoder()  # fail here, not at the first utterance, on a bad LM or dictionary
 
     def transcribe(self, wav: np.ndarray, sr: int) -> str:
+        """The transcript of `wav` alone. A fresh decoder per utterance (~50 ms): a decoder's feature
+        normalisation adapts across utterances, so the same audio decoded after different others got
+        different transcripts (measured: 2 of 8 utterances changed with the decoding order)."""
         pcm = (np.clip(resample(wav, sr, self.sample_rate), -1.0, 1.0) * 32767).astype(np.int16)
-        d = self._decoder
+        d = self._new_decoder()
         d.start_utt()
         d.process_raw(pcm.tobytes(), full_utt=True)
         d.end_utt()
