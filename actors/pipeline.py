@@ -1,6 +1,6 @@
 """The align loop's long-lived roles (`start_roles`) and one iteration's pair set as a Ray Data pipeline between them:
 
-    train rows -> requests -> RolloutEngine -> [Evaluator rewards] -> pair builder -> ReferenceScorer -> Parquet
+    prompt rows -> requests -> RolloutEngine -> [Evaluator rewards] -> pair builder -> ReferenceScorer -> Parquet
 
 Batches stream through map_batches stages; the engines are actors created once per job, called from
 zero-CPU forwarding tasks, so the driver never holds an iteration and no engine restarts per iteration.
@@ -49,10 +49,14 @@ def make_pairs(iteration: int, cfg, data_dir: Path, out_dir: Path, vocab, bank_r
                roles: dict, policy: dict) -> dict:
     """Runs the pipeline for `iteration` and commits `out_dir`; returns its manifest."""
     a = cfg.align
-    ids = pq.read_table(data_dir / "train", columns=["utt_id"]).column("utt_id").to_pylist()
+    source = data_dir / a.prompt_split
+    ids = pq.read_table(source, columns=["utt_id"]).column("utt_id").to_pylist() if source.is_dir() else []
+    if not ids:
+        raise ValueError(f"align.prompt_split={a.prompt_split!r}: no utterances in {source} (prepare with "
+                         "corpus.align_sentences > 0, or set align.prompt_split=train)")
     chosen = set(preference.select_prompts(ids, a.prompts_per_iteration, a.seed, iteration))
     max_len = cfg.model.max_positions
-    ds = ray.data.read_parquet(str(data_dir / "train"), columns=ROW_COLUMNS).filter(
+    ds = ray.data.read_parquet(str(source), columns=ROW_COLUMNS).filter(
         lambda r: r["utt_id"] in chosen)
     requests = ds.map_batches(_requests, batch_format="pandas", batch_size=32, fn_kwargs=dict(
         vocab=vocab, bank_ref=bank_ref, frame_rate=frame_rate, iteration=iteration, seed=a.seed,

@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
     data_dir = run_dir / "data"
 
     # Setup: list the corpus (building the synthetic one if needed) and decide the splits.
-    utts, heldout_texts = load_corpus(cfg.corpus)
-    rows = manifest_rows(utts, cfg.corpus, heldout_texts)
+    utts, reserved = load_corpus(cfg.corpus)
+    rows = manifest_rows(utts, cfg.corpus, reserved)
     fp = fingerprint(cfg, rows)
     previous = read_summary(data_dir)
     if previous is not None and previous["fingerprint"] == fp:

@@ -35,6 +35,9 @@ class CorpusConfig:
     voices: list[str] = field(default_factory=lambda: ["mbrola-us1", "mbrola-us2", "mbrola-us3", "mbrola-en1"])
     heldout_voices: list[str] = field(default_factory=lambda: ["mbrola-en1"])  # zero-shot evaluation speakers
     heldout_sentences: int = 80  # sentences never trained on (spoken by every voice)
+    # sentences the base model never trains on, spoken by the training voices: the align loop's prompts, so that
+    # its pairs (golden = their audio) teach what transfers rather than what the base has memorised; 0 = none
+    align_sentences: int = 256
     utterances_per_voice: int | None = None  # per-voice sample of the training sentences; None = all
     max_utterances: int | None = None  # a small slice for tests and smoke runs
     phonemes: str = "espeak"  # espeak | chars
@@ -48,6 +51,7 @@ class CorpusConfig:
         _require(self.n_sentences >= 2, "corpus.n_sentences must be >= 2")
         _require(0 <= self.heldout_sentences < self.n_sentences,
                  "corpus.heldout_sentences must be >= 0 and < corpus.n_sentences")
+        _require(self.align_sentences >= 0, "corpus.align_sentences must be >= 0")
         if self.kind == "synthetic":  # for recorded corpora heldout_voices are speaker ids of the data
             _require(len(self.voices) > 0, "corpus.voices must name at least one voice")
             unknown = sorted(set(self.heldout_voices) - set(self.voices))
@@ -170,7 +174,8 @@ class AlignConfig:
     backend: str = "auto"  # rollout engine: vllm | torch | auto (vllm when installed)
     # pairs
     pairs: str = "golden"  # golden: chosen = golden, rejected = own sample (the paper) | ranked: best vs worst sample
-    prompts_per_iteration: int = 256  # training utterances rolled out per iteration (a fresh draw each time)
+    prompt_split: str = "align"  # where prompts come from: align (sentences the base never saw) | train
+    prompts_per_iteration: int = 256  # utterances of prompt_split rolled out per iteration (a fresh draw each time)
     samples_per_prompt: int = 1
     temperature: float = 1.0
     top_k: int = 0
@@ -181,7 +186,7 @@ class AlignConfig:
     label_smoothing: float = 0.0  # cdpo's label-flip probability
     nll_weight: float = 1.0  # rpo
     # learner
-    lr: float = 5.0e-5
+    lr: float = 2.0e-4
     steps: int = 32  # optimiser steps per iteration
     batch_size: int = 16  # pairs per step per worker
     warmup_steps: int = 4
@@ -205,6 +210,7 @@ class AlignConfig:
         _require(self.iterations >= 1, "align.iterations must be >= 1")
         _require(self.backend in ("auto", "vllm", "torch"), f"align.backend must be auto, vllm or torch; got {self.backend!r}")
         _require(self.pairs in ("golden", "ranked"), f"align.pairs must be golden or ranked; got {self.pairs!r}")
+        _require(self.prompt_split in ("align", "train"), f"align.prompt_split must be align or train; got {self.prompt_split!r}")
         _require(self.method in ("dpo", "cdpo", "ipo", "rpo", "sft"),
                  f"align.method must be dpo, cdpo, ipo, rpo or sft; got {self.method!r}")
         for name in ("prompts_per_iteration", "samples_per_prompt", "steps", "batch_size", "checkpoint_every",

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A small but real slice: 3 MBROLA voices (one held out), 48 sentences (6 held out).
 TINY_OVERRIDES = [
-    "corpus.n_sentences=48", "corpus.heldout_sentences=6",
+    "corpus.n_sentences=48", "corpus.heldout_sentences=6", "corpus.align_sentences=8",
     "corpus.voices=[mbrola-us1, mbrola-us2, mbrola-en1]", "corpus.heldout_voices=[mbrola-en1]",
     "codec.path=null", "codec.n_codebooks=2", "codec.codebook_size=32", "codec.fit_utterances=40",
     "prepare.encoders=1", "prepare.batch_size=16",

@@ -5,12 +5,14 @@ import pytest
 import soundfile as sf
 
 from sa_ray.config import CorpusConfig
-from sa_ray.corpus.synthetic import build_synthetic_corpus, heldout_sentence_ids, plan_synthetic_corpus
+from sa_ray.corpus.sentences import make_sentences
+from sa_ray.corpus.synthetic import (align_sentence_ids, build_synthetic_corpus, heldout_sentence_ids,
+                                     plan_synthetic_corpus)
 from sa_ray.corpus.voices import Voice, VoiceError
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(cache_dir=str(tmp_path), n_sentences=30, heldout_sentences=5,
+    base = dict(cache_dir=str(tmp_path), n_sentences=30, heldout_sentences=5, align_sentences=4,
                 voices=["mbrola-us1", "mbrola-us2", "mbrola-en1"], heldout_voices=["mbrola-en1"])
     cfg = CorpusConfig(**{**base, **kw})
     cfg.validate()
@@ -24,15 +26,25 @@ def test_plan_is_deterministic_and_keeps_heldout_voices_to_heldout_sentences(tmp
     heldout = heldout_sentence_ids(cfg)
     assert len(heldout) == 5
     by_voice = Counter(v.speaker for v, _, _ in plan)
-    assert by_voice == {"mbrola-us1": 30, "mbrola-us2": 30, "mbrola-en1": 5}
+    assert by_voice == {"mbrola-us1": 34, "mbrola-us2": 34, "mbrola-en1": 5}
     assert {i for v, i, _ in plan if v.speaker == "mbrola-en1"} == heldout
     assert plan_synthetic_corpus(_cfg(tmp_path, seed=1)) != plan
 
 
+def test_align_sentences_are_new_sentences_of_the_training_voices_only(tmp_path):
+    cfg = _cfg(tmp_path)
+    plan = plan_synthetic_corpus(cfg)
+    aligned = {(v.speaker, i) for v, i, _ in plan if i in align_sentence_ids(cfg)}
+    assert aligned == {(s, i) for s in ("mbrola-us1", "mbrola-us2") for i in range(30, 34)}
+    # adding align sentences leaves the corpus's own sentences (what the base model trains on) unchanged
+    assert [t for _, i, t in plan if i < 30] == [t for _, _, t in plan_synthetic_corpus(_cfg(tmp_path, align_sentences=0))]
+    assert make_sentences(34, cfg.seed)[:30] == make_sentences(30, cfg.seed)
+
+
 def test_sampling_and_slicing_keep_every_voice(tmp_path):
     sampled = plan_synthetic_corpus(_cfg(tmp_path, utterances_per_voice=10))
-    # 10 sampled training sentences + the 5 held-out ones for each training voice
-    assert Counter(v.speaker for v, _, _ in sampled) == {"mbrola-us1": 15, "mbrola-us2": 15, "mbrola-en1": 5}
+    # 10 sampled training sentences + the 5 held-out and the 4 align ones for each training voice
+    assert Counter(v.speaker for v, _, _ in sampled) == {"mbrola-us1": 19, "mbrola-us2": 19, "mbrola-en1": 5}
     sliced = plan_synthetic_corpus(_cfg(tmp_path, max_utterances=7))
     assert len(sliced) == 7 and {v.speaker for v, _, _ in sliced} == {"mbrola-us1", "mbrola-us2", "mbrola-en1"}
 

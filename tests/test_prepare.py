@@ -25,11 +25,12 @@ def _table(run_dir, split):
 
 def test_prepare_writes_every_split_with_the_documented_schema(prepared_tiny):
     cfg, _, summary = prepared_tiny
-    # 48 sentences, 6 held out; us1/us2 speak all 48, en1 (held-out voice) only the 6 held-out ones.
+    # 48 sentences, 6 held out, + 8 align sentences; us1/us2 speak all 56, en1 (held-out voice) only the 6 held-out ones.
     assert summary["splits"]["train"]["utterances"] == 2 * 42
     assert summary["splits"]["heldout_sentences"]["utterances"] == 2 * 6
+    assert summary["splits"]["align"]["utterances"] == 2 * 8
     assert summary["splits"]["heldout_voices"]["utterances"] == 6
-    assert summary["quarantined"] == 0 and summary["kept"] == summary["utterances"] == 102
+    assert summary["quarantined"] == 0 and summary["kept"] == summary["utterances"] == 118
 
     train = _table(cfg.run_dir, "train")
     for col in ["utt_id", "speaker", "split", "text", "text_norm", "phonemes", "frames", "duration",
@@ -48,6 +49,9 @@ def test_prepare_writes_every_split_with_the_documented_schema(prepared_tiny):
     # held-out sentences never appear in training, held-out voices never speak in training
     held = _table(cfg.run_dir, "heldout_sentences").to_pylist()
     assert not {r["text_norm"] for r in held} & {r["text_norm"] for r in rows}
+    # the align loop's sentences are new to the base model too, and to the held-out sets
+    aligned = {r["text_norm"] for r in _table(cfg.run_dir, "align").to_pylist()}
+    assert len(aligned) == 8 and not aligned & ({r["text_norm"] for r in rows} | {r["text_norm"] for r in held})
     assert {r["speaker"] for r in _table(cfg.run_dir, "heldout_voices").to_pylist()} == {"mbrola-en1"}
     assert _table(cfg.run_dir, "quarantine").num_rows == 0  # present and readable, though empty
     # the codec the codes were made with is saved beside them

@@ -1,8 +1,9 @@
 """The built-in multi-speaker corpus, synthesised locally and deterministically from a seed.
 
 Sentences come from the project's grammar (`sentences.py`); each training voice speaks the training
-sentences (or a seeded sample of them) and the held-out sentences; held-out voices speak only the
-held-out sentences, so zero-shot evaluation never sees their audio in training. Audio is built once
+sentences (or a seeded sample of them), the held-out sentences and the align sentences (the grammar's
+next `align_sentences`, which the base model never trains on: the align loop's prompts); held-out voices
+speak only the held-out sentences, so zero-shot evaluation never sees their audio in training. Audio is built once
 into `cache_dir` and reused: a file that exists is never synthesised again.
 """
 
@@ -28,9 +29,14 @@ def heldout_sentence_ids(cfg: CorpusConfig) -> set[int]:
     return set(random.Random(cfg.seed + 1).sample(range(cfg.n_sentences), cfg.heldout_sentences))
 
 
+def align_sentence_ids(cfg: CorpusConfig) -> range:
+    """The align loop's sentences: the grammar's next ones after the corpus's (its sentences are prefix-stable)."""
+    return range(cfg.n_sentences, cfg.n_sentences + cfg.align_sentences)
+
+
 def plan_synthetic_corpus(cfg: CorpusConfig) -> list[tuple[Voice, int, str]]:
     """(voice, sentence index, text) for every utterance of the corpus, in a fixed order."""
-    sentences = make_sentences(cfg.n_sentences, cfg.seed)
+    sentences = make_sentences(cfg.n_sentences + cfg.align_sentences, cfg.seed)
     heldout = heldout_sentence_ids(cfg)
     train_ids = [i for i in range(cfg.n_sentences) if i not in heldout]
     plan = []
@@ -43,7 +49,7 @@ def plan_synthetic_corpus(cfg: CorpusConfig) -> list[tuple[Voice, int, str]]:
             if cfg.utterances_per_voice is not None and cfg.utterances_per_voice < len(ids):
                 rng = random.Random(f"{cfg.seed}:{spec}")  # str seeds are stable across processes
                 ids = sorted(rng.sample(ids, cfg.utterances_per_voice))
-            ids = sorted(set(ids) | heldout)
+            ids = sorted(set(ids) | heldout) + list(align_sentence_ids(cfg))
         plan += [(voice, i, sentences[i]) for i in ids]
     if cfg.max_utterances is not None:
         # A slice that still covers every voice: round-robin over voices.

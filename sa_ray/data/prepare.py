@@ -3,6 +3,7 @@
 The prepared dataset is a directory of Parquet datasets, one per split, plus a quarantine table:
 
     <run_dir>/data/train/            utterances the models train on
+    <run_dir>/data/align/            sentences no model pretrains on (training voices): the align loop's prompts
     <run_dir>/data/heldout_sentences/  sentences never trained on (training voices)
     <run_dir>/data/heldout_voices/   voices never trained on (zero-shot)
     <run_dir>/data/quarantine/       rows that broke a rule, with `rule` and `detail`
@@ -30,7 +31,7 @@ from sa_ray.corpus.types import Utterance
 from sa_ray.data.validate import Rejection, check_transcript, load_checked_audio
 from sa_ray.text import normalize_text, phonemize
 
-SPLITS = ("train", "heldout_sentences", "heldout_voices")
+SPLITS = ("train", "align", "heldout_sentences", "heldout_voices")
 
 
 def output_schema(n_codebooks: int) -> pa.Schema:
@@ -56,46 +57,51 @@ def output_schema(n_codebooks: int) -> pa.Schema:
     return pa.schema(fields)
 
 
-def load_corpus(corpus: CorpusConfig, progress: bool = True) -> tuple[list[Utterance], set[str]]:
-    """Every utterance of the configured corpus (built first when synthetic) and the held-out texts."""
+def load_corpus(corpus: CorpusConfig, progress: bool = True) -> tuple[list[Utterance], dict[str, set[str]]]:
+    """Every utterance of the configured corpus (built first when synthetic) and the normalised texts
+    reserved for the `heldout_sentences` and `align` splits."""
     if corpus.kind == "synthetic":
         from sa_ray.corpus.sentences import make_sentences
-        from sa_ray.corpus.synthetic import build_synthetic_corpus, heldout_sentence_ids
+        from sa_ray.corpus.synthetic import align_sentence_ids, build_synthetic_corpus, heldout_sentence_ids
 
-        sentences = make_sentences(corpus.n_sentences, corpus.seed)
-        heldout = {normalize_text(sentences[i]) for i in heldout_sentence_ids(corpus)}
-        return build_synthetic_corpus(corpus, progress=progress), heldout
+        sentences = make_sentences(corpus.n_sentences + corpus.align_sentences, corpus.seed)
+        reserved = {"heldout_sentences": {normalize_text(sentences[i]) for i in heldout_sentence_ids(corpus)},
+                    "align": {normalize_text(sentences[i]) for i in align_sentence_ids(corpus)}}
+        return build_synthetic_corpus(corpus, progress=progress), reserved
     from sa_ray.corpus.readers import read_corpus
 
     utts = read_corpus(corpus.kind, corpus.root)
     if corpus.max_utterances is not None:
         utts = utts[: corpus.max_utterances]
-    return utts, sample_heldout_texts(utts, corpus)
+    return utts, sample_reserved_texts(utts, corpus)
 
 
-def manifest_rows(utts: list[Utterance], corpus: CorpusConfig, heldout_texts: set[str]) -> list[dict]:
+def manifest_rows(utts: list[Utterance], corpus: CorpusConfig, reserved: dict[str, set[str]]) -> list[dict]:
     """Adds the split to every utterance and flags repeated ids (the first occurrence is kept)."""
     seen: set[str] = set()
     rows = []
     for u in utts:
         row = u.to_row()
+        text = normalize_text(u.text)
         if u.speaker in corpus.heldout_voices:
             row["split"] = "heldout_voices"
-        elif normalize_text(u.text) in heldout_texts:
-            row["split"] = "heldout_sentences"
         else:
-            row["split"] = "train"
+            row["split"] = next((split for split, texts in reserved.items() if text in texts), "train")
         row["pre_rule"] = "duplicate_id" if u.utt_id in seen else None
         seen.add(u.utt_id)
         rows.append(row)
     return rows
 
 
-def sample_heldout_texts(utts: list[Utterance], corpus: CorpusConfig) -> set[str]:
-    """For recorded corpora: a seeded sample of distinct normalised transcripts to hold out."""
+def sample_reserved_texts(utts: list[Utterance], corpus: CorpusConfig) -> dict[str, set[str]]:
+    """For recorded corpora: seeded samples of distinct normalised transcripts to hold out and to align on
+    (at least one transcript is left for training)."""
     texts = sorted({normalize_text(u.text) for u in utts if u.speaker not in corpus.heldout_voices})
     k = min(corpus.heldout_sentences, max(0, len(texts) - 1))
-    return set(random.Random(corpus.seed).sample(texts, k))
+    heldout = random.Random(corpus.seed).sample(texts, k)
+    rest = sorted(set(texts) - set(heldout))
+    aligned = random.Random(corpus.seed + 1).sample(rest, min(corpus.align_sentences, max(0, len(rest) - 1)))
+    return {"heldout_sentences": set(heldout), "align": set(aligned)}
 
 
 def fingerprint(cfg: Config, rows: list[dict]) -> str:
