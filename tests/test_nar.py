@@ -120,6 +120,28 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(model(*args, level), loaded(*args, level))
 
 
+def test_save_load_round_trip_sharded(tmp_path):
+    """A small max_shard_size writes the HF sharded layout, which loads back to the same model."""
+    import json
+
+    torch.manual_seed(0)
+    model = NARModel(tiny_config()).eval()
+    model.save_pretrained(tmp_path / "nar")  # an earlier single-file save there is replaced, not left behind
+    model.save_pretrained(tmp_path / "nar", max_shard_size="50KB")
+    names = {p.name for p in (tmp_path / "nar").iterdir()}
+    shards = {n for n in names if n.startswith("model-") and n.endswith(".safetensors")}
+    assert len(shards) > 1 and names == {"config.json", "model.safetensors.index.json", *shards}
+    index = json.loads((tmp_path / "nar" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(model.state_dict()) and set(index["weight_map"].values()) == shards
+    loaded = NARModel.from_pretrained(tmp_path / "nar")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    batch = collate_nar(examples(np.random.default_rng(0), 3))
+    args = [batch[k] for k in ("text", "text_mask", "prompt", "prompt_mask", "codes", "frame_text", "code_mask")]
+    level = torch.tensor([1, 2, 2])
+    assert torch.equal(model(*args, level), loaded(*args, level))
+
+
 def test_learns_residual_layers_from_layer0_and_phones():
     """Layer k depends on layer 0 AND the frame's phone: ~300 steps must get it (nearly) right."""
     start = time.monotonic()

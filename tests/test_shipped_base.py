@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -28,17 +30,42 @@ def test_shipped_base_is_small_complete_and_consistent_with_its_codec():
     assert vocab.aligned  # trained on the built-in corpus: phones interleaved with their frames
 
 
-def test_ship_base_writes_bf16_that_loads_back_as_the_rounded_weights(tiny_base, prepared_tiny, tmp_path):
+def test_shipped_base_has_no_file_over_5mb_and_its_weights_are_sharded_bf16():
+    from jobs.ship_base import read_weights
+
+    big = [str(f) for f in BASE.rglob("*") if f.is_file() and f.stat().st_size > 5 * 10**6]
+    assert not big, f"files over 5 MB cannot be committed: {big}"
+    for model in ("ar", "nar"):
+        assert (BASE / model / "model.safetensors.index.json").is_file()
+        assert not (BASE / model / "model.safetensors").exists()
+        assert {t.dtype for t in read_weights(BASE / model).values()} == {torch.bfloat16}
+
+
+def test_ship_base_writes_bf16_that_loads_back_as_the_rounded_weights(tiny_base, prepared_tiny, tmp_path, monkeypatch):
     from jobs import ship_base
 
     cfg, _, _ = prepared_tiny
+    monkeypatch.setattr(ship_base, "SHARD_SIZE", "100KB")  # the tiny model is sharded like the shipped one
     out = ship_base.main(["--model", str(tiny_base), "--codec", f"{cfg.run_dir}/codec", "--out", str(tmp_path / "b")])
-    with safe_open(out / "ar" / "model.safetensors", "pt") as f:
-        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    for model in ("ar", "nar"):
+        shards = sorted((out / model).glob("model-*-of-*.safetensors"))
+        assert len(shards) > 1 and not (out / model / "model.safetensors").exists(), model
+        assert max(f.stat().st_size for f in shards) < 200_000
+        for shard in shards:
+            with safe_open(shard, "pt") as f:
+                assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
     original, _ = load_ar(tiny_base / "ar")
     shipped, _ = load_ar(out / "ar")
     for (name, a), (_, b) in zip(original.state_dict().items(), shipped.state_dict().items()):
         assert torch.equal(a.to(torch.bfloat16).float(), b), name
+    original_nar, shipped_nar = NARModel.from_pretrained(tiny_base / "nar"), NARModel.from_pretrained(out / "nar")
+    for name, a in original_nar.state_dict().items():
+        assert torch.equal(a.to(torch.bfloat16).float(), shipped_nar.state_dict()[name]), name
+    sharded = tmp_path / "sharded"  # a base model whose weights are sharded already ships as well
+    for model in ("ar", "nar"):
+        shutil.copytree(out / model, sharded / model)
+    again = ship_base.main(["--model", str(sharded), "--codec", str(out / "codec"), "--out", str(tmp_path / "again")])
+    assert torch.equal(NARModel.from_pretrained(again / "nar").head_weight, shipped_nar.head_weight)
     assert (out / "codec" / "codec.json").is_file()
     with pytest.raises(FileNotFoundError, match="no fitted codec"):
         ship_base.main(["--model", str(tiny_base), "--codec", str(tmp_path), "--out", str(tmp_path / "c")])

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"  # (or shards + model.safetensors.index.json)
 TEXT, PROMPT, TARGET = 0, 1, 2  # segment ids
 
 
@@ -194,25 +194,30 @@ class NARModel(nn.Module):
 
     # ----------------------------------------------------------------------------------- storage
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        from safetensors.torch import save_file
+    def save_pretrained(self, directory: str | Path, max_shard_size: int | str = "5GB") -> None:
+        """config.json + the weights as safetensors in the Hugging Face layout: one model.safetensors, or,
+        when they exceed `max_shard_size` (bytes, or a string like "4MB"), model-0000i-of-0000N.safetensors
+        shards + model.safetensors.index.json. Weight files of an earlier save in `directory` are replaced."""
+        from huggingface_hub import save_torch_state_dict
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CONFIG_NAME).write_text(json.dumps({"model_type": "sa_ray.nar", **asdict(self.cfg)}, indent=1))
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(directory / WEIGHTS_NAME))
+        save_torch_state_dict({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, directory,
+                              max_shard_size=max_shard_size)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "NARModel":
-        """The saved model, in eval mode (call .train() to go on training it)."""
-        from safetensors.torch import load_file
+        """The saved model (either weights layout), in eval mode (call .train() to go on training it)."""
+        from huggingface_hub import load_torch_model
 
         directory = Path(directory)
         data = json.loads((directory / CONFIG_NAME).read_text())
         if data.pop("model_type", None) != "sa_ray.nar":
             raise ValueError(f"{directory}/{CONFIG_NAME} does not describe a NAR model")
         model = cls(NARConfig(**data))
-        model.load_state_dict(load_file(str(directory / WEIGHTS_NAME), device=str(device)))
+        # safe=True: safetensors only (an index naming anything else is refused), never unpickles.
+        load_torch_model(model, directory, strict=True, safe=True, map_location="cpu")
         return model.to(device).eval()
 
 
