@@ -236,12 +236,14 @@ class EvalConfig:
 
     asr: str = "pocketsphinx"  # pocketsphinx (offline, domain LM) | whisper:<local dir or hub id>
     sim: str = "resemblyzer"  # resemblyzer (offline) | wavlm:<local dir or hub id> (a WavLM x-vector model)
+    mos: str = "none"  # none (skipped: no MOS weights offline) | hf:<local dir or hub id> (one regression output)
 
     def validate(self) -> None:
         _require(self.asr == "pocketsphinx" or self.asr.startswith("whisper"),
                  f"eval.asr must be pocketsphinx or whisper:<model>; got {self.asr!r}")
         _require(self.sim == "resemblyzer" or self.sim.startswith("wavlm"),
                  f"eval.sim must be resemblyzer or wavlm:<model>; got {self.sim!r}")
+        _require(self.mos == "none" or self.mos.startswith("hf:"), f"eval.mos must be none or hf:<model>; got {self.mos!r}")
 
 
 @dataclass

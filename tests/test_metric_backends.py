@@ -195,3 +195,37 @@ def test_wavlm_similarity_is_a_symmetric_cosine(tiny_wavlm):
     assert ab == pytest.approx(ba, abs=1e-6) and -1.0 <= ab <= 1.0
     # Shorter than the x-vector's context: no voice to compare, as with resemblyzer.
     assert sim.similarity((np.zeros(1000, np.float32), 16000), a) == 0.0
+
+
+def _tiny_audio_model(out: Path, num_labels: int) -> Path:
+    """A random 1-layer Wav2Vec2 audio classifier (num_labels=1: a regression head, as MOS predictors have)."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
+
+    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                            conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+                            classifier_proj_size=16, num_labels=num_labels)
+    torch.manual_seed(0)
+    Wav2Vec2ForSequenceClassification(config).save_pretrained(out)
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+                             return_attention_mask=True).save_pretrained(out)
+    return out
+
+
+def test_mos_is_skipped_by_default_and_scores_with_a_regression_model(tmp_path):
+    from sa_ray.metrics.backends import make_mos
+    from sa_ray.metrics.mos import HFMOS
+
+    assert make_mos() is None and make_mos("none") is None  # no MOS weights offline: evaluation says it skipped
+    mos = make_mos(f"hf:{_tiny_audio_model(tmp_path / 'tiny-mos', 1)}")
+    assert isinstance(mos, HFMOS) and mos.backend == "hf:tiny-mos"
+    a = _sine(1.0, 22050)
+    score = mos.score(a, 22050)
+    assert np.isfinite(score) and mos.score(a, 22050) == score  # deterministic
+    assert mos.score(_noise(1.0, 16000, 1), 16000) != score
+    with pytest.raises(ValueError, match="regression head"):
+        make_mos(f"hf:{_tiny_audio_model(tmp_path / 'classifier', 3)}")
+    with pytest.raises(ValueError, match="'utmos'"):
+        make_mos("utmos")
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        make_mos("hf:./no-such-model")

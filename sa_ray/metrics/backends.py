@@ -4,6 +4,8 @@ ASR specs:  "pocketsphinx" (default; bundled, offline, with the domain LM of `sa
             "whisper:<local dir or hub id>" ("whisper" alone: openai/whisper-large-v3, the field's standard).
 SIM specs:  "resemblyzer" (default; bundled, offline),
             "wavlm:<local dir or hub id>" ("wavlm" alone: microsoft/wavlm-base-plus-sv).
+MOS specs:  "none" (default: no MOS predictor ships offline, so MOS is skipped and the run says so),
+            "hf:<local dir or hub id>" (an audio model with one regression output, UTMOS-style).
 
 Every object returned has a `.backend` string that goes beside each metric it produces: WERs of different
 recognisers (and SIMs of different speaker encoders) are on different scales and must never be mixed.
@@ -86,6 +88,21 @@ def make_sim(spec: str = DEFAULT_SIM, device: str = "cpu"):
         return WavLMSIM(model or DEFAULT_WAVLM, device=device)
     raise ValueError(f"unknown speaker-similarity backend {spec!r}: expected 'resemblyzer' or "
                      "'wavlm:<local dir or hub id>'")
+
+
+MOS_SKIPPED = "none (skipped: no MOS predictor; eval.mos=hf:<model dir> names one)"
+
+
+def make_mos(spec: str = "none", device: str = "cpu"):
+    """The MOS predictor named by `spec` (`.score(wav, sr) -> float`, `.backend`), or None for "none"."""
+    kind, model = _split(spec)
+    if kind == "none" and model is None:
+        return None
+    if kind == "hf" and model:
+        from sa_ray.metrics.mos import HFMOS
+
+        return HFMOS(model, device=device)
+    raise ValueError(f"unknown MOS backend {spec!r}: expected 'none' or 'hf:<local dir or hub id>'")
 
 
 def _split(spec: str) -> tuple[str, str | None]:
