@@ -17,14 +17,14 @@ from sa_ray.audio import read_wav
 from sa_ray.codec import load_codec
 from sa_ray.config import Config
 from sa_ray.data.examples import PromptBank
-from sa_ray.evaluation import evaluate_heldout, heldout_tables
-from sa_ray.metrics.backends import make_asr, make_sim
+from sa_ray.evaluation import evaluate_heldout, heldout_tables, prompt_banks
+from sa_ray.metrics.backends import MOS_SKIPPED, make_asr, make_mos, make_sim
 from sa_ray.metrics.gap import embedding_plot, mean_pooled_states, mmd_rbf, probe_accuracy
 from sa_ray.metrics.wer import wer
-from sa_ray.models.ar import IGNORE, load_ar
+from sa_ray.losses import pack, sequence_logprobs
+from sa_ray.models.ar import load_ar
 from sa_ray.models.nar import NARModel
 from sa_ray.models.vocab import SEP
-from sa_ray.losses import pack
 from sa_ray.preference import split_example, voice_prompt
 from sa_ray.sampling import SamplingConfig
 from sa_ray.synthesis import CodecTTS, Request
@@ -38,16 +38,25 @@ class Evaluator:
         self.nar = NARModel.from_pretrained(Path(base_dir) / "nar")
         self.asr = make_asr(cfg.eval.asr, self.data_dir, cfg.corpus)
         self.sim = make_sim(cfg.eval.sim)
+        self.mos = make_mos(cfg.eval.mos)
         self.tables = heldout_tables(self.data_dir)
         self.prompt_frames = cfg.model.prompt_frames(self.codec.frame_rate)
+        self.banks = prompt_banks(self.tables, self.prompt_frames, self.codec.n_codebooks)
         self._train_bank: PromptBank | None = None
+        self._policy: tuple[str | None, CodecTTS] | None = None
 
     def backends(self) -> dict[str, str]:
         """Tags naming what produced the numbers: every WER names its ASR, every SIM its speaker model."""
-        return {"sa_ray.asr_backend": self.asr.backend, "sa_ray.sim_backend": self.sim.backend}
+        return {"sa_ray.asr_backend": self.asr.backend, "sa_ray.sim_backend": self.sim.backend,
+                "sa_ray.mos_backend": self.mos.backend if self.mos else MOS_SKIPPED}
 
     def _tts(self, adapter_dir: str | None) -> CodecTTS:
-        return CodecTTS(lora.policy(self.base, adapter_dir), self.vocab, self.nar, self.codec, self.cfg.model.phone_voice)
+        """The voice of policy base + adapter, built (merged) once per version: evaluate, gap and samples share it."""
+        if self._policy is None or self._policy[0] != adapter_dir:
+            self._policy = None  # let the previous version's copy go before the next one is made
+            ar = lora.policy(self.base, adapter_dir)
+            self._policy = adapter_dir, CodecTTS(ar, self.vocab, self.nar, self.codec, self.cfg.model.phone_voice)
+        return self._policy[1]
 
     def evaluate(self, adapter_dir: str | None, ceiling: bool = False) -> dict[str, float]:
         """Held-out metrics, flat (`heldout_sentences_wer`, ...), averaged over `align.eval_seeds` sampling seeds,
@@ -55,8 +64,9 @@ class Evaluator:
         tts, a = self._tts(adapter_dir), self.cfg.align
         nll, acc = self.golden_nll(tts.ar)
         flat = {"heldout_sentences_golden_nll": nll, "heldout_sentences_golden_acc": acc}
-        runs = [evaluate_heldout(tts, self.tables, a.eval_utterances, self.asr, self.sim, self.prompt_frames,
-                                 seed=a.seed + 1000 * s, ceiling=ceiling and s == 0) for s in range(a.eval_seeds)]
+        runs = [evaluate_heldout(tts, self.tables, self.banks, a.eval_utterances, self.asr, self.sim,
+                                 seed=a.seed + 1000 * s, ceiling=ceiling and s == 0, mos=self.mos)
+                for s in range(a.eval_seeds)]
         for split in runs[0]:
             for key in runs[0][split]:
                 values = [r[split][key] for r in runs if key in r[split]]
@@ -68,29 +78,22 @@ class Evaluator:
     def golden_nll(self, model, n: int = 80, batch_size: int = 16) -> tuple[float, float]:
         """Teacher-forced NLL per target token, and next-token accuracy, of the golden held-out sentences under
         `model` (fixed prompts; over the full vocabulary, like every logprob of the loop)."""
-        rows = self.tables["heldout_sentences"][:n]
-        bank = PromptBank.from_rows(self.tables["heldout_sentences"], self.prompt_frames, 1)
+        rows, bank = self.tables["heldout_sentences"][:n], self.banks["heldout_sentences"]
         pairs = [split_example(r, voice_prompt(bank, r, 0, 0), self.vocab, self.codec.frame_rate) for r in rows]
-        nll, correct, tokens = 0.0, 0, 0
+        logp, tokens, hits = 0.0, 0, 0
         with torch.inference_mode():
             for start in range(0, len(pairs), batch_size):
-                batch = pack([p for p, _ in pairs[start : start + batch_size]], [c for _, c in pairs[start : start + batch_size]])
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-                labels = batch["labels"][:, 1:]
-                valid = labels != IGNORE
-                logp = torch.log_softmax(logits, -1).gather(2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-                nll -= float(logp[valid].sum())
-                correct += int((logits.argmax(-1) == labels)[valid].sum())
-                tokens += int(valid.sum())
-        return nll / max(tokens, 1), correct / max(tokens, 1)
+                chunk = pairs[start : start + batch_size]
+                lp, count, hit = sequence_logprobs(model, pack([p for p, _ in chunk], [c for _, c in chunk]), hits=True)
+                logp, tokens, hits = logp + float(lp.sum()), tokens + int(count.sum()), hits + int(hit.sum())
+        return -logp / max(tokens, 1), hits / max(tokens, 1)
 
     def gap(self, adapter_dir: str | None, plot_title: str) -> tuple[dict[str, float], bytes]:
         """The paper's distribution gap on `align.gap_utterances` held-out sentences:
         - NAR gap: WER/SIM of speech from (golden layer 0 + NAR) vs (the policy's layer 0 + NAR);
         - token gap: golden vs synthetic targets embedded by the FIXED base AR model (mean-pooled last layer,
           one space for every iteration), as a linear probe's accuracy (0.5 = no gap), MMD and a t-SNE PNG."""
-        rows = self.tables["heldout_sentences"][: self.cfg.align.gap_utterances]
-        bank = PromptBank.from_rows(self.tables["heldout_sentences"], self.prompt_frames, self.codec.n_codebooks)
+        rows, bank = self.tables["heldout_sentences"][: self.cfg.align.gap_utterances], self.banks["heldout_sentences"]
         tts = self._tts(adapter_dir)
         requests = [Request(r["text"], voice_prompt(bank, r, 0, 0), 7919 + i) for i, r in enumerate(rows)]
         synthetic = tts.synthesize(requests)
@@ -119,8 +122,7 @@ class Evaluator:
 
     def samples(self, adapter_dir: str | None, n: int = 2) -> list[tuple[str, np.ndarray, int]]:
         """A few held-out sentences spoken by the policy: (name, wav, sample rate), to listen to in MLflow."""
-        tts, rows = self._tts(adapter_dir), self.tables["heldout_sentences"][:n]
-        bank = PromptBank.from_rows(self.tables["heldout_sentences"], self.prompt_frames, self.codec.n_codebooks)
+        tts, rows, bank = self._tts(adapter_dir), self.tables["heldout_sentences"][:n], self.banks["heldout_sentences"]
         rng = random.Random(0)
         outs = tts.synthesize([Request(r["text"], bank.draw(r["speaker"], r["utt_id"], rng), i) for i, r in enumerate(rows)],
                               SamplingConfig())

@@ -59,8 +59,9 @@ def learn_loop(config: dict) -> None:
             ray.train.report(metrics)
 
 
-def fit_learner(cfg, run, i: int, base_dir: Path, probe: dict, parent_run_id: str) -> tuple[Path, dict]:
-    """Iteration i's learner on Ray Train: adapter v_i -> v_{i+1} (resumes from its own checkpoints)."""
+def fit_learner(cfg, run, i: int, base_dir: Path, probe: dict, parent_run_id: str) -> dict:
+    """Iteration i's learner on Ray Train: adapter v_i -> v_{i+1} (resumes from its own checkpoints); commits
+    v_{i+1} with the learner's final metrics and returns them."""
     a = cfg.align
     child = tracking.child_run(cfg, parent_run_id, f"learner-iter{i}")
     adapter = run.adapter(i)
@@ -77,6 +78,7 @@ def fit_learner(cfg, run, i: int, base_dir: Path, probe: dict, parent_run_id: st
         dataset_config=DataConfig(datasets_to_split=[]),  # each worker takes its pairs by id hash
     )
     result = trainer.fit()
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and k != "step"}
     with result.checkpoint.as_directory() as d:
-        path = run.commit_adapter(Path(d) / "adapter", i + 1)
-    return path, {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and k != "step"}
+        run.commit_adapter(Path(d) / "adapter", i + 1, metrics)
+    return metrics

@@ -13,16 +13,14 @@ from sa_ray.models.ar import load_ar
 
 class ReferenceScorer:
     def __init__(self, model_dir: str, batch_size: int = 16):
-        self.model_dir, self.batch_size = model_dir, batch_size
-        self.model, self.version, self.adapter_dir = self._base(), 0, None
-
-    def _base(self) -> torch.nn.Module:
-        base, _ = load_ar(self.model_dir)
-        return base.requires_grad_(False).eval()
+        base, _ = load_ar(model_dir)
+        self.model, self.batch_size = base.requires_grad_(False).eval(), batch_size
+        self.version, self.adapter_dir = 0, None
 
     def load_adapter(self, version: int, adapter_dir: str | None) -> None:
-        """Unmerged peft, exactly as the learner computes at its step 0 (so the DPO loss starts at ln 2)."""
-        base = self._base()
+        """Unmerged peft, exactly as the learner computes at its step 0 (so the DPO loss starts at ln 2), on the
+        base loaded at start-up: the previous version's LoRA layers come off, the base weights never reload."""
+        base = lora.unload(self.model)
         self.model = base if adapter_dir is None else lora.load(base, adapter_dir)
         self.version, self.adapter_dir = version, adapter_dir
 

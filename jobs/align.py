@@ -73,8 +73,10 @@ def main(argv: list[str] | None = None) -> dict:
                                   rollout_tokens_per_s=manifest.get("rollout_tokens_per_s"),
                                   rollout_seconds=time.perf_counter() - start)
                     start = time.perf_counter()
-                    _, learner_metrics = fit_learner(cfg, run, i, base_dir, probe, mlrun.info.run_id)
-                    record.update(learner_metrics, learn_seconds=time.perf_counter() - start)
+                    learned = run.learned(k)  # v_k committed by a job killed before its record: not trained again
+                    if learned is None:
+                        learned = fit_learner(cfg, run, i, base_dir, probe, mlrun.info.run_id)
+                    record.update(learned, learn_seconds=time.perf_counter() - start)
                 start = time.perf_counter()
                 adapter = str(run.adapter(k)) if k else None
                 record.update(ray.get(roles["evaluator"].evaluate.remote(adapter, ceiling=k == 0)))

@@ -62,15 +62,16 @@ def train(cfg, run_dir: Path, summary: dict, run_id: str) -> Path:
 def evaluate(cfg, run_dir: Path, model_dir: Path) -> dict[str, dict]:
     """WER/SIM of synthesised held-out speech (offline ASR and speaker encoder), per held-out set."""
     from sa_ray.codec import load_codec
-    from sa_ray.evaluation import evaluate_heldout, heldout_tables
+    from sa_ray.evaluation import evaluate_heldout, heldout_tables, prompt_banks
     from sa_ray.metrics.backends import make_asr, make_sim
     from sa_ray.synthesis import CodecTTS
 
     codec = load_codec(cfg.codec, run_dir / "codec")
     tts = CodecTTS.load(model_dir, codec, cfg.model.phone_voice)
     asr, sim = make_asr(cfg.eval.asr, run_dir / "data", cfg.corpus), make_sim(cfg.eval.sim)
-    return evaluate_heldout(tts, heldout_tables(run_dir / "data"), cfg.pretrain.eval_utterances, asr, sim,
-                            cfg.model.prompt_frames(codec.frame_rate), seed=cfg.pretrain.seed)
+    tables = heldout_tables(run_dir / "data")
+    banks = prompt_banks(tables, cfg.model.prompt_frames(codec.frame_rate), codec.n_codebooks)
+    return evaluate_heldout(tts, tables, banks, cfg.pretrain.eval_utterances, asr, sim, seed=cfg.pretrain.seed)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -5,7 +5,8 @@
       probe.json              the fixed probe sequence (prompt + continuation)
       pairs/iter_<i>/         the pair set of iteration i (Parquet + _manifest.json; committed atomically)
       learner/iter_<i>/       Ray Train checkpoints of iteration i's learner (resumed when present)
-      adapters/v<k>/          policy version k (PEFT layout + probe.json with the learner's probe logprob)
+      adapters/v<k>/          policy version k (PEFT layout + probe.json with the learner's probe logprob
+                              + learner.json, the final metrics of the learner that made it)
       records/iter_<k>.json   metrics of policy version k (k = 0 is the base), written when k is evaluated
       summary.json            the per-iteration table
 
@@ -46,13 +47,17 @@ class AlignRun:
     def pairs_done(self, i: int) -> dict | None:
         return read_manifest(self.pairs(i))
 
-    def adapter_done(self, k: int) -> bool:
-        return k == 0 or (self.adapter(k) / "probe.json").is_file()
+    def learned(self, k: int) -> dict | None:
+        """The final metrics of the learner that made version k, once v_k is committed (None before)."""
+        path = self.adapter(k) / "learner.json"
+        return json.loads(path.read_text()) if path.is_file() else None
 
-    def commit_adapter(self, source: Path, k: int) -> Path:
+    def commit_adapter(self, source: Path, k: int, metrics: dict) -> Path:
+        """v_k and its learner's metrics appear together, whole, or not at all."""
         tmp = self.root / "adapters" / f".v{k}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(source, tmp)
+        (tmp / "learner.json").write_text(json.dumps(metrics, indent=1))
         os.replace(tmp, self.adapter(k))
         return self.adapter(k)
 

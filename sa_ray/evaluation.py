@@ -49,10 +49,10 @@ def domain_asr(data_dir: str | Path, corpus: CorpusConfig) -> PocketSphinxASR:
 
 def evaluate_tts(tts: CodecTTS, rows: list[dict], bank: PromptBank, asr, sim, seed: int = 0,
                  sampling: SamplingConfig = SamplingConfig(), batch_size: int = 16, ceiling: bool = True,
-                 desc: str = "evaluate", others: list[dict] | None = None) -> dict[str, float]:
+                 desc: str = "evaluate", others: list[dict] | None = None, mos=None) -> dict[str, float]:
     rng = random.Random(seed)
     requests = [Request(r["text"], bank.draw(r["speaker"], r["utt_id"], rng), seed + i) for i, r in enumerate(rows)]
-    hyps, sims, sims_other, ratios, ended, gold_hyps, repeats = [], [], [], [], [], [], []
+    hyps, sims, sims_other, ratios, ended, gold_hyps, repeats, scores = [], [], [], [], [], [], [], []
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
         chunk = rows[start : start + batch_size]
         for row, out in zip(chunk, tts.synthesize(requests[start : start + batch_size], sampling)):
@@ -65,6 +65,8 @@ def evaluate_tts(tts: CodecTTS, rows: list[dict], bank: PromptBank, asr, sim, se
             ratios.append(out.codes.shape[1] / max(1, row["frames"]))
             repeats.append(repetition_rate(out.codes[0]))
             ended.append(out.ended)
+            if mos is not None and len(out.wav):
+                scores.append(mos.score(out.wav, tts.codec.sample_rate))
             if ceiling:
                 gold_hyps.append(asr.transcribe(tts.codec.decode(row_codes(row, tts.codec.n_codebooks)),
                                                 tts.codec.sample_rate))
@@ -74,6 +76,8 @@ def evaluate_tts(tts: CodecTTS, rows: list[dict], bank: PromptBank, asr, sim, se
               "n": len(rows)}
     if sims_other:  # the same synthesised speech against real speech of ANOTHER speaker: the SIM floor
         result["sim_other_speaker"] = float(np.mean(sims_other))
+    if scores:
+        result["mos"] = float(np.mean(scores))
     if ceiling:
         result["golden_wer"] = wer(refs, gold_hyps)
     return result
@@ -90,18 +94,23 @@ def heldout_tables(data_dir: str | Path) -> dict[str, list[dict]]:
     return {s: pq.read_table(Path(data_dir) / s).to_pylist() for s in ("heldout_sentences", "heldout_voices")}
 
 
-def evaluate_heldout(tts: CodecTTS, tables: dict[str, list[dict]], n: int, asr, sim, prompt_frames: int,
-                     seed: int = 0, sampling: SamplingConfig = SamplingConfig(), ceiling: bool = True
+def prompt_banks(tables: dict[str, list[dict]], prompt_frames: int, n_codebooks: int) -> dict[str, PromptBank]:
+    """Per held-out set, the bank its voice prompts come from: the set's own utterances of the same speaker."""
+    return {split: PromptBank.from_rows(rows, prompt_frames, n_codebooks) for split, rows in tables.items() if rows}
+
+
+def evaluate_heldout(tts: CodecTTS, tables: dict[str, list[dict]], banks: dict[str, PromptBank], n: int, asr, sim,
+                     seed: int = 0, sampling: SamplingConfig = SamplingConfig(), ceiling: bool = True, mos=None
                      ) -> dict[str, dict[str, float]]:
-    """`evaluate_tts` on an even spread of `n` utterances of each held-out set (the same ones every time)."""
+    """`evaluate_tts` on an even spread of `n` utterances of each held-out set (the same ones every time),
+    voice prompts drawn from `banks[split]` (the set's own utterances of the same speaker)."""
     out = {}
     for split, rows in tables.items():
         if not rows:
             continue
-        bank = PromptBank.from_rows(rows, prompt_frames, tts.codec.n_codebooks)
         picked = rows[:: max(1, len(rows) // n)][:n]
-        out[split] = evaluate_tts(tts, picked, bank, asr, sim, seed=seed, sampling=sampling, desc=split,
-                                  ceiling=ceiling, others=tables["heldout_sentences"])
+        out[split] = evaluate_tts(tts, picked, banks[split], asr, sim, seed=seed, sampling=sampling, desc=split,
+                                  ceiling=ceiling, others=tables["heldout_sentences"], mos=mos)
     return out
 
 

@@ -30,6 +30,11 @@ def load(base: torch.nn.Module, adapter_dir: str | Path) -> PeftModel:
     return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).eval()
 
 
+def unload(model: torch.nn.Module) -> torch.nn.Module:
+    """The frozen base again, its LoRA layers removed (not merged): the base weights stay in memory, untouched."""
+    return model.unload() if isinstance(model, PeftModel) else model
+
+
 def policy(base: torch.nn.Module, adapter_dir: str | Path | None) -> torch.nn.Module:
     """An inference copy of base + adapter with the adapter merged (plain HF model, as fast as the base)."""
     model = copy.deepcopy(base)

@@ -41,8 +41,10 @@ def pack(prompts: list[list[int]], continuations: list[list[int]], pad_id: int =
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def sequence_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of log p(token | prefix) over labelled positions per row, and the number of those positions.
+def sequence_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                      hits: bool = False) -> tuple[torch.Tensor, ...]:
+    """Sum of log p(token | prefix) over labelled positions per row, and the number of those positions
+    (with `hits`, also how many of them are the model's argmax: teacher-forced accuracy).
 
     Over the FULL vocabulary in float32 (a raw log-softmax, as vLLM's prompt logprobs), so the torch
     and vLLM engines can be checked against the learner's value.
@@ -51,7 +53,8 @@ def sequence_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) ->
     labels = batch["labels"][:, 1:]
     valid = labels != IGNORE
     token_lp = torch.gather(F.log_softmax(logits, dim=-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (token_lp * valid).sum(-1), valid.sum(-1)
+    out = (token_lp * valid).sum(-1), valid.sum(-1)
+    return (*out, ((logits.argmax(-1) == labels) & valid).sum(-1)) if hits else out
 
 
 def preference_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,

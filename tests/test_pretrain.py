@@ -9,23 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from sa_ray.config import ModelConfig, PretrainConfig
 from sa_ray.data.examples import PromptBank, ar_example, build_vocab, row_codes
 from sa_ray.models.ar import IGNORE
 from sa_ray.models.vocab import SEP, SPEECH
-from sa_ray.pretrain import CodecLMTrainer
+from tests.conftest import tiny_trainer
 
 TINY_MODEL = ["model.hidden=64", "model.layers=2", "model.heads=2", "model.intermediate=128",
               "model.nar_hidden=64", "model.nar_layers=1", "model.nar_heads=2", "model.prompt_seconds=1.0"]
-
-
-def _tiny_trainer(rows, steps=12, seed=0):
-    model_cfg = ModelConfig(hidden=64, layers=2, heads=2, intermediate=128, nar_hidden=64, nar_layers=1,
-                            nar_heads=2)
-    train_cfg = PretrainConfig(steps=steps, batch_size=4, warmup_steps=2, lr=3e-3, seed=seed, bf16=False)
-    vocab = build_vocab(rows, 32)
-    bank = PromptBank.from_rows(rows, 20, 2)
-    return CodecLMTrainer(model_cfg, train_cfg, vocab, 2, 43.066, rows, bank)
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +43,15 @@ def test_loss_covers_only_the_target(train_rows):
 
 def test_resumed_training_reproduces_the_uninterrupted_run(train_rows, tmp_path):
     torch.set_num_threads(1)
-    straight = _tiny_trainer(train_rows)
+    straight = tiny_trainer(train_rows, steps=12, batch_size=4)
     losses = [straight.train_step()["ar_loss"] for _ in range(10)]
 
-    first = _tiny_trainer(train_rows)
+    first = tiny_trainer(train_rows, steps=12, batch_size=4)
     for _ in range(6):
         first.train_step()
     first.save(tmp_path / "ckpt")
     del first
-    resumed = _tiny_trainer(train_rows, seed=0)
+    resumed = tiny_trainer(train_rows, steps=12, batch_size=4, seed=0)
     resumed.load(tmp_path / "ckpt")
     assert resumed.step_count == 6
     again = [resumed.train_step()["ar_loss"] for _ in range(4)]
