@@ -135,6 +135,16 @@ def resolve_model(name: str) -> tuple[str, bool]:
     return name, _offline()
 
 
+def load_audio_model(name: str, model_class: str):
+    """(feature extractor, model) of a transformers audio model: a local directory or hub id, where
+    `model_class` names the transformers class (imported only now: a bad path fails before transformers)."""
+    source, local_only = resolve_model(name)
+    import transformers
+
+    features = transformers.AutoFeatureExtractor.from_pretrained(source, local_files_only=local_only)
+    return features, getattr(transformers, model_class).from_pretrained(source, local_files_only=local_only)
+
+
 def model_label(name: str) -> str:
     """The model's name in a backend string: a hub id as given, a local directory by its own name
     (a full path would make the same model's results look different on every machine)."""

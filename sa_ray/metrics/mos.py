@@ -8,18 +8,14 @@ from __future__ import annotations
 import numpy as np
 
 from sa_ray.audio import resample
-from sa_ray.metrics.backends import model_label, resolve_model
+from sa_ray.metrics.backends import load_audio_model, model_label
 
 
 class HFMOS:
     def __init__(self, model: str, device: str = "cpu") -> None:
-        source, local_only = resolve_model(model)  # before importing transformers: a bad path fails fast
-        from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
-
         self.backend = f"hf:{model_label(model)}"
         self.device = device
-        self._features = AutoFeatureExtractor.from_pretrained(source, local_files_only=local_only)
-        self._model = AutoModelForAudioClassification.from_pretrained(source, local_files_only=local_only)
+        self._features, self._model = load_audio_model(model, "AutoModelForAudioClassification")
         if self._model.config.num_labels != 1:
             raise ValueError(f"MOS model {model!r} must predict one score (a regression head); it has "
                              f"{self._model.config.num_labels} outputs")

@@ -10,18 +10,15 @@ from __future__ import annotations
 import numpy as np
 
 from sa_ray.audio import resample
-from sa_ray.metrics.backends import model_label, resolve_model
+from sa_ray.metrics.backends import load_audio_model, model_label
 
 
 class WavLMSIM:
     def __init__(self, model: str, device: str = "cpu") -> None:
-        source, local_only = resolve_model(model)  # before importing transformers: a bad path fails fast
-        from transformers import AutoFeatureExtractor, WavLMForXVector
-
         self.backend = f"wavlm:{model_label(model)}"
         self.device = device
-        self._features = AutoFeatureExtractor.from_pretrained(source, local_files_only=local_only)
-        self._model = WavLMForXVector.from_pretrained(source, local_files_only=local_only).to(device).eval()
+        self._features, self._model = load_audio_model(model, "WavLMForXVector")
+        self._model = self._model.to(device).eval()
         self.sample_rate = self._features.sampling_rate
         self.dim = self._model.config.xvector_output_dim
         self._min_samples = _min_samples(self._model.config)
