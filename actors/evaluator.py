@@ -60,7 +60,8 @@ class Evaluator:
 
     def evaluate(self, adapter_dir: str | None, ceiling: bool = False) -> dict[str, float]:
         """Held-out metrics, flat (`heldout_sentences_wer`, ...), averaged over `align.eval_seeds` sampling seeds,
-        with the seed-to-seed spread (`..._wer_spread`: half the range) when there are several."""
+        with the seed-to-seed spread (`..._wer_spread`: half the range) when there are several, and the
+        per-utterance word errors (`..._utt_errors`, `..._utt_words`: lists) behind the WERs."""
         tts, a = self._tts(adapter_dir), self.cfg.align
         nll, acc = self.golden_nll(tts.ar)
         flat = {"heldout_sentences_golden_nll": nll, "heldout_sentences_golden_acc": acc}
@@ -70,6 +71,9 @@ class Evaluator:
         for split in runs[0]:
             for key in runs[0][split]:
                 values = [r[split][key] for r in runs if key in r[split]]
+                if isinstance(values[0], list):  # per-utterance values, of every seed (utterance-seed pairs)
+                    flat[f"{split}_{key}"] = [v for seed_values in values for v in seed_values]
+                    continue
                 flat[f"{split}_{key}"] = float(np.mean(values))
                 if len(values) > 1 and key in ("wer", "sim"):
                     flat[f"{split}_{key}_spread"] = float((max(values) - min(values)) / 2)

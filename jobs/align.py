@@ -17,9 +17,10 @@ import pyarrow.parquet as pq
 
 from jobs import _cli
 from sa_ray import tracking
-from sa_ray.align_run import AlignRun, format_table
+from sa_ray.align_run import AlignRun, format_changes, format_table
 from sa_ray.data.examples import PromptBank
 from sa_ray.data.prepare import read_summary
+from sa_ray.metrics.stats import record_wer_changes
 from sa_ray.models.vocab import Vocab
 from sa_ray.preference import probe_sequence
 
@@ -80,6 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
                 start = time.perf_counter()
                 adapter = str(run.adapter(k)) if k else None
                 record.update(ray.get(roles["evaluator"].evaluate.remote(adapter, ceiling=k == 0)))
+                if k > 0:  # paired with the base's evaluation: same utterances, prompts and seeds
+                    record.update(record_wer_changes(records[0], record))
                 record["eval_seconds"] = time.perf_counter() - start
                 if a.gap_utterances:
                     gap, png = ray.get(roles["evaluator"].gap.remote(adapter, f"golden vs synthetic, iteration {k}"))
@@ -98,6 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
                 run.save_record(k, record)
             records.append(record)
             print(format_table(records[-1:]) if k else format_table(records), flush=True)
+            if k:
+                print(format_changes(record), flush=True)
             if a.early_stopping and k > a.early_stopping:
                 best_k = min(range(len(records)), key=lambda j: records[j]["heldout_sentences_wer"])
                 if k - best_k >= a.early_stopping:
@@ -106,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         run.save("summary.json", {"run_id": mlrun.info.run_id, "iterations": records})
         tracking.log_artifact(run.root / "summary.json")
     print("\n" + format_table(records))
+    print("\n".join(format_changes(r) for r in records[1:]))
     base = records[0]
     print(f"golden ceiling (same codec, same ASR): WER sent {base.get('heldout_sentences_golden_wer', float('nan')):.3f}, "
           f"WER voice {base.get('heldout_voices_golden_wer', float('nan')):.3f}; SIM to another speaker (floor): "

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
         tracking.log_metrics(metrics)
     print(f"\n{args.adapter or 'base model'} on {base_dir} (ASR: {backends['sa_ray.asr_backend']}, "
           f"SIM: {backends['sa_ray.sim_backend']})")
-    for key in sorted(metrics):
+    for key in sorted(k for k, v in metrics.items() if isinstance(v, (int, float))):
         print(f"  {key:<40} {metrics[key]:.4f}")
     return {"run_id": run.info.run_id, "metrics": metrics}
 

@@ -111,3 +111,15 @@ def format_table(records: list[dict]) -> str:
 def _pad(text: str, fmt: str) -> str:
     width = int(fmt[3:].split(".")[0].rstrip("f}"))
     return f"{text:>{width}}"
+
+
+def format_changes(record: dict) -> str:
+    """The held-out WER change of a policy version against the base, with its 95% paired-bootstrap interval:
+    a change whose interval holds 0 is within the evaluation's noise."""
+    cells = []
+    for split, name in (("heldout_sentences", "sentences"), ("heldout_voices", "voice")):
+        if f"{split}_wer_change" in record:
+            d, lo, hi = (record[f"{split}_wer_change{s}"] for s in ("", "_lo", "_hi"))
+            cells.append(f"{name} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    label = f"iter {record['iteration']}: WER change vs base (95% interval over utterances)"
+    return f"{label}: {', '.join(cells)}" if cells else f"{label}: - (no per-utterance errors recorded)"

@@ -21,7 +21,7 @@ from sa_ray.config import CorpusConfig
 from sa_ray.corpus.sentences import make_sentences
 from sa_ray.data.examples import PromptBank, row_codes
 from sa_ray.metrics.asr import PocketSphinxASR, build_domain_lm
-from sa_ray.metrics.wer import wer
+from sa_ray.metrics.wer import wer, word_errors
 from sa_ray.sampling import SamplingConfig
 from sa_ray.synthesis import CodecTTS, Request
 from sa_ray.text import normalize_text
@@ -71,7 +71,8 @@ def evaluate_tts(tts: CodecTTS, rows: list[dict], bank: PromptBank, asr, sim, se
                 gold_hyps.append(asr.transcribe(tts.codec.decode(row_codes(row, tts.codec.n_codebooks)),
                                                 tts.codec.sample_rate))
     refs = [r["text"] for r in rows]
-    result = {"wer": wer(refs, hyps), "sim": float(np.mean(sims)), "duration_ratio": float(np.mean(ratios)),
+    errors, words = word_errors(refs, hyps)
+    result = {"wer": wer(refs, hyps), "utt_errors": errors, "utt_words": words, "sim": float(np.mean(sims)), "duration_ratio": float(np.mean(ratios)),
               "eos_failure_rate": 1.0 - float(np.mean(ended)), "repetition_rate": float(np.mean(repeats)),
               "n": len(rows)}
     if sims_other:  # the same synthesised speech against real speech of ANOTHER speaker: the SIM floor

@@ -7,6 +7,7 @@ in `mlruns/artifacts/`; any tracking URI (an `mlflow server`, a managed service)
 from __future__ import annotations
 
 import contextlib
+import numbers
 import shutil
 import tempfile
 import time
@@ -70,7 +71,8 @@ def job_run(cfg: Config, job: str, run_id: str | None = None) -> Iterator[mlflow
 
 
 def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=step)
+    """The scalars of `metrics` (lists, e.g. per-utterance values, stay in the job's own records)."""
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, numbers.Real)}, step=step)
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:

@@ -58,9 +58,12 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(backend, prepared_tiny, ti
     for r in records[1:]:
         assert r["pairs"] == 6 and 0 <= r["heldout_sentences_wer"] and r["rollout_tokens_per_s"] > 0
         assert abs(r["dpo_loss"]) < 10 and 0 <= r["reward_acc"] <= 1
+        # paired with the base's evaluation: the WER change and its interval
+        assert r["heldout_sentences_wer_change_lo"] <= r["heldout_sentences_wer_change"] <= r["heldout_sentences_wer_change_hi"]
     summary = json.loads((run_dir / "align" / "summary.json").read_text())
     assert [r["iteration"] for r in summary["iterations"]] == [0, 1, 2]
-    assert "WER sent" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "WER sent" in printed and "iter 2: WER change vs base" in printed
     # each adapter is a PEFT directory and carries the learner's probe value
     for k in (1, 2):
         adapter = run_dir / "align" / "adapters" / f"v{k}"

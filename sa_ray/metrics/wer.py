@@ -23,3 +23,14 @@ def wer(refs: list[str], hyps: list[str]) -> float:
 
 def cer(refs: list[str], hyps: list[str]) -> float:
     return float(jiwer.cer(*_pairs(refs, hyps)))
+
+
+def word_errors(refs: list[str], hyps: list[str]) -> tuple[list[int], list[int]]:
+    """Per utterance: word errors (substitutions + deletions + insertions) and reference words; their sums
+    give the corpus WER, and resampling them gives its uncertainty (`sa_ray.metrics.stats`)."""
+    errors, words = [], []
+    for ref, hyp in zip(*_pairs(refs, hyps)):
+        out = jiwer.process_words(ref, hyp)
+        errors.append(out.substitutions + out.deletions + out.insertions)
+        words.append(len(ref.split()))
+    return errors, words
