@@ -90,8 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
                     tracking.log_bytes(png, f"gap/iter_{k}.png")
                 for name, wav, sr in ray.get(roles["evaluator"].samples.remote(adapter)):
                     tracking.log_wav(wav, sr, f"samples/iter_{k}/{name}")
-                tracking.log_metrics({key: v for key, v in record.items() if isinstance(v, (int, float)) and key != "iteration"},
-                                     step=k)
+                tracking.log_metrics({key: v for key, v in record.items() if key != "iteration"}, step=k)
                 if k > 0:
                     best = min(r["heldout_sentences_wer"] for r in [*records[1:], record])  # among adapters
                     tracking.log_artifact(run.adapter(k), f"adapters/v{k}")
