@@ -19,7 +19,7 @@ from sa_ray.config import Config
 from sa_ray.data.examples import PromptBank
 from sa_ray.evaluation import evaluate_heldout, heldout_tables, prompt_banks
 from sa_ray.metrics.backends import MOS_SKIPPED, make_asr, make_mos, make_sim
-from sa_ray.metrics.gap import embedding_plot, mean_pooled_states, mmd_rbf, probe_accuracy
+from sa_ray.metrics.gap import embedding_plot, mean_pooled_states, mmd_rbf, paired_probe_accuracy, probe_accuracy
 from sa_ray.metrics.wer import wer
 from sa_ray.losses import pack, sequence_logprobs
 from sa_ray.models.ar import load_ar
@@ -96,7 +96,8 @@ class Evaluator:
         """The paper's distribution gap on `align.gap_utterances` held-out sentences:
         - NAR gap: WER/SIM of speech from (golden layer 0 + NAR) vs (the policy's layer 0 + NAR);
         - token gap: golden vs synthetic targets embedded by the FIXED base AR model (mean-pooled last layer,
-          one space for every iteration), as a linear probe's accuracy (0.5 = no gap), MMD and a t-SNE PNG."""
+          one space for every iteration), as a linear probe's accuracy (0.5 = no gap), the same probe on
+          pair-centred embeddings (a consistent shift the sentence would hide), MMD and a t-SNE PNG."""
         rows, bank = self.tables["heldout_sentences"][: self.cfg.align.gap_utterances], self.banks["heldout_sentences"]
         tts = self._tts(adapter_dir)
         requests = [Request(r["text"], voice_prompt(bank, r, 0, 0), 7919 + i) for i, r in enumerate(rows)]
@@ -119,7 +120,8 @@ class Evaluator:
         y = mean_pooled_states(self.base, synth_seqs, starts)
         metrics = {"nar_golden_wer": wer(refs, wers["golden"]), "nar_synthetic_wer": wer(refs, wers["synthetic"]),
                    "nar_golden_sim": float(np.mean(sims["golden"])), "nar_synthetic_sim": float(np.mean(sims["synthetic"])),
-                   "gap_probe_acc": probe_accuracy(g, y), "gap_mmd": mmd_rbf(g, y)}
+                   "gap_probe_acc": probe_accuracy(g, y), "gap_paired_probe_acc": paired_probe_accuracy(g, y),
+                   "gap_mmd": mmd_rbf(g, y)}
         with tempfile.TemporaryDirectory() as tmp:
             png = embedding_plot(g, y, Path(tmp) / "gap.png", plot_title)
             return metrics, png.read_bytes()

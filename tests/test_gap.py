@@ -9,6 +9,7 @@ from sa_ray.metrics.gap import (
     embedding_plot,
     mean_pooled_states,
     mmd_rbf,
+    paired_probe_accuracy,
     probe_accuracy,
 )
 
@@ -28,6 +29,19 @@ def test_probe_and_mmd_see_no_gap_within_one_distribution():
     golden, synthetic = _gaussians(shift=0.0)
     assert probe_accuracy(golden, synthetic, seed=0) < 0.7
     assert abs(mmd_rbf(golden, synthetic)) < 0.05
+
+
+def test_paired_probe_sees_a_consistent_shift_that_the_sentence_hides():
+    rng = np.random.default_rng(0)
+    sentences = rng.normal(size=(40, 8)) * 10  # each pair sits at its own sentence, far from the others
+    golden = sentences + rng.normal(size=(40, 8)) * 0.3
+    shifted = sentences + rng.normal(size=(40, 8)) * 0.3 + 0.5  # every synthetic moved the same way
+    assert probe_accuracy(golden, shifted) < 0.75  # hidden by the sentence spread
+    assert paired_probe_accuracy(golden, shifted) > 0.9
+    unshifted = sentences + rng.normal(size=(40, 8)) * 0.3  # differences in every direction
+    assert 0.3 < paired_probe_accuracy(golden, unshifted) < 0.7
+    with pytest.raises(ValueError, match="same shape"):
+        paired_probe_accuracy(golden, unshifted[:-1])
 
 
 def test_small_and_degenerate_sets():

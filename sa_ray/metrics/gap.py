@@ -92,6 +92,30 @@ def probe_accuracy(golden, synthetic, folds: int = 5, seed: int = 0) -> float:
     return float(np.mean(cross_val_score(probe, x, y, cv=cv, scoring="balanced_accuracy")))
 
 
+def paired_probe_accuracy(golden, synthetic, folds: int = 5, seed: int = 0) -> float:
+    """`probe_accuracy` for PAIRED sets (row i of both = the same prompt), with each pair's mean removed.
+
+    When the sentence dominates the embedding (golden and synthetic speech of one sentence lie side by side,
+    far from other sentences), the unpaired probe sees no gap even if every synthetic sequence is shifted
+    the same way. Centred, the pair becomes (+d_i, -d_i) with d_i = (golden_i - synthetic_i) / 2, and the
+    probe asks whether the differences share a direction: 0.5 = no systematic gap, 1.0 = a consistent one.
+    Both halves of a pair stay in one fold (GroupKFold), so no pair is half seen in training.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold, cross_val_score
+
+    golden, synthetic = _check_sets(golden, synthetic)
+    if golden.shape != synthetic.shape:
+        raise ValueError(f"paired sets need the same shape; got {golden.shape} and {synthetic.shape}")
+    d = (golden - synthetic) / 2
+    x, y = np.concatenate([d, -d]), np.r_[np.zeros(len(d), dtype=int), np.ones(len(d), dtype=int)]
+    order = np.random.default_rng(seed).permutation(len(d))  # GroupKFold is deterministic: shuffle the pairs
+    groups = np.r_[order, order]
+    cv = GroupKFold(n_splits=max(2, min(folds, len(d))))
+    probe = LogisticRegression(max_iter=2000, fit_intercept=False)  # centred pairs: the boundary goes through 0
+    return float(np.mean(cross_val_score(probe, x, y, groups=groups, cv=cv, scoring="balanced_accuracy")))
+
+
 def mmd_rbf(x, y) -> float:
     """Unbiased squared MMD with k(a, b) = exp(-|a - b|^2 / (2 s^2)), s = median pairwise distance.
 
