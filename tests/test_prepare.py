@@ -131,7 +131,7 @@ def bad_corpus(tmp_path):
 
 def _bad_argv(tmp, root, *extra):
     return ["--config", str(REPO / "configs" / "tiny.yaml"), f"run_dir={tmp / 'run'}",
-            "corpus.kind=librispeech", f"corpus.root={root}", "corpus.heldout_sentences=0",
+            "corpus.kind=librispeech", f"corpus.root={root}", "corpus.heldout_sentences=0", "corpus.align_sentences=0",
             f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}", "codec.n_codebooks=2", "codec.codebook_size=8",
             "prepare.encoders=1", "prepare.batch_size=4", *extra]
 

@@ -203,7 +203,8 @@ class NARModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CONFIG_NAME).write_text(json.dumps({"model_type": "sa_ray.nar", **asdict(self.cfg)}, indent=1))
-        save_torch_state_dict({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, directory,
+        # clone: a tensor must own its storage (DeepSpeed's gathered parameters are views into one flat buffer)
+        save_torch_state_dict({k: v.detach().cpu().clone() for k, v in self.state_dict().items()}, directory,
                               max_shard_size=max_shard_size)
 
     @classmethod
