@@ -25,7 +25,8 @@ from sa_ray.config import load_config
 from sa_ray.plots import metric_curves
 
 # the table's columns, in this order, when a run logged them; the CSV keeps every metric
-KEY_METRICS = ("heldout_sentences_wer", "heldout_sentences_sim", "heldout_voices_wer", "heldout_voices_sim",
+KEY_METRICS = ("heldout_sentences_wer", "heldout_sentences_wer_change", "heldout_sentences_sim",
+               "heldout_voices_wer", "heldout_voices_wer_change", "heldout_voices_sim",
                "heldout_sentences_mos", "heldout_voices_mos", "gap_probe_acc", "gap_paired_probe_acc", "gap_mmd",
                "nar_golden_wer", "nar_synthetic_wer", "dpo_loss", "reward_acc", "pairs")
 _FIXED = ("run", "run_id", "method", "asr_backend", "iteration")

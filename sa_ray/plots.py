@@ -11,7 +11,8 @@ def metric_curves(table: list[dict], metric: str, path: str | Path, group_key: s
     """One line per `group_key` value (a run, a method) of `metric` against `x_key`, as a PNG.
 
     `table` holds one dict per (group, iteration); rows without the metric (or with NaN) are skipped,
-    so runs that logged different metrics can share a table.
+    so runs that logged different metrics can share a table. Rows that also hold `<metric>_lo` and
+    `<metric>_hi` (e.g. a WER change's 95% interval) draw it as an error bar.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -22,7 +23,9 @@ def metric_curves(table: list[dict], metric: str, path: str | Path, group_key: s
         value = row.get(metric)
         if value is None or (isinstance(value, float) and math.isnan(value)):
             continue
-        lines.setdefault(str(row[group_key]), []).append((row[x_key], float(value)))
+        lo, hi = row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
+        bounds = (float(lo), float(hi)) if lo is not None and hi is not None else (math.nan, math.nan)
+        lines.setdefault(str(row[group_key]), []).append((row[x_key], float(value), *bounds))
     if not lines:
         raise ValueError(f"no row of the table has a value for {metric!r}")
 
@@ -30,8 +33,13 @@ def metric_curves(table: list[dict], metric: str, path: str | Path, group_key: s
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for label, points in lines.items():
-        xs, ys = zip(*sorted(points))
-        ax.plot(xs, ys, marker="o", label=label)
+        xs, ys, los, his = zip(*sorted(points))
+        line, = ax.plot(xs, ys, marker="o", label=label)
+        bars = [(x, y, lo, hi) for x, y, lo, hi in zip(xs, ys, los, his) if not math.isnan(lo)]
+        if bars:
+            bx, by, blo, bhi = (list(v) for v in zip(*bars))
+            ax.errorbar(bx, by, yerr=[[y - lo for y, lo in zip(by, blo)], [hi - y for y, hi in zip(by, bhi)]],
+                        fmt="none", ecolor=line.get_color(), capsize=4, alpha=0.7)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole numbers
     ax.set_xlabel(x_key)
     ax.set_ylabel(metric)

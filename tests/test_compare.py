@@ -125,3 +125,16 @@ def test_metric_curves_skips_missing_values(tmp_path):
     assert metric_curves(table, "wer", tmp_path / "wer.png").is_file()
     with pytest.raises(ValueError, match="no row of the table has a value for 'sim'"):
         metric_curves(table, "sim", tmp_path / "sim.png")
+
+
+def test_metric_curves_draw_intervals_where_rows_have_them(tmp_path):
+    import matplotlib.image
+
+    from sa_ray.plots import metric_curves
+
+    table = [{"run": "a", "iteration": i, "wer_change": d} for i, d in enumerate([0.0, 0.05, 0.01])]
+    plain = matplotlib.image.imread(metric_curves(table, "wer_change", tmp_path / "plain.png"))
+    for row in table[1:]:  # iteration 0 (the base) has no interval: it is the reference
+        row.update(wer_change_lo=row["wer_change"] - 0.05, wer_change_hi=row["wer_change"] + 0.05)
+    bars = matplotlib.image.imread(metric_curves(table, "wer_change", tmp_path / "bars.png"))
+    assert plain.shape == bars.shape and (plain != bars).any()  # the error bars are drawn
