@@ -72,7 +72,8 @@ def evaluate_tts(tts: CodecTTS, rows: list[dict], bank: PromptBank, asr, sim, se
                                                 tts.codec.sample_rate))
     refs = [r["text"] for r in rows]
     errors, words = word_errors(refs, hyps)
-    result = {"wer": wer(refs, hyps), "utt_errors": errors, "utt_words": words, "sim": float(np.mean(sims)), "duration_ratio": float(np.mean(ratios)),
+    result = {"wer": sum(errors) / sum(words), "utt_errors": errors, "utt_words": words,  # corpus WER, from its parts
+              "sim": float(np.mean(sims)), "duration_ratio": float(np.mean(ratios)),
               "eos_failure_rate": 1.0 - float(np.mean(ended)), "repetition_rate": float(np.mean(repeats)),
               "n": len(rows)}
     if sims_other:  # the same synthesised speech against real speech of ANOTHER speaker: the SIM floor
