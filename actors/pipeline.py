@@ -36,6 +36,13 @@ def _call(batch: pd.DataFrame, actor, method: str, args: tuple) -> pd.DataFrame:
     return ray.get(getattr(actor, method).remote(batch, *args))
 
 
+def _reward(batch: pd.DataFrame, scorers: list) -> pd.DataFrame:
+    """One batch's samples dealt out over the reward scorers and scored in parallel (row order is free: the
+    pair builder groups by utterance next)."""
+    parts = [batch.iloc[i :: len(scorers)] for i in range(min(len(scorers), len(batch)))]
+    return pd.concat(ray.get([s.reward.remote(part) for s, part in zip(scorers, parts)]), ignore_index=True)
+
+
 def _golden(batch: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(preference.golden_pairs(batch.to_dict("records")), columns=PAIR_COLUMNS)
 
@@ -64,8 +71,8 @@ def make_pairs(iteration: int, cfg, data_dir: Path, out_dir: Path, vocab, bank_r
     samples = requests.map_batches(_call, batch_format="pandas", batch_size=64, num_cpus=0, fn_kwargs=dict(
         actor=roles["rollout"], method="rollout", args=(policy,)))
     if a.pairs == "ranked":
-        rewarded = samples.map_batches(_call, batch_format="pandas", batch_size=16, num_cpus=0, fn_kwargs=dict(
-            actor=roles["evaluator"], method="reward", args=()))
+        rewarded = samples.map_batches(_reward, batch_format="pandas", batch_size=16 * len(roles["scorers"]),
+                                       num_cpus=0, fn_kwargs=dict(scorers=roles["scorers"]))
         pairs = rewarded.groupby("utt_id").map_groups(_ranked, batch_format="pandas")
     else:
         pairs = samples.map_batches(_golden, batch_format="pandas")
@@ -84,9 +91,15 @@ def start_roles(cfg, base_dir: Path) -> dict:
     opts = dict(num_cpus=0, max_restarts=1, max_task_retries=1,
                 runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})  # idle engines must not spin on cores
     sampling = {"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p}
-    return {
+    roles = {
         "rollout": ray.remote(RolloutEngine).options(**opts).remote(
             a.backend, str(base_dir / "ar"), sampling, a.lora_rank, cfg.model.max_positions, a.seed),
         "reference": ray.remote(ReferenceScorer).options(**opts).remote(str(base_dir / "ar")),
         "evaluator": ray.remote(Evaluator).options(**opts).remote(cfg, str(base_dir)),
     }
+    # ranked pairs: the evaluator scores samples, helped by reward_workers - 1 more of its kind (the costly
+    # stage: every sample goes through NAR, vocoder and ASR)
+    extra = a.reward_workers - 1 if a.pairs == "ranked" else 0
+    roles["scorers"] = [roles["evaluator"]] + [ray.remote(Evaluator).options(**opts).remote(cfg, str(base_dir))
+                                               for _ in range(extra)]
+    return roles

@@ -177,6 +177,7 @@ class AlignConfig:
     prompt_split: str = "align"  # where prompts come from: align (sentences the base never saw) | train
     prompts_per_iteration: int = 256  # utterances of prompt_split rolled out per iteration (a fresh draw each time)
     samples_per_prompt: int = 1
+    reward_workers: int = 1  # ranked pairs: Evaluator actors scoring samples in parallel (NAR + vocoder + ASR each)
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -213,7 +214,7 @@ class AlignConfig:
         _require(self.prompt_split in ("align", "train"), f"align.prompt_split must be align or train; got {self.prompt_split!r}")
         _require(self.method in ("dpo", "cdpo", "ipo", "rpo", "sft"),
                  f"align.method must be dpo, cdpo, ipo, rpo or sft; got {self.method!r}")
-        for name in ("prompts_per_iteration", "samples_per_prompt", "steps", "batch_size", "checkpoint_every",
+        for name in ("prompts_per_iteration", "samples_per_prompt", "reward_workers", "steps", "batch_size", "checkpoint_every",
                      "workers", "lora_rank", "lora_alpha", "eval_utterances", "eval_seeds"):
             _require(getattr(self, name) >= 1, f"align.{name} must be >= 1")
         _require(self.pairs != "ranked" or self.samples_per_prompt >= 2,

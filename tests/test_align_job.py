@@ -132,3 +132,27 @@ def test_killed_after_rollout_resubmitted_completes_with_the_expected_pairs(prep
     state = json.loads((run_dir / "align" / "state.json").read_text())
     summary = json.loads((run_dir / "align" / "summary.json").read_text())
     assert summary["run_id"] == state["run_id"] and len(summary["iterations"]) == 3  # one MLflow run, resumed
+
+
+def test_ranked_pairs_run_end_to_end(prepared_tiny, tiny_base, tmp_path, ray_local):
+    """align.pairs=ranked through the whole pipeline: N samples per prompt -> Evaluator rewards -> best vs worst
+    per utterance -> reference -> learner -> adapter v1, on the torch backend, rewards split over two scorers."""
+    from jobs import align
+
+    argv, run_dir = _argv(prepared_tiny, tiny_base, tmp_path, "align.backend=torch", "align.pairs=ranked",
+                          "align.samples_per_prompt=3", "align.prompts_per_iteration=4", "align.reward_workers=2",
+                          "align.iterations=1", "align.gap_utterances=0")
+    out = align.main(argv)
+    pairs_dir = run_dir / "align" / "pairs" / "iter_0"
+    manifest = read_manifest(pairs_dir)
+    assert manifest["strategy"] == "ranked" and manifest["samples"] == 12
+    pairs = pq.read_table(pairs_dir).to_pylist()
+    ids = pq.read_table(run_dir / "data" / "align", columns=["utt_id"]).column("utt_id").to_pylist()
+    prompts = set(select_prompts(ids, 4, 0, 0))
+    assert 0 < len(pairs) <= 4 and len({p["utt_id"] for p in pairs}) == len(pairs)  # at most one pair per prompt
+    assert out["records"][1]["pairs"] == len(pairs) == manifest["pairs"]
+    for p in pairs:
+        assert p["utt_id"] in prompts and 0 <= p["sample_idx"] < 3  # keyed by the rejected (worst) sample
+        assert p["chosen_reward"] > p["rejected_reward"] and p["chosen_ids"] != p["rejected_ids"]
+        assert p["reference_version"] == 0
+    assert (run_dir / "align" / "adapters" / "v1" / "adapter_model.safetensors").is_file()
