@@ -20,6 +20,7 @@ from sa_ray.data.examples import PromptBank
 from sa_ray.evaluation import evaluate_heldout, heldout_tables, prompt_banks
 from sa_ray.metrics.backends import MOS_SKIPPED, make_asr, make_mos, make_sim
 from sa_ray.metrics.gap import embedding_plot, mean_pooled_states, mmd_rbf, paired_probe_accuracy, probe_accuracy
+from sa_ray.metrics.stats import pool_seeds
 from sa_ray.metrics.wer import wer
 from sa_ray.losses import pack, sequence_logprobs
 from sa_ray.models.ar import load_ar
@@ -68,15 +69,8 @@ class Evaluator:
         runs = [evaluate_heldout(tts, self.tables, self.banks, a.eval_utterances, self.asr, self.sim,
                                  seed=a.seed + 1000 * s, ceiling=ceiling and s == 0, mos=self.mos)
                 for s in range(a.eval_seeds)]
-        for split in runs[0]:
-            for key in runs[0][split]:
-                values = [r[split][key] for r in runs if key in r[split]]
-                if isinstance(values[0], list):  # per-utterance values, of every seed (utterance-seed pairs)
-                    flat[f"{split}_{key}"] = [v for seed_values in values for v in seed_values]
-                    continue
-                flat[f"{split}_{key}"] = float(np.mean(values))
-                if len(values) > 1 and key in ("wer", "sim"):
-                    flat[f"{split}_{key}_spread"] = float((max(values) - min(values)) / 2)
+        flat.update(pool_seeds([{f"{split}_{key}": v for split, metrics in run.items() for key, v in metrics.items()}
+                                for run in runs]))
         return flat
 
     def golden_nll(self, model, n: int = 80, batch_size: int = 16) -> tuple[float, float]:

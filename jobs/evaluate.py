@@ -11,6 +11,7 @@ and, unless `align.gap_utterances=0`, the distribution-gap analysis; every WER n
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--config", default=_cli.DEFAULT_CONFIG)
     ap.add_argument("--adapter", default=None, help="LoRA adapter directory or models:/<name>@<alias>; none = base")
     ap.add_argument("--base", default=None, help="base model directory (default: align.base_model or <run_dir>/pretrain/model)")
+    ap.add_argument("--out", default=None, help="also write the metrics, per-utterance word errors included, "
+                    "to this JSON file (pair it with another evaluation at the same seeds: sa_ray.metrics.stats)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
@@ -52,6 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
             metrics.update(gap)
             tracking.log_bytes(png, "gap.png")
         tracking.log_metrics(metrics)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"adapter": args.adapter, "base": str(base_dir), **metrics}))
     print(f"\n{args.adapter or 'base model'} on {base_dir} (ASR: {backends['sa_ray.asr_backend']}, "
           f"SIM: {backends['sa_ray.sim_backend']})")
     for key in sorted(k for k, v in metrics.items() if isinstance(v, (int, float))):

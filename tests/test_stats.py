@@ -3,7 +3,7 @@
 import pytest
 
 from sa_ray.align_run import format_changes
-from sa_ray.metrics.stats import record_wer_changes, wer_change
+from sa_ray.metrics.stats import pool_seeds, record_wer_changes, wer_change
 from sa_ray.metrics.wer import wer, word_errors
 
 REFS = ["the cat sat on the mat", "a dog ran to the red house", "Will John wash your pineapple on Monday?"]
@@ -42,3 +42,20 @@ def test_records_without_per_utterance_errors_give_no_change():
     assert "sentences -0.200 [" in format_changes({**record, **changes})
     assert record_wer_changes({"iteration": 0}, record) == {}
     assert "no per-utterance errors" in format_changes(record)
+
+
+def test_pool_seeds_averages_numbers_concatenates_utterances_and_reports_the_spread():
+    seed0 = {"heldout_sentences_wer": 0.40, "heldout_sentences_sim": 0.80, "heldout_sentences_golden_wer": 0.2,
+             "heldout_sentences_utt_errors": [1, 3], "heldout_sentences_utt_words": [5, 5]}
+    seed1 = {"heldout_sentences_wer": 0.50, "heldout_sentences_sim": 0.78,
+             "heldout_sentences_utt_errors": [2, 3], "heldout_sentences_utt_words": [5, 5]}
+    pooled = pool_seeds([seed0, seed1])
+    assert pooled["heldout_sentences_wer"] == pytest.approx(0.45)
+    assert pooled["heldout_sentences_wer_spread"] == pytest.approx(0.05)
+    assert pooled["heldout_sentences_sim_spread"] == pytest.approx(0.01)
+    assert pooled["heldout_sentences_golden_wer"] == 0.2 and "heldout_sentences_golden_wer_spread" not in pooled
+    assert pooled["heldout_sentences_utt_errors"] == [1, 3, 2, 3] and pooled["heldout_sentences_utt_words"] == [5] * 4
+    # pooled evaluations pair like single ones: the change of a policy against the base over utterance-seed pairs
+    change = record_wer_changes(pooled, pool_seeds([{**seed0, "heldout_sentences_utt_errors": [0, 1]},
+                                                    {**seed1, "heldout_sentences_utt_errors": [0, 1]}]))
+    assert change["heldout_sentences_wer_change"] == pytest.approx((2 - 9) / 20)

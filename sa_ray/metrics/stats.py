@@ -36,3 +36,20 @@ def record_wer_changes(base: dict, record: dict, splits=("heldout_sentences", "h
             delta, lo, hi = wer_change(base[keys[0]], base[keys[1]], record[keys[0]], record[keys[1]])
             out.update({f"{split}_wer_change": delta, f"{split}_wer_change_lo": lo, f"{split}_wer_change_hi": hi})
     return out
+
+
+def pool_seeds(evaluations: list[dict]) -> dict:
+    """Flat evaluations of the same utterances at several sampling seeds -> one: numbers averaged (a key only
+    some hold, like the golden ceiling of the first seed, from those), per-utterance lists concatenated
+    (utterance-seed pairs, what `wer_change` then resamples), and `<key>_spread` (half the range across
+    seeds) for every WER and SIM measured at more than one seed."""
+    out = {}
+    for key in evaluations[0]:
+        values = [e[key] for e in evaluations if key in e]
+        if isinstance(values[0], list):
+            out[key] = [v for seed_values in values for v in seed_values]
+            continue
+        out[key] = float(np.mean(values))
+        if len(values) > 1 and key.endswith(("_wer", "_sim")):
+            out[f"{key}_spread"] = float((max(values) - min(values)) / 2)
+    return out
