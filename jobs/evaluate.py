@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--base", default=None, help="base model directory (default: align.base_model or <run_dir>/pretrain/model)")
     ap.add_argument("--out", default=None, help="also write the metrics, per-utterance word errors included, "
                     "to this JSON file (pair it with another evaluation at the same seeds: sa_ray.metrics.stats)")
+    ap.add_argument("--no-ceiling", action="store_true", help="skip the golden-token ceiling (ASR of the golden codes)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
         evaluator = ray.remote(Evaluator).options(num_cpus=0).remote(cfg, str(base_dir))
         backends = ray.get(evaluator.backends.remote())
         tracking.set_tags({**backends, "sa_ray.adapter": args.adapter or "none", "sa_ray.base": str(base_dir)})
-        metrics = ray.get(evaluator.evaluate.remote(adapter, ceiling=True))
+        metrics = ray.get(evaluator.evaluate.remote(adapter, ceiling=not args.no_ceiling))
         if cfg.align.gap_utterances:
             gap, png = ray.get(evaluator.gap.remote(adapter, f"golden vs synthetic: {args.adapter or 'base'}"))
             metrics.update(gap)

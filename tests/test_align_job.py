@@ -135,13 +135,14 @@ def test_killed_after_rollout_resubmitted_completes_with_the_expected_pairs(prep
 
 
 def test_ranked_pairs_run_end_to_end(prepared_tiny, tiny_base, tmp_path, ray_local):
-    """align.pairs=ranked through the whole pipeline: N samples per prompt -> Evaluator rewards -> best vs worst
-    per utterance -> reference -> learner -> adapter v1, on the torch backend, rewards split over two scorers."""
+    """align.pairs=ranked through the whole pipeline: N samples per prompt -> Evaluator rewards (split over two
+    scorers) -> best vs worst per utterance -> reference -> learner -> adapter v1, on the torch backend; every
+    evaluation at two sampling seeds."""
     from jobs import align
 
     argv, run_dir = _argv(prepared_tiny, tiny_base, tmp_path, "align.backend=torch", "align.pairs=ranked",
                           "align.samples_per_prompt=3", "align.prompts_per_iteration=4", "align.reward_workers=2",
-                          "align.iterations=1", "align.gap_utterances=0")
+                          "align.iterations=1", "align.gap_utterances=0", "align.eval_seeds=2")
     out = align.main(argv)
     pairs_dir = run_dir / "align" / "pairs" / "iter_0"
     manifest = read_manifest(pairs_dir)
@@ -156,3 +157,6 @@ def test_ranked_pairs_run_end_to_end(prepared_tiny, tiny_base, tmp_path, ray_loc
         assert p["chosen_reward"] > p["rejected_reward"] and p["chosen_ids"] != p["rejected_ids"]
         assert p["reference_version"] == 0
     assert (run_dir / "align" / "adapters" / "v1" / "adapter_model.safetensors").is_file()
+    for r in out["records"]:  # two sampling seeds per evaluation: utterance-seed pairs and the spread across seeds
+        assert len(r["heldout_sentences_utt_errors"]) == 2 * r["heldout_sentences_n"] == 4
+        assert 0 <= r["heldout_sentences_wer_spread"] <= 1
