@@ -43,6 +43,7 @@ class Evaluator:
         self.tables = heldout_tables(self.data_dir)
         self.prompt_frames = cfg.model.prompt_frames(self.codec.frame_rate)
         self.banks = prompt_banks(self.tables, self.prompt_frames, self.codec.n_codebooks)
+        self.sampling = SamplingConfig(temperature=cfg.eval.temperature, top_k=cfg.eval.top_k)
         self._train_bank: PromptBank | None = None
         self._policy: tuple[str | None, CodecTTS] | None = None
 
@@ -67,7 +68,8 @@ class Evaluator:
         nll, acc = self.golden_nll(tts.ar)
         flat = {"heldout_sentences_golden_nll": nll, "heldout_sentences_golden_acc": acc}
         runs = [evaluate_heldout(tts, self.tables, self.banks, a.eval_utterances, self.asr, self.sim,
-                                 seed=a.seed + 1000 * s, ceiling=ceiling and s == 0, mos=self.mos)
+                                 seed=a.seed + 1000 * s, sampling=self.sampling, ceiling=ceiling and s == 0,
+                                 mos=self.mos)
                 for s in range(a.eval_seeds)]
         flat.update(pool_seeds([{f"{split}_{key}": v for split, metrics in run.items() for key, v in metrics.items()}
                                 for run in runs]))
@@ -95,7 +97,7 @@ class Evaluator:
         rows, bank = self.tables["heldout_sentences"][: self.cfg.align.gap_utterances], self.banks["heldout_sentences"]
         tts = self._tts(adapter_dir)
         requests = [Request(r["text"], voice_prompt(bank, r, 0, 0), 7919 + i) for i, r in enumerate(rows)]
-        synthetic = tts.synthesize(requests)
+        synthetic = tts.synthesize(requests, self.sampling)
         golden_seqs, synth_seqs, starts, wers, sims = [], [], [], {"golden": [], "synthetic": []}, {"golden": [], "synthetic": []}
         for row, req, syn in zip(rows, requests, synthetic):
             prompt_ids, golden = split_example(row, req.prompt_codes, self.vocab, self.codec.frame_rate)
@@ -125,7 +127,7 @@ class Evaluator:
         tts, rows, bank = self._tts(adapter_dir), self.tables["heldout_sentences"][:n], self.banks["heldout_sentences"]
         rng = random.Random(0)
         outs = tts.synthesize([Request(r["text"], bank.draw(r["speaker"], r["utt_id"], rng), i) for i, r in enumerate(rows)],
-                              SamplingConfig())
+                              self.sampling)
         return [(f"{r['utt_id']}.wav", o.wav, self.codec.sample_rate) for r, o in zip(rows, outs)]
 
     def reward(self, batch: pd.DataFrame) -> pd.DataFrame:

@@ -238,6 +238,8 @@ class EvalConfig:
     asr: str = "pocketsphinx"  # pocketsphinx (offline, domain LM) | whisper:<local dir or hub id>
     sim: str = "resemblyzer"  # resemblyzer (offline) | wavlm:<local dir or hub id> (a WavLM x-vector model)
     mos: str = "none"  # none (skipped: no MOS weights offline) | hf:<local dir or hub id> (one regression output)
+    temperature: float = 1.0  # how held-out speech is sampled (0: greedy); one protocol for every policy version
+    top_k: int = 0
 
     def validate(self) -> None:
         _require(self.asr == "pocketsphinx" or self.asr.startswith("whisper"),
@@ -245,6 +247,7 @@ class EvalConfig:
         _require(self.sim == "resemblyzer" or self.sim.startswith("wavlm"),
                  f"eval.sim must be resemblyzer or wavlm:<model>; got {self.sim!r}")
         _require(self.mos == "none" or self.mos.startswith("hf:"), f"eval.mos must be none or hf:<model>; got {self.mos!r}")
+        _require(self.temperature >= 0 and self.top_k >= 0, "eval.temperature and eval.top_k must be >= 0")
 
 
 @dataclass
