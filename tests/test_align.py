@@ -225,6 +225,30 @@ def test_ranked_pairs_from_evaluator_rewards(prepared_tiny, rows, base_dir):
         assert p["chosen_reward"] > p["rejected_reward"] and p["chosen_ids"] != p["rejected_ids"]
 
 
+def test_evaluator_samples_held_out_speech_with_the_configured_protocol(prepared_tiny, base_dir):
+    """eval.temperature reaches every synthesis of the Evaluator: at 0 its samples are the greedy decode."""
+    import dataclasses
+    import random
+
+    import numpy as np
+
+    from actors.evaluator import Evaluator
+    from sa_ray.sampling import SamplingConfig
+    from sa_ray.synthesis import Request
+
+    cfg, _, _ = prepared_tiny
+    greedy_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, temperature=0.0))
+    evaluator = Evaluator(greedy_cfg, str(base_dir))
+    (_, wav, _), = evaluator.samples(None, n=1)
+    row = evaluator.tables["heldout_sentences"][0]
+    request = Request(row["text"], evaluator.banks["heldout_sentences"].draw(row["speaker"], row["utt_id"],
+                                                                             random.Random(0)), 0)
+    tts = evaluator._tts(None)
+    greedy, sampled = (tts.synthesize([request], SamplingConfig(temperature=t))[0] for t in (0.0, 1.0))
+    assert np.array_equal(wav, greedy.wav)
+    assert not np.array_equal(greedy.codes, sampled.codes)  # so the default protocol (T=1) is not greedy
+
+
 def test_repetition_rate_counts_frames_that_repeat_their_predecessor():
     from sa_ray.evaluation import repetition_rate
 
