@@ -6,7 +6,8 @@ against the base (95% paired bootstrap over utterance-seed pairs): the align run
     python -m jobs.evaluate --base checkpoints/base --adapter runs/tiny/align/adapters/v1 --out runs/e/v1.json align.seed=1000 ...
     python -m benchmarks.pooled_changes --run runs/tiny --extra runs/e/v0.json runs/e/v1.json ...
 
-`--extra` files are matched to versions by their `adapter` (none = the base, v0). Pooling two seeds is what
+`--extra` files are matched to versions by their `adapter` (none = the base, v0); each version is compared with
+the base pooled over the same seeds (its `align.seed`; the run's own is `--run-seed`). Pooling two seeds is what
 `align.eval_seeds=2` does inside a run; this adds seeds to a finished run without re-running it.
 """
 
@@ -30,23 +31,27 @@ def version_of(evaluation: dict) -> int:
     return int(match.group(1))
 
 
-def pooled(run_dir: str | Path, extra: list[str | Path]) -> list[dict]:
+def pooled(run_dir: str | Path, extra: list[str | Path], run_seed: int = 0) -> list[dict]:
     run = AlignRun(run_dir)
-    evals: dict[int, list[dict]] = {}
+    evals: dict[int, dict[int, dict]] = {}  # version -> seed -> evaluation
     k = 0
     while (record := run.record(k)) is not None:
-        evals[k] = [record]
+        evals[k] = {run_seed: record}
         k += 1
     for path in extra:
         evaluation = json.loads(Path(path).read_text())
-        evals.setdefault(version_of(evaluation), []).append(evaluation)
+        if evaluation.get("eval_seeds", 1) != 1:
+            raise ValueError(f"{path}: evaluations of one seed each (align.eval_seeds=1) can be paired here")
+        evals.setdefault(version_of(evaluation), {})[evaluation["seed"]] = evaluation
     rows = []
-    base = pool_seeds(evals[0])
     for k in sorted(evals):
-        p = pool_seeds(evals[k])
-        row = {"version": k, "seeds": len(evals[k]), **{key: p[key] for key in p if not isinstance(p[key], list)}}
+        seeds = sorted(evals[k])
+        if not set(seeds) <= set(evals.get(0, {})):
+            raise ValueError(f"version {k} was evaluated at seeds {seeds}, the base only at {sorted(evals.get(0, {}))}")
+        p = pool_seeds([evals[k][s] for s in seeds])
+        row = {"version": k, "seeds": seeds, **{key: v for key, v in p.items() if not isinstance(v, list)}}
         if k:
-            row.update(record_wer_changes(base, p))
+            row.update(record_wer_changes(pool_seeds([evals[0][s] for s in seeds]), p))
         rows.append(row)
     return rows
 
@@ -55,16 +60,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", required=True, help="the align run's run_dir")
     ap.add_argument("--extra", nargs="*", default=[], help="jobs.evaluate --out files of its versions at other seeds")
+    ap.add_argument("--run-seed", type=int, default=0, help="the align run's align.seed")
     args = ap.parse_args(argv)
-    rows = pooled(args.run, args.extra)
-    print("version seeds " + " ".join(f"{s.split('_')[1]:>38}" for s in SPLITS))
+    rows = pooled(args.run, args.extra, args.run_seed)
+    print("version seeds        " + " | ".join(f"{s.split('_')[1]:<50}" for s in SPLITS))
     for r in rows:
         cells = []
         for s in SPLITS:
             change = (f" {r[f'{s}_wer_change']:+.3f} [{r[f'{s}_wer_change_lo']:+.3f}, {r[f'{s}_wer_change_hi']:+.3f}]"
                       if f"{s}_wer_change" in r else "")
             cells.append(f"WER {r[f'{s}_wer']:.3f}±{r.get(f'{s}_wer_spread', 0):.3f}{change} SIM {r[f'{s}_sim']:.3f}")
-        print(f"{r['version']:>7} {r['seeds']:>5} " + " | ".join(cells))
+        print(f"{r['version']:>7} {','.join(map(str, r['seeds'])):<12} " + " | ".join(cells))
     return rows
 
 

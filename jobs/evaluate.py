@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> dict:
         tracking.log_metrics(metrics)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"adapter": args.adapter, "base": str(base_dir), **metrics}))
+        Path(args.out).write_text(json.dumps({"adapter": args.adapter, "base": str(base_dir), "seed": cfg.align.seed,
+                                               "eval_seeds": cfg.align.eval_seeds, **metrics}))
     print(f"\n{args.adapter or 'base model'} on {base_dir} (ASR: {backends['sa_ray.asr_backend']}, "
           f"SIM: {backends['sa_ray.sim_backend']})")
     for key in sorted(k for k, v in metrics.items() if isinstance(v, (int, float))):
