@@ -61,12 +61,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--run", required=True, help="the align run's run_dir")
     ap.add_argument("--extra", nargs="*", default=[], help="jobs.evaluate --out files of its versions at other seeds")
     ap.add_argument("--run-seed", type=int, default=0, help="the align run's align.seed")
+    ap.add_argument("--plot-dir", default=None, help="also draw each split's WER change with its interval (PNG)")
     args = ap.parse_args(argv)
     rows = pooled(args.run, args.extra, args.run_seed)
-    print("version seeds        " + " | ".join(f"{s.split('_')[1]:<50}" for s in SPLITS))
+    splits = [s for s in SPLITS if f"{s}_wer" in rows[0]]
+    if args.plot_dir:  # one line per held-out set: the change of each version, its interval as error bars
+        from sa_ray.plots import metric_curves
+
+        table = [{"run": s.split("_")[1], "iteration": r["version"],
+                  **{f"wer_change{end}": r.get(f"{s}_wer_change{end}", 0.0) for end in ("", "_lo", "_hi")}}
+                 for s in splits for r in rows]
+        metric_curves(table, "wer_change", Path(args.plot_dir) / f"{Path(args.run).name}-wer-change.png",
+                      title=f"{Path(args.run).name}: WER change vs base, seeds pooled, 95% interval")
+    print("version seeds        " + " | ".join(f"{s.split('_')[1]:<50}" for s in splits))
     for r in rows:
         cells = []
-        for s in SPLITS:
+        for s in splits:
             change = (f" {r[f'{s}_wer_change']:+.3f} [{r[f'{s}_wer_change_lo']:+.3f}, {r[f'{s}_wer_change_hi']:+.3f}]"
                       if f"{s}_wer_change" in r else "")
             cells.append(f"WER {r[f'{s}_wer']:.3f}±{r.get(f'{s}_wer_spread', 0):.3f}{change} SIM {r[f'{s}_sim']:.3f}")

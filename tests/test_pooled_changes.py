@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.pooled_changes import pooled
+from benchmarks.pooled_changes import main, pooled
 from sa_ray.align_run import AlignRun
 
 
@@ -26,6 +26,8 @@ def test_versions_pool_over_their_seeds_and_pair_with_the_base_at_the_same_seeds
     assert rows[0]["heldout_sentences_wer"] == pytest.approx((0.5 + 1.0) / 2)
     assert rows[0]["heldout_sentences_wer_spread"] == pytest.approx(0.25)
     assert rows[1]["heldout_sentences_wer_change"] == pytest.approx((8 - 12) / 16)
+    main(["--run", str(tmp_path / "run"), "--extra", *map(str, files), "--plot-dir", str(tmp_path / "plots")])
+    assert (tmp_path / "plots" / "run-wer-change.png").read_bytes()[:4] == b"\x89PNG"
 
     # a version at a seed the base was not evaluated at cannot be paired: said, not guessed
     files[0].unlink()
