@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--adapter", default=None, help="LoRA adapter directory or models:/<name>@<alias>; none = base")
     ap.add_argument("--base", default=None, help="base model directory (default: align.base_model or <run_dir>/pretrain/model)")
     ap.add_argument("--out", default=None, help="also write the metrics, per-utterance word errors included, "
-                    "to this JSON file (pair it with another evaluation at the same seeds: sa_ray.metrics.stats)")
+                    "to this JSON file (to pool with an align run's own evaluation: benchmarks.pooled_changes)")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the golden-token ceiling (ASR of the golden codes)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)

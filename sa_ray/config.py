@@ -214,8 +214,8 @@ class AlignConfig:
         _require(self.prompt_split in ("align", "train"), f"align.prompt_split must be align or train; got {self.prompt_split!r}")
         _require(self.method in ("dpo", "cdpo", "ipo", "rpo", "sft"),
                  f"align.method must be dpo, cdpo, ipo, rpo or sft; got {self.method!r}")
-        for name in ("prompts_per_iteration", "samples_per_prompt", "reward_workers", "steps", "batch_size", "checkpoint_every",
-                     "workers", "lora_rank", "lora_alpha", "eval_utterances", "eval_seeds"):
+        for name in ("prompts_per_iteration", "samples_per_prompt", "reward_workers", "steps", "batch_size",
+                     "checkpoint_every", "workers", "lora_rank", "lora_alpha", "eval_utterances", "eval_seeds"):
             _require(getattr(self, name) >= 1, f"align.{name} must be >= 1")
         _require(self.pairs != "ranked" or self.samples_per_prompt >= 2,
                  "align.pairs=ranked needs align.samples_per_prompt >= 2 (best vs worst of a prompt's samples)")

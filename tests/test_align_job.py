@@ -90,8 +90,11 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(backend, prepared_tiny, ti
     if backend == "torch":  # `evaluate` scores the registered policy through its MLflow model URI
         from jobs import evaluate
 
-        ev = evaluate.main(["--config", argv[1], "--adapter", "models:/tiny-policy@latest", *argv[2:]])
+        ev = evaluate.main(["--config", argv[1], "--adapter", "models:/tiny-policy@latest",
+                            "--out", str(tmp_path / "ev.json"), *argv[2:]])
         assert ev["metrics"]["heldout_sentences_n"] == 2 and 0 <= ev["metrics"]["gap_probe_acc"] <= 1
+        written = json.loads((tmp_path / "ev.json").read_text())  # what benchmarks.pooled_changes pairs by seed
+        assert written["seed"] == 0 and written["heldout_sentences_utt_errors"] == ev["metrics"]["heldout_sentences_utt_errors"]
         ev_run = client.get_run(ev["run_id"])
         assert ev_run.data.tags["sa_ray.asr_backend"] == "pocketsphinx-domain-lm"
         assert "heldout_voices_wer" in ev_run.data.metrics
