@@ -32,6 +32,8 @@ def version_of(evaluation: dict) -> int:
 
 
 def pooled(run_dir: str | Path, extra: list[str | Path], run_seed: int = 0) -> list[dict]:
+    if not (Path(run_dir) / "align" / "records" / "iter_0.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: no align run with an evaluated base (align/records/iter_0.json)")
     run = AlignRun(run_dir)
     evals: dict[int, dict[int, dict]] = {}  # version -> seed -> evaluation
     k = 0

@@ -29,6 +29,8 @@ def test_versions_pool_over_their_seeds_and_pair_with_the_base_at_the_same_seeds
     main(["--run", str(tmp_path / "run"), "--extra", *map(str, files), "--plot-dir", str(tmp_path / "plots")])
     assert (tmp_path / "plots" / "run-wer-change.png").read_bytes()[:4] == b"\x89PNG"
 
+    with pytest.raises(FileNotFoundError, match="no align run"):
+        pooled(tmp_path / "not-a-run", files)
     # a version at a seed the base was not evaluated at cannot be paired: said, not guessed
     files[0].unlink()
     with pytest.raises(ValueError, match="seeds"):

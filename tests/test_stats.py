@@ -47,9 +47,10 @@ def test_records_without_per_utterance_errors_give_no_change():
 def test_pool_seeds_averages_numbers_concatenates_utterances_and_reports_the_spread():
     seed0 = {"heldout_sentences_wer": 0.40, "heldout_sentences_sim": 0.80, "heldout_sentences_golden_wer": 0.2,
              "heldout_sentences_utt_errors": [1, 3], "heldout_sentences_utt_words": [5, 5]}
-    seed1 = {"heldout_sentences_wer": 0.50, "heldout_sentences_sim": 0.78,
+    seed1 = {"adapter": None, "heldout_sentences_wer": 0.50, "heldout_sentences_sim": 0.78,
              "heldout_sentences_utt_errors": [2, 3], "heldout_sentences_utt_words": [5, 5]}
     pooled = pool_seeds([seed0, seed1])
+    assert pool_seeds([seed1, seed0]).keys() == pooled.keys()  # names and paths (the adapter) are not pooled
     assert pooled["heldout_sentences_wer"] == pytest.approx(0.45)
     assert pooled["heldout_sentences_wer_spread"] == pytest.approx(0.05)
     assert pooled["heldout_sentences_sim_spread"] == pytest.approx(0.01)

@@ -42,12 +42,14 @@ def pool_seeds(evaluations: list[dict]) -> dict:
     """Flat evaluations of the same utterances at several sampling seeds -> one: numbers averaged (a key only
     some hold, like the golden ceiling of the first seed, from those), per-utterance lists concatenated
     (utterance-seed pairs, what `wer_change` then resamples), and `<key>_spread` (half the range across
-    seeds) for every WER and SIM measured at more than one seed."""
+    seeds) for every WER and SIM measured at more than one seed. Other values (names, paths) are left out."""
     out = {}
-    for key in evaluations[0]:
+    for key in dict.fromkeys(k for e in evaluations for k in e):  # every key any seed holds, in order
         values = [e[key] for e in evaluations if key in e]
         if isinstance(values[0], list):
             out[key] = [v for seed_values in values for v in seed_values]
+            continue
+        if not isinstance(values[0], (int, float)) or isinstance(values[0], bool):
             continue
         out[key] = float(np.mean(values))
         if len(values) > 1 and key.endswith(("_wer", "_sim")):
