@@ -25,7 +25,6 @@ from sa_ray.metrics.wer import wer
 from sa_ray.losses import pack, sequence_logprobs
 from sa_ray.models.ar import load_ar
 from sa_ray.models.nar import NARModel
-from sa_ray.models.vocab import SEP
 from sa_ray.preference import split_example, voice_prompt
 from sa_ray.sampling import SamplingConfig
 from sa_ray.synthesis import CodecTTS, Request
@@ -101,7 +100,7 @@ class Evaluator:
         golden_seqs, synth_seqs, starts, wers, sims = [], [], [], {"golden": [], "synthetic": []}, {"golden": [], "synthetic": []}
         for row, req, syn in zip(rows, requests, synthetic):
             prompt_ids, golden = split_example(row, req.prompt_codes, self.vocab, self.codec.frame_rate)
-            text_ids = prompt_ids[1 : prompt_ids.index(SEP)]
+            text_ids = self.vocab.prompt_text_ids(prompt_ids)
             gold = tts.finish(req, golden, text_ids)
             real = read_wav(row["audio_path"])
             for kind, out in (("golden", gold), ("synthetic", syn)):
@@ -140,8 +139,7 @@ class Evaluator:
         wers, sims = [], []
         for row in batch.to_dict("records"):
             prompt = voice_prompt(self._train_bank, row, self.cfg.align.seed, int(row["iteration"]))
-            prompt_ids = list(row["prompt_ids"])
-            text_ids = prompt_ids[1 : prompt_ids.index(SEP)]
+            text_ids = self.vocab.prompt_text_ids(row["prompt_ids"])
             out = tts.finish(Request(row["text"], prompt, int(row["seed"])), list(row["sample_ids"]), text_ids)
             hyp = self.asr.transcribe(out.wav, self.codec.sample_rate) if len(out.wav) else ""
             wers.append(wer([row["text"]], [hyp]))

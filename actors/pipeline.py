@@ -43,6 +43,10 @@ def _reward(batch: pd.DataFrame, scorers: list) -> pd.DataFrame:
     return pd.concat(ray.get([s.reward.remote(part) for s, part in zip(scorers, parts)]), ignore_index=True)
 
 
+def _phone_reward(batch: pd.DataFrame, vocab) -> pd.DataFrame:
+    return batch.assign(reward=[preference.phone_reward(s, vocab) for s in batch.to_dict("records")])
+
+
 def _golden(batch: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(preference.golden_pairs(batch.to_dict("records")), columns=PAIR_COLUMNS)
 
@@ -61,6 +65,9 @@ def make_pairs(iteration: int, cfg, data_dir: Path, out_dir: Path, vocab, bank_r
     if not ids:
         raise ValueError(f"align.prompt_split={a.prompt_split!r}: no utterances in {source} (prepare with "
                          "corpus.align_sentences > 0, or set align.prompt_split=train)")
+    if a.pairs == "ranked" and a.reward == "phones" and not vocab.aligned:
+        raise ValueError("align.reward=phones needs a model whose targets write their phones (an aligned corpus); "
+                         "this one speaks plain codes: use align.reward=asr")
     chosen = set(preference.select_prompts(ids, a.prompts_per_iteration, a.seed, iteration))
     max_len = cfg.model.max_positions
     ds = ray.data.read_parquet(str(source), columns=ROW_COLUMNS).filter(
@@ -70,12 +77,15 @@ def make_pairs(iteration: int, cfg, data_dir: Path, out_dir: Path, vocab, bank_r
         samples=a.samples_per_prompt, max_len=max_len))
     samples = requests.map_batches(_call, batch_format="pandas", batch_size=64, num_cpus=0, fn_kwargs=dict(
         actor=roles["rollout"], method="rollout", args=(policy,)))
-    if a.pairs == "ranked":
-        rewarded = samples.map_batches(_reward, batch_format="pandas", batch_size=16 * len(roles["scorers"]),
-                                       num_cpus=0, fn_kwargs=dict(scorers=roles["scorers"]))
-        pairs = rewarded.groupby("utt_id").map_groups(_ranked, batch_format="pandas")
-    else:
+    if a.pairs == "golden":
         pairs = samples.map_batches(_golden, batch_format="pandas")
+    else:
+        if a.reward == "phones":
+            rewarded = samples.map_batches(_phone_reward, batch_format="pandas", fn_kwargs=dict(vocab=vocab))
+        else:
+            rewarded = samples.map_batches(_reward, batch_format="pandas", batch_size=16 * len(roles["scorers"]),
+                                           num_cpus=0, fn_kwargs=dict(scorers=roles["scorers"]))
+        pairs = rewarded.groupby("utt_id").map_groups(_ranked, batch_format="pandas")
     scored = pairs.map_batches(_call, batch_format="pandas", batch_size=32, num_cpus=0, fn_kwargs=dict(
         actor=roles["reference"], method="score", args=(policy["version"], policy["adapter_dir"])))
     staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
@@ -99,7 +109,7 @@ def start_roles(cfg, base_dir: Path) -> dict:
     }
     # ranked pairs: the evaluator scores samples, helped by reward_workers - 1 more of its kind (the costly
     # stage: every sample goes through NAR, vocoder and ASR)
-    extra = a.reward_workers - 1 if a.pairs == "ranked" else 0
+    extra = a.reward_workers - 1 if a.pairs == "ranked" and a.reward == "asr" else 0
     roles["scorers"] = [roles["evaluator"]] + [ray.remote(Evaluator).options(**opts).remote(cfg, str(base_dir))
                                                for _ in range(extra)]
     return roles

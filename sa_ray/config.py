@@ -177,7 +177,10 @@ class AlignConfig:
     prompt_split: str = "align"  # where prompts come from: align (sentences the base never saw) | train
     prompts_per_iteration: int = 256  # utterances of prompt_split rolled out per iteration (a fresh draw each time)
     samples_per_prompt: int = 1
-    reward_workers: int = 1  # ranked pairs: Evaluator actors scoring samples in parallel (NAR + vocoder + ASR each)
+    # ranked pairs' reward: asr (SIM - WER of the sample's speech, ~1 s a sample) | phones (minus the phone error
+    # rate of the target the sample wrote: free and noise-free, content only; aligned vocabularies)
+    reward: str = "asr"
+    reward_workers: int = 1  # reward=asr: Evaluator actors scoring samples in parallel (NAR + vocoder + ASR each)
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -211,6 +214,7 @@ class AlignConfig:
         _require(self.iterations >= 1, "align.iterations must be >= 1")
         _require(self.backend in ("auto", "vllm", "torch"), f"align.backend must be auto, vllm or torch; got {self.backend!r}")
         _require(self.pairs in ("golden", "ranked"), f"align.pairs must be golden or ranked; got {self.pairs!r}")
+        _require(self.reward in ("asr", "phones"), f"align.reward must be asr or phones; got {self.reward!r}")
         _require(self.prompt_split in ("align", "train"), f"align.prompt_split must be align or train; got {self.prompt_split!r}")
         _require(self.method in ("dpo", "cdpo", "ipo", "rpo", "sft"),
                  f"align.method must be dpo, cdpo, ipo, rpo or sft; got {self.method!r}")

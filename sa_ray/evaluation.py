@@ -2,8 +2,9 @@
 
 Reports, per set of utterances: WER of the synthesised speech against its text, SIM between the
 synthesised speech and the speaker's real utterance of the same sentence (and, as a floor, real speech
-of another speaker from `others`), the duration ratio
-(generated / golden frames) and the share of samples that hit the length limit before EOS. The
+of another speaker from `others`), the duration ratio (generated / golden frames), the phone error rate
+of aligned targets (the phones the AR model wrote against the ones it was asked to say: content errors
+without the recogniser's noise) and the share of samples that hit the length limit before EOS. The
 ceiling (golden codes of all layers decoded by the same codec) is reported beside them.
 """
 
@@ -21,6 +22,7 @@ from sa_ray.config import CorpusConfig
 from sa_ray.corpus.sentences import make_sentences
 from sa_ray.data.examples import PromptBank, row_codes
 from sa_ray.metrics.asr import PocketSphinxASR, build_domain_lm
+from sa_ray.metrics.phones import phone_errors
 from sa_ray.metrics.wer import wer, word_errors
 from sa_ray.sampling import SamplingConfig
 from sa_ray.synthesis import CodecTTS, Request
@@ -53,6 +55,7 @@ def evaluate_tts(tts: CodecTTS, rows: list[dict], bank: PromptBank, asr, sim, se
     rng = random.Random(seed)
     requests = [Request(r["text"], bank.draw(r["speaker"], r["utt_id"], rng), seed + i) for i, r in enumerate(rows)]
     hyps, sims, sims_other, ratios, ended, gold_hyps, repeats, scores = [], [], [], [], [], [], [], []
+    phone_edits, phones = 0, 0
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
         chunk = rows[start : start + batch_size]
         for row, out in zip(chunk, tts.synthesize(requests[start : start + batch_size], sampling)):
@@ -65,6 +68,9 @@ def evaluate_tts(tts: CodecTTS, rows: list[dict], bank: PromptBank, asr, sim, se
             ratios.append(out.codes.shape[1] / max(1, row["frames"]))
             repeats.append(repetition_rate(out.codes[0]))
             ended.append(out.ended)
+            if tts.vocab.aligned:
+                phone_edits += phone_errors(out.ar_tokens, out.text_ids, tts.vocab)
+                phones += len(out.text_ids)
             if mos is not None and len(out.wav):
                 scores.append(mos.score(out.wav, tts.codec.sample_rate))
             if ceiling:
@@ -76,6 +82,8 @@ def evaluate_tts(tts: CodecTTS, rows: list[dict], bank: PromptBank, asr, sim, se
               "sim": float(np.mean(sims)), "duration_ratio": float(np.mean(ratios)),
               "eos_failure_rate": 1.0 - float(np.mean(ended)), "repetition_rate": float(np.mean(repeats)),
               "n": len(rows)}
+    if phones:
+        result["phone_error_rate"] = phone_edits / phones
     if sims_other:  # the same synthesised speech against real speech of ANOTHER speaker: the SIM floor
         result["sim_other_speaker"] = float(np.mean(sims_other))
     if scores:

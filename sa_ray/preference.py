@@ -5,8 +5,10 @@ functions of (seed, iteration, utt_id, sample_idx), so re-running a stage reprod
 
 Pair strategies:
 - golden (the paper): chosen = the golden target, rejected = the model's own sample of the same prompt.
-- ranked (Tian et al.): N samples per prompt scored by a reward (offline ASR WER and speaker similarity);
-  chosen = best, rejected = worst. Golden-vs-synthetic pairs are trivially separable for a weak model.
+- ranked (Tian et al.): N samples per prompt scored by a reward, chosen = best, rejected = worst.
+  Golden-vs-synthetic pairs are trivially separable for a weak model. Rewards: `asr` (SIM - WER of the
+  sample's speech through NAR, vocoder, offline ASR and speaker encoder; ~1 s a sample here) or `phones`
+  (minus the phone error rate of the target the sample wrote: free, noise-free, content only).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from sa_ray.data.examples import PromptBank, ar_example
+from sa_ray.metrics.phones import phone_errors
 from sa_ray.models.vocab import SPEECH, Vocab
 
 KEY = ("iteration", "utt_id", "sample_idx")
@@ -71,6 +74,12 @@ def golden_pairs(samples: list[dict]) -> list[dict]:
     """chosen = golden, rejected = sample; a sample equal to the golden target is no preference and is dropped."""
     return [{**_pair_fields(s), "chosen_ids": list(s["chosen_ids"]), "rejected_ids": list(s["sample_ids"])}
             for s in samples if list(s["sample_ids"]) != list(s["chosen_ids"])]
+
+
+def phone_reward(sample: dict, vocab: Vocab) -> float:
+    """Minus the share of the prompt's phones that the sample's target got wrong (0 = every phone right)."""
+    text_ids = vocab.prompt_text_ids(sample["prompt_ids"])
+    return -phone_errors(sample["sample_ids"], text_ids, vocab) / len(text_ids)
 
 
 def ranked_pairs(samples: list[dict]) -> list[dict]:

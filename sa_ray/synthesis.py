@@ -35,6 +35,7 @@ class Synthesis:
     codes: np.ndarray  # [L, frames]
     ar_tokens: list[int]  # the AR target as generated (phones + codes [+ EOS])
     ended: bool  # False when generation hit its length limit before EOS
+    text_ids: list[int]  # the text tokens the request asked for (in the prompt)
 
 
 class CodecTTS:
@@ -77,9 +78,9 @@ class CodecTTS:
         """Generated AR tokens -> all codec layers (NAR) -> waveform."""
         level0, owner, ended = self.vocab.parse_target(ar_tokens)
         if len(level0) == 0:
-            return Synthesis(np.zeros(0, np.float32), np.zeros((self.codec.n_codebooks, 0), np.int64), ar_tokens, ended)
+            return Synthesis(np.zeros(0, np.float32), np.zeros((self.codec.n_codebooks, 0), np.int64), ar_tokens, ended, text_ids)
         text = [i - self.vocab.text_offset for i in text_ids]
         frame_text = owner if self.vocab.aligned else None  # -1 marks frames before the first phone
         with torch.inference_mode():
             codes = self.nar.generate(text, request.prompt_codes, level0, frame_text)
-        return Synthesis(self.codec.decode(codes), codes, ar_tokens, ended)
+        return Synthesis(self.codec.decode(codes), codes, ar_tokens, ended, text_ids)

@@ -254,3 +254,30 @@ def test_repetition_rate_counts_frames_that_repeat_their_predecessor():
 
     assert repetition_rate([1, 1, 2, 3, 3, 3]) == pytest.approx(3 / 5)
     assert repetition_rate([4]) == 0.0 and repetition_rate([1, 2, 1, 2]) == 0.0
+
+
+def test_phone_errors_count_the_phones_an_aligned_target_got_wrong():
+    from sa_ray.metrics.phones import edit_distance, phone_errors
+    from sa_ray.models.vocab import EOS, Vocab
+    from sa_ray.preference import phone_reward
+
+    vocab = Vocab(("a", "b", "c", "d"), codebook_size=8, aligned=True)
+    a, b, c, d = vocab.text_ids(["a", "b", "c", "d"])
+    frames = vocab.code_ids([1, 2]).tolist()
+    text = [a, b, c]
+    right = [a, *frames, b, *frames, c, *frames, EOS]
+    assert phone_errors(right, text, vocab) == 0
+    assert phone_errors([a, *frames, c, *frames, EOS], text, vocab) == 1  # skipped b
+    assert phone_errors([a, *frames, b, b, *frames, d, *frames, EOS], text, vocab) == 2  # repeated b, c -> d
+    assert phone_errors([*right[:-1], EOS, d, d], text, vocab) == 0  # nothing after EOS counts
+    assert edit_distance([], [1, 2]) == 2 and edit_distance([1, 2, 3], [3, 2, 1]) == 2
+    prompt = vocab.prompt(text, [0, 1])
+    assert vocab.prompt_text_ids(prompt) == text
+    samples = [{"iteration": 0, "utt_id": "u", "sample_idx": k, "prompt_ids": prompt, "sample_ids": ids}
+               for k, ids in enumerate(([a, *frames, c, *frames, EOS], right))]
+    rewards = [phone_reward(s, vocab) for s in samples]
+    assert rewards == [pytest.approx(-1 / 3), 0.0]
+    (pair,) = ranked_pairs([{**s, "reward": r} for s, r in zip(samples, rewards)])
+    assert pair["chosen_ids"] == right and pair["sample_idx"] == 0  # keyed by the rejected sample
+    with pytest.raises(ValueError, match="aligned"):
+        phone_errors(right, text, Vocab(("a", "b", "c", "d"), codebook_size=8, aligned=False))

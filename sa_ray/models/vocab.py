@@ -87,6 +87,11 @@ class Vocab:
         """[BOS] text [SEP] prompt-codes [SPEECH]: what generation starts from."""
         return [BOS, *text_ids, SEP, *self.code_ids(prompt_codes).tolist(), SPEECH]
 
+    @staticmethod
+    def prompt_text_ids(prompt_ids: list[int]) -> list[int]:
+        """The text tokens of a prompt made by `prompt`."""
+        return list(prompt_ids[1 : list(prompt_ids).index(SEP)])
+
     def target(self, codes, text_ids: list[int] | None = None, frames_per_token: list[int] | None = None) -> list[int]:
         """The target part, ending with EOS: interleaved when aligned, plain codes otherwise."""
         code_ids = self.code_ids(codes).tolist()

@@ -1,0 +1,38 @@
+"""Phone error rate of an aligned AR target: the phones the model wrote against the phones it was asked to say.
+
+In the aligned layout (`sa_ray.models.vocab`) the AR model writes each phone token before the frames that
+voice it, so a skipped, repeated or substituted phone is visible in the tokens themselves: a content
+error measured without vocoder, recogniser or their noise. Worst-of-four samples (by ASR WER) wrote 11%
+of their phones wrong, best-of-four 2.5% (docs/align.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sa_ray.models.vocab import EOS, Vocab
+
+
+def edit_distance(a: list[int], b: list[int]) -> int:
+    """Levenshtein distance (substitutions, insertions, deletions) between two token sequences."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        diagonal, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (x != y))
+    return row[-1]
+
+
+def written_phones(target_ids, vocab: Vocab) -> list[int]:
+    """The text tokens of a generated target, up to its EOS."""
+    ids = np.asarray(target_ids, dtype=np.int64)
+    if (ids == EOS).any():
+        ids = ids[: int(np.argmax(ids == EOS))]
+    return ids[vocab.is_text(ids)].tolist()
+
+
+def phone_errors(target_ids, text_ids: list[int], vocab: Vocab) -> int:
+    """Phone edits between what an aligned target wrote and `text_ids` (the prompt's phones)."""
+    if not vocab.aligned:
+        raise ValueError("phone errors need an aligned vocabulary (targets that write their phones)")
+    return edit_distance(written_phones(target_ids, vocab), list(text_ids))
