@@ -163,3 +163,26 @@ def test_ranked_pairs_run_end_to_end(prepared_tiny, tiny_base, tmp_path, ray_loc
     for r in out["records"]:  # two sampling seeds per evaluation: utterance-seed pairs and the spread across seeds
         assert len(r["heldout_sentences_utt_errors"]) == 2 * r["heldout_sentences_n"] == 4
         assert 0 <= r["heldout_sentences_wer_spread"] <= 1
+
+
+def test_ranked_pairs_by_phone_errors_run_end_to_end(prepared_tiny, tiny_base, tmp_path, ray_local):
+    """align.reward=phones: the rewards are the phone error rates of the samples' own targets, computed in the
+    pipeline (no Evaluator scoring), and every evaluation reports the policy's held-out phone error rate."""
+    from jobs import align
+    from sa_ray.metrics.phones import phone_errors
+    from sa_ray.models.vocab import Vocab
+
+    argv, run_dir = _argv(prepared_tiny, tiny_base, tmp_path, "align.backend=torch", "align.pairs=ranked",
+                          "align.reward=phones", "align.samples_per_prompt=4", "align.prompts_per_iteration=6",
+                          "align.iterations=1", "align.gap_utterances=0", "align.temperature=1.5")
+    out = align.main(argv)
+    vocab = Vocab.load(tiny_base / "ar")
+    pairs = pq.read_table(run_dir / "align" / "pairs" / "iter_0").to_pylist()
+    assert out["records"][1]["pairs"] == len(pairs) > 0  # T=1.5: a tiny model's samples disagree on their phones
+    for p in pairs:
+        text = vocab.prompt_text_ids(p["prompt_ids"])
+        for side in ("chosen", "rejected"):
+            assert p[f"{side}_reward"] == pytest.approx(-phone_errors(p[f"{side}_ids"], text, vocab) / len(text))
+        assert p["chosen_reward"] > p["rejected_reward"]
+    for r in out["records"]:
+        assert 0 <= r["heldout_sentences_phone_error_rate"] and 0 <= r["heldout_voices_phone_error_rate"]
