@@ -53,7 +53,7 @@ def evaluate_tts(tts: CodecTTS, rows: list[dict], bank: PromptBank, asr, sim, se
                  sampling: SamplingConfig = SamplingConfig(), batch_size: int = 16, ceiling: bool = True,
                  desc: str = "evaluate", others: list[dict] | None = None, mos=None) -> dict[str, float]:
     rng = random.Random(seed)
-    requests = [Request(r["text"], bank.draw(r["speaker"], r["utt_id"], rng), seed + i) for i, r in enumerate(rows)]
+    requests = heldout_requests(rows, bank, rng, seed)
     hyps, sims, sims_other, ratios, ended, gold_hyps, repeats, scores = [], [], [], [], [], [], [], []
     phone_edits, phones = 0, 0
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
@@ -93,6 +93,16 @@ def evaluate_tts(tts: CodecTTS, rows: list[dict], bank: PromptBank, asr, sim, se
     return result
 
 
+def heldout_requests(rows: list[dict], bank: PromptBank, rng: random.Random, seed: int) -> list[Request]:
+    """What `evaluate_tts` synthesises at `seed`: a voice prompt of each row's speaker and a sampling seed."""
+    return [Request(r["text"], bank.draw(r["speaker"], r["utt_id"], rng), seed + i) for i, r in enumerate(rows)]
+
+
+def pick_heldout(rows: list[dict], n: int) -> list[dict]:
+    """An even spread of `n` utterances of a held-out set: the same ones every time."""
+    return rows[:: max(1, len(rows) // n)][:n]
+
+
 def repetition_rate(level0: np.ndarray) -> float:
     """Share of frames whose first-layer code repeats the previous frame's (stuck or looping generations)."""
     codes = np.asarray(level0)
@@ -118,7 +128,7 @@ def evaluate_heldout(tts: CodecTTS, tables: dict[str, list[dict]], banks: dict[s
     for split, rows in tables.items():
         if not rows:
             continue
-        picked = rows[:: max(1, len(rows) // n)][:n]
+        picked = pick_heldout(rows, n)
         out[split] = evaluate_tts(tts, picked, banks[split], asr, sim, seed=seed, sampling=sampling, desc=split,
                                   ceiling=ceiling, others=tables["heldout_sentences"], mos=mos)
     return out

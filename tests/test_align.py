@@ -281,3 +281,19 @@ def test_phone_errors_count_the_phones_an_aligned_target_got_wrong():
     assert pair["chosen_ids"] == right and pair["sample_idx"] == 0  # keyed by the rejected sample
     with pytest.raises(ValueError, match="aligned"):
         phone_errors(right, text, Vocab(("a", "b", "c", "d"), codebook_size=8, aligned=False))
+
+
+def test_phone_error_benchmark_reproduces_the_evaluation(prepared_tiny, base_dir):
+    """benchmarks.phone_errors samples exactly what the evaluation samples, from tokens alone."""
+    import dataclasses
+
+    from actors.evaluator import Evaluator
+    from benchmarks import phone_errors
+
+    cfg, argv, _ = prepared_tiny
+    cfg = dataclasses.replace(cfg, align=dataclasses.replace(cfg.align, eval_utterances=3))
+    metrics = Evaluator(cfg, str(base_dir)).evaluate(None)
+    (result,) = phone_errors.main(["--base", str(base_dir), "--n", "3", *argv])
+    for split in ("heldout_sentences", "heldout_voices"):
+        assert result[split] == pytest.approx(metrics[f"{split}_phone_error_rate"])
+    assert result["adapter"] == "base" and result["seed"] == 0

@@ -1,0 +1,77 @@
+"""Held-out phone error rate of policy versions from their AR tokens alone: the phones each sample wrote
+against the ones it was asked to say (`sa_ray/metrics/phones.py`), with no NAR, vocoder or recogniser, so
+seconds a version instead of minutes and free of the recogniser's noise. The requests are exactly those of
+`jobs.evaluate` / the align loop's evaluation at the same seeds, so the figures match their
+`<split>_phone_error_rate`.
+
+    python -m benchmarks.phone_errors --base checkpoints/base --adapters runs/p/align/adapters/v* \\
+        --n 160 --seeds 0,1000 run_dir=runs/p codec.path=checkpoints/base/codec
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+import torch
+
+from jobs._cli import DEFAULT_CONFIG
+from sa_ray import lora
+from sa_ray.codec import load_codec
+from sa_ray.config import load_config
+from sa_ray.evaluation import heldout_requests, heldout_tables, pick_heldout, prompt_banks
+from sa_ray.metrics.phones import phone_errors
+from sa_ray.models.ar import load_ar
+from sa_ray.models.nar import NARModel
+from sa_ray.sampling import SamplingConfig, sample
+from sa_ray.synthesis import CodecTTS
+
+
+def phone_error_rates(tts: CodecTTS, tables: dict, banks: dict, n: int, seed: int, sampling: SamplingConfig,
+                      batch_size: int = 16) -> dict[str, float]:
+    out = {}
+    for split, rows in tables.items():
+        requests = heldout_requests(pick_heldout(rows, n), banks[split], random.Random(seed), seed)
+        edits = phones = 0
+        for start in range(0, len(requests), batch_size):
+            prompts, budgets, texts = tts.prompts(requests[start : start + batch_size])
+            generated = sample(tts.ar, prompts, tts.vocab.generation_ids(), 2, budgets,
+                               [r.seed for r in requests[start : start + batch_size]], sampling)
+            edits += sum(phone_errors(ids, text, tts.vocab) for ids, text in zip(generated, texts))
+            phones += sum(len(text) for text in texts)
+        out[split] = edits / phones
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default=DEFAULT_CONFIG)
+    ap.add_argument("--base", required=True, help="base model directory (ar/ + nar/)")
+    ap.add_argument("--adapters", nargs="*", default=[], help="adapter directories (the base is always measured)")
+    ap.add_argument("--n", type=int, default=160, help="utterances per held-out set")
+    ap.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0],
+                    help="sampling seeds, comma-separated (0,1000: align.eval_seeds=2 at align.seed=0)")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    torch.manual_seed(0)
+    codec = load_codec(cfg.codec, Path(cfg.run_dir) / "codec")
+    base, vocab = load_ar(Path(args.base) / "ar")
+    nar = NARModel.from_pretrained(Path(args.base) / "nar")
+    tables = heldout_tables(Path(cfg.run_dir) / "data")
+    banks = prompt_banks(tables, cfg.model.prompt_frames(codec.frame_rate), codec.n_codebooks)
+    sampling = SamplingConfig(temperature=cfg.eval.temperature, top_k=cfg.eval.top_k)
+    results = []
+    for adapter in [None, *args.adapters]:
+        tts = CodecTTS(lora.policy(base, adapter), vocab, nar, codec, cfg.model.phone_voice)
+        for seed in args.seeds:
+            rates = phone_error_rates(tts, tables, banks, args.n, seed, sampling)
+            results.append({"adapter": adapter or "base", "seed": seed, **rates})
+            print(f"{adapter or 'base'}  seed {seed}:  " + "  ".join(f"{k} {v:.4f}" for k, v in rates.items()),
+                  flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()
