@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
                     record.update(pairs=manifest["pairs"], prompts=manifest["prompts"],
                                   rollout_tokens_per_s=manifest.get("rollout_tokens_per_s"),
                                   rollout_seconds=time.perf_counter() - start)
+                    record.update({f"pairs_{k}": manifest[k] for k in ("chosen_reward", "rejected_reward") if k in manifest})
                     start = time.perf_counter()
                     learned = run.learned(k)  # v_k committed by a job killed before its record: not trained again
                     if learned is None:

@@ -88,10 +88,12 @@ def _write_json(path: Path, data) -> None:
 
 TABLE = [("iter", "iteration", "{:>4}"), ("WER sent", "heldout_sentences_wer", "{:>8.3f}"),
          ("SIM sent", "heldout_sentences_sim", "{:>8.3f}"), ("WER voice", "heldout_voices_wer", "{:>9.3f}"),
-         ("SIM voice", "heldout_voices_sim", "{:>9.3f}"), ("dur", "heldout_sentences_duration_ratio", "{:>5.2f}"),
+         ("SIM voice", "heldout_voices_sim", "{:>9.3f}"), ("PER sent", "heldout_sentences_phone_error_rate", "{:>8.3f}"),
+         ("PER voice", "heldout_voices_phone_error_rate", "{:>9.3f}"), ("dur", "heldout_sentences_duration_ratio", "{:>5.2f}"),
          ("no EOS", "heldout_sentences_eos_failure_rate", "{:>6.2f}"), ("gold NLL", "heldout_sentences_golden_nll", "{:>8.3f}"), ("rep", "heldout_sentences_repetition_rate", "{:>5.2f}"), ("NAR gold", "nar_golden_wer", "{:>8.3f}"), ("NAR syn", "nar_synthetic_wer", "{:>7.3f}"),
          ("probe", "gap_probe_acc", "{:>5.2f}"), ("paired", "gap_paired_probe_acc", "{:>6.2f}"),
          ("MMD", "gap_mmd", "{:>6.3f}"), ("pairs", "pairs", "{:>6.0f}"),
+         ("rew chosen", "pairs_chosen_reward", "{:>10.3f}"), ("rew rejected", "pairs_rejected_reward", "{:>12.3f}"),
          ("dpo loss", "dpo_loss", "{:>8.3f}"), ("rew acc", "reward_acc", "{:>7.2f}"),
          ("tok/s", "rollout_tokens_per_s", "{:>7.0f}"), ("rollout s", "rollout_seconds", "{:>9.0f}"),
          ("learn s", "learn_seconds", "{:>7.0f}"), ("eval s", "eval_seconds", "{:>6.0f}")]

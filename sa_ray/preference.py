@@ -117,11 +117,15 @@ def commit_pairs(staging: str | Path, final: str | Path, stats: dict) -> dict:
     """Seals a fully written staging directory as the iteration's pair set: checks the keys are unique,
     writes the manifest, then renames (atomic on one file system). Returns the manifest."""
     staging, final = Path(staging), Path(final)
-    keys = pq.read_table(staging, columns=list(KEY)).to_pylist() if any(staging.glob("*.parquet")) else []
+    table = pq.read_table(staging) if any(staging.glob("*.parquet")) else None
+    keys = table.select(list(KEY)).to_pylist() if table is not None else []
     tuples = sorted((k["iteration"], k["utt_id"], k["sample_idx"]) for k in keys)
     if len(set(tuples)) != len(tuples):
         raise RuntimeError(f"{staging}: duplicate pair keys; refusing to commit")
     manifest = {**stats, "pairs": len(tuples), "keys_sha256": hashlib.sha256(json.dumps(tuples).encode()).hexdigest()}
+    for side in ("chosen", "rejected"):  # ranked pairs: how good the policy's best and worst samples were
+        if table is not None and f"{side}_reward" in table.column_names and len(table):
+            manifest[f"{side}_reward"] = float(np.mean(table.column(f"{side}_reward").to_numpy()))
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
     if final.exists():  # only a dangling directory without a manifest can be here (read_manifest returned None)
         shutil.rmtree(final)

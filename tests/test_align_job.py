@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -184,5 +185,7 @@ def test_ranked_pairs_by_phone_errors_run_end_to_end(prepared_tiny, tiny_base, t
         for side in ("chosen", "rejected"):
             assert p[f"{side}_reward"] == pytest.approx(-phone_errors(p[f"{side}_ids"], text, vocab) / len(text))
         assert p["chosen_reward"] > p["rejected_reward"]
+    for side in ("chosen", "rejected"):  # the policy's best and worst samples, per iteration in the record
+        assert out["records"][1][f"pairs_{side}_reward"] == pytest.approx(np.mean([p[f"{side}_reward"] for p in pairs]))
     for r in out["records"]:
         assert 0 <= r["heldout_sentences_phone_error_rate"] and 0 <= r["heldout_voices_phone_error_rate"]
