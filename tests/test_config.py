@@ -44,6 +44,7 @@ def test_overrides_are_typed_by_yaml_and_applied():
     ("codec.vocoder=wavenet", "codec.vocoder must be hifigan or griffinlim"),
     ("just-a-word", "must look like dotted.key=value"),
     ("model.heads=16", "head sizes vLLM serves"),
+    ("align.reward=wer", "align.reward must be asr or phones"),
 ])
 def test_bad_values_fail_before_any_work_naming_the_field(override, needle):
     with pytest.raises(ConfigError, match=None) as err:
