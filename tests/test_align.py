@@ -297,3 +297,17 @@ def test_phone_error_benchmark_reproduces_the_evaluation(prepared_tiny, base_dir
     for split in ("heldout_sentences", "heldout_voices"):
         assert result[split] == pytest.approx(metrics[f"{split}_phone_error_rate"])
     assert result["adapter"] == "base" and result["seed"] == 0
+
+
+def test_phone_reward_refuses_a_model_that_does_not_write_its_phones(prepared_tiny, tmp_path):
+    import dataclasses
+
+    from actors.pipeline import make_pairs
+    from sa_ray.models.vocab import Vocab
+
+    cfg, _, _ = prepared_tiny
+    cfg = dataclasses.replace(cfg, align=dataclasses.replace(cfg.align, pairs="ranked", reward="phones",
+                                                             samples_per_prompt=2))
+    with pytest.raises(ValueError, match="align.reward=phones needs a model whose targets write their phones"):
+        make_pairs(0, cfg, Path(cfg.run_dir) / "data", tmp_path / "pairs", Vocab(("a",), 8, aligned=False), None,
+                   43.066, {}, {})
