@@ -6,11 +6,17 @@ seconds a version instead of minutes and free of the recogniser's noise. The req
 
     python -m benchmarks.phone_errors --base checkpoints/base --adapters runs/p/align/adapters/v* \\
         --n 160 --seeds 0,1000 run_dir=runs/p codec.path=checkpoints/base/codec
+
+`--records` (one per policy: base first, then the adapters) joins the samples with the word errors of the
+evaluation that made them (an align record `align/records/iter_<k>.json` or a `jobs.evaluate --out` file,
+evaluated at `--seeds` in that order, with `align.eval_utterances` = `--n`) and prints the WER of the samples
+without and with phone errors.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 from pathlib import Path
 
@@ -33,14 +39,24 @@ def phone_error_rates(tts: CodecTTS, tables: dict, banks: dict, n: int, seed: in
     out = {}
     for split, rows in tables.items():
         requests = heldout_requests(pick_heldout(rows, n), banks[split], random.Random(seed), seed)
-        edits = phones = 0
+        edits, phones = [], 0
         for start in range(0, len(requests), batch_size):
             prompts, budgets, texts = tts.prompts(requests[start : start + batch_size])
             generated = sample(tts.ar, prompts, tts.vocab.generation_ids(), 2, budgets,
                                [r.seed for r in requests[start : start + batch_size]], sampling)
-            edits += sum(phone_errors(ids, text, tts.vocab) for ids, text in zip(generated, texts))
+            edits += [phone_errors(ids, text, tts.vocab) for ids, text in zip(generated, texts)]
             phones += sum(len(text) for text in texts)
-        out[split] = edits / phones
+        out[split], out[f"{split}_utt_phone_errors"] = sum(edits) / phones, edits
+    return out
+
+
+def wer_by_phone_errors(edits: list[int], errors: list[int], words: list[int]) -> dict[str, float]:
+    """WER of the samples without phone errors and of those with some (one sample per entry)."""
+    out = {}
+    for name, keep in (("no_phone_errors", lambda e: e == 0), ("phone_errors", lambda e: e > 0)):
+        picked = [(err, n) for e, err, n in zip(edits, errors, words) if keep(e)]
+        out[f"{name}_n"] = len(picked)
+        out[f"{name}_wer"] = sum(e for e, _ in picked) / max(1, sum(n for _, n in picked))
     return out
 
 
@@ -52,8 +68,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--n", type=int, default=160, help="utterances per held-out set")
     ap.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0],
                     help="sampling seeds, comma-separated (0,1000: align.eval_seeds=2 at align.seed=0)")
+    ap.add_argument("--records", nargs="*", default=[], help="evaluations that made these samples, one per policy")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
+    if args.records and len(args.records) != 1 + len(args.adapters):
+        ap.error(f"--records: one per policy (the base and {len(args.adapters)} adapters), got {len(args.records)}")
     cfg = load_config(args.config, args.overrides)
     torch.manual_seed(0)
     codec = load_codec(cfg.codec, Path(cfg.run_dir) / "codec")
@@ -63,13 +82,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     banks = prompt_banks(tables, cfg.model.prompt_frames(codec.frame_rate), codec.n_codebooks)
     sampling = SamplingConfig(temperature=cfg.eval.temperature, top_k=cfg.eval.top_k)
     results = []
-    for adapter in [None, *args.adapters]:
+    for p, adapter in enumerate([None, *args.adapters]):
         tts = CodecTTS(lora.policy(base, adapter), vocab, nar, codec, cfg.model.phone_voice)
-        for seed in args.seeds:
-            rates = phone_error_rates(tts, tables, banks, args.n, seed, sampling)
+        runs = [phone_error_rates(tts, tables, banks, args.n, seed, sampling) for seed in args.seeds]
+        for seed, rates in zip(args.seeds, runs):
             results.append({"adapter": adapter or "base", "seed": seed, **rates})
-            print(f"{adapter or 'base'}  seed {seed}:  " + "  ".join(f"{k} {v:.4f}" for k, v in rates.items()),
-                  flush=True)
+            print(f"{adapter or 'base'}  seed {seed}:  phone error rate " + "  ".join(
+                f"{split} {rates[split]:.4f}" for split in tables), flush=True)
+        if args.records:
+            record = json.loads(Path(args.records[p]).read_text())
+            for split in tables:
+                edits = [e for rates in runs for e in rates[f"{split}_utt_phone_errors"]]
+                errors, words = record[f"{split}_utt_errors"], record[f"{split}_utt_words"]
+                if len(errors) != len(edits):
+                    raise SystemExit(f"error: {args.records[p]}: {len(errors)} {split} utterances, but --n {args.n} x "
+                                     f"{len(args.seeds)} seeds made {len(edits)} samples")
+                split_wer = wer_by_phone_errors(edits, errors, words)
+                results[-1][f"{split}_wer_by_phone_errors"] = split_wer
+                print(f"  {split}: WER {split_wer['no_phone_errors_wer']:.3f} over {split_wer['no_phone_errors_n']} "
+                      f"samples without phone errors, {split_wer['phone_errors_wer']:.3f} over "
+                      f"{split_wer['phone_errors_n']} with some")
     return results
 
 

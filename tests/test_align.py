@@ -283,7 +283,7 @@ def test_phone_errors_count_the_phones_an_aligned_target_got_wrong():
         phone_errors(right, text, Vocab(("a", "b", "c", "d"), codebook_size=8, aligned=False))
 
 
-def test_phone_error_benchmark_reproduces_the_evaluation(prepared_tiny, base_dir):
+def test_phone_error_benchmark_reproduces_the_evaluation(prepared_tiny, base_dir, tmp_path):
     """benchmarks.phone_errors samples exactly what the evaluation samples, from tokens alone."""
     import dataclasses
 
@@ -293,9 +293,17 @@ def test_phone_error_benchmark_reproduces_the_evaluation(prepared_tiny, base_dir
     cfg, argv, _ = prepared_tiny
     cfg = dataclasses.replace(cfg, align=dataclasses.replace(cfg.align, eval_utterances=3))
     metrics = Evaluator(cfg, str(base_dir)).evaluate(None)
-    (result,) = phone_errors.main(["--base", str(base_dir), "--n", "3", *argv])
+    record = tmp_path / "record.json"
+    record.write_text(json.dumps(metrics))
+    (result,) = phone_errors.main(["--base", str(base_dir), "--n", "3", "--records", str(record), *argv])
     for split in ("heldout_sentences", "heldout_voices"):
         assert result[split] == pytest.approx(metrics[f"{split}_phone_error_rate"])
+        by = result[f"{split}_wer_by_phone_errors"]  # every sample on one side or the other; WER from its parts
+        assert by["no_phone_errors_n"] + by["phone_errors_n"] == 3
+        edits, errors, words = (result[f"{split}_utt_phone_errors"], metrics[f"{split}_utt_errors"],
+                                metrics[f"{split}_utt_words"])
+        bad = [i for i, e in enumerate(edits) if e > 0]
+        assert by["phone_errors_wer"] == pytest.approx(sum(errors[i] for i in bad) / max(1, sum(words[i] for i in bad)))
     assert result["adapter"] == "base" and result["seed"] == 0
 
 
