@@ -319,3 +319,21 @@ def test_phone_reward_refuses_a_model_that_does_not_write_its_phones(prepared_ti
     with pytest.raises(ValueError, match="align.reward=phones needs a model whose targets write their phones"):
         make_pairs(0, cfg, Path(cfg.run_dir) / "data", tmp_path / "pairs", Vocab(("a",), 8, aligned=False), None,
                    43.066, {}, {})
+
+
+def test_pair_stats_count_lengths_rewards_and_phones_written():
+    from benchmarks.pair_stats import pair_stats
+    from sa_ray.models.vocab import EOS, Vocab
+
+    vocab = Vocab(("a", "b"), codebook_size=4, aligned=True)
+    a, b = vocab.text_ids(["a", "b"])
+    code = int(vocab.code_ids([0])[0])
+    prompt = vocab.prompt([a, b], [0])
+    pairs = [{"prompt_ids": prompt, "chosen_ids": [a, code, b, code, EOS], "rejected_ids": [a, code, EOS],
+              "chosen_reward": 0.0, "rejected_reward": -0.5},
+             {"prompt_ids": prompt, "chosen_ids": [a, code, b, code, EOS], "rejected_ids": [a, b, b, code, code, EOS],
+              "chosen_reward": 0.0, "rejected_reward": -0.5}]
+    stats = pair_stats(pairs, vocab)
+    assert stats["pairs"] == 2 and stats["rejected_shorter"] == 0.5 and stats["rejected_tokens"] == 4.5
+    assert stats["rejected_extra_phones"] == 0.0 and stats["chosen_extra_phones"] == 0.0  # -1 and +1
+    assert stats["rejected_reward"] == -0.5 and stats["chosen_reward"] == 0.0

@@ -1,0 +1,54 @@
+"""What an align run's pair sets hold, per iteration: the pairs, the mean reward of the chosen and rejected
+samples (ranked pairs), their lengths, and for aligned models how many phones each side wrote against the
+prompt's (negative: phones skipped) - the numbers behind README's phone-error table.
+
+    python -m benchmarks.pair_stats --run runs/phones --model checkpoints/base
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from sa_ray.align_run import AlignRun
+from sa_ray.metrics.phones import written_phones
+from sa_ray.models.vocab import Vocab
+
+
+def pair_stats(pairs: list[dict], vocab: Vocab) -> dict[str, float]:
+    chosen = np.array([len(p["chosen_ids"]) for p in pairs])
+    rejected = np.array([len(p["rejected_ids"]) for p in pairs])
+    out = {"pairs": len(pairs), "chosen_tokens": float(chosen.mean()), "rejected_tokens": float(rejected.mean()),
+           "rejected_shorter": float((rejected < chosen).mean())}
+    for side in ("chosen", "rejected"):
+        if f"{side}_reward" in pairs[0]:
+            out[f"{side}_reward"] = float(np.mean([p[f"{side}_reward"] for p in pairs]))
+        if vocab.aligned:
+            out[f"{side}_extra_phones"] = float(np.mean([
+                len(written_phones(p[f"{side}_ids"], vocab)) - len(vocab.prompt_text_ids(p["prompt_ids"]))
+                for p in pairs]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", required=True, help="an align run's run_dir")
+    ap.add_argument("--model", required=True, help="the base model directory (its ar/vocab.json reads the tokens)")
+    args = ap.parse_args(argv)
+    run, vocab = AlignRun(args.run), Vocab.load(Path(args.model) / "ar")
+    rows, i = [], 0
+    while run.pairs_done(i) is not None:
+        stats = {"iteration": i, **pair_stats(pq.read_table(run.pairs(i)).to_pylist(), vocab)}
+        print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()))
+        rows.append(stats)
+        i += 1
+    if not rows:
+        raise SystemExit(f"error: {args.run}: no committed pair sets (align/pairs/iter_*/_manifest.json)")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
