@@ -1,6 +1,7 @@
 """What an align run's pair sets hold, per iteration: the pairs, the mean reward of the chosen and rejected
 samples (ranked pairs), their lengths, and for aligned models how many phones each side wrote against the
-prompt's (negative: phones skipped) - the numbers behind README's phone-error table.
+prompt's (negative: phones skipped), each side's phone error rate and how often it agrees with the ranking -
+the numbers behind README's phone-error section.
 
     python -m benchmarks.pair_stats --run runs/phones --model checkpoints/base
 """
@@ -14,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from sa_ray.align_run import AlignRun
-from sa_ray.metrics.phones import written_phones
+from sa_ray.metrics.phones import phone_errors, written_phones
 from sa_ray.models.vocab import Vocab
 
 
@@ -23,13 +24,19 @@ def pair_stats(pairs: list[dict], vocab: Vocab) -> dict[str, float]:
     rejected = np.array([len(p["rejected_ids"]) for p in pairs])
     out = {"pairs": len(pairs), "chosen_tokens": float(chosen.mean()), "rejected_tokens": float(rejected.mean()),
            "rejected_shorter": float((rejected < chosen).mean())}
+    per = {}
     for side in ("chosen", "rejected"):
         if f"{side}_reward" in pairs[0]:
             out[f"{side}_reward"] = float(np.mean([p[f"{side}_reward"] for p in pairs]))
         if vocab.aligned:
+            asked = [vocab.prompt_text_ids(p["prompt_ids"]) for p in pairs]
             out[f"{side}_extra_phones"] = float(np.mean([
-                len(written_phones(p[f"{side}_ids"], vocab)) - len(vocab.prompt_text_ids(p["prompt_ids"]))
-                for p in pairs]))
+                len(written_phones(p[f"{side}_ids"], vocab)) - len(text) for p, text in zip(pairs, asked)]))
+            per[side] = np.array([phone_errors(p[f"{side}_ids"], text, vocab) / len(text) for p, text in zip(pairs, asked)])
+            out[f"{side}_phone_error_rate"] = float(per[side].mean())
+    if per:  # does the phone count agree with the pairs' ranking (whatever reward made it)?
+        out["phones_agree"] = float((per["chosen"] < per["rejected"]).mean())
+        out["phones_tie"] = float((per["chosen"] == per["rejected"]).mean())
     return out
 
 

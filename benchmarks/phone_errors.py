@@ -7,7 +7,7 @@ seconds a version instead of minutes and free of the recogniser's noise. The req
     python -m benchmarks.phone_errors --base checkpoints/base --adapters runs/p/align/adapters/v* \\
         --n 160 --seeds 0,1000 run_dir=runs/p codec.path=checkpoints/base/codec
 
-`--records` (one per policy: base first, then the adapters) joins the samples with the word errors of the
+`--record FILE` (once per policy: the base first, then the adapters) joins the samples with the word errors of the
 evaluation that made them (an align record `align/records/iter_<k>.json` or a `jobs.evaluate --out` file,
 evaluated at `--seeds` in that order, with `align.eval_utterances` = `--n`) and prints the WER of the samples
 without and with phone errors.
@@ -68,11 +68,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--n", type=int, default=160, help="utterances per held-out set")
     ap.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0],
                     help="sampling seeds, comma-separated (0,1000: align.eval_seeds=2 at align.seed=0)")
-    ap.add_argument("--records", nargs="*", default=[], help="evaluations that made these samples, one per policy")
+    ap.add_argument("--record", dest="records", action="append", default=[],
+                    help="the evaluation that made a policy's samples; once per policy, the base first")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     if args.records and len(args.records) != 1 + len(args.adapters):
-        ap.error(f"--records: one per policy (the base and {len(args.adapters)} adapters), got {len(args.records)}")
+        ap.error(f"--record: once per policy (the base and {len(args.adapters)} adapters), got {len(args.records)}")
     cfg = load_config(args.config, args.overrides)
     torch.manual_seed(0)
     codec = load_codec(cfg.codec, Path(cfg.run_dir) / "codec")

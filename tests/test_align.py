@@ -295,7 +295,7 @@ def test_phone_error_benchmark_reproduces_the_evaluation(prepared_tiny, base_dir
     metrics = Evaluator(cfg, str(base_dir)).evaluate(None)
     record = tmp_path / "record.json"
     record.write_text(json.dumps(metrics))
-    (result,) = phone_errors.main(["--base", str(base_dir), "--n", "3", "--records", str(record), *argv])
+    (result,) = phone_errors.main(["--base", str(base_dir), "--n", "3", "--record", str(record), *argv])
     for split in ("heldout_sentences", "heldout_voices"):
         assert result[split] == pytest.approx(metrics[f"{split}_phone_error_rate"])
         by = result[f"{split}_wer_by_phone_errors"]  # every sample on one side or the other; WER from its parts
@@ -337,3 +337,5 @@ def test_pair_stats_count_lengths_rewards_and_phones_written():
     assert stats["pairs"] == 2 and stats["rejected_shorter"] == 0.5 and stats["rejected_tokens"] == 4.5
     assert stats["rejected_extra_phones"] == 0.0 and stats["chosen_extra_phones"] == 0.0  # -1 and +1
     assert stats["rejected_reward"] == -0.5 and stats["chosen_reward"] == 0.0
+    assert stats["rejected_phone_error_rate"] == 0.5 and stats["chosen_phone_error_rate"] == 0.0  # 1 of 2 each
+    assert stats["phones_agree"] == 1.0 and stats["phones_tie"] == 0.0
