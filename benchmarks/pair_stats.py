@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from sa_ray.align_run import AlignRun
-from sa_ray.metrics.phones import phone_errors, written_phones
+from sa_ray.metrics.phones import phone_error_rate, written_phones
 from sa_ray.models.vocab import Vocab
 
 
@@ -32,7 +32,7 @@ def pair_stats(pairs: list[dict], vocab: Vocab) -> dict[str, float]:
             asked = [vocab.prompt_text_ids(p["prompt_ids"]) for p in pairs]
             out[f"{side}_extra_phones"] = float(np.mean([
                 len(written_phones(p[f"{side}_ids"], vocab)) - len(text) for p, text in zip(pairs, asked)]))
-            per[side] = np.array([phone_errors(p[f"{side}_ids"], text, vocab) / len(text) for p, text in zip(pairs, asked)])
+            per[side] = np.array([phone_error_rate(p[f"{side}_ids"], text, vocab) for p, text in zip(pairs, asked)])
             out[f"{side}_phone_error_rate"] = float(per[side].mean())
     if per:  # does the phone count agree with the pairs' ranking (whatever reward made it)?
         out["phones_agree"] = float((per["chosen"] < per["rejected"]).mean())

@@ -30,7 +30,7 @@ from sa_ray.evaluation import heldout_requests, heldout_tables, pick_heldout, pr
 from sa_ray.metrics.phones import phone_errors
 from sa_ray.models.ar import load_ar
 from sa_ray.models.nar import NARModel
-from sa_ray.sampling import SamplingConfig, sample
+from sa_ray.sampling import SamplingConfig
 from sa_ray.synthesis import CodecTTS
 
 
@@ -41,9 +41,7 @@ def phone_error_rates(tts: CodecTTS, tables: dict, banks: dict, n: int, seed: in
         requests = heldout_requests(pick_heldout(rows, n), banks[split], random.Random(seed), seed)
         edits, phones = [], 0
         for start in range(0, len(requests), batch_size):
-            prompts, budgets, texts = tts.prompts(requests[start : start + batch_size])
-            generated = sample(tts.ar, prompts, tts.vocab.generation_ids(), 2, budgets,
-                               [r.seed for r in requests[start : start + batch_size]], sampling)
+            generated, texts = tts.generate(requests[start : start + batch_size], sampling)
             edits += [phone_errors(ids, text, tts.vocab) for ids, text in zip(generated, texts)]
             phones += sum(len(text) for text in texts)
         out[split], out[f"{split}_utt_phone_errors"] = sum(edits) / phones, edits

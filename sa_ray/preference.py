@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from sa_ray.data.examples import PromptBank, ar_example
-from sa_ray.metrics.phones import phone_errors
+from sa_ray.metrics.phones import phone_error_rate
 from sa_ray.models.vocab import SPEECH, Vocab
 
 KEY = ("iteration", "utt_id", "sample_idx")
@@ -78,8 +78,7 @@ def golden_pairs(samples: list[dict]) -> list[dict]:
 
 def phone_reward(sample: dict, vocab: Vocab) -> float:
     """Minus the share of the prompt's phones that the sample's target got wrong (0 = every phone right)."""
-    text_ids = vocab.prompt_text_ids(sample["prompt_ids"])
-    return -phone_errors(sample["sample_ids"], text_ids, vocab) / len(text_ids)
+    return -phone_error_rate(sample["sample_ids"], vocab.prompt_text_ids(sample["prompt_ids"]), vocab)
 
 
 def ranked_pairs(samples: list[dict]) -> list[dict]:
@@ -117,7 +116,10 @@ def commit_pairs(staging: str | Path, final: str | Path, stats: dict) -> dict:
     """Seals a fully written staging directory as the iteration's pair set: checks the keys are unique,
     writes the manifest, then renames (atomic on one file system). Returns the manifest."""
     staging, final = Path(staging), Path(final)
-    table = pq.read_table(staging) if any(staging.glob("*.parquet")) else None
+    table = None
+    if any(staging.glob("*.parquet")):  # the keys, and for ranked pairs the rewards; not the token lists
+        names = pq.ParquetDataset(staging).schema.names
+        table = pq.read_table(staging, columns=[c for c in (*KEY, "chosen_reward", "rejected_reward") if c in names])
     keys = table.select(list(KEY)).to_pylist() if table is not None else []
     tuples = sorted((k["iteration"], k["utt_id"], k["sample_idx"]) for k in keys)
     if len(set(tuples)) != len(tuples):

@@ -68,10 +68,15 @@ class CodecTTS:
             texts.append(text_ids)
         return prompts, budgets, texts
 
-    def synthesize(self, requests: list[Request], sampling: SamplingConfig = SamplingConfig()) -> list[Synthesis]:
+    def generate(self, requests: list[Request], sampling: SamplingConfig = SamplingConfig()
+                 ) -> tuple[list[list[int]], list[list[int]]]:
+        """The AR stage alone: generated target tokens and the text ids asked for, per request."""
         prompts, budgets, texts = self.prompts(requests)
-        generated = sample(self.ar, prompts, self.vocab.generation_ids(), EOS, budgets,
-                           [r.seed for r in requests], sampling)
+        return sample(self.ar, prompts, self.vocab.generation_ids(), EOS, budgets, [r.seed for r in requests],
+                      sampling), texts
+
+    def synthesize(self, requests: list[Request], sampling: SamplingConfig = SamplingConfig()) -> list[Synthesis]:
+        generated, texts = self.generate(requests, sampling)
         return [self.finish(r, ids, t) for r, ids, t in zip(requests, generated, texts)]
 
     def finish(self, request: Request, ar_tokens: list[int], text_ids: list[int]) -> Synthesis:

@@ -36,3 +36,8 @@ def phone_errors(target_ids, text_ids: list[int], vocab: Vocab) -> int:
     if not vocab.aligned:
         raise ValueError("phone errors need an aligned vocabulary (targets that write their phones)")
     return edit_distance(written_phones(target_ids, vocab), list(text_ids))
+
+
+def phone_error_rate(target_ids, text_ids: list[int], vocab: Vocab) -> float:
+    """Phone edits per prompt phone: the reward of `align.reward=phones` is minus this."""
+    return phone_errors(target_ids, text_ids, vocab) / len(text_ids)
