@@ -65,9 +65,6 @@ def make_pairs(iteration: int, cfg, data_dir: Path, out_dir: Path, vocab, bank_r
     if not ids:
         raise ValueError(f"align.prompt_split={a.prompt_split!r}: no utterances in {source} (prepare with "
                          "corpus.align_sentences > 0, or set align.prompt_split=train)")
-    if a.pairs == "ranked" and a.reward == "phones" and not vocab.aligned:
-        raise ValueError("align.reward=phones needs a model whose targets write their phones (an aligned corpus); "
-                         "this one speaks plain codes: use align.reward=asr")
     chosen = set(preference.select_prompts(ids, a.prompts_per_iteration, a.seed, iteration))
     max_len = cfg.model.max_positions
     ds = ray.data.read_parquet(str(source), columns=ROW_COLUMNS).filter(
@@ -104,7 +101,8 @@ def start_roles(cfg, base_dir: Path) -> dict:
     roles = {
         "rollout": ray.remote(RolloutEngine).options(**opts).remote(
             a.backend, str(base_dir / "ar"), sampling, a.lora_rank, cfg.model.max_positions, a.seed),
-        "reference": ray.remote(ReferenceScorer).options(**opts).remote(str(base_dir / "ar")),
+        "reference": ray.remote(ReferenceScorer).options(**opts).remote(str(base_dir / "ar"),
+                                                                         margin_tokens=a.margin_tokens),
         "evaluator": ray.remote(Evaluator).options(**opts).remote(cfg, str(base_dir)),
     }
     # ranked pairs: the evaluator scores samples, helped by reward_workers - 1 more of its kind (the costly

@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise FileNotFoundError(f"no base model in {base_dir}: run `python -m jobs.pretrain` or set align.base_model")
     run = AlignRun(run_dir)
     vocab, frame_rate = Vocab.load(base_dir / "ar"), summary["codec"]["frame_rate"]
+    a.check_model(vocab.aligned)
     prompt_frames = cfg.model.prompt_frames(frame_rate)
 
     _cli.init_ray(cfg)

@@ -189,6 +189,9 @@ class AlignConfig:
     beta: float = 0.1
     label_smoothing: float = 0.0  # cdpo's label-flip probability
     nll_weight: float = 1.0  # rpo
+    # which target tokens a pair's margin sums over: all | phones (aligned vocabularies: the phone tokens and
+    # EOS, the content decisions the phone reward judges; the frames stay out of the margin, in rpo's NLL)
+    margin_tokens: str = "all"
     # learner
     lr: float = 2.0e-4
     steps: int = 32  # optimiser steps per iteration
@@ -215,6 +218,8 @@ class AlignConfig:
         _require(self.backend in ("auto", "vllm", "torch"), f"align.backend must be auto, vllm or torch; got {self.backend!r}")
         _require(self.pairs in ("golden", "ranked"), f"align.pairs must be golden or ranked; got {self.pairs!r}")
         _require(self.reward in ("asr", "phones"), f"align.reward must be asr or phones; got {self.reward!r}")
+        _require(self.margin_tokens in ("all", "phones"),
+                 f"align.margin_tokens must be all or phones; got {self.margin_tokens!r}")
         _require(self.prompt_split in ("align", "train"), f"align.prompt_split must be align or train; got {self.prompt_split!r}")
         _require(self.method in ("dpo", "cdpo", "ipo", "rpo", "sft"),
                  f"align.method must be dpo, cdpo, ipo, rpo or sft; got {self.method!r}")
@@ -233,6 +238,13 @@ class AlignConfig:
         _require(self.warmup_steps >= 0 and self.early_stopping >= 0 and self.probe_tolerance > 0,
                  "align.warmup_steps and align.early_stopping must be >= 0, align.probe_tolerance > 0")
         _require(len(self.lora_targets) > 0, "align.lora_targets must name at least one module")
+
+    def check_model(self, aligned: bool) -> None:
+        """Options that read the phones a target writes need a model whose targets write them (aligned)."""
+        for name, value, other in (("reward", self.reward if self.pairs == "ranked" else "", "asr"),
+                                   ("margin_tokens", self.margin_tokens, "all")):
+            _require(aligned or value != "phones", f"align.{name}=phones needs a model whose targets write their "
+                     f"phones (an aligned corpus); this one speaks plain codes: use align.{name}={other}")
 
 
 @dataclass

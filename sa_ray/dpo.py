@@ -22,18 +22,35 @@ from safetensors.torch import load_file, save_file
 from sa_ray import lora
 from sa_ray.checkpoint import load_state, save_state
 from sa_ray.config import AlignConfig
-from sa_ray.losses import pack, preference_loss, sequence_logprobs
-from sa_ray.models.ar import load_ar
+from sa_ray.losses import pack, preference_loss, sequence_logprobs, token_logprobs
+from sa_ray.models.ar import IGNORE, load_ar
+from sa_ray.models.vocab import EOS, Vocab
 from sa_ray.pretrain import warmup_cosine
 
 
-def pair_logprobs(model: torch.nn.Module, pairs: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Summed logprobs of chosen [B] and rejected [B] continuations (one forward) and the chosen token counts."""
+def margin_ids(vocab: Vocab, margin_tokens: str) -> torch.Tensor | None:
+    """The target token ids a pair's margin sums over: None for all of them; for `phones`, the phone tokens and
+    EOS of the aligned layout, i.e. the decisions that say what is spoken (which phone next, when to stop)
+    and not how it sounds (the frames)."""
+    if margin_tokens == "all":
+        return None
+    if margin_tokens != "phones" or not vocab.aligned:  # AlignConfig.check_model says why to a user
+        raise ValueError(f"no margin over {margin_tokens!r} tokens for this vocabulary (aligned={vocab.aligned})")
+    return torch.tensor([*range(vocab.text_offset, vocab.code_offset), EOS])
+
+
+def pair_logprobs(model: torch.nn.Module, pairs: list[dict], only: torch.Tensor | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Chosen [B] and rejected [B] logprobs summed over their target tokens (over those whose id is in `only`
+    when given: see `margin_ids`), and the chosen's mean logprob per token over ALL its tokens (rpo's NLL),
+    from one forward."""
     prompts = [p["prompt_ids"] for p in pairs] * 2
     conts = [p["chosen_ids"] for p in pairs] + [p["rejected_ids"] for p in pairs]
-    logp, counts = sequence_logprobs(model, pack(prompts, conts))
+    token_lp, labels, _ = token_logprobs(model, pack(prompts, conts))
     n = len(pairs)
-    return logp[:n], logp[n:], counts[:n]
+    counted = token_lp if only is None else token_lp * torch.isin(labels, only)
+    logp = counted.sum(-1)
+    return logp[:n], logp[n:], token_lp[:n].sum(-1) / (labels[:n] != IGNORE).sum(-1)
 
 
 def probe_logprob(model: torch.nn.Module, probe: dict) -> float:
@@ -50,8 +67,9 @@ class DPOLearner:
         if not self.pairs:
             raise ValueError("no preference pairs to learn from")
         torch.manual_seed(cfg.seed)  # the fresh adapter's A matrices: equal on every worker
-        base, _ = load_ar(base_dir)
+        base, vocab = load_ar(base_dir)
         base.requires_grad_(False)
+        self.margin_ids = margin_ids(vocab, cfg.margin_tokens)
         self.model = lora.attach(base, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, adapter_dir)
         self.model_train = wrap(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -75,11 +93,11 @@ class DPOLearner:
     # ---------------------------------------------------------------------------------------- steps
 
     def loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict[str, float]]:
-        chosen, rejected, n_chosen = pair_logprobs(self.model_train, batch)
+        chosen, rejected, chosen_mean = pair_logprobs(self.model_train, batch, self.margin_ids)
         ref_c = torch.tensor([p["ref_chosen_logp"] for p in batch], dtype=chosen.dtype)
         ref_r = torch.tensor([p["ref_rejected_logp"] for p in batch], dtype=chosen.dtype)
         return preference_loss(chosen, rejected, ref_c, ref_r, self.cfg.method, self.cfg.beta,
-                               self.cfg.label_smoothing, chosen_nll=-chosen / n_chosen, nll_weight=self.cfg.nll_weight)
+                               self.cfg.label_smoothing, chosen_nll=-chosen_mean, nll_weight=self.cfg.nll_weight)
 
     def train_step(self) -> dict[str, float]:
         self.model_train.train()

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -126,6 +127,49 @@ def test_step0_policy_equals_reference_so_dpo_loss_is_ln2(backend, rows, base_di
             [p["ref_chosen_logp"] for p in pairs1]
     finally:
         engine.close()
+
+
+def test_margin_over_phones_sums_only_the_phone_and_eos_decisions(rows, base_dir):
+    """align.margin_tokens=phones: reference and learner sum the margin over the phone tokens and EOS of each
+    target (what is said), rpo's NLL still covers every token; checked against a forward written here."""
+    import torch.nn.functional as F
+
+    from sa_ray.engines.torch_engine import TorchEngine
+    from sa_ray.models.ar import load_ar
+    from sa_ray.models.vocab import EOS, Vocab
+
+    from actors.reference import ReferenceScorer
+
+    vocab = Vocab.load(base_dir / "ar")
+    assert vocab.aligned
+    pairs = golden_pairs(_samples(TorchEngine(base_dir / "ar"), rows, vocab, n=4))
+    scored = _scored(pairs, base_dir, scorer=ReferenceScorer(str(base_dir / "ar"), batch_size=3, margin_tokens="phones"))
+    full = _scored(pairs, base_dir)
+    model, _ = load_ar(base_dir / "ar")
+
+    def by_hand(prompt, target):
+        ids = torch.tensor([list(prompt) + list(target)])
+        with torch.no_grad():
+            lp = F.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        picked = lp[torch.arange(len(prompt) - 1, ids.shape[1] - 1), torch.tensor(target)]
+        phone = torch.tensor([vocab.is_text(np.array([t]))[0] or t == EOS for t in target])
+        return float(picked[phone].sum()), float(picked.sum()), len(target)
+
+    nlls = []
+    for p, f in zip(scored, full):
+        for side in ("chosen", "rejected"):
+            phones, everything, n = by_hand(p["prompt_ids"], p[f"{side}_ids"])
+            assert p[f"ref_{side}_logp"] == pytest.approx(phones, abs=1e-3)
+            assert f[f"ref_{side}_logp"] == pytest.approx(everything, abs=1e-3)
+            assert phones > everything + 1.0  # the frames' terms are out of the margin
+        nlls.append(-by_hand(p["prompt_ids"], p["chosen_ids"])[1] / len(p["chosen_ids"]))
+    learner = DPOLearner(base_dir / "ar", None, _cfg(batch_size=4, margin_tokens="phones"), scored)
+    m = learner.train_step()
+    assert abs(m["dpo_loss"] - LN2) < 1e-5 and abs(m["reward_margin"]) < 1e-5
+    assert m["chosen_nll"] == pytest.approx(np.mean(nlls), abs=1e-4)  # over all tokens, not the margin's
+    for _ in range(5):
+        m = learner.train_step()
+    assert m["dpo_loss"] < LN2
 
 
 def test_resumed_learner_reproduces_the_uninterrupted_run(rows, base_dir, tmp_path):
@@ -307,18 +351,15 @@ def test_phone_error_benchmark_reproduces_the_evaluation(prepared_tiny, base_dir
     assert result["adapter"] == "base" and result["seed"] == 0
 
 
-def test_phone_reward_refuses_a_model_that_does_not_write_its_phones(prepared_tiny, tmp_path):
-    import dataclasses
+def test_phone_options_refuse_a_model_that_does_not_write_its_phones():
+    from sa_ray.config import AlignConfig, ConfigError
 
-    from actors.pipeline import make_pairs
-    from sa_ray.models.vocab import Vocab
-
-    cfg, _, _ = prepared_tiny
-    cfg = dataclasses.replace(cfg, align=dataclasses.replace(cfg.align, pairs="ranked", reward="phones",
-                                                             samples_per_prompt=2))
-    with pytest.raises(ValueError, match="align.reward=phones needs a model whose targets write their phones"):
-        make_pairs(0, cfg, Path(cfg.run_dir) / "data", tmp_path / "pairs", Vocab(("a",), 8, aligned=False), None,
-                   43.066, {}, {})
+    AlignConfig(pairs="ranked", reward="phones", samples_per_prompt=2, margin_tokens="phones").check_model(aligned=True)
+    AlignConfig(pairs="golden", reward="phones").check_model(aligned=False)  # the reward ranks no golden pair
+    for options, field in ((dict(pairs="ranked", reward="phones", samples_per_prompt=2), "align.reward=phones"),
+                           (dict(margin_tokens="phones"), "align.margin_tokens=phones")):
+        with pytest.raises(ConfigError, match=f"{field} needs a model whose targets write their phones"):
+            AlignConfig(**options).check_model(aligned=False)
 
 
 def test_pair_stats_count_lengths_rewards_and_phones_written():
