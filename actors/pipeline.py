@@ -53,7 +53,7 @@ def _golden(batch: pd.DataFrame) -> pd.DataFrame:
 
 def _ranked(group: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(preference.ranked_pairs(group.to_dict("records")),
-                        columns=PAIR_COLUMNS + ["chosen_reward", "rejected_reward"])
+                        columns=PAIR_COLUMNS + ["chosen_reward", "rejected_reward", "golden_ids"])
 
 
 def make_pairs(iteration: int, cfg, data_dir: Path, out_dir: Path, vocab, bank_ref, frame_rate: float,

@@ -189,6 +189,7 @@ class AlignConfig:
     beta: float = 0.1
     label_smoothing: float = 0.0  # cdpo's label-flip probability
     nll_weight: float = 1.0  # rpo
+    nll_target: str = "chosen"  # rpo/sft's NLL on: chosen (CosyVoice) | golden (ranked pairs: the prompt's recording)
     # which target tokens a pair's margin sums over: all | phones (aligned vocabularies: the phone tokens and
     # EOS, the content decisions the phone reward judges; the frames stay out of the margin, in rpo's NLL)
     margin_tokens: str = "all"
@@ -218,6 +219,7 @@ class AlignConfig:
         _require(self.backend in ("auto", "vllm", "torch"), f"align.backend must be auto, vllm or torch; got {self.backend!r}")
         _require(self.pairs in ("golden", "ranked"), f"align.pairs must be golden or ranked; got {self.pairs!r}")
         _require(self.reward in ("asr", "phones"), f"align.reward must be asr or phones; got {self.reward!r}")
+        _require(self.nll_target in ("chosen", "golden"), f"align.nll_target must be chosen or golden; got {self.nll_target!r}")
         _require(self.margin_tokens in ("all", "phones"),
                  f"align.margin_tokens must be all or phones; got {self.margin_tokens!r}")
         _require(self.prompt_split in ("align", "train"), f"align.prompt_split must be align or train; got {self.prompt_split!r}")

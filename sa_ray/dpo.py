@@ -40,17 +40,19 @@ def margin_ids(vocab: Vocab, margin_tokens: str) -> torch.Tensor | None:
 
 
 def pair_logprobs(model: torch.nn.Module, pairs: list[dict], only: torch.Tensor | None = None,
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  nll_target: str = "chosen") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Chosen [B] and rejected [B] logprobs summed over their target tokens (over those whose id is in `only`
-    when given: see `margin_ids`), and the chosen's mean logprob per token over ALL its tokens (rpo's NLL),
-    from one forward."""
-    prompts = [p["prompt_ids"] for p in pairs] * 2
-    conts = [p["chosen_ids"] for p in pairs] + [p["rejected_ids"] for p in pairs]
-    token_lp, labels, _ = token_logprobs(model, pack(prompts, conts))
+    when given: see `margin_ids`), and the mean logprob per token over ALL tokens of each pair's chosen (or,
+    with `nll_target="golden"`, its golden target): rpo's NLL. One forward."""
     n = len(pairs)
+    conts = [p["chosen_ids"] for p in pairs] + [p["rejected_ids"] for p in pairs]
+    if nll_target == "golden":
+        conts += [p["golden_ids"] for p in pairs]
+    token_lp, labels, _ = token_logprobs(model, pack([p["prompt_ids"] for p in pairs] * (len(conts) // n), conts))
     counted = token_lp if only is None else token_lp * torch.isin(labels, only)
     logp = counted.sum(-1)
-    return logp[:n], logp[n:], token_lp[:n].sum(-1) / (labels[:n] != IGNORE).sum(-1)
+    nll_rows = slice(2 * n, 3 * n) if nll_target == "golden" else slice(0, n)
+    return logp[:n], logp[n : 2 * n], token_lp[nll_rows].sum(-1) / (labels[nll_rows] != IGNORE).sum(-1)
 
 
 def probe_logprob(model: torch.nn.Module, probe: dict) -> float:
@@ -66,6 +68,10 @@ class DPOLearner:
         self.pairs = sorted(pairs, key=lambda p: (p["utt_id"], p["sample_idx"]))
         if not self.pairs:
             raise ValueError("no preference pairs to learn from")
+        self.nll_target = "chosen" if cfg.pairs == "golden" else cfg.nll_target  # a golden pair's chosen IS golden
+        if self.nll_target == "golden" and "golden_ids" not in self.pairs[0]:
+            raise ValueError("align.nll_target=golden: these ranked pairs carry no golden_ids (written by an older "
+                             "version of sa-ray); roll the iteration out again")
         torch.manual_seed(cfg.seed)  # the fresh adapter's A matrices: equal on every worker
         base, vocab = load_ar(base_dir)
         base.requires_grad_(False)
@@ -93,11 +99,14 @@ class DPOLearner:
     # ---------------------------------------------------------------------------------------- steps
 
     def loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict[str, float]]:
-        chosen, rejected, chosen_mean = pair_logprobs(self.model_train, batch, self.margin_ids)
+        chosen, rejected, nll_mean = pair_logprobs(self.model_train, batch, self.margin_ids, self.nll_target)
         ref_c = torch.tensor([p["ref_chosen_logp"] for p in batch], dtype=chosen.dtype)
         ref_r = torch.tensor([p["ref_rejected_logp"] for p in batch], dtype=chosen.dtype)
-        return preference_loss(chosen, rejected, ref_c, ref_r, self.cfg.method, self.cfg.beta,
-                               self.cfg.label_smoothing, chosen_nll=-chosen_mean, nll_weight=self.cfg.nll_weight)
+        loss, metrics = preference_loss(chosen, rejected, ref_c, ref_r, self.cfg.method, self.cfg.beta,
+                                        self.cfg.label_smoothing, chosen_nll=-nll_mean, nll_weight=self.cfg.nll_weight)
+        if self.nll_target == "golden" and "chosen_nll" in metrics:
+            metrics["golden_nll"] = metrics.pop("chosen_nll")
+        return loss, metrics
 
     def train_step(self) -> dict[str, float]:
         self.model_train.train()

@@ -82,7 +82,8 @@ def phone_reward(sample: dict, vocab: Vocab) -> float:
 
 
 def ranked_pairs(samples: list[dict]) -> list[dict]:
-    """Per utterance: the best-rewarded sample is chosen and the worst rejected (ties: no pair)."""
+    """Per utterance: the best-rewarded sample is chosen and the worst rejected (ties: no pair); the pair keeps
+    the utterance's golden target too (`align.nll_target=golden`)."""
     by_utt: dict[str, list[dict]] = {}
     for s in samples:
         by_utt.setdefault(s["utt_id"], []).append(s)
@@ -93,7 +94,7 @@ def ranked_pairs(samples: list[dict]) -> list[dict]:
         if best["reward"] > worst["reward"] and list(best["sample_ids"]) != list(worst["sample_ids"]):
             pairs.append({**_pair_fields(worst), "chosen_ids": list(best["sample_ids"]),
                           "rejected_ids": list(worst["sample_ids"]), "chosen_reward": float(best["reward"]),
-                          "rejected_reward": float(worst["reward"])})
+                          "rejected_reward": float(worst["reward"]), "golden_ids": list(best["chosen_ids"])})
     return pairs
 
 

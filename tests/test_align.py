@@ -129,20 +129,28 @@ def test_step0_policy_equals_reference_so_dpo_loss_is_ln2(backend, rows, base_di
         engine.close()
 
 
-def test_margin_over_phones_sums_only_the_phone_and_eos_decisions(rows, base_dir):
+def test_margin_over_phones_and_nll_on_golden(rows, base_dir):
     """align.margin_tokens=phones: reference and learner sum the margin over the phone tokens and EOS of each
-    target (what is said), rpo's NLL still covers every token; checked against a forward written here."""
+    target (what is said); rpo's NLL covers every token of the chosen, or with align.nll_target=golden of the
+    utterance's golden target. Ranked pairs by the phone reward, checked against a forward written here."""
     import torch.nn.functional as F
 
     from sa_ray.engines.torch_engine import TorchEngine
     from sa_ray.models.ar import load_ar
     from sa_ray.models.vocab import EOS, Vocab
+    from sa_ray.preference import phone_reward
 
     from actors.reference import ReferenceScorer
 
     vocab = Vocab.load(base_dir / "ar")
     assert vocab.aligned
-    pairs = golden_pairs(_samples(TorchEngine(base_dir / "ar"), rows, vocab, n=4))
+    reqs = rollout_requests(rows[:6], vocab, PromptBank.from_rows(rows, 20, 1), 43.066, 0, seed=0, samples=3,
+                            max_len=1024)
+    outs = TorchEngine(base_dir / "ar").generate([r["prompt_ids"] for r in reqs], vocab.generation_ids(), 2,
+                                                 [r["budget"] for r in reqs], [r["seed"] for r in reqs])
+    samples = [{**r, "sample_ids": o} for r, o in zip(reqs, outs)]
+    pairs = ranked_pairs([{**s, "reward": phone_reward(s, vocab)} for s in samples])
+    assert pairs and all(p["golden_ids"] == reqs[0]["chosen_ids"] for p in pairs if p["utt_id"] == reqs[0]["utt_id"])
     scored = _scored(pairs, base_dir, scorer=ReferenceScorer(str(base_dir / "ar"), batch_size=3, margin_tokens="phones"))
     full = _scored(pairs, base_dir)
     model, _ = load_ar(base_dir / "ar")
@@ -152,24 +160,29 @@ def test_margin_over_phones_sums_only_the_phone_and_eos_decisions(rows, base_dir
         with torch.no_grad():
             lp = F.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
         picked = lp[torch.arange(len(prompt) - 1, ids.shape[1] - 1), torch.tensor(target)]
-        phone = torch.tensor([vocab.is_text(np.array([t]))[0] or t == EOS for t in target])
-        return float(picked[phone].sum()), float(picked.sum()), len(target)
+        phone = torch.tensor([bool(vocab.is_text(np.array([t]))[0]) or t == EOS for t in target])
+        return float(picked[phone].sum()), float(picked.sum())
 
-    nlls = []
     for p, f in zip(scored, full):
         for side in ("chosen", "rejected"):
-            phones, everything, n = by_hand(p["prompt_ids"], p[f"{side}_ids"])
+            phones, everything = by_hand(p["prompt_ids"], p[f"{side}_ids"])
             assert p[f"ref_{side}_logp"] == pytest.approx(phones, abs=1e-3)
             assert f[f"ref_{side}_logp"] == pytest.approx(everything, abs=1e-3)
-            assert phones > everything + 1.0  # the frames' terms are out of the margin
-        nlls.append(-by_hand(p["prompt_ids"], p["chosen_ids"])[1] / len(p["chosen_ids"]))
-    learner = DPOLearner(base_dir / "ar", None, _cfg(batch_size=4, margin_tokens="phones"), scored)
-    m = learner.train_step()
-    assert abs(m["dpo_loss"] - LN2) < 1e-5 and abs(m["reward_margin"]) < 1e-5
-    assert m["chosen_nll"] == pytest.approx(np.mean(nlls), abs=1e-4)  # over all tokens, not the margin's
+            if vocab.is_code(np.array(p[f"{side}_ids"])).any():
+                assert phones > everything  # the frames' terms are out of the margin
+    for target in ("chosen", "golden"):
+        nll = np.mean([-by_hand(p["prompt_ids"], p[f"{target}_ids"])[1] / len(p[f"{target}_ids"]) for p in scored])
+        cfg = _cfg(batch_size=len(scored), pairs="ranked", samples_per_prompt=3, margin_tokens="phones",
+                   nll_target=target)
+        learner = DPOLearner(base_dir / "ar", None, cfg, scored)
+        m = learner.train_step()
+        assert abs(m["dpo_loss"] - LN2) < 1e-5 and abs(m["reward_margin"]) < 1e-5
+        assert m[f"{target}_nll"] == pytest.approx(nll, abs=1e-4)  # over all tokens, not the margin's
     for _ in range(5):
         m = learner.train_step()
     assert m["dpo_loss"] < LN2
+    with pytest.raises(ValueError, match="carry no golden_ids"):
+        DPOLearner(base_dir / "ar", None, cfg, [{k: v for k, v in p.items() if k != "golden_ids"} for p in scored])
 
 
 def test_resumed_learner_reproduces_the_uninterrupted_run(rows, base_dir, tmp_path):
