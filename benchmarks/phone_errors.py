@@ -10,7 +10,8 @@ seconds a version instead of minutes and free of the recogniser's noise. The req
 `--record FILE` (once per policy: the base first, then the adapters) joins the samples with the word errors of the
 evaluation that made them (an align record `align/records/iter_<k>.json` or a `jobs.evaluate --out` file,
 evaluated at `--seeds` in that order, with `align.eval_utterances` = `--n`) and prints the WER of the samples
-without and with phone errors.
+without and with phone errors, and for each adapter the same (utterance, seed) compared with the base's: a
+WER change where neither sample has phone errors is acoustic, not a different choice of sentences.
 """
 
 from __future__ import annotations
@@ -58,6 +59,22 @@ def wer_by_phone_errors(edits: list[int], errors: list[int], words: list[int]) -
     return out
 
 
+def paired_by_phone_errors(base_edits: list[int], edits: list[int], base_errors: list[int], errors: list[int],
+                           words: list[int]) -> dict[str, float]:
+    """The same (utterance, seed) under the base and a policy, grouped by whether each sample has phone errors:
+    `both_clean` (neither: a change of WER there is acoustic), `fixed`, `broken`, `both_bad`; each group's
+    WER under the base and under the policy."""
+    out = {}
+    groups = {"both_clean": (False, False), "fixed": (True, False), "broken": (False, True), "both_bad": (True, True)}
+    for name, (was_bad, is_bad) in groups.items():
+        picked = [i for i, (b, e) in enumerate(zip(base_edits, edits)) if (b > 0) == was_bad and (e > 0) == is_bad]
+        n_words = max(1, sum(words[i] for i in picked))
+        out[f"{name}_n"] = len(picked)
+        out[f"{name}_base_wer"] = sum(base_errors[i] for i in picked) / n_words
+        out[f"{name}_wer"] = sum(errors[i] for i in picked) / n_words
+    return out
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=DEFAULT_CONFIG)
@@ -80,7 +97,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     tables = heldout_tables(Path(cfg.run_dir) / "data")
     banks = prompt_banks(tables, cfg.model.prompt_frames(codec.frame_rate), codec.n_codebooks)
     sampling = SamplingConfig(temperature=cfg.eval.temperature, top_k=cfg.eval.top_k)
-    results = []
+    results, base_samples = [], {}
     for p, adapter in enumerate([None, *args.adapters]):
         tts = CodecTTS(lora.policy(base, adapter), vocab, nar, codec, cfg.model.phone_voice)
         runs = [phone_error_rates(tts, tables, banks, args.n, seed, sampling) for seed in args.seeds]
@@ -93,6 +110,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for split in tables:
                 edits = [e for rates in runs for e in rates[f"{split}_utt_phone_errors"]]
                 errors, words = record[f"{split}_utt_errors"], record[f"{split}_utt_words"]
+                if p == 0:
+                    base_samples[split] = edits, errors
                 if len(errors) != len(edits):
                     raise SystemExit(f"error: {args.records[p]}: {len(errors)} {split} utterances, but --n {args.n} x "
                                      f"{len(args.seeds)} seeds made {len(edits)} samples")
@@ -101,6 +120,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 print(f"  {split}: WER {split_wer['no_phone_errors_wer']:.3f} over {split_wer['no_phone_errors_n']} "
                       f"samples without phone errors, {split_wer['phone_errors_wer']:.3f} over "
                       f"{split_wer['phone_errors_n']} with some")
+                if p > 0:  # the same samples' keys as the base's: (utterance, seed) in the same order
+                    paired = paired_by_phone_errors(base_samples[split][0], edits, base_samples[split][1], errors, words)
+                    results[-1][f"{split}_paired_with_base"] = paired
+                    print(f"  {split} vs the base, same utterance and seed: " + "; ".join(
+                        f"{g.replace('_', ' ')} {paired[f'{g}_n']}: WER {paired[f'{g}_base_wer']:.3f} -> "
+                        f"{paired[f'{g}_wer']:.3f}" for g in ("both_clean", "fixed", "broken", "both_bad")))
     return results
 
 

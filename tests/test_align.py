@@ -362,6 +362,26 @@ def test_phone_error_benchmark_reproduces_the_evaluation(prepared_tiny, base_dir
         bad = [i for i, e in enumerate(edits) if e > 0]
         assert by["phone_errors_wer"] == pytest.approx(sum(errors[i] for i in bad) / max(1, sum(words[i] for i in bad)))
     assert result["adapter"] == "base" and result["seed"] == 0
+    # a fresh (zero) adapter samples exactly what the base samples: paired, nothing is fixed or broken
+    DPOLearner(base_dir / "ar", None, _cfg(), [{"utt_id": "u", "sample_idx": 0}]).export(tmp_path / "zero")
+    _, same = phone_errors.main(["--base", str(base_dir), "--adapters", str(tmp_path / "zero"), "--n", "3",
+                                 "--record", str(record), "--record", str(record), *argv])
+    for split in ("heldout_sentences", "heldout_voices"):
+        paired = same[f"{split}_paired_with_base"]
+        assert paired["fixed_n"] == paired["broken_n"] == 0 and paired["both_clean_n"] + paired["both_bad_n"] == 3
+        assert paired["both_clean_wer"] == paired["both_clean_base_wer"]
+
+
+def test_paired_by_phone_errors_groups_the_same_samples_by_both_policies():
+    from benchmarks.phone_errors import paired_by_phone_errors
+
+    base_edits, edits = [0, 0, 2, 1, 0], [0, 1, 0, 3, 0]
+    base_errors, errors, words = [1, 0, 4, 2, 0], [2, 3, 1, 2, 1], [10, 5, 8, 4, 10]
+    got = paired_by_phone_errors(base_edits, edits, base_errors, errors, words)
+    assert (got["both_clean_n"], got["fixed_n"], got["broken_n"], got["both_bad_n"]) == (2, 1, 1, 1)
+    assert got["both_clean_base_wer"] == pytest.approx(1 / 20) and got["both_clean_wer"] == pytest.approx(3 / 20)
+    assert got["fixed_base_wer"] == pytest.approx(4 / 8) and got["fixed_wer"] == pytest.approx(1 / 8)
+    assert got["broken_wer"] == pytest.approx(3 / 5) and got["both_bad_base_wer"] == pytest.approx(2 / 4)
 
 
 def test_phone_options_refuse_a_model_that_does_not_write_its_phones():
