@@ -29,6 +29,7 @@ from sa_ray.codec import load_codec
 from sa_ray.config import load_config
 from sa_ray.evaluation import heldout_requests, heldout_tables, pick_heldout, prompt_banks
 from sa_ray.metrics.phones import phone_errors
+from sa_ray.metrics.stats import wer_change
 from sa_ray.models.ar import load_ar
 from sa_ray.models.nar import NARModel
 from sa_ray.sampling import SamplingConfig
@@ -72,6 +73,9 @@ def paired_by_phone_errors(base_edits: list[int], edits: list[int], base_errors:
         out[f"{name}_n"] = len(picked)
         out[f"{name}_base_wer"] = sum(base_errors[i] for i in picked) / n_words
         out[f"{name}_wer"] = sum(errors[i] for i in picked) / n_words
+        if name == "both_clean" and picked:  # is the acoustic change beyond the noise? (paired bootstrap)
+            _, out["both_clean_change_lo"], out["both_clean_change_hi"] = wer_change(
+                *([x[i] for i in picked] for x in (base_errors, words, errors, words)))
     return out
 
 
@@ -125,7 +129,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     results[-1][f"{split}_paired_with_base"] = paired
                     print(f"  {split} vs the base, same utterance and seed: " + "; ".join(
                         f"{g.replace('_', ' ')} {paired[f'{g}_n']}: WER {paired[f'{g}_base_wer']:.3f} -> "
-                        f"{paired[f'{g}_wer']:.3f}" for g in ("both_clean", "fixed", "broken", "both_bad")))
+                        f"{paired[f'{g}_wer']:.3f}" for g in ("both_clean", "fixed", "broken", "both_bad"))
+                        + (f" (both clean: change 95% interval [{paired['both_clean_change_lo']:+.3f}, "
+                           f"{paired['both_clean_change_hi']:+.3f}])" if "both_clean_change_lo" in paired else ""))
     return results
 
 

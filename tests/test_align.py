@@ -382,6 +382,7 @@ def test_paired_by_phone_errors_groups_the_same_samples_by_both_policies():
     assert got["both_clean_base_wer"] == pytest.approx(1 / 20) and got["both_clean_wer"] == pytest.approx(3 / 20)
     assert got["fixed_base_wer"] == pytest.approx(4 / 8) and got["fixed_wer"] == pytest.approx(1 / 8)
     assert got["broken_wer"] == pytest.approx(3 / 5) and got["both_bad_base_wer"] == pytest.approx(2 / 4)
+    assert got["both_clean_change_lo"] <= 2 / 20 <= got["both_clean_change_hi"]
 
 
 def test_phone_options_refuse_a_model_that_does_not_write_its_phones():
