@@ -330,12 +330,13 @@ def test_phone_errors_count_the_phones_an_aligned_target_got_wrong():
     assert edit_distance([], [1, 2]) == 2 and edit_distance([1, 2, 3], [3, 2, 1]) == 2
     prompt = vocab.prompt(text, [0, 1])
     assert vocab.prompt_text_ids(prompt) == text
-    samples = [{"iteration": 0, "utt_id": "u", "sample_idx": k, "prompt_ids": prompt, "sample_ids": ids}
-               for k, ids in enumerate(([a, *frames, c, *frames, EOS], right))]
+    samples = [{"iteration": 0, "utt_id": "u", "sample_idx": k, "prompt_ids": prompt, "chosen_ids": right,
+                "sample_ids": ids} for k, ids in enumerate(([a, *frames, c, *frames, EOS], right))]  # chosen: golden
     rewards = [phone_reward(s, vocab) for s in samples]
     assert rewards == [pytest.approx(-1 / 3), 0.0]
     (pair,) = ranked_pairs([{**s, "reward": r} for s, r in zip(samples, rewards)])
     assert pair["chosen_ids"] == right and pair["sample_idx"] == 0  # keyed by the rejected sample
+    assert pair["golden_ids"] == right  # the request's golden target rides along (align.nll_target=golden)
     with pytest.raises(ValueError, match="aligned"):
         phone_errors(right, text, Vocab(("a", "b", "c", "d"), codebook_size=8, aligned=False))
 
