@@ -68,7 +68,8 @@ class DPOLearner:
         self.pairs = sorted(pairs, key=lambda p: (p["utt_id"], p["sample_idx"]))
         if not self.pairs:
             raise ValueError("no preference pairs to learn from")
-        self.nll_target = "chosen" if cfg.pairs == "golden" else cfg.nll_target  # a golden pair's chosen IS golden
+        # a golden pair's chosen IS its golden target; dpo, cdpo and ipo have no NLL term
+        self.nll_target = cfg.nll_target if cfg.pairs == "ranked" and cfg.method in ("rpo", "sft") else "chosen"
         if self.nll_target == "golden" and "golden_ids" not in self.pairs[0]:
             raise ValueError("align.nll_target=golden: these ranked pairs carry no golden_ids (written by an older "
                              "version of sa-ray); roll the iteration out again")

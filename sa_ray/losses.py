@@ -1,8 +1,8 @@
 """Sequence log-probabilities and the preference losses of the align loop (DPO and its relatives).
 
-`sequence_logprobs` is THE function behind every logprob of the loop: the learner's policy terms, the
-ReferenceScorer's reference terms and the adapter probe all call it, so at step 0 of an iteration
-(policy == reference) the DPO loss is exactly ln 2 and the margins are 0.
+`token_logprobs` (summed per row by `sequence_logprobs`) is THE function behind every logprob of the loop:
+the learner's policy terms, the ReferenceScorer's reference terms and the adapter probe all call it, so at
+step 0 of an iteration (policy == reference) the DPO loss is exactly ln 2 and the margins are 0.
 
 Losses (Rafailov et al. 2023 and the variants the SpeechAlign paper compares), with
 h = beta * [(pi_c - ref_c) - (pi_r - ref_r)] the scaled log-ratio margin:
@@ -42,8 +42,8 @@ def pack(prompts: list[list[int]], continuations: list[list[int]], pad_id: int =
 
 
 def token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """log p(token | prefix) at every position [B, T-1], the labels they score (IGNORE off the continuation)
-    and the logits' argmax.
+    """log p(token | prefix) at every position [B, T-1] (0 where nothing is labelled), the labels they score
+    (IGNORE off the continuation) and the logits' argmax.
 
     Over the FULL vocabulary in float32 (a raw log-softmax, as vLLM's prompt logprobs), so the torch
     and vLLM engines can be checked against the learner's value.
