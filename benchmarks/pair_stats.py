@@ -1,6 +1,6 @@
 """What an align run's pair sets hold, per iteration: the pairs, the mean reward of the chosen and rejected
 samples (ranked pairs), their lengths, and for aligned models how many phones each side wrote against the
-prompt's (negative: phones skipped), each side's phone error rate and how often it agrees with the ranking -
+prompt's (negative: phones skipped), its frames per phone written, each side's phone error rate and how often it agrees with the ranking -
 the numbers behind README's phone-error section.
 
     python -m benchmarks.pair_stats --run runs/phones --model checkpoints/base
@@ -25,13 +25,15 @@ def pair_stats(pairs: list[dict], vocab: Vocab) -> dict[str, float]:
     out = {"pairs": len(pairs), "chosen_tokens": float(chosen.mean()), "rejected_tokens": float(rejected.mean()),
            "rejected_shorter": float((rejected < chosen).mean())}
     per = {}
+    asked = [vocab.prompt_text_ids(p["prompt_ids"]) for p in pairs] if vocab.aligned else []
     for side in ("chosen", "rejected"):
         if f"{side}_reward" in pairs[0]:
             out[f"{side}_reward"] = float(np.mean([p[f"{side}_reward"] for p in pairs]))
         if vocab.aligned:
-            asked = [vocab.prompt_text_ids(p["prompt_ids"]) for p in pairs]
-            out[f"{side}_extra_phones"] = float(np.mean([
-                len(written_phones(p[f"{side}_ids"], vocab)) - len(text) for p, text in zip(pairs, asked)]))
+            written = [written_phones(p[f"{side}_ids"], vocab) for p in pairs]
+            out[f"{side}_extra_phones"] = float(np.mean([len(w) - len(t) for w, t in zip(written, asked)]))
+            ids = np.concatenate([np.asarray(p[f"{side}_ids"], dtype=np.int64) for p in pairs])
+            out[f"{side}_frames_per_phone"] = float(vocab.is_code(ids).sum() / max(1, sum(len(w) for w in written)))
             per[side] = np.array([phone_error_rate(p[f"{side}_ids"], text, vocab) for p, text in zip(pairs, asked)])
             out[f"{side}_phone_error_rate"] = float(per[side].mean())
     if per:  # does the phone count agree with the pairs' ranking (whatever reward made it)?

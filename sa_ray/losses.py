@@ -43,7 +43,7 @@ def pack(prompts: list[list[int]], continuations: list[list[int]], pad_id: int =
 
 def token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """log p(token | prefix) at every position [B, T-1] (0 where nothing is labelled), the labels they score
-    (IGNORE off the continuation) and the logits' argmax.
+    (IGNORE off the continuation) and the float32 logits behind them.
 
     Over the FULL vocabulary in float32 (a raw log-softmax, as vLLM's prompt logprobs), so the torch
     and vLLM engines can be checked against the learner's value.
@@ -51,17 +51,17 @@ def token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
     token_lp = torch.gather(F.log_softmax(logits, dim=-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return token_lp * (labels != IGNORE), labels, logits.argmax(-1)
+    return token_lp * (labels != IGNORE), labels, logits
 
 
 def sequence_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor],
                       hits: bool = False) -> tuple[torch.Tensor, ...]:
     """Sum of log p(token | prefix) over labelled positions per row, and the number of those positions
     (with `hits`, also how many of them are the model's argmax: teacher-forced accuracy)."""
-    token_lp, labels, argmax = token_logprobs(model, batch)
+    token_lp, labels, logits = token_logprobs(model, batch)
     valid = labels != IGNORE
     out = token_lp.sum(-1), valid.sum(-1)
-    return (*out, ((argmax == labels) & valid).sum(-1)) if hits else out
+    return (*out, ((logits.argmax(-1) == labels) & valid).sum(-1)) if hits else out
 
 
 def preference_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,

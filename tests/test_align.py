@@ -415,3 +415,4 @@ def test_pair_stats_count_lengths_rewards_and_phones_written():
     assert stats["rejected_reward"] == -0.5 and stats["chosen_reward"] == 0.0
     assert stats["rejected_phone_error_rate"] == 0.5 and stats["chosen_phone_error_rate"] == 0.0  # 1 of 2 each
     assert stats["phones_agree"] == 1.0 and stats["phones_tie"] == 0.0
+    assert stats["chosen_frames_per_phone"] == 1.0 and stats["rejected_frames_per_phone"] == pytest.approx(3 / 4)
