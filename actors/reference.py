@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 
 from sa_ray import lora
-from sa_ray.dpo import margin_ids, pair_logprobs, probe_logprob
+from sa_ray.dpo import MarginTokens, pair_logprobs, probe_logprob
 from sa_ray.models.ar import load_ar
 
 
@@ -15,7 +15,7 @@ class ReferenceScorer:
     def __init__(self, model_dir: str, batch_size: int = 16, margin_tokens: str = "all"):
         base, vocab = load_ar(model_dir)
         self.model, self.batch_size = base.requires_grad_(False).eval(), batch_size
-        self.margin_ids = margin_ids(vocab, margin_tokens)  # as the learner's margin counts
+        self.margin = MarginTokens(vocab, margin_tokens)  # as the learner's margin counts
         self.version, self.adapter_dir = 0, None
 
     def load_adapter(self, version: int, adapter_dir: str | None) -> None:
@@ -35,7 +35,7 @@ class ReferenceScorer:
         chosen, rejected = [], []
         with torch.inference_mode():
             for start in range(0, len(rows), self.batch_size):
-                c, r, _ = pair_logprobs(self.model, rows[start : start + self.batch_size], self.margin_ids)
+                c, r, _ = pair_logprobs(self.model, rows[start : start + self.batch_size], self.margin)
                 chosen += c.tolist()
                 rejected += r.tolist()
         batch = batch.copy()

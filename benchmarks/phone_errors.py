@@ -7,6 +7,7 @@ seconds a version instead of minutes and free of the recogniser's noise. The req
     python -m benchmarks.phone_errors --base checkpoints/base --adapters runs/p/align/adapters/v* \\
         --n 160 --seeds 0,1000 run_dir=runs/p codec.path=checkpoints/base/codec
 
+`--out FILE` also writes every figure printed (and each sample's phone errors) as JSON.
 `--record FILE` (once per policy: the base first, then the adapters) joins the samples with the word errors of the
 evaluation that made them (an align record `align/records/iter_<k>.json` or a `jobs.evaluate --out` file,
 evaluated at `--seeds` in that order, with `align.eval_utterances` = `--n`) and prints the WER of the samples
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     help="sampling seeds, comma-separated (0,1000: align.eval_seeds=2 at align.seed=0)")
     ap.add_argument("--record", dest="records", action="append", default=[],
                     help="the evaluation that made a policy's samples; once per policy, the base first")
+    ap.add_argument("--out", default=None, help="also write the results (per-sample phone errors included) as JSON")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     if args.records and len(args.records) != 1 + len(args.adapters):
@@ -132,6 +134,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         f"{paired[f'{g}_wer']:.3f}" for g in ("both_clean", "fixed", "broken", "both_bad"))
                         + (f" (both clean: change 95% interval [{paired['both_clean_change_lo']:+.3f}, "
                            f"{paired['both_clean_change_hi']:+.3f}])" if "both_clean_change_lo" in paired else ""))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1))
     return results
 
 

@@ -10,6 +10,7 @@ command resumes after the last completed stage, inside the same MLflow parent ru
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 
 from jobs import _cli
 from sa_ray import tracking
-from sa_ray.align_run import AlignRun, format_changes, format_table
+from sa_ray.align_run import AlignRun, format_changes, format_table, settings_changes
 from sa_ray.data.examples import PromptBank
 from sa_ray.data.prepare import read_summary
 from sa_ray.metrics.stats import record_wer_changes
@@ -62,7 +63,12 @@ def main(argv: list[str] | None = None) -> dict:
         for k in range(a.iterations + 1):  # policy version k = the base after k iterations
             record = run.record(k)
             if record is None:
-                record = {"iteration": k}
+                record = {"iteration": k, "align_settings": dataclasses.asdict(a)}
+                if k > 0 and (changed := settings_changes(records[-1].get("align_settings", record["align_settings"]),
+                                                          record["align_settings"])):
+                    print(f"note: version {k} is made with settings that differ from version {k - 1}'s: "
+                          + "; ".join(changed), flush=True)
+                    tracking.set_tags({f"sa_ray.settings_changed.v{k}": "; ".join(changed)[:5000]})
                 if k > 0:
                     i = k - 1
                     policy = {"version": i, "adapter_dir": str(run.adapter(i)) if i else None,

@@ -7,7 +7,8 @@
       learner/iter_<i>/       Ray Train checkpoints of iteration i's learner (resumed when present)
       adapters/v<k>/          policy version k (PEFT layout + probe.json with the learner's probe logprob
                               + learner.json, the final metrics of the learner that made it)
-      records/iter_<k>.json   metrics of policy version k (k = 0 is the base), written when k is evaluated
+      records/iter_<k>.json   metrics of policy version k (k = 0 is the base), written when k is evaluated,
+                              with the align settings it was made with (`align_settings`)
       summary.json            the per-iteration table
 
 A stage is done when its output exists, so a killed job resumes after the last completed stage.
@@ -114,6 +115,14 @@ def format_table(records: list[dict]) -> str:
 def _pad(text: str, fmt: str) -> str:
     width = int(fmt[3:].split(".")[0].rstrip("f}"))
     return f"{text:>{width}}"
+
+
+def settings_changes(before: dict, now: dict) -> list[str]:
+    """`align.<key>: old -> new` for each align setting (but the iteration count) that differs between the
+    settings an earlier version was made with and the current ones: a resumed run continues under changed
+    overrides (that is how an SFT iteration is followed by a preference one), so the change is said."""
+    return [f"align.{key}: {before[key]!r} -> {now.get(key)!r}" for key in sorted(before)
+            if key != "iterations" and before[key] != now.get(key)]
 
 
 def format_changes(record: dict) -> str:

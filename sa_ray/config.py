@@ -220,8 +220,8 @@ class AlignConfig:
         _require(self.pairs in ("golden", "ranked"), f"align.pairs must be golden or ranked; got {self.pairs!r}")
         _require(self.reward in ("asr", "phones"), f"align.reward must be asr or phones; got {self.reward!r}")
         _require(self.nll_target in ("chosen", "golden"), f"align.nll_target must be chosen or golden; got {self.nll_target!r}")
-        _require(self.margin_tokens in ("all", "phones"),
-                 f"align.margin_tokens must be all or phones; got {self.margin_tokens!r}")
+        _require(self.margin_tokens in ("all", "phones", "errors"),
+                 f"align.margin_tokens must be all, phones or errors; got {self.margin_tokens!r}")
         _require(self.prompt_split in ("align", "train"), f"align.prompt_split must be align or train; got {self.prompt_split!r}")
         _require(self.method in ("dpo", "cdpo", "ipo", "rpo", "sft"),
                  f"align.method must be dpo, cdpo, ipo, rpo or sft; got {self.method!r}")
@@ -245,8 +245,8 @@ class AlignConfig:
         """Options that read the phones a target writes need a model whose targets write them (aligned)."""
         for name, value, other in (("reward", self.reward if self.pairs == "ranked" else "", "asr"),
                                    ("margin_tokens", self.margin_tokens, "all")):
-            _require(aligned or value != "phones", f"align.{name}=phones needs a model whose targets write their "
-                     f"phones (an aligned corpus); this one speaks plain codes: use align.{name}={other}")
+            _require(aligned or value not in ("phones", "errors"), f"align.{name}={value} needs a model whose "
+                     f"targets write their phones (an aligned corpus); this one speaks plain codes: use align.{name}={other}")
 
 
 @dataclass

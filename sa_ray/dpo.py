@@ -23,36 +23,57 @@ from sa_ray import lora
 from sa_ray.checkpoint import load_state, save_state
 from sa_ray.config import AlignConfig
 from sa_ray.losses import pack, preference_loss, sequence_logprobs, token_logprobs
+from sa_ray.metrics.phones import wrong_phone_positions
 from sa_ray.models.ar import IGNORE, load_ar
 from sa_ray.models.vocab import EOS, Vocab
 from sa_ray.pretrain import warmup_cosine
 
 
-def margin_ids(vocab: Vocab, margin_tokens: str) -> torch.Tensor | None:
-    """The target token ids a pair's margin sums over: None for all of them; for `phones`, the phone tokens and
-    EOS of the aligned layout, i.e. the decisions that say what is spoken (which phone next, when to stop)
-    and not how it sounds (the frames)."""
-    if margin_tokens == "all":
-        return None
-    if margin_tokens != "phones" or not vocab.aligned:  # AlignConfig.check_model says why to a user
-        raise ValueError(f"no margin over {margin_tokens!r} tokens for this vocabulary (aligned={vocab.aligned})")
-    return torch.tensor([*range(vocab.text_offset, vocab.code_offset), EOS])
+class MarginTokens:
+    """Which target tokens a pair's margin sums over (`align.margin_tokens`). `all`: every one. `phones`: the
+    phone tokens and EOS of the aligned layout, i.e. the decisions that say what is spoken (which phone next,
+    when to stop) and not how it sounds (the frames). `errors`: the chosen's phones and EOS against only the
+    decisions the rejected got wrong (`wrong_phone_positions`), so the phones a rejected sample got right
+    are not pushed down with its mistakes."""
+
+    def __init__(self, vocab: Vocab, tokens: str):
+        if tokens != "all" and (tokens not in ("phones", "errors") or not vocab.aligned):
+            # AlignConfig.check_model says why to a user
+            raise ValueError(f"no margin over {tokens!r} tokens for this vocabulary (aligned={vocab.aligned})")
+        self.vocab, self.tokens = vocab, tokens
+        self.phone_ids = torch.tensor([*range(vocab.text_offset, vocab.code_offset), EOS])
+
+    def mask(self, pairs: list[dict], labels: torch.Tensor) -> torch.Tensor | None:
+        """Which label positions count, for the chosen rows then the rejected rows of `pair_logprobs`'s pack
+        ([2n, T]); None: all of them."""
+        if self.tokens == "all":
+            return None
+        n = len(pairs)
+        keep = torch.isin(labels[: 2 * n], self.phone_ids)
+        if self.tokens == "errors":
+            keep[n:] = False
+            for i, p in enumerate(pairs):
+                start = len(p["prompt_ids"]) - 1  # labels are shifted by one: target token j scores at start + j
+                text = self.vocab.prompt_text_ids(p["prompt_ids"])
+                wrong = wrong_phone_positions(p["rejected_ids"], text, self.vocab)
+                keep[n + i, torch.tensor([start + j for j in wrong], dtype=torch.long)] = True
+        return keep
 
 
-def pair_logprobs(model: torch.nn.Module, pairs: list[dict], only: torch.Tensor | None = None,
+def pair_logprobs(model: torch.nn.Module, pairs: list[dict], margin: MarginTokens | None = None,
                   nll_target: str = "chosen") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Chosen [B] and rejected [B] logprobs summed over their target tokens (over those whose id is in `only`
-    when given: see `margin_ids`), and the mean logprob per token over ALL tokens of each pair's chosen (or,
-    with `nll_target="golden"`, its golden target): rpo's NLL. One forward."""
+    """Chosen [B] and rejected [B] logprobs summed over their target tokens (over those `margin` counts when
+    given), and the mean logprob per token over ALL tokens of each pair's chosen (or, with
+    `nll_target="golden"`, its golden target): rpo's NLL. One forward."""
     n = len(pairs)
     conts = [p["chosen_ids"] for p in pairs] + [p["rejected_ids"] for p in pairs]
     if nll_target == "golden":
         conts += [p["golden_ids"] for p in pairs]
     token_lp, labels, _ = token_logprobs(model, pack([p["prompt_ids"] for p in pairs] * (len(conts) // n), conts))
-    counted = token_lp if only is None else token_lp * torch.isin(labels, only)
-    logp = counted.sum(-1)
+    mask = None if margin is None else margin.mask(pairs, labels)
+    logp = (token_lp[: 2 * n] if mask is None else token_lp[: 2 * n] * mask).sum(-1)
     nll_rows = slice(2 * n, 3 * n) if nll_target == "golden" else slice(0, n)
-    return logp[:n], logp[n : 2 * n], token_lp[nll_rows].sum(-1) / (labels[nll_rows] != IGNORE).sum(-1)
+    return logp[:n], logp[n:], token_lp[nll_rows].sum(-1) / (labels[nll_rows] != IGNORE).sum(-1)
 
 
 def probe_logprob(model: torch.nn.Module, probe: dict) -> float:
@@ -76,7 +97,7 @@ class DPOLearner:
         torch.manual_seed(cfg.seed)  # the fresh adapter's A matrices: equal on every worker
         base, vocab = load_ar(base_dir)
         base.requires_grad_(False)
-        self.margin_ids = margin_ids(vocab, cfg.margin_tokens)
+        self.margin = MarginTokens(vocab, cfg.margin_tokens)
         self.model = lora.attach(base, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, adapter_dir)
         self.model_train = wrap(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -100,7 +121,7 @@ class DPOLearner:
     # ---------------------------------------------------------------------------------------- steps
 
     def loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict[str, float]]:
-        chosen, rejected, nll_mean = pair_logprobs(self.model_train, batch, self.margin_ids, self.nll_target)
+        chosen, rejected, nll_mean = pair_logprobs(self.model_train, batch, self.margin, self.nll_target)
         ref_c = torch.tensor([p["ref_chosen_logp"] for p in batch], dtype=chosen.dtype)
         ref_r = torch.tensor([p["ref_rejected_logp"] for p in batch], dtype=chosen.dtype)
         loss, metrics = preference_loss(chosen, rejected, ref_c, ref_r, self.cfg.method, self.cfg.beta,

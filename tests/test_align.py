@@ -136,6 +136,7 @@ def test_margin_over_phones_and_nll_on_golden(rows, base_dir):
     import torch.nn.functional as F
 
     from sa_ray.engines.torch_engine import TorchEngine
+    from sa_ray.metrics.phones import wrong_phone_positions
     from sa_ray.models.ar import load_ar
     from sa_ray.models.vocab import EOS, Vocab
     from sa_ray.preference import phone_reward
@@ -153,6 +154,7 @@ def test_margin_over_phones_and_nll_on_golden(rows, base_dir):
     assert pairs and all(p["golden_ids"] == reqs[0]["chosen_ids"] for p in pairs if p["utt_id"] == reqs[0]["utt_id"])
     scored = _scored(pairs, base_dir, scorer=ReferenceScorer(str(base_dir / "ar"), batch_size=3, margin_tokens="phones"))
     full = _scored(pairs, base_dir)
+    errors = _scored(pairs, base_dir, scorer=ReferenceScorer(str(base_dir / "ar"), batch_size=3, margin_tokens="errors"))
     model, _ = load_ar(base_dir / "ar")
 
     def by_hand(prompt, target):
@@ -161,15 +163,24 @@ def test_margin_over_phones_and_nll_on_golden(rows, base_dir):
             lp = F.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
         picked = lp[torch.arange(len(prompt) - 1, ids.shape[1] - 1), torch.tensor(target)]
         phone = torch.tensor([bool(vocab.is_text(np.array([t]))[0]) or t == EOS for t in target])
-        return float(picked[phone].sum()), float(picked.sum())
+        return float(picked[phone].sum()), float(picked.sum()), picked
 
-    for p, f in zip(scored, full):
+    for p, f, e in zip(scored, full, errors):
         for side in ("chosen", "rejected"):
-            phones, everything = by_hand(p["prompt_ids"], p[f"{side}_ids"])
+            phones, everything, picked = by_hand(p["prompt_ids"], p[f"{side}_ids"])
             assert p[f"ref_{side}_logp"] == pytest.approx(phones, abs=1e-3)
             assert f[f"ref_{side}_logp"] == pytest.approx(everything, abs=1e-3)
             if vocab.is_code(np.array(p[f"{side}_ids"])).any():
                 assert phones > everything  # the frames' terms are out of the margin
+        # margin over errors: the chosen's phones against only the rejected's wrong decisions
+        wrong = wrong_phone_positions(p["rejected_ids"], vocab.prompt_text_ids(p["prompt_ids"]), vocab)
+        assert wrong and e["ref_chosen_logp"] == pytest.approx(p["ref_chosen_logp"], abs=1e-4)
+        assert e["ref_rejected_logp"] == pytest.approx(float(picked[wrong].sum()), abs=1e-3)
+        assert e["ref_rejected_logp"] > p["ref_rejected_logp"]  # the phones it got right are out
+    learner = DPOLearner(base_dir / "ar", None, _cfg(batch_size=len(errors), pairs="ranked", samples_per_prompt=3,
+                                                     margin_tokens="errors"), errors)
+    m = learner.train_step()
+    assert abs(m["dpo_loss"] - LN2) < 1e-5 and abs(m["reward_margin"]) < 1e-5  # the learner counts the same tokens
     for target in ("chosen", "golden"):
         nll = np.mean([-by_hand(p["prompt_ids"], p[f"{target}_ids"])[1] / len(p[f"{target}_ids"]) for p in scored])
         cfg = _cfg(batch_size=len(scored), pairs="ranked", samples_per_prompt=3, margin_tokens="phones",
@@ -314,7 +325,7 @@ def test_repetition_rate_counts_frames_that_repeat_their_predecessor():
 
 
 def test_phone_errors_count_the_phones_an_aligned_target_got_wrong():
-    from sa_ray.metrics.phones import edit_distance, phone_errors
+    from sa_ray.metrics.phones import edit_distance, phone_errors, wrong_phone_positions
     from sa_ray.models.vocab import EOS, Vocab
     from sa_ray.preference import phone_reward
 
@@ -327,6 +338,13 @@ def test_phone_errors_count_the_phones_an_aligned_target_got_wrong():
     assert phone_errors([a, *frames, c, *frames, EOS], text, vocab) == 1  # skipped b
     assert phone_errors([a, *frames, b, b, *frames, d, *frames, EOS], text, vocab) == 2  # repeated b, c -> d
     assert phone_errors([*right[:-1], EOS, d, d], text, vocab) == 0  # nothing after EOS counts
+    # the decisions an edit alignment calls wrong (align.margin_tokens=errors), as indices into the target
+    assert wrong_phone_positions(right, text, vocab) == []
+    assert wrong_phone_positions([a, *frames, c, *frames, EOS], text, vocab) == [3]  # c written in b's place
+    assert wrong_phone_positions([a, *frames, b, b, *frames, d, *frames, EOS], text, vocab) == [3, 7]  # a b, d
+    assert wrong_phone_positions([a, *frames, b, *frames, EOS], text, vocab) == [6]  # stopped before c
+    assert wrong_phone_positions([a, *frames, b, *frames, c, d, EOS], text, vocab) == [7]  # d inserted
+    assert wrong_phone_positions([*right[:-1], EOS, d, d], text, vocab) == []
     assert edit_distance([], [1, 2]) == 2 and edit_distance([1, 2, 3], [3, 2, 1]) == 2
     prompt = vocab.prompt(text, [0, 1])
     assert vocab.prompt_text_ids(prompt) == text
@@ -365,8 +383,10 @@ def test_phone_error_benchmark_reproduces_the_evaluation(prepared_tiny, base_dir
     assert result["adapter"] == "base" and result["seed"] == 0
     # a fresh (zero) adapter samples exactly what the base samples: paired, nothing is fixed or broken
     DPOLearner(base_dir / "ar", None, _cfg(), [{"utt_id": "u", "sample_idx": 0}]).export(tmp_path / "zero")
+    out = tmp_path / "phone_errors.json"
     _, same = phone_errors.main(["--base", str(base_dir), "--adapters", str(tmp_path / "zero"), "--n", "3",
-                                 "--record", str(record), "--record", str(record), *argv])
+                                 "--record", str(record), "--record", str(record), "--out", str(out), *argv])
+    assert json.loads(out.read_text())[1] == same  # --out holds what was printed and returned
     for split in ("heldout_sentences", "heldout_voices"):
         paired = same[f"{split}_paired_with_base"]
         assert paired["fixed_n"] == paired["broken_n"] == 0 and paired["both_clean_n"] + paired["both_bad_n"] == 3
@@ -392,7 +412,8 @@ def test_phone_options_refuse_a_model_that_does_not_write_its_phones():
     AlignConfig(pairs="ranked", reward="phones", samples_per_prompt=2, margin_tokens="phones").check_model(aligned=True)
     AlignConfig(pairs="golden", reward="phones").check_model(aligned=False)  # the reward ranks no golden pair
     for options, field in ((dict(pairs="ranked", reward="phones", samples_per_prompt=2), "align.reward=phones"),
-                           (dict(margin_tokens="phones"), "align.margin_tokens=phones")):
+                           (dict(margin_tokens="phones"), "align.margin_tokens=phones"),
+                           (dict(margin_tokens="errors"), "align.margin_tokens=errors")):
         with pytest.raises(ConfigError, match=f"{field} needs a model whose targets write their phones"):
             AlignConfig(**options).check_model(aligned=False)
 

@@ -103,8 +103,13 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(backend, prepared_tiny, ti
         # killed after v2 was committed but before its record: the resumed job evaluates v2, never retrains it
         (run_dir / "align" / "records" / "iter_2.json").unlink()
         monkeypatch.setattr("actors.learner.fit_learner", lambda *a, **k: pytest.fail("v2 was trained again"))
-        again = align.main(argv)
+        capsys.readouterr()
+        again = align.main([*argv, "align.early_stopping=5"])  # resumed under a changed setting: said, recorded
         assert again["run_id"] == out["run_id"] and again["records"][2]["dpo_loss"] == records[2]["dpo_loss"]
+        assert [r["align_settings"]["early_stopping"] for r in again["records"]] == [0, 0, 5]
+        changed = "align.early_stopping: 0 -> 5"
+        assert f"note: version 2 is made with settings that differ from version 1's: {changed}" in capsys.readouterr().out
+        assert client.get_run(out["run_id"]).data.tags["sa_ray.settings_changed.v2"] == changed
 
 
 def test_killed_after_rollout_resubmitted_completes_with_the_expected_pairs(prepared_tiny, tiny_base, tmp_path):

@@ -31,6 +31,36 @@ def written_phones(target_ids, vocab: Vocab) -> list[int]:
     return ids[vocab.is_text(ids)].tolist()
 
 
+def wrong_phone_positions(target_ids, text_ids: list[int], vocab: Vocab) -> list[int]:
+    """Indices into `target_ids` of the decisions a minimal edit alignment of the written phones with
+    `text_ids` calls wrong: a substituted or inserted phone token; for a skipped phone, the token written in
+    its place (the next phone, or the EOS that came too early)."""
+    ids = np.asarray(target_ids, dtype=np.int64)
+    stop = int(np.argmax(ids == EOS)) if (ids == EOS).any() else None
+    where = np.flatnonzero(vocab.is_text(ids[:stop]))
+    written, asked = ids[where].tolist(), list(text_ids)
+    table = np.zeros((len(written) + 1, len(asked) + 1), dtype=np.int64)
+    table[:, 0], table[0, :] = np.arange(len(written) + 1), np.arange(len(asked) + 1)
+    for i, x in enumerate(written, 1):
+        for j, y in enumerate(asked, 1):
+            table[i, j] = min(table[i - 1, j] + 1, table[i, j - 1] + 1, table[i - 1, j - 1] + (x != y))
+    wrong, i, j = set(), len(written), len(asked)
+    while i or j:
+        if i and j and table[i, j] == table[i - 1, j - 1] + (written[i - 1] != asked[j - 1]):
+            if written[i - 1] != asked[j - 1]:
+                wrong.add(int(where[i - 1]))
+            i, j = i - 1, j - 1
+        elif i and table[i, j] == table[i - 1, j] + 1:
+            wrong.add(int(where[i - 1]))
+            i -= 1
+        else:  # asked[j - 1] skipped: what came instead is wrong
+            instead = int(where[i]) if i < len(written) else stop
+            if instead is not None:
+                wrong.add(instead)
+            j -= 1
+    return sorted(wrong)
+
+
 def phone_errors(target_ids, text_ids: list[int], vocab: Vocab) -> int:
     """Phone edits between what an aligned target wrote and `text_ids` (the prompt's phones)."""
     if not vocab.aligned:
