@@ -194,3 +194,28 @@ def test_ranked_pairs_by_phone_errors_run_end_to_end(prepared_tiny, tiny_base, t
         assert out["records"][1][f"pairs_{side}_reward"] == pytest.approx(np.mean([p[f"{side}_reward"] for p in pairs]))
     for r in out["records"]:
         assert 0 <= r["heldout_sentences_phone_error_rate"] and 0 <= r["heldout_voices_phone_error_rate"]
+
+
+def test_missing_held_out_audio_stops_the_job_before_any_work(prepared_tiny, tiny_base, tmp_path, capsys):
+    """The evaluation needs the held-out utterances' real audio; prepared data run from another directory (a
+    relative corpus.cache_dir) says so in one line, before Ray starts, not as a traceback from an actor."""
+    import shutil
+
+    import pyarrow as pa
+
+    from jobs import _cli, align
+
+    argv, run_dir = _argv(prepared_tiny, tiny_base, tmp_path, "align.backend=torch")
+    voices = run_dir / "data" / "heldout_voices"
+    table = pq.read_table(voices)
+    moved = [f"elsewhere/{Path(p).name}" for p in table.column("audio_path").to_pylist()]
+    shutil.rmtree(voices)
+    voices.mkdir()
+    pq.write_table(table.set_column(table.schema.get_field_index("audio_path"), "audio_path", pa.array(moved)),
+                   voices / "part-0.parquet")
+    with pytest.raises(SystemExit) as stop:
+        _cli.run(align.main, argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"the audio of {len(moved)} of {len(moved)} utterances is missing" in err
+    assert str(voices) in err and moved[0] in err and "Traceback" not in err
+    assert not (run_dir / "align").exists()  # nothing started
