@@ -56,7 +56,8 @@ class Evaluator:
         if self._policy is None or self._policy[0] != adapter_dir:
             self._policy = None  # let the previous version's copy go before the next one is made
             ar = lora.policy(self.base, adapter_dir)
-            self._policy = adapter_dir, CodecTTS(ar, self.vocab, self.nar, self.codec, self.cfg.model.phone_voice)
+            self._policy = adapter_dir, CodecTTS(ar, self.vocab, self.nar, self.codec, self.cfg.model.phone_voice,
+                                                 self.cfg.eval.forced_phones)
         return self._policy[1]
 
     def evaluate(self, adapter_dir: str | None, ceiling: bool = False) -> dict[str, float]:

@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     run = AlignRun(run_dir)
     vocab, frame_rate = Vocab.load(base_dir / "ar"), summary["codec"]["frame_rate"]
     a.check_model(vocab.aligned)
+    cfg.eval.check_model(vocab.aligned)
     prompt_frames = cfg.model.prompt_frames(frame_rate)
 
     _cli.init_ray(cfg)

@@ -19,6 +19,7 @@ from jobs import _cli
 from sa_ray import tracking
 from sa_ray.config import load_config
 from sa_ray.evaluation import check_heldout_audio
+from sa_ray.models.vocab import Vocab
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     base_dir = Path(args.base or cfg.align.base_model or run_dir / "pretrain" / "model").resolve()
     if not (base_dir / "ar" / "vocab.json").is_file():
         raise FileNotFoundError(f"no base model in {base_dir}: run `python -m jobs.pretrain` or pass --base")
+    cfg.eval.check_model(Vocab.load(base_dir / "ar").aligned)
     check_heldout_audio(run_dir / "data")
 
     _cli.init_ray(cfg)

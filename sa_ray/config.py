@@ -258,6 +258,7 @@ class EvalConfig:
     mos: str = "none"  # none (skipped: no MOS weights offline) | hf:<local dir or hub id> (one regression output)
     temperature: float = 1.0  # how held-out speech is sampled (0: greedy); one protocol for every policy version
     top_k: int = 0
+    forced_phones: bool = False  # aligned models: decode with the asked phones forced in order (no phone errors)
 
     def validate(self) -> None:
         _require(self.asr == "pocketsphinx" or self.asr.startswith("whisper"),
@@ -266,6 +267,10 @@ class EvalConfig:
                  f"eval.sim must be resemblyzer or wavlm:<model>; got {self.sim!r}")
         _require(self.mos == "none" or self.mos.startswith("hf:"), f"eval.mos must be none or hf:<model>; got {self.mos!r}")
         _require(self.temperature >= 0 and self.top_k >= 0, "eval.temperature and eval.top_k must be >= 0")
+
+    def check_model(self, aligned: bool) -> None:
+        _require(aligned or not self.forced_phones, "eval.forced_phones=true needs a model whose targets write their "
+                 "phones (an aligned corpus); this one speaks plain codes: use eval.forced_phones=false")
 
 
 @dataclass

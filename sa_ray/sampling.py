@@ -27,6 +27,7 @@ How it works:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,12 +61,17 @@ def sample(
     max_new_tokens: list[int] | int,
     seeds: list[int] | int,
     cfg: SamplingConfig = SamplingConfig(),
+    forced: list[list[int]] | None = None,
+    forced_ids: Sequence[int] = (),
 ) -> list[list[int]]:
     """Generated ids per prompt (prompt excluded): up to and including eos_id, else max_new_tokens of them.
 
     Only ids of `allowed_ids` are emitted; if eos_id is not among them a request never stops early.
     `seeds` is one seed per request, or one int from which request i's seed is derived (via
     numpy's SeedSequence([seed, i]), so base seeds s and s+1 share no request stream).
+    `forced` (one list per request) constrains the ids of `forced_ids` and eos_id: request i may write
+    only forced[i]'s next one, in order, and eos_id only after the last; every other allowed id stays
+    free (an aligned TTS writes exactly the phones it was asked for and samples when and how).
     """
     n = len(prompts)
     budgets = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
@@ -84,6 +90,11 @@ def sample(
     eos_col = vocab.index(eos_id) if eos_id in vocab else -1
     pad_id = getattr(model.config, "pad_token_id", None) or 0  # any id: padded positions are masked out
 
+    if forced is not None and len(forced) != n:
+        raise ValueError(f"{n} prompts need {n} forced sequences, got {len(forced)}")
+    if forced is not None and not {t for f in forced for t in f} <= set(forced_ids) & set(vocab):
+        raise ValueError("forced sequences may hold only ids that are in both forced_ids and allowed_ids")
+
     results: list[list[int]] = [[] for _ in range(n)]
     todo = sorted((i for i in range(n) if budgets[i] > 0), key=lambda i: (-len(prompts[i]), i))
     was_training = model.training
@@ -92,8 +103,9 @@ def sample(
         with torch.inference_mode():
             for start in range(0, len(todo), cfg.batch_size):
                 batch = todo[start : start + cfg.batch_size]
+                script = None if forced is None else _Script([forced[i] for i in batch], forced_ids, allowed, eos_col)
                 outs = _decode_batch(model, [prompts[i] for i in batch], [budgets[i] for i in batch],
-                                     [seeds[i] for i in batch], allowed, eos_col, pad_id, cfg)
+                                     [seeds[i] for i in batch], allowed, eos_col, pad_id, cfg, script)
                 for i, out in zip(batch, outs):
                     results[i] = out
     finally:
@@ -101,8 +113,36 @@ def sample(
     return results
 
 
+class _Script:
+    """Forced decoding's state: the columns (of `allowed`) each request of a batch must write in order, EOS
+    last, and how far each has got; the constrained columns are masked except a request's next one."""
+
+    def __init__(self, forced: list[list[int]], forced_ids, allowed: torch.Tensor, eos_col: int):
+        column = {int(v): c for c, v in enumerate(allowed.tolist())}
+        self.columns = [[column[t] for t in f] + ([eos_col] if eos_col >= 0 else []) for f in forced]
+        self.constrained = torch.isin(allowed, torch.tensor(sorted(set(forced_ids)), dtype=torch.long,
+                                                                device=allowed.device))
+        if eos_col >= 0:
+            self.constrained[eos_col] = True
+        self.done = [0] * len(forced)
+
+    def mask(self, logits: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, list[int]]:
+        """Logits of the live `rows` with every constrained column but each row's next one at -inf."""
+        want = [self.columns[r][self.done[r]] if self.done[r] < len(self.columns[r]) else -1 for r in rows]
+        blocked = self.constrained.expand(len(rows), -1).clone()
+        for i, c in enumerate(want):
+            if c >= 0:
+                blocked[i, c] = False
+        return logits.masked_fill(blocked, float("-inf")), want
+
+    def advance(self, rows: list[int], want: list[int], chosen: list[int]) -> None:
+        for r, w, c in zip(rows, want, chosen):
+            self.done[r] += c == w
+
+
 def _decode_batch(model: torch.nn.Module, prompts: list[list[int]], budgets: list[int], seeds: list[int],
-                  allowed: torch.Tensor, eos_col: int, pad_id: int, cfg: SamplingConfig) -> list[list[int]]:
+                  allowed: torch.Tensor, eos_col: int, pad_id: int, cfg: SamplingConfig,
+                  script: _Script | None = None) -> list[list[int]]:
     device = allowed.device
     b, n_allowed = len(prompts), allowed.numel()
     lens = [len(p) for p in prompts]
@@ -136,7 +176,13 @@ def _decode_batch(model: torch.nn.Module, prompts: list[list[int]], budgets: lis
         if not cfg.greedy and t % NOISE_BLOCK == 0:
             noise = torch.stack([_gumbel(gens[r], n_allowed) for r in rows.tolist()]).to(device)
         step_noise = None if noise is None else noise[:, t % NOISE_BLOCK]
-        col = _choose(logits.index_select(-1, allowed).float(), step_noise, cfg)
+        restricted = logits.index_select(-1, allowed).float()
+        if script is not None:
+            live = rows.tolist()
+            restricted, want = script.mask(restricted, live)
+        col = _choose(restricted, step_noise, cfg)
+        if script is not None:
+            script.advance(live, want, col.tolist())
         chosen[rows, t] = col
         done = budget <= t + 1
         if eos_col >= 0:

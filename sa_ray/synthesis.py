@@ -39,9 +39,15 @@ class Synthesis:
 
 
 class CodecTTS:
-    def __init__(self, ar, vocab: Vocab, nar: NARModel, codec: Codec, phone_voice: str = "mbrola-us1"):
+    def __init__(self, ar, vocab: Vocab, nar: NARModel, codec: Codec, phone_voice: str = "mbrola-us1",
+                 forced_phones: bool = False):
+        if forced_phones and not vocab.aligned:
+            raise ValueError("forced phones need an aligned model (targets that write their phones)")
         self.ar, self.vocab, self.nar, self.codec = ar.eval(), vocab, nar.eval(), codec
         self.phone_voice = Voice.parse(phone_voice)
+        # decode with the asked phones forced in order (`eval.forced_phones`): no phone errors by construction,
+        # the model still chooses when each phone starts and every frame
+        self.forced_phones = forced_phones
 
     @classmethod
     def load(cls, model_dir: str | Path, codec: Codec, phone_voice: str = "mbrola-us1") -> "CodecTTS":
@@ -72,8 +78,9 @@ class CodecTTS:
                  ) -> tuple[list[list[int]], list[list[int]]]:
         """The AR stage alone: generated target tokens and the text ids asked for, per request."""
         prompts, budgets, texts = self.prompts(requests)
+        forced = dict(forced=texts, forced_ids=range(self.vocab.text_offset, self.vocab.code_offset)) if self.forced_phones else {}
         return sample(self.ar, prompts, self.vocab.generation_ids(), EOS, budgets, [r.seed for r in requests],
-                      sampling), texts
+                      sampling, **forced), texts
 
     def synthesize(self, requests: list[Request], sampling: SamplingConfig = SamplingConfig()) -> list[Synthesis]:
         generated, texts = self.generate(requests, sampling)

@@ -168,3 +168,34 @@ def test_training_mode_restored(model):
         assert model.training
     finally:
         model.eval()
+
+
+@pytest.mark.parametrize("cfg", [SamplingConfig(temperature=1.5, batch_size=5), SamplingConfig(temperature=0)])
+def test_forced_ids_are_written_in_order_and_eos_only_after_the_last(model, cfg):
+    """Forced decoding (eval.forced_phones): the constrained ids (the text tokens) appear exactly as each
+    request's forced list, in order, EOS only after the last; the free ids (codes) are still sampled; a
+    request's tokens do not depend on its neighbours."""
+    biased = copy.deepcopy(model)
+    text = VOCAB.text_ids(list("abcdefgh"))
+    with torch.no_grad():  # text tokens and EOS dominate: unconstrained, they would be written at random
+        biased.lm_head.weight[[*text, EOS]] *= 4
+    prompts = make_prompts(12, seed=3)
+    g = torch.Generator().manual_seed(3)
+    forced = [[text[j] for j in torch.randint(0, 8, (k,), generator=g).tolist()] for k in range(1, 13)]
+    seeds = list(range(12))
+    outs = sample(biased, prompts, ALLOWED, EOS, 200, seeds, cfg, forced=forced, forced_ids=text)
+    free = sample(biased, prompts, ALLOWED, EOS, 200, seeds, cfg)
+    ended = 0
+    for out, want in zip(outs, forced):
+        written = [t for t in out if t in text]
+        assert written == want[: len(written)]  # the asked ids, in order, none other
+        if out[-1] == EOS:
+            assert written == want and EOS not in out[:-1]
+            ended += 1
+        assert any(t in CODES for t in out)  # frames in between are the model's choice
+    assert ended >= (10 if not cfg.greedy else 1)  # greedy may loop on codes, a random model's argmax
+    assert sum(out != f for out, f in zip(outs, free)) >= 10  # the constraint changed what was written
+    alone = sample(biased, prompts[4:5], ALLOWED, EOS, 200, seeds[4:5], cfg, forced=forced[4:5], forced_ids=text)
+    assert alone[0] == outs[4]
+    with pytest.raises(ValueError, match="forced"):
+        sample(biased, prompts[:1], ALLOWED, EOS, 5, [0], cfg, forced=[[CODES[0]]], forced_ids=text)
