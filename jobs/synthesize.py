@@ -19,6 +19,7 @@ from sa_ray.audio import read_wav, write_wav
 from sa_ray.codec import load_codec
 from sa_ray.config import load_config
 from sa_ray.data.examples import PromptBank
+from sa_ray.models.vocab import Vocab
 from sa_ray.sampling import SamplingConfig
 from sa_ray.synthesis import CodecTTS, Request
 
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> Path:
     model_dir = Path(args.model) if args.model else run_dir / "pretrain" / "model"
     if not (model_dir / "ar").is_dir():
         raise FileNotFoundError(f"no model in {model_dir}: run `python -m jobs.pretrain` or pass --model")
-    tts = CodecTTS.load(model_dir, codec, cfg.model.phone_voice)
+    cfg.eval.check_model(Vocab.load(model_dir / "ar").aligned)
+    tts = CodecTTS.load(model_dir, codec, cfg.model.phone_voice, cfg.eval.forced_phones)
     frames = cfg.model.prompt_frames(codec.frame_rate)
     if args.prompt_wav:
         prompt = codec.encode(*read_wav(args.prompt_wav))[:, :frames]

@@ -50,9 +50,10 @@ class CodecTTS:
         self.forced_phones = forced_phones
 
     @classmethod
-    def load(cls, model_dir: str | Path, codec: Codec, phone_voice: str = "mbrola-us1") -> "CodecTTS":
+    def load(cls, model_dir: str | Path, codec: Codec, phone_voice: str = "mbrola-us1",
+             forced_phones: bool = False) -> "CodecTTS":
         ar, vocab = load_ar(Path(model_dir) / "ar")
-        return cls(ar, vocab, NARModel.from_pretrained(Path(model_dir) / "nar"), codec, phone_voice)
+        return cls(ar, vocab, NARModel.from_pretrained(Path(model_dir) / "nar"), codec, phone_voice, forced_phones)
 
     def text_tokens(self, text: str) -> tuple[list[str], float]:
         """Text tokens for new text and the expected number of frames (a length guide for sampling)."""

@@ -316,6 +316,21 @@ def test_evaluator_samples_held_out_speech_with_the_configured_protocol(prepared
     assert np.array_equal(wav, greedy.wav)
     assert not np.array_equal(greedy.codes, sampled.codes)  # so the default protocol (T=1) is not greedy
 
+    # eval.forced_phones: every sample that ends writes exactly the phones it was asked for
+    from sa_ray.metrics.phones import phone_errors
+    from sa_ray.models.vocab import EOS
+
+    # eval.forced_phones: each sample writes the phones it was asked for, in order, and ends only after the last
+    forced = Evaluator(dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, forced_phones=True)), str(base_dir))
+    requests = [Request(request.text, request.prompt_codes, seed) for seed in range(6)]
+    free = evaluator._tts(None).generate(requests, SamplingConfig())[0]
+    made, texts = forced._tts(None).generate(requests, SamplingConfig())
+    for ids, text in zip(made, texts):
+        written = [t for t in ids if forced.vocab.is_text(np.array([t]))[0]]
+        assert written == text[: len(written)]
+        assert ids[-1] != EOS or phone_errors(ids, text, forced.vocab) == 0
+    assert made != free  # the same seeds, constrained
+
 
 def test_repetition_rate_counts_frames_that_repeat_their_predecessor():
     from sa_ray.evaluation import repetition_rate
