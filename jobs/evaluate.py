@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"adapter": args.adapter, "base": str(base_dir), "seed": cfg.align.seed,
-                                               "eval_seeds": cfg.align.eval_seeds, "protocol": dataclasses.asdict(cfg.eval), **metrics}))
+                                               "eval_seeds": cfg.align.eval_seeds,
+                                               "protocol": dataclasses.asdict(cfg.eval), **metrics}))
     print(f"\n{args.adapter or 'base model'} on {base_dir} (ASR: {backends['sa_ray.asr_backend']}, "
           f"SIM: {backends['sa_ray.sim_backend']})")
     for key in sorted(k for k, v in metrics.items() if isinstance(v, (int, float))):

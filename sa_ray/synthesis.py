@@ -79,7 +79,8 @@ class CodecTTS:
                  ) -> tuple[list[list[int]], list[list[int]]]:
         """The AR stage alone: generated target tokens and the text ids asked for, per request."""
         prompts, budgets, texts = self.prompts(requests)
-        forced = dict(forced=texts, forced_ids=range(self.vocab.text_offset, self.vocab.code_offset)) if self.forced_phones else {}
+        phones = range(self.vocab.text_offset, self.vocab.code_offset)
+        forced = {"forced": texts, "forced_ids": phones} if self.forced_phones else {}
         return sample(self.ar, prompts, self.vocab.generation_ids(), EOS, budgets, [r.seed for r in requests],
                       sampling, **forced), texts
 
