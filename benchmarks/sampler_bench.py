@@ -1,6 +1,6 @@
 """Throughput of `sa_ray.sampling.sample` against `model.generate` on a random Llama of the tiny size.
 
-    python -m benchmarks.sampler_bench [--requests 32 --prompt-len 180 --new-tokens 200 --threads 1 2]
+    python -m benchmarks.sampler_bench [--requests 32 --prompt-len 180 --new-tokens 200 --threads 1 2] [--forced]
 
 Both decode the same left-padded prompts with plain sampling (temperature 1, no top-k/top-p) and EOS
 disabled (our allowed ids exclude it; generate gets min_new_tokens = max_new_tokens), so both emit
@@ -41,10 +41,15 @@ def build(args: argparse.Namespace) -> tuple[LlamaForCausalLM, Vocab, list[list[
     return model, vocab, prompts
 
 
-def run_ours(model, vocab: Vocab, prompts: list[list[int]], new_tokens: int, batch_size: int) -> int:
+def run_ours(model, vocab: Vocab, prompts: list[list[int]], new_tokens: int, batch_size: int,
+             forced: bool = False) -> int:
     allowed = [i for i in range(vocab.size) if i != EOS]  # full vocabulary as generate, EOS disabled
+    phones = list(range(vocab.text_offset, vocab.code_offset))
+    # --forced: every request must write a script of new_tokens // 3 phones in order (eval.forced_phones)
+    script = {"forced": [[phones[(i + k) % len(phones)] for k in range(new_tokens // 3)] for i in range(len(prompts))],
+              "forced_ids": phones} if forced else {}
     out = sample(model, prompts, allowed, EOS, new_tokens, seeds=list(range(len(prompts))),
-                 cfg=SamplingConfig(temperature=1.0, batch_size=batch_size))
+                 cfg=SamplingConfig(temperature=1.0, batch_size=batch_size), **script)
     return sum(map(len, out))
 
 
@@ -91,6 +96,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--only", choices=["sample", "generate"], default=None, help="time one engine (for profiling)")
+    p.add_argument("--forced", action="store_true", help="also time sample with forced phones (eval.forced_phones)")
     args = p.parse_args()
 
     model, vocab, prompts = build(args)
@@ -102,6 +108,8 @@ def main() -> None:
            "generate": lambda: run_generate(model, prompts, args.new_tokens, args.batch_size)}
     if args.only:
         fns = {args.only: fns[args.only]}
+    if args.forced:
+        fns["forced"] = lambda: run_ours(model, vocab, prompts, args.new_tokens, args.batch_size, forced=True)
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -118,6 +126,11 @@ def main() -> None:
         (w_s, c_s, n_s), (w_g, c_g, n_g) = best.get("sample", nan), best.get("generate", nan)
         print(f"| {threads} | {w_s:.2f} ({c_s:.2f}) | {n_s / w_s:.0f} | {w_g:.2f} ({c_g:.2f}) | {n_g / w_g:.0f} "
               f"| {w_g / w_s:.2f}x |")
+    for threads, best in rows:
+        if "forced" in best and "sample" in best:
+            (w_f, c_f, n_f), w_s = best["forced"], best["sample"][0]
+            print(f"\nsample with forced phones, {threads} threads: {w_f:.2f} s ({c_f:.2f}), {n_f / w_f:.0f} tok/s, "
+                  f"{w_s / w_f:.2f}x the speed of free sampling")
     print("\ns: best wall time of the repeats; CPU s: process CPU time of that run (all threads).")
 
 
