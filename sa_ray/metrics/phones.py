@@ -13,48 +13,53 @@ import numpy as np
 from sa_ray.models.vocab import EOS, Vocab
 
 
+def _edit_table(a: list[int], b: list[int]) -> list[list[int]]:
+    """Levenshtein table: [i][j] = edits (substitutions, insertions, deletions) between a[:i] and b[:j]."""
+    table = [list(range(len(b) + 1))]
+    for i, x in enumerate(a, 1):
+        above, row = table[-1], [i]
+        for j, y in enumerate(b, 1):
+            row.append(min(above[j] + 1, row[j - 1] + 1, above[j - 1] + (x != y)))
+        table.append(row)
+    return table
+
+
 def edit_distance(a: list[int], b: list[int]) -> int:
     """Levenshtein distance (substitutions, insertions, deletions) between two token sequences."""
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        diagonal, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (x != y))
-    return row[-1]
+    return _edit_table(a, b)[-1][-1]
+
+
+def _written(target_ids, vocab: Vocab) -> tuple[list[int], list[int], int | None]:
+    """The text tokens of a generated target up to its EOS, their positions, and the EOS's (None: none)."""
+    ids = np.asarray(target_ids, dtype=np.int64)
+    stop = int(np.argmax(ids == EOS)) if (ids == EOS).any() else None
+    where = np.flatnonzero(vocab.is_text(ids[:stop]))
+    return ids[where].tolist(), where.tolist(), stop
 
 
 def written_phones(target_ids, vocab: Vocab) -> list[int]:
     """The text tokens of a generated target, up to its EOS."""
-    ids = np.asarray(target_ids, dtype=np.int64)
-    if (ids == EOS).any():
-        ids = ids[: int(np.argmax(ids == EOS))]
-    return ids[vocab.is_text(ids)].tolist()
+    return _written(target_ids, vocab)[0]
 
 
 def wrong_phone_positions(target_ids, text_ids: list[int], vocab: Vocab) -> list[int]:
     """Indices into `target_ids` of the decisions a minimal edit alignment of the written phones with
     `text_ids` calls wrong: a substituted or inserted phone token; for a skipped phone, the token written in
     its place (the next phone, or the EOS that came too early)."""
-    ids = np.asarray(target_ids, dtype=np.int64)
-    stop = int(np.argmax(ids == EOS)) if (ids == EOS).any() else None
-    where = np.flatnonzero(vocab.is_text(ids[:stop]))
-    written, asked = ids[where].tolist(), list(text_ids)
-    table = np.zeros((len(written) + 1, len(asked) + 1), dtype=np.int64)
-    table[:, 0], table[0, :] = np.arange(len(written) + 1), np.arange(len(asked) + 1)
-    for i, x in enumerate(written, 1):
-        for j, y in enumerate(asked, 1):
-            table[i, j] = min(table[i - 1, j] + 1, table[i, j - 1] + 1, table[i - 1, j - 1] + (x != y))
+    written, where, stop = _written(target_ids, vocab)
+    asked = list(text_ids)
+    table = _edit_table(written, asked)
     wrong, i, j = set(), len(written), len(asked)
     while i or j:
-        if i and j and table[i, j] == table[i - 1, j - 1] + (written[i - 1] != asked[j - 1]):
+        if i and j and table[i][j] == table[i - 1][j - 1] + (written[i - 1] != asked[j - 1]):
             if written[i - 1] != asked[j - 1]:
-                wrong.add(int(where[i - 1]))
+                wrong.add(where[i - 1])
             i, j = i - 1, j - 1
-        elif i and table[i, j] == table[i - 1, j] + 1:
-            wrong.add(int(where[i - 1]))
+        elif i and table[i][j] == table[i - 1][j] + 1:
+            wrong.add(where[i - 1])
             i -= 1
         else:  # asked[j - 1] skipped: what came instead is wrong
-            instead = int(where[i]) if i < len(written) else stop
+            instead = where[i] if i < len(written) else stop
             if instead is not None:
                 wrong.add(instead)
             j -= 1
