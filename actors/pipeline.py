@@ -100,7 +100,7 @@ def start_roles(cfg, base_dir: Path) -> dict:
     sampling = {"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p}
     roles = {
         "rollout": ray.remote(RolloutEngine).options(**opts).remote(
-            a.backend, str(base_dir / "ar"), sampling, a.lora_rank, cfg.model.max_positions, a.seed),
+            a.backend, str(base_dir / "ar"), sampling, a.lora_rank, cfg.model.max_positions, a.seed, a.forced_phones),
         "reference": ray.remote(ReferenceScorer).options(**opts).remote(str(base_dir / "ar"),
                                                                          margin_tokens=a.margin_tokens),
         "evaluator": ray.remote(Evaluator).options(**opts).remote(cfg, str(base_dir)),

@@ -37,10 +37,14 @@ def make_engine(backend: str, model_dir: str | Path, lora_rank: int, max_model_l
 
 
 class RolloutEngine:
-    def __init__(self, backend: str, model_dir: str, sampling: dict, lora_rank: int, max_model_len: int, seed: int = 0):
+    def __init__(self, backend: str, model_dir: str, sampling: dict, lora_rank: int, max_model_len: int, seed: int = 0,
+                 forced_phones: bool = False):
         self.backend = resolve_backend(backend)
         self.engine = make_engine(self.backend, model_dir, lora_rank, max_model_len, seed)
-        self.allowed = Vocab.load(model_dir).generation_ids()
+        vocab = Vocab.load(model_dir)
+        self.allowed = vocab.generation_ids()
+        # align.forced_phones: each request writes its prompt's phones in order (the samples differ in sound only)
+        self.phone_ids = list(range(vocab.text_offset, vocab.code_offset)) if forced_phones else None
         self.sampling = sampling  # temperature, top_k, top_p
         self.lora, self.version = None, 0
         self.tokens, self.seconds = 0, 0.0
@@ -65,10 +69,12 @@ class RolloutEngine:
         was restarted (or switched by someone else) reloads and re-proves the version first."""
         if policy["version"] != self.version or (self.version and self.lora[2] != str(policy["adapter_dir"])):
             self.load_adapter(policy["version"], policy["adapter_dir"], policy["probe"], policy["tolerance"])
+        prompts = [list(map(int, p)) for p in batch["prompt_ids"]]
+        forced = {} if self.phone_ids is None else {"forced": [Vocab.prompt_text_ids(p) for p in prompts],
+                                                    "forced_ids": self.phone_ids}
         start = time.perf_counter()
-        out = self.engine.generate([list(map(int, p)) for p in batch["prompt_ids"]], self.allowed, EOS,
-                                   [int(b) for b in batch["budget"]], [int(s) for s in batch["seed"]],
-                                   lora=self.lora, **self.sampling)
+        out = self.engine.generate(prompts, self.allowed, EOS, [int(b) for b in batch["budget"]],
+                                   [int(s) for s in batch["seed"]], lora=self.lora, **self.sampling, **forced)
         self.seconds += time.perf_counter() - start
         self.tokens += sum(len(o) for o in out)
         batch = batch.copy()

@@ -181,6 +181,9 @@ class AlignConfig:
     # rate of the target the sample wrote: free and noise-free, content only; aligned vocabularies)
     reward: str = "asr"
     reward_workers: int = 1  # reward=asr: Evaluator actors scoring samples in parallel (NAR + vocoder + ASR each)
+    # rollouts write the asked phones in order (aligned vocabularies; as eval.forced_phones): samples differ in
+    # how they sound, not in what they say, so ranked pairs by reward=asr rank acoustics
+    forced_phones: bool = False
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -191,7 +194,9 @@ class AlignConfig:
     nll_weight: float = 1.0  # rpo
     nll_target: str = "chosen"  # rpo/sft's NLL on: chosen (CosyVoice) | golden (ranked pairs: the prompt's recording)
     # which target tokens a pair's margin sums over: all | phones (aligned vocabularies: the phone tokens and
-    # EOS, the content decisions the phone reward judges; the frames stay out of the margin, in rpo's NLL)
+    # EOS, the content decisions the phone reward judges; the frames stay out of the margin, in rpo's NLL) |
+    # errors (the chosen's phones + EOS vs only the rejected's wrong ones) | frames (the code tokens alone:
+    # how it sounds, what forced-phone rollouts leave free)
     margin_tokens: str = "all"
     # learner
     lr: float = 2.0e-4
@@ -220,8 +225,8 @@ class AlignConfig:
         _require(self.pairs in ("golden", "ranked"), f"align.pairs must be golden or ranked; got {self.pairs!r}")
         _require(self.reward in ("asr", "phones"), f"align.reward must be asr or phones; got {self.reward!r}")
         _require(self.nll_target in ("chosen", "golden"), f"align.nll_target must be chosen or golden; got {self.nll_target!r}")
-        _require(self.margin_tokens in ("all", "phones", "errors"),
-                 f"align.margin_tokens must be all, phones or errors; got {self.margin_tokens!r}")
+        _require(self.margin_tokens in ("all", "phones", "errors", "frames"),
+                 f"align.margin_tokens must be all, phones, errors or frames; got {self.margin_tokens!r}")
         _require(self.prompt_split in ("align", "train"), f"align.prompt_split must be align or train; got {self.prompt_split!r}")
         _require(self.method in ("dpo", "cdpo", "ipo", "rpo", "sft"),
                  f"align.method must be dpo, cdpo, ipo, rpo or sft; got {self.method!r}")
@@ -230,6 +235,9 @@ class AlignConfig:
             _require(getattr(self, name) >= 1, f"align.{name} must be >= 1")
         _require(self.pairs != "ranked" or self.samples_per_prompt >= 2,
                  "align.pairs=ranked needs align.samples_per_prompt >= 2 (best vs worst of a prompt's samples)")
+        _require(not (self.forced_phones and self.pairs == "ranked" and self.reward == "phones"),
+                 "align.forced_phones=true with align.reward=phones: every sample writes its phones right, so every "
+                 "reward ties and no pair is made; use align.reward=asr")
         _require(self.temperature > 0, "align.temperature must be > 0 (rollouts sample)")
         _require(0 < self.top_p <= 1 and self.top_k >= 0, "align.top_p must be in (0, 1] and align.top_k >= 0")
         _require(self.beta > 0, "align.beta must be > 0")
@@ -244,8 +252,9 @@ class AlignConfig:
     def check_model(self, aligned: bool) -> None:
         """Options that read the phones a target writes need a model whose targets write them (aligned)."""
         for name, value, other in (("reward", self.reward if self.pairs == "ranked" else "", "asr"),
-                                   ("margin_tokens", self.margin_tokens, "all")):
-            _require(aligned or value not in ("phones", "errors"), f"align.{name}={value} needs a model whose "
+                                   ("margin_tokens", self.margin_tokens, "all"),
+                                   ("forced_phones", "true" if self.forced_phones else "", "false")):
+            _require(aligned or value not in ("phones", "errors", "true"), f"align.{name}={value} needs a model whose "
                      f"targets write their phones (an aligned corpus); this one speaks plain codes: use align.{name}={other}")
 
 

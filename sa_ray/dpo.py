@@ -34,10 +34,11 @@ class MarginTokens:
     phone tokens and EOS of the aligned layout, i.e. the decisions that say what is spoken (which phone next,
     when to stop) and not how it sounds (the frames). `errors`: the chosen's phones and EOS against only the
     decisions the rejected got wrong (`wrong_phone_positions`), so the phones a rejected sample got right
-    are not pushed down with its mistakes."""
+    are not pushed down with its mistakes. `frames`: the code tokens alone, how it sounds (what rollouts with
+    forced phones leave free to differ)."""
 
     def __init__(self, vocab: Vocab, tokens: str):
-        if tokens != "all" and (tokens not in ("phones", "errors") or not vocab.aligned):
+        if tokens not in ("all", "frames") and (tokens not in ("phones", "errors") or not vocab.aligned):
             # AlignConfig.check_model says why to a user
             raise ValueError(f"no margin over {tokens!r} tokens for this vocabulary (aligned={vocab.aligned})")
         self.vocab, self.tokens = vocab, tokens
@@ -49,6 +50,8 @@ class MarginTokens:
         if self.tokens == "all":
             return None
         n = len(pairs)
+        if self.tokens == "frames":
+            return (labels[: 2 * n] >= self.vocab.code_offset) & (labels[: 2 * n] < self.vocab.size)
         keep = torch.isin(labels[: 2 * n], self.phone_ids)
         if self.tokens == "errors":
             keep[n:] = False

@@ -155,6 +155,7 @@ def test_margin_over_phones_and_nll_on_golden(rows, base_dir):
     scored = _scored(pairs, base_dir, scorer=ReferenceScorer(str(base_dir / "ar"), batch_size=3, margin_tokens="phones"))
     full = _scored(pairs, base_dir)
     errors = _scored(pairs, base_dir, scorer=ReferenceScorer(str(base_dir / "ar"), batch_size=3, margin_tokens="errors"))
+    frames = _scored(pairs, base_dir, scorer=ReferenceScorer(str(base_dir / "ar"), batch_size=3, margin_tokens="frames"))
     model, _ = load_ar(base_dir / "ar")
 
     def by_hand(prompt, target):
@@ -165,11 +166,12 @@ def test_margin_over_phones_and_nll_on_golden(rows, base_dir):
         phone = torch.tensor([bool(vocab.is_text(np.array([t]))[0]) or t == EOS for t in target])
         return float(picked[phone].sum()), float(picked.sum()), picked
 
-    for p, f, e in zip(scored, full, errors):
+    for p, f, e, fr in zip(scored, full, errors, frames):
         for side in ("chosen", "rejected"):
             phones, everything, picked = by_hand(p["prompt_ids"], p[f"{side}_ids"])
             assert p[f"ref_{side}_logp"] == pytest.approx(phones, abs=1e-3)
             assert f[f"ref_{side}_logp"] == pytest.approx(everything, abs=1e-3)
+            assert fr[f"ref_{side}_logp"] == pytest.approx(everything - phones, abs=1e-3)  # the codes alone
             if vocab.is_code(np.array(p[f"{side}_ids"])).any():
                 assert phones > everything  # the frames' terms are out of the margin
         # margin over errors: the chosen's phones against only the rejected's wrong decisions
@@ -243,6 +245,42 @@ def test_adapter_probe_fails_loudly_on_a_stale_adapter(backend, rows, base_dir, 
         assert engine.version == 1
     finally:
         engine.engine.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forced_phone_rollouts_write_the_prompts_phones(backend, rows, base_dir):
+    """align.forced_phones: the RolloutEngine's samples write exactly their prompt's phones, in order, and differ
+    from one another only in the frames (the phone reward of every finished sample is 0)."""
+    import pandas as pd
+
+    from actors.rollout import RolloutEngine
+    from sa_ray.models.vocab import EOS, Vocab
+    from sa_ray.preference import phone_reward
+
+    vocab = Vocab.load(base_dir / "ar")
+    reqs = rollout_requests(rows[:6], vocab, PromptBank.from_rows(rows, 20, 1), 43.066, 0, seed=0, samples=2,
+                            max_len=1024)
+    engine = RolloutEngine(backend, str(base_dir / "ar"), {"temperature": 1.0}, 8, 1024, forced_phones=True)
+    try:
+        out = engine.rollout(pd.DataFrame(reqs), {"version": 0, "adapter_dir": None}).to_dict("records")
+        free = engine.engine.generate([r["prompt_ids"] for r in reqs], engine.allowed, EOS, [r["budget"] for r in reqs],
+                                      [r["seed"] for r in reqs], temperature=1.0)  # the same requests, unforced
+    finally:
+        engine.engine.close()
+
+    def phones(ids):
+        return [t for t in ids if vocab.is_text(np.array([t]))[0]]
+
+    assert len(out) == 12
+    for s in out:
+        asked, written = vocab.prompt_text_ids(list(s["prompt_ids"])), phones(s["sample_ids"])
+        assert written and written == asked[: len(written)]  # (this 30-step model lingers on frames: few end)
+        if s["sample_ended"]:
+            assert written == asked and list(s["sample_ids"]).index(EOS) == len(s["sample_ids"]) - 1
+            assert phone_reward(s, vocab) == 0
+    assert len({tuple(s["sample_ids"]) for s in out}) == 12  # the frames are still sampled
+    asked = [vocab.prompt_text_ids(r["prompt_ids"]) for r in reqs]
+    assert sum(phones(f) != a[: len(phones(f))] for f, a in zip(free, asked)) >= 6  # unforced, it writes others
 
 
 def test_pairs_are_keyed_and_drop_non_preferences():
@@ -428,9 +466,13 @@ def test_phone_options_refuse_a_model_that_does_not_write_its_phones():
     AlignConfig(pairs="golden", reward="phones").check_model(aligned=False)  # the reward ranks no golden pair
     for options, field in ((dict(pairs="ranked", reward="phones", samples_per_prompt=2), "align.reward=phones"),
                            (dict(margin_tokens="phones"), "align.margin_tokens=phones"),
-                           (dict(margin_tokens="errors"), "align.margin_tokens=errors")):
+                           (dict(margin_tokens="errors"), "align.margin_tokens=errors"),
+                           (dict(forced_phones=True), "align.forced_phones=true")):
         with pytest.raises(ConfigError, match=f"{field} needs a model whose targets write their phones"):
             AlignConfig(**options).check_model(aligned=False)
+    AlignConfig(margin_tokens="frames").check_model(aligned=False)  # codes exist in every vocabulary
+    with pytest.raises(ConfigError, match="align.forced_phones=true with align.reward=phones: every sample"):
+        AlignConfig(pairs="ranked", reward="phones", samples_per_prompt=2, forced_phones=True).validate()
 
 
 def test_pair_stats_count_lengths_rewards_and_phones_written():

@@ -45,7 +45,7 @@ def test_overrides_are_typed_by_yaml_and_applied():
     ("just-a-word", "must look like dotted.key=value"),
     ("model.heads=16", "head sizes vLLM serves"),
     ("align.reward=wer", "align.reward must be asr or phones"),
-    ("align.margin_tokens=frames", "align.margin_tokens must be all, phones or errors"),
+    ("align.margin_tokens=costs", "align.margin_tokens must be all, phones, errors or frames"),
     ("align.nll_target=sample", "align.nll_target must be chosen or golden"),
 ])
 def test_bad_values_fail_before_any_work_naming_the_field(override, needle):

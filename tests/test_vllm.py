@@ -85,6 +85,37 @@ def test_greedy_matches_torch_sampler(engine, reference):
     assert all(set(o) <= set(few) for o in engine.generate(prompts, few, EOS, 20, 0, temperature=1.5))
 
 
+def test_forced_decoding_matches_torch_sampler(engine, reference):
+    """`generate(forced=...)` (align.forced_phones on the vLLM backend): the ForcedTokens logits processor lets a
+    request write the text tokens only in its forced order and EOS only after the last, as our sampler does:
+    greedy token for token, sampled in order; requests without `forced` in the same engine are untouched."""
+    text = VOCAB.text_ids(list("abcdefgh"))
+    prompts = make_prompts(8, seed=4)
+    g = torch.Generator().manual_seed(4)
+    forced = [[text[j] for j in torch.randint(0, 8, (k,), generator=g).tolist()] for k in range(1, 9)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        expected = sample(reference, prompts, ALLOWED, EOS, 60, seeds=0, cfg=SamplingConfig(temperature=0),
+                          forced=forced, forced_ids=text)
+    finally:
+        torch.set_num_threads(threads)
+    assert engine.generate(prompts, ALLOWED, EOS, 60, seeds=0, temperature=0, forced=forced, forced_ids=text) == expected
+    sampled = engine.generate(prompts, ALLOWED, EOS, 120, seeds=list(range(8)), temperature=1.5, forced=forced,
+                              forced_ids=text)
+    ended = 0
+    for out, want in zip(sampled, forced):
+        written = [t for t in out if t in text]
+        assert written == want[: len(written)]  # the asked ids, in order, none other
+        ended += out[-1] == EOS
+        assert out[-1] != EOS or written == want
+    assert ended >= 1
+    free = engine.generate(prompts, ALLOWED, EOS, 120, seeds=list(range(8)), temperature=1.5)
+    assert any([t for t in out if t in text] != want for out, want in zip(free, forced))  # the constraint acted
+    with pytest.raises(ValueError, match="forced"):
+        engine.generate(prompts[:1], ALLOWED, EOS, 5, [0], forced=[[VOCAB.code_offset]], forced_ids=text)
+
+
 def test_seeds_are_honoured(engine):
     prompts = make_prompts(8, seed=2)
     seeds = [11, 12, 13, 14, 15, 16, 17, 18]

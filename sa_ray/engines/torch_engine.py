@@ -41,9 +41,10 @@ class TorchEngine:
 
     def generate(self, prompts: list[list[int]], allowed_ids: list[int], eos_id: int,
                  max_new_tokens: list[int] | int, seeds: list[int] | int, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, lora: LoRA | None = None) -> list[list[int]]:
+                 top_p: float = 1.0, lora: LoRA | None = None, forced: list[list[int]] | None = None,
+                 forced_ids: Sequence[int] = ()) -> list[list[int]]:
         cfg = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, batch_size=self.batch_size)
-        return sample(self._model(lora), prompts, allowed_ids, eos_id, max_new_tokens, seeds, cfg)
+        return sample(self._model(lora), prompts, allowed_ids, eos_id, max_new_tokens, seeds, cfg, forced, forced_ids)
 
     def sequence_logprobs(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]],
                           lora: LoRA | None = None) -> list[float]:

@@ -46,6 +46,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
+try:  # the engine-core process loads ForcedTokens from this module by name (`LLM(logits_processors=...)`)
+    from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
+except ImportError:  # no vllm: the module still imports, and VLLMEngine fails on its lazy import
+    AdapterLogitsProcessor = object
+
 DEFAULT_BATCHED_TOKENS = 8192  # tokens per engine step (prefill of many prompts at once)
 DEFAULT_KV_CACHE_BYTES = 256 * 2**20  # 256 MiB: ~32k tokens of a hidden-256, 4-layer float32 model
 
@@ -88,6 +95,8 @@ class VLLMEngine:
             # step's token budget). A step holds at least one whole max_model_len request.
             enable_chunked_prefill=False,
             max_num_batched_tokens=max(max_model_len, DEFAULT_BATCHED_TOKENS),
+            # forced decoding (`generate(forced=...)`): a no-op for requests that do not ask for it
+            logits_processors=[f"{__name__}:ForcedTokens"],
         )
         if kv_cache_bytes is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_bytes)
@@ -120,12 +129,16 @@ class VLLMEngine:
         top_k: int = 0,
         top_p: float = 1.0,
         lora: LoRA | None = None,
+        forced: list[list[int]] | None = None,
+        forced_ids: Sequence[int] = (),
     ) -> list[list[int]]:
         """Generated ids per prompt (prompt excluded): up to and including eos_id, else max_new_tokens of them.
 
         Only ids of `allowed_ids` are emitted; if eos_id is not among them a request never stops early.
         `seeds`: one per request, or one int from which request i's seed is derived as in
-        `sa_ray.sampling.sample`. temperature 0 is greedy; top_k 0 and top_p 1 are off.
+        `sa_ray.sampling.sample`. temperature 0 is greedy; top_k 0 and top_p 1 are off. `forced` and
+        `forced_ids`: `sample`'s forced decoding (request i writes the ids of forced_ids and eos_id only as
+        forced[i] orders them, eos_id last), done by the `ForcedTokens` logits processor.
         """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -140,6 +153,11 @@ class VLLMEngine:
         if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
             raise ValueError(f"invalid sampling parameters: temperature={temperature} top_k={top_k} top_p={top_p}")
         allowed = self._check_ids(allowed_ids)
+        if forced is not None and len(forced) != n:
+            raise ValueError(f"{n} prompts need {n} forced sequences, got {len(forced)}")
+        if forced is not None and not {t for f in forced for t in f} <= set(forced_ids) & set(allowed):
+            raise ValueError("forced sequences may hold only ids that are in both forced_ids and allowed_ids")
+        constrained = sorted({*map(int, forced_ids), int(eos_id)})
         too_long = [i for i in range(n) if len(prompts[i]) + budgets[i] > self.max_model_len]
         if too_long:
             i = too_long[0]
@@ -160,6 +178,8 @@ class VLLMEngine:
                 stop_token_ids=[int(eos_id)],
                 ignore_eos=True,  # stop at OUR eos_id only, not at the model config's eos ids
                 detokenize=False,
+                extra_args=None if forced is None else {
+                    FORCED: [*map(int, forced[i]), int(eos_id)], CONSTRAINED: constrained},
             )
             for i in todo
         ]
@@ -239,6 +259,43 @@ class VLLMEngine:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+FORCED, CONSTRAINED = "sa_ray_forced", "sa_ray_constrained"  # SamplingParams.extra_args keys of ForcedTokens
+
+
+class ForcedTokens(AdapterLogitsProcessor):
+    """Forced decoding inside vLLM's sampler: a request whose `extra_args` hold FORCED (ids in order, EOS last)
+    and CONSTRAINED (every id the script governs) may write a constrained id only if it is its script's next one;
+    every other id stays as the model and the other sampling parameters make it. Applied after
+    `allowed_token_ids` and before temperature/top-k/top-p, as `sa_ray.sampling.sample` does."""
+
+    def is_argmax_invariant(self) -> bool:
+        return False  # it changes the most likely token: greedy requests need it too
+
+    def new_req_logits_processor(self, params):
+        args = params.extra_args or {}
+        return _ForcedRequest(args[FORCED], args[CONSTRAINED]) if FORCED in args else None
+
+
+class _ForcedRequest:
+    """One request's script and progress. vLLM hands it the request's live output-id list at every step; the
+    ids added since the last step advance the script (a constrained id written can only be its next one)."""
+
+    def __init__(self, script: list[int], constrained: list[int]):
+        self.script, self.constrained = script, set(constrained)
+        self.index = torch.tensor(constrained, dtype=torch.long)
+        self.seen = self.done = 0
+
+    def __call__(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
+        self.done += sum(t in self.constrained for t in output_ids[self.seen :])
+        self.seen = len(output_ids)
+        nxt = self.script[self.done] if self.done < len(self.script) else None
+        kept = None if nxt is None else logits[nxt].clone()
+        logits.index_fill_(0, self.index.to(logits.device), float("-inf"))  # in place: vLLM keeps the row
+        if kept is not None:
+            logits[nxt] = kept
+        return logits
 
 
 def _drop_chat_warmup(record: logging.LogRecord) -> bool:
