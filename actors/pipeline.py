@@ -67,8 +67,11 @@ def make_pairs(iteration: int, cfg, data_dir: Path, out_dir: Path, vocab, bank_r
                          "corpus.align_sentences > 0, or set align.prompt_split=train)")
     chosen = set(preference.select_prompts(ids, a.prompts_per_iteration, a.seed, iteration))
     max_len = cfg.model.max_positions
+    # Blocks of 16 prompts: Ray Data reads the small split as ONE block, and every stage would then run as one
+    # task after the other (no reward scoring while the engine samples, no pairing while it scores).
+    blocks = -(-len(chosen) // 16)
     ds = ray.data.read_parquet(str(source), columns=ROW_COLUMNS).filter(
-        lambda r: r["utt_id"] in chosen)
+        lambda r: r["utt_id"] in chosen).repartition(blocks)
     requests = ds.map_batches(_requests, batch_format="pandas", batch_size=32, fn_kwargs=dict(
         vocab=vocab, bank_ref=bank_ref, frame_rate=frame_rate, iteration=iteration, seed=a.seed,
         samples=a.samples_per_prompt, max_len=max_len))
@@ -82,7 +85,8 @@ def make_pairs(iteration: int, cfg, data_dir: Path, out_dir: Path, vocab, bank_r
         else:
             rewarded = samples.map_batches(_reward, batch_format="pandas", batch_size=16 * len(roles["scorers"]),
                                            num_cpus=0, fn_kwargs=dict(scorers=roles["scorers"]))
-        pairs = rewarded.groupby("utt_id").map_groups(_ranked, batch_format="pandas")
+        # an utterance's samples may straddle two batches: group them (a few partitions, not Ray's default 200)
+        pairs = rewarded.groupby("utt_id", num_partitions=min(blocks, 8)).map_groups(_ranked, batch_format="pandas")
     scored = pairs.map_batches(_call, batch_format="pandas", batch_size=32, num_cpus=0, fn_kwargs=dict(
         actor=roles["reference"], method="score", args=(policy["version"], policy["adapter_dir"])))
     staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
