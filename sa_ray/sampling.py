@@ -90,10 +90,7 @@ def sample(
     eos_col = vocab.index(eos_id) if eos_id in vocab else -1
     pad_id = getattr(model.config, "pad_token_id", None) or 0  # any id: padded positions are masked out
 
-    if forced is not None and len(forced) != n:
-        raise ValueError(f"{n} prompts need {n} forced sequences, got {len(forced)}")
-    if forced is not None and not {t for f in forced for t in f} <= set(forced_ids) & set(vocab):
-        raise ValueError("forced sequences may hold only ids that are in both forced_ids and allowed_ids")
+    check_forced(forced, forced_ids, vocab, n)
 
     results: list[list[int]] = [[] for _ in range(n)]
     todo = sorted((i for i in range(n) if budgets[i] > 0), key=lambda i: (-len(prompts[i]), i))
@@ -111,6 +108,14 @@ def sample(
     finally:
         model.train(was_training)
     return results
+
+
+def check_forced(forced: list[list[int]] | None, forced_ids: Sequence[int], allowed_ids: Sequence[int], n: int) -> None:
+    """`forced` of n requests (every engine's forced decoding): one list each, of ids both forced and allowed."""
+    if forced is not None and len(forced) != n:
+        raise ValueError(f"{n} prompts need {n} forced sequences, got {len(forced)}")
+    if forced is not None and not {t for f in forced for t in f} <= set(forced_ids) & set(allowed_ids):
+        raise ValueError("forced sequences may hold only ids that are in both forced_ids and allowed_ids")
 
 
 class _Script:

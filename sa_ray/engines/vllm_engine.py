@@ -48,6 +48,8 @@ from pathlib import Path
 
 import torch
 
+from sa_ray.sampling import check_forced
+
 try:  # the engine-core process loads ForcedTokens from this module by name (`LLM(logits_processors=...)`)
     from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 except ImportError:  # no vllm: the module still imports, and VLLMEngine fails on its lazy import
@@ -153,10 +155,7 @@ class VLLMEngine:
         if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
             raise ValueError(f"invalid sampling parameters: temperature={temperature} top_k={top_k} top_p={top_p}")
         allowed = self._check_ids(allowed_ids)
-        if forced is not None and len(forced) != n:
-            raise ValueError(f"{n} prompts need {n} forced sequences, got {len(forced)}")
-        if forced is not None and not {t for f in forced for t in f} <= set(forced_ids) & set(allowed):
-            raise ValueError("forced sequences may hold only ids that are in both forced_ids and allowed_ids")
+        check_forced(forced, forced_ids, allowed, n)
         constrained = sorted({*map(int, forced_ids), int(eos_id)})
         too_long = [i for i in range(n) if len(prompts[i]) + budgets[i] > self.max_model_len]
         if too_long:
@@ -292,7 +291,9 @@ class _ForcedRequest:
         self.seen = len(output_ids)
         nxt = self.script[self.done] if self.done < len(self.script) else None
         kept = None if nxt is None else logits[nxt].clone()
-        logits.index_fill_(0, self.index.to(logits.device), float("-inf"))  # in place: vLLM keeps the row
+        if self.index.device != logits.device:
+            self.index = self.index.to(logits.device)
+        logits.index_fill_(0, self.index, float("-inf"))  # in place: vLLM keeps the row
         if kept is not None:
             logits[nxt] = kept
         return logits
