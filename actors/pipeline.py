@@ -67,8 +67,10 @@ def make_pairs(iteration: int, cfg, data_dir: Path, out_dir: Path, vocab, bank_r
                          "corpus.align_sentences > 0, or set align.prompt_split=train)")
     chosen = set(preference.select_prompts(ids, a.prompts_per_iteration, a.seed, iteration))
     max_len = cfg.model.max_positions
-    # Blocks of 16 prompts: Ray Data reads the small split as ONE block, and every stage would then run as one
-    # task after the other (no reward scoring while the engine samples, no pairing while it scores).
+    # Blocks of 16 prompts, so that the stages stream: Ray Data reads the small split as ONE block, and each stage
+    # then waited for the whole iteration of the one before it. Same pairs; on 2 shared cores the same stage time
+    # (scoring is CPU-bound either way: 252 s against 242 s for 256 ASR-scored samples); where the engine and the
+    # scorers have their own devices, sampling and scoring overlap.
     blocks = -(-len(chosen) // 16)
     ds = ray.data.read_parquet(str(source), columns=ROW_COLUMNS).filter(
         lambda r: r["utt_id"] in chosen).repartition(blocks)
