@@ -31,7 +31,6 @@ def learn_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["threads"])
     cfg = AlignConfig(**config["align"])
-    ray.data.DataContext.get_current().enable_progress_bars = False
     rows = [r for r in ray.train.get_dataset_shard("pairs").iter_rows()
             if zlib.crc32(r["utt_id"].encode()) % world == rank]
     learner = DPOLearner(config["base_dir"], config["adapter_dir"], cfg, rows, rank=rank,
@@ -65,6 +64,10 @@ def fit_learner(cfg, run, i: int, base_dir: Path, probe: dict, parent_run_id: st
     a = cfg.align
     child = tracking.child_run(cfg, parent_run_id, f"learner-iter{i}")
     adapter = run.adapter(i)
+    pairs = ray.data.read_parquet(str(run.pairs(i)), file_extensions=["parquet"])
+    # The workers read the pairs with this dataset's own DataContext (a copy), not their current one: a progress
+    # bar there repeats in the job's log for as long as the worker lives.
+    pairs.context.enable_progress_bars = False
     trainer = TorchTrainer(
         learn_loop,
         train_loop_config={"align": a.__dict__, "base_dir": str(base_dir / "ar"), "probe": probe,
@@ -74,7 +77,7 @@ def fit_learner(cfg, run, i: int, base_dir: Path, probe: dict, parent_run_id: st
         scaling_config=ScalingConfig(num_workers=a.workers, use_gpu=a.use_gpu),
         run_config=RunConfig(name=f"iter_{i}", storage_path=str(run.learner_storage()),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets={"pairs": ray.data.read_parquet(str(run.pairs(i)), file_extensions=["parquet"])},
+        datasets={"pairs": pairs},
         dataset_config=DataConfig(datasets_to_split=[]),  # each worker takes its pairs by id hash
     )
     result = trainer.fit()
