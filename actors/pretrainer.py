@@ -9,7 +9,6 @@ from __future__ import annotations
 import tempfile
 import zlib
 
-import ray.data
 import ray.train
 import ray.train.torch
 import torch
@@ -22,7 +21,6 @@ from sa_ray.tracking import RunLogger
 
 
 def _rows(name: str) -> list[dict]:
-    ray.data.DataContext.get_current().enable_progress_bars = False  # one small read: no bars per worker
     return list(ray.train.get_dataset_shard(name).iter_rows())
 
 

@@ -35,6 +35,10 @@ def train(cfg, run_dir: Path, summary: dict, run_id: str) -> Path:
     meta = pq.read_table(data / "train", columns=["text_norm", "phones", "phone_ms"]).to_pylist()
     codec = summary["codec"]
     workers = cfg.pretrain.workers
+    datasets = {"train": ray.data.read_parquet(str(data / "train")),
+                "heldout": ray.data.read_parquet(str(data / "heldout_sentences"))}
+    for ds in datasets.values():  # workers read them with the dataset's own DataContext: no bar per worker
+        ds.context.enable_progress_bars = False
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
@@ -47,8 +51,7 @@ def train(cfg, run_dir: Path, summary: dict, run_id: str) -> Path:
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.pretrain.use_gpu),
         run_config=RunConfig(name="ray", storage_path=str((run_dir / "pretrain").resolve()),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets={"train": ray.data.read_parquet(str(data / "train")),
-                  "heldout": ray.data.read_parquet(str(data / "heldout_sentences"))},
+        datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=[]),  # each worker takes its rows by id hash
     )
     result = trainer.fit()
