@@ -8,7 +8,7 @@ ARGS ?=
 BASE ?= checkpoints/base
 BASE_STEPS ?= 2500
 
-.PHONY: install demo test test-fast prepare pretrain pretrain-base align clean
+.PHONY: install demo test test-fast prepare pretrain pretrain-base align serve clean
 
 $(STAMP): pyproject.toml scripts/install.sh scripts/install-system.sh
 	bash scripts/install.sh
@@ -35,6 +35,9 @@ pretrain-base: install  ## reproduce checkpoints/base: fit the codec, train the 
 
 align: install  ## the SpeechAlign loop on an existing base model (resumes when re-run)
 	$(PY) -m jobs.align --config $(CONFIG) $(ARGS)
+
+serve: install  ## after `make demo`: a Ray Serve endpoint for the latest registered policy (docs/serve.md); Ctrl-C stops it
+	$(PY) -m jobs.serve --config $(CONFIG) $(ARGS)
 
 test: install  ## the whole suite
 	bash scripts/install-system.sh

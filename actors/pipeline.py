@@ -69,8 +69,9 @@ def make_pairs(iteration: int, cfg, data_dir: Path, out_dir: Path, vocab, bank_r
     max_len = cfg.model.max_positions
     # Blocks of 16 prompts, so that the stages stream: Ray Data reads the small split as ONE block, and each stage
     # then waited for the whole iteration of the one before it. Same pairs; on 2 shared cores the same stage time
-    # (scoring is CPU-bound either way: 252 s against 242 s for 256 ASR-scored samples); where the engine and the
-    # scorers have their own devices, sampling and scoring overlap.
+    # (scoring is CPU-bound either way: the align table's `rollout s` was 252 against 242 for `align.pairs=ranked
+    # align.reward=asr align.samples_per_prompt=4 align.prompts_per_iteration=64 align.reward_workers=2
+    # align.backend=torch`); where the engine and the scorers have their own devices, sampling and scoring overlap.
     blocks = -(-len(chosen) // 16)
     ds = ray.data.read_parquet(str(source), columns=ROW_COLUMNS).filter(
         lambda r: r["utt_id"] in chosen).repartition(blocks)

@@ -39,11 +39,12 @@ def _user_error(exc: BaseException) -> str | None:
     """The message of a foreseeable mistake, also when Ray wrapped it on its way from a worker."""
     from sa_ray.corpus.voices import VoiceError
     from sa_ray.data.validate import BadInputError
+    from sa_ray.synthesis import TextError
 
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, (ConfigError, BadInputError, VoiceError, FileNotFoundError)):
+        if isinstance(exc, (ConfigError, BadInputError, VoiceError, TextError, FileNotFoundError)):
             return str(exc)
         exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
     return None

@@ -12,8 +12,6 @@ import argparse
 import random
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from jobs import _cli
 from sa_ray.audio import read_wav, write_wav
 from sa_ray.codec import load_codec
@@ -50,12 +48,13 @@ def main(argv: list[str] | None = None) -> Path:
     if args.prompt_wav:
         prompt = codec.encode(*read_wav(args.prompt_wav))[:, :frames]
     else:
-        rows = [r for split in ("train", "heldout_voices") for r in pq.read_table(run_dir / "data" / split).to_pylist()
-                if r["speaker"] == args.speaker]
-        if not rows:
-            raise FileNotFoundError(f"speaker {args.speaker!r} has no utterance in {run_dir / 'data'}")
-        prompt = PromptBank.from_rows(rows, frames, codec.n_codebooks).draw(args.speaker, "", random.Random(args.seed))
-    out = tts.synthesize([Request(args.text, prompt, args.seed)], SamplingConfig(temperature=args.temperature))[0]
+        bank = PromptBank.of_voices(run_dir / "data", frames, codec.n_codebooks)
+        if args.speaker not in bank.by_speaker:
+            raise FileNotFoundError(f"speaker {args.speaker!r} has no utterance in {run_dir / 'data'}; "
+                                    f"the voices are {', '.join(sorted(bank.by_speaker))}")
+        prompt = bank.draw(args.speaker, "", random.Random(args.seed))
+    out = tts.synthesize([Request(args.text, prompt, args.seed)], SamplingConfig(temperature=args.temperature),
+                         fit_positions=True)[0]
     write_wav(args.out, out.wav, codec.sample_rate)
     print(f"{args.out}: {len(out.wav) / codec.sample_rate:.2f} s"
           + ("" if out.ended else " (hit the length limit before EOS)"))

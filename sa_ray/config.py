@@ -301,6 +301,31 @@ class RayConfig:
 
 
 @dataclass
+class ServeConfig:
+    """The Ray Serve endpoint of `jobs.serve`: which policy it speaks with and where it listens."""
+
+    # a registered policy: models:/<name>@<alias> or models:/<name>/<version> ("" = models:/<config name>-policy@latest),
+    # or `base` (the base model, no adapter)
+    model: str = ""
+    host: str = "127.0.0.1"  # 0.0.0.0 exposes it beyond this machine
+    port: int = 8000
+    replicas: int = 1
+    refresh_seconds: float = 30.0  # how often an alias (latest, best) is looked up again; a moved alias is loaded
+    max_text_chars: int = 400
+
+    def validate(self) -> None:
+        _require(self.model == "" or self.model == "base" or self.model.startswith("models:/"),
+                 f"serve.model must be models:/<name>@<alias>, models:/<name>/<version>, base or empty; got {self.model!r}")
+        _require(1 <= self.port <= 65535, "serve.port must be in [1, 65535]")
+        _require(self.replicas >= 1, "serve.replicas must be >= 1")
+        _require(self.refresh_seconds >= 0, "serve.refresh_seconds must be >= 0")
+        _require(self.max_text_chars >= 1, "serve.max_text_chars must be >= 1")
+
+    def model_uri(self, config_name: str) -> str:
+        return self.model or f"models:/{config_name}-policy@latest"
+
+
+@dataclass
 class Config:
     name: str = "tiny"
     run_dir: str = "runs/tiny"
@@ -313,6 +338,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def validate(self) -> None:
         _require(bool(self.name), "name must not be empty")

@@ -22,6 +22,10 @@ from sa_ray.sampling import SamplingConfig, sample
 from sa_ray.text import normalize_text
 
 
+class TextError(ValueError):
+    """Text this model cannot say (no sound in it, tokens outside its vocabulary, too long for its positions)."""
+
+
 @dataclass
 class Request:
     text: str
@@ -59,33 +63,48 @@ class CodecTTS:
         """Text tokens for new text and the expected number of frames (a length guide for sampling)."""
         if self.vocab.aligned:
             phones, ms = self.phone_voice.phones(text)
+            if all(p == "_" for p in phones):  # only the pauses every sentence gets at its ends
+                raise TextError(f"nothing to say in {text[:40]!r}: it has no speakable words")
             return phones, sum(ms) / 1000 * self.codec.frame_rate
         chars = char_tokens(normalize_text(text))
+        if not chars:
+            raise TextError(f"nothing to say in {text[:40]!r}: it has no speakable words")
         return chars, len(chars) * 0.08 * self.codec.frame_rate  # ~80 ms a character
 
-    def prompts(self, requests: list[Request]) -> tuple[list[list[int]], list[int], list[list[int]]]:
-        """AR prompts, max new tokens and text ids of each request."""
+    def prompts(self, requests: list[Request], fit_positions: bool = False
+                ) -> tuple[list[list[int]], list[int], list[list[int]]]:
+        """AR prompts, max new tokens and text ids of each request. `fit_positions` refuses (TextError) a request
+        whose prompt and speech budget exceed the positions the model was trained on (rope would run on past
+        them, into speech nobody tested: what a server must refuse, not what an evaluation of a corpus meets)."""
         prompts, budgets, texts = [], [], []
         for r in requests:
             tokens, expected = self.text_tokens(r.text)
-            text_ids = self.vocab.text_ids(tokens)
+            try:
+                text_ids = self.vocab.text_ids(tokens)
+            except ValueError as exc:
+                raise TextError(str(exc)) from None
             prompts.append(self.vocab.prompt(text_ids, r.prompt_codes[0]))
             extra = len(text_ids) if self.vocab.aligned else 0
             budgets.append(extra + int(2 * expected) + 20)
             texts.append(text_ids)
+            positions = self.ar.config.max_position_embeddings
+            if fit_positions and len(prompts[-1]) + budgets[-1] > positions:
+                raise TextError(f"text too long for this model: its prompt ({len(prompts[-1])} tokens) and speech "
+                                f"budget ({budgets[-1]}) exceed its {positions} positions; send one sentence at a time")
         return prompts, budgets, texts
 
-    def generate(self, requests: list[Request], sampling: SamplingConfig = SamplingConfig()
+    def generate(self, requests: list[Request], sampling: SamplingConfig = SamplingConfig(), fit_positions: bool = False
                  ) -> tuple[list[list[int]], list[list[int]]]:
         """The AR stage alone: generated target tokens and the text ids asked for, per request."""
-        prompts, budgets, texts = self.prompts(requests)
+        prompts, budgets, texts = self.prompts(requests, fit_positions)
         phones = range(self.vocab.text_offset, self.vocab.code_offset)
         forced = {"forced": texts, "forced_ids": phones} if self.forced_phones else {}
         return sample(self.ar, prompts, self.vocab.generation_ids(), EOS, budgets, [r.seed for r in requests],
                       sampling, **forced), texts
 
-    def synthesize(self, requests: list[Request], sampling: SamplingConfig = SamplingConfig()) -> list[Synthesis]:
-        generated, texts = self.generate(requests, sampling)
+    def synthesize(self, requests: list[Request], sampling: SamplingConfig = SamplingConfig(),
+                   fit_positions: bool = False) -> list[Synthesis]:
+        generated, texts = self.generate(requests, sampling, fit_positions)
         return [self.finish(r, ids, t) for r, ids, t in zip(requests, generated, texts)]
 
     def finish(self, request: Request, ar_tokens: list[int], text_ids: list[int]) -> Synthesis:

@@ -68,8 +68,9 @@ def test_submit_without_the_token_is_refused(ray_head, tmp_path, corpus_cache):
     assert not (tmp_path / "run").exists()
 
 
-def test_align_job_succeeds_and_is_tracked(ray_head, prepared_tiny, tiny_base, tmp_path):
-    """The README's command: `ray job submit --working-dir . -- python -m jobs.align ...` on a tiny slice."""
+def test_align_job_succeeds_is_tracked_and_its_policy_served(ray_head, prepared_tiny, tiny_base, tmp_path):
+    """The README's command: `ray job submit --working-dir . -- python -m jobs.align ...` on a tiny slice; then
+    `jobs.serve --detach`, submitted the same way, leaves an endpoint on the cluster speaking with its version."""
     from .conftest import copy_prepared
     from .test_align_job import ALIGN
 
@@ -92,3 +93,14 @@ def test_align_job_succeeds_and_is_tracked(ray_head, prepared_tiny, tiny_base, t
     assert run.info.status == "FINISHED" and run.data.params["run_dir"] == str(run_dir)
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "heldout_sentences_wer")) == [0, 1]
     assert client.get_model_version_by_alias("tiny-policy", "best").run_id == run.info.run_id
+
+    from .test_serve import _call, _free_port
+
+    port = _free_port()
+    serve_argv = ["python", "-m", "jobs.serve", "--detach", *argv[3:], f"serve.port={port}"]
+    rc, logs = submit(ray_head, serve_argv, submission_id="serve")
+    assert rc == 0 and ray_head.job_status("serve") == "SUCCEEDED", logs
+    assert "serving models:/tiny-policy@latest (version 1)" in logs, logs
+    status, headers, wav = _call(f"http://127.0.0.1:{port}/synthesize",
+                                 {"text": "The cat sat on the mat.", "speaker": "mbrola-us1"})
+    assert status == 200 and headers["x-policy-version"] == "1" and wav[:4] == b"RIFF"

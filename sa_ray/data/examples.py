@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from sa_ray.models.ar import IGNORE
 from sa_ray.models.vocab import Vocab, frames_per_phone
@@ -59,6 +61,15 @@ class PromptBank:
         for r in sorted(rows, key=lambda r: r["utt_id"]):
             bank.setdefault(r["speaker"], []).append((r["utt_id"], row_codes(r, n_codebooks)))
         return cls(bank, prompt_frames)
+
+    @classmethod
+    def of_voices(cls, data_dir: str | Path, prompt_frames: int, n_codebooks: int) -> PromptBank:
+        """Every voice of a prepared run (the training voices and the zero-shot held-out ones), for synthesis."""
+        rows = [r for split in ("train", "heldout_voices") if (Path(data_dir) / split).exists()
+                for r in pq.read_table(Path(data_dir) / split).to_pylist()]
+        if not rows:
+            raise FileNotFoundError(f"no prepared utterances in {data_dir} to take voice prompts from")
+        return cls.from_rows(rows, prompt_frames, n_codebooks)
 
     def draw(self, speaker: str, exclude: str, rng: random.Random) -> np.ndarray:
         """A random crop of up to `prompt_frames` from another utterance of `speaker`."""

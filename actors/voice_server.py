@@ -1,0 +1,103 @@
+"""VoiceServer: the Ray Serve deployment that speaks with the latest policy (sa_ray.serve does the work).
+
+    POST /synthesize  {"text": "...", "speaker": "mbrola-us1", "seed": 0, "temperature": 1.0}  -> audio/wav
+    GET  /health      -> {"model": "models:/tiny-policy@latest", "version": 3, "speakers": [...], ...}
+
+Bad input is answered with a 4xx JSON error {"error", "field"}. A replica looks its alias up again at most every
+`serve.refresh_seconds` and merges in a version it has not served yet, so each version an align job registers is
+heard without a redeploy; the response's X-Policy-Version header says which version spoke.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import threading
+import time
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+
+from sa_ray import tracking
+from sa_ray.codec import load_codec
+from sa_ray.config import Config
+from sa_ray.serve import (
+    BadRequest,
+    PolicyVoice,
+    RegisteredPolicy,
+    SpeechRequest,
+    parse_request,
+    wav_bytes,
+)
+
+app = FastAPI(title="sa-ray voice", docs_url=None, redoc_url=None)
+log = logging.getLogger("ray.serve")
+
+
+@serve.deployment(max_ongoing_requests=8)
+@serve.ingress(app)
+class VoiceServer:
+    def __init__(self, cfg: Config, base_dir: str):
+        run_dir = Path(cfg.run_dir)
+        codec = load_codec(cfg.codec, run_dir / "codec")
+        self.settings = cfg.serve
+        self.voice = PolicyVoice(base_dir, codec, run_dir / "data", cfg.model.prompt_frames(codec.frame_rate),
+                                 cfg.model.phone_voice, cfg.eval.forced_phones)
+        self.policy = RegisteredPolicy(cfg.serve.model_uri(cfg.name), tracking.resolve_uri(cfg.tracking.uri),
+                                       run_dir / "serve" / "adapters")
+        self.lock = threading.Lock()  # one version at a time: a swap never happens under a request
+        self.version: int | None | str = "unloaded"
+        self.checked = -math.inf
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Follows the alias; a registry that cannot be reached keeps the version already served (after start-up)."""
+        if time.monotonic() - self.checked < self.settings.refresh_seconds:
+            return
+        try:
+            version, adapter = self.policy.resolve()
+        except Exception:
+            if self.version == "unloaded":
+                raise
+            log.warning("could not look up %s; still serving version %s", self.policy.uri, self.version, exc_info=True)
+            return
+        finally:
+            self.checked = time.monotonic()
+        if version != self.version:
+            self.voice.use(adapter)
+            self.version = version
+            log.info("serving %s: version %s", self.policy.uri, "base" if version is None else version)
+
+    def _speak(self, request: SpeechRequest) -> tuple[bytes, str, bool]:
+        with self.lock:
+            self._refresh()
+            out = self.voice.speak(request)
+            return wav_bytes(out, self.voice.codec.sample_rate), self._version_label(), out.ended
+
+    def _version_label(self) -> str:
+        return "base" if self.version is None else str(self.version)
+
+    @app.get("/health")
+    def health(self) -> dict:
+        with self.lock:
+            self._refresh()
+            return {"model": self.policy.uri, "version": self._version_label(), "speakers": self.voice.speakers,
+                    "sample_rate": self.voice.codec.sample_rate, "max_text_chars": self.settings.max_text_chars}
+
+    @app.post("/synthesize")
+    async def synthesize(self, request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            return JSONResponse({"error": "the body is not JSON", "field": "body"}, status_code=400)
+        try:
+            parsed = parse_request(body, self.voice.speakers, self.settings.max_text_chars)
+            wav, version, ended = await asyncio.to_thread(self._speak, parsed)
+        except BadRequest as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
+        return Response(wav, media_type="audio/wav",
+                        headers={"X-Policy-Version": version, "X-Ended": "true" if ended else "false"})

@@ -1,0 +1,143 @@
+"""The voice behind the Serve endpoint: a JSON request, validated, -> speech of the current policy, as WAV.
+
+No Ray here (actors/voice_server.py makes it a Ray Serve deployment). `parse_request` turns a body into a
+`SpeechRequest` or a `BadRequest` naming the field and the rule (the endpoint answers it with a 4xx JSON
+error); `PolicyVoice` loads the base AR + NAR + codec once and merges one policy version (a LoRA adapter)
+into a copy of the AR when told to, as the evaluator does, so a served version speaks as it was evaluated.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import soundfile as sf
+
+from sa_ray import lora, tracking
+from sa_ray.codec import Codec
+from sa_ray.data.examples import PromptBank
+from sa_ray.models.ar import load_ar
+from sa_ray.models.nar import NARModel
+from sa_ray.sampling import SamplingConfig
+from sa_ray.synthesis import CodecTTS, Request, Synthesis, TextError
+
+MAX_TEMPERATURE = 2.0
+
+
+class BadRequest(ValueError):
+    """A request that breaks a rule; `status` is the HTTP code to answer with (4xx)."""
+
+    def __init__(self, field: str, message: str, status: int = 422):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message, self.status = field, message, status
+
+    def body(self) -> dict:
+        return {"error": self.message, "field": self.field}
+
+
+@dataclass(frozen=True)
+class SpeechRequest:
+    text: str
+    speaker: str
+    seed: int = 0
+    temperature: float = 1.0
+
+
+_FIELDS = ("text", "speaker", "seed", "temperature")
+
+
+def parse_request(body: object, speakers: list[str], max_text_chars: int) -> SpeechRequest:
+    """A decoded JSON body -> SpeechRequest; every rule broken is a BadRequest naming its field."""
+    if not isinstance(body, dict):
+        raise BadRequest("body", f"must be a JSON object with fields {', '.join(_FIELDS)}; got {type(body).__name__}")
+    unknown = sorted(set(body) - set(_FIELDS))
+    if unknown:
+        raise BadRequest(unknown[0], f"unknown field; the fields are {', '.join(_FIELDS)}")
+    for name in ("text", "speaker"):
+        if name not in body:
+            raise BadRequest(name, "is required")
+        if not isinstance(body[name], str):
+            raise BadRequest(name, f"must be a string; got {type(body[name]).__name__}")
+    text = body["text"].strip()
+    if not text:
+        raise BadRequest("text", "must not be empty")
+    if len(text) > max_text_chars:
+        raise BadRequest("text", f"is {len(text)} characters; at most {max_text_chars} (send one sentence at a time)")
+    if body["speaker"] not in speakers:
+        raise BadRequest("speaker", f"unknown speaker {body['speaker'][:60]!r}; the voices are {', '.join(speakers)}")
+    seed = body.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise BadRequest("seed", "must be an integer in [0, 2**63)")
+    temperature = body.get("temperature", 1.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
+            or not 0 <= temperature <= MAX_TEMPERATURE:
+        raise BadRequest("temperature", f"must be a number in [0, {MAX_TEMPERATURE}] (0 = greedy)")
+    return SpeechRequest(text, body["speaker"], seed, float(temperature))
+
+
+class RegisteredPolicy:
+    """Which policy version to serve: `base`, a fixed `models:/<name>/<version>`, or `models:/<name>@<alias>`,
+    followed: `resolve` looks the alias up again and downloads a version it has not seen (into `cache_dir`).
+    An alias with no version yet (no align iteration registered) serves the base until one appears."""
+
+    def __init__(self, uri: str, tracking_uri: str, cache_dir: str | Path):
+        self.uri, self.tracking_uri, self.cache_dir = uri, tracking_uri, Path(cache_dir)
+        ref = uri.removeprefix("models:/")
+        if uri == "base":
+            self.name, self.alias, self.version = None, None, None
+        elif "@" in ref:
+            (self.name, self.alias), self.version = ref.split("@", 1), None
+        elif "/" in ref and ref.rsplit("/", 1)[1].isdigit():
+            (self.name, version), self.alias = ref.rsplit("/", 1), None
+            self.version = int(version)
+        else:
+            raise ValueError(f"expected base, models:/<name>@<alias> or models:/<name>/<version>; got {uri!r}")
+
+    def resolve(self) -> tuple[int | None, Path | None]:
+        """(version, its adapter directory); (None, None) for the base."""
+        if self.name is None:
+            return None, None
+        version = self.version or tracking.alias_version(self.name, self.alias, self.tracking_uri)
+        if version is None:
+            return None, None
+        local = self.cache_dir / self.name / f"v{version}"
+        if not (local / "adapter_config.json").is_file():
+            tracking.download_model(f"models:/{self.name}/{version}", local, self.tracking_uri)
+        return version, local
+
+
+def wav_bytes(synthesis: Synthesis, sample_rate: int) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, synthesis.wav, sample_rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+class PolicyVoice:
+    """Base AR + NAR + codec, loaded once; `use` swaps in a policy version; `speak` answers one request."""
+
+    def __init__(self, base_dir: str | Path, codec: Codec, data_dir: str | Path, prompt_frames: int,
+                 phone_voice: str, forced_phones: bool = False):
+        self.base, self.vocab = load_ar(Path(base_dir) / "ar")
+        self.nar, self.codec = NARModel.from_pretrained(Path(base_dir) / "nar"), codec
+        self.phone_voice, self.forced_phones = phone_voice, forced_phones
+        self.bank = PromptBank.of_voices(data_dir, prompt_frames, codec.n_codebooks)
+        self.speakers = sorted(self.bank.by_speaker)
+        self.tts: CodecTTS | None = None
+
+    def use(self, adapter_dir: str | Path | None) -> None:
+        """base + the adapter (None: the base alone), merged into a copy; the base weights stay untouched."""
+        self.tts = None  # the previous version's copy goes before the next is made
+        self.tts = CodecTTS(lora.policy(self.base, adapter_dir), self.vocab, self.nar, self.codec, self.phone_voice,
+                            self.forced_phones)
+
+    def speak(self, request: SpeechRequest) -> Synthesis:
+        """Same request and version -> the same speech: the voice prompt and the sampling both follow `seed`."""
+        prompt = self.bank.draw(request.speaker, "", random.Random(request.seed))
+        try:
+            return self.tts.synthesize([Request(request.text, prompt, request.seed)],
+                                       SamplingConfig(temperature=request.temperature), fit_positions=True)[0]
+        except TextError as exc:
+            raise BadRequest("text", str(exc)) from None

@@ -1,0 +1,123 @@
+"""The Serve endpoint over real HTTP on the local Ray cluster: the base speaks until a policy version is
+registered, then that version speaks without a redeploy; bad input gets a 4xx JSON error naming its field."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import urllib.error
+import urllib.request
+
+import pytest
+import soundfile as sf
+import torch
+
+from .conftest import config_of, copy_prepared, tiny_argv
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _call(url: str, body: bytes | dict | None = None) -> tuple[int, dict, bytes]:
+    data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+@pytest.fixture(scope="module")
+def endpoint(prepared_tiny, tiny_base, corpus_cache, tmp_path_factory, ray_local):
+    from ray import serve
+
+    from jobs import serve as serve_job
+
+    _, prepared_argv, _ = prepared_tiny
+    tmp = tmp_path_factory.mktemp("serve")
+    copy_prepared(config_of(prepared_argv).run_dir, tmp)
+    argv = tiny_argv(tmp, corpus_cache, f"align.base_model={tiny_base}", f"serve.port={_free_port()}",
+                     "serve.refresh_seconds=0")
+    url = serve_job.main([*argv, "--detach"])
+    yield url, config_of(argv)
+    serve.shutdown()
+
+
+def test_the_base_speaks_wav_and_a_seed_repeats_it(endpoint):
+    url, _ = endpoint
+    status, _, body = _call(f"{url}/health")
+    health = json.loads(body)
+    assert status == 200 and health["speakers"] == ["mbrola-en1", "mbrola-us1", "mbrola-us2"]
+    request = {"text": "The cat sat on the mat.", "speaker": "mbrola-en1", "seed": 3}  # a held-out voice, too
+    status, headers, wav = _call(f"{url}/synthesize", request)
+    assert status == 200 and headers["content-type"] == "audio/wav"
+    assert headers["x-policy-version"] == health["version"]
+    audio, sample_rate = sf.read(io.BytesIO(wav))
+    assert sample_rate == health["sample_rate"] and len(audio) > 0.2 * sample_rate and abs(audio).max() > 0
+    assert _call(f"{url}/synthesize", request)[2] == wav  # same seed, same version: the same speech
+    assert _call(f"{url}/synthesize", {**request, "seed": 4})[2] != wav
+
+
+@pytest.mark.parametrize("body, status, field", [
+    (b"{not json", 400, "body"),
+    ([1, 2], 422, "body"),
+    ({"speaker": "mbrola-us1"}, 422, "text"),
+    ({"text": 7, "speaker": "mbrola-us1"}, 422, "text"),
+    ({"text": "   ", "speaker": "mbrola-us1"}, 422, "text"),
+    ({"text": "Hello there. " * 40, "speaker": "mbrola-us1"}, 422, "text"),  # over serve.max_text_chars
+    ({"text": "Hello there, all of you. " * 15, "speaker": "mbrola-us1"}, 422, "text"),  # over the model's positions
+    ({"text": "... -- ...", "speaker": "mbrola-us1"}, 422, "text"),  # nothing to say
+    ({"text": "Hello.", "speaker": "nobody"}, 422, "speaker"),
+    ({"text": "Hello.", "speaker": "mbrola-us1", "seed": -1}, 422, "seed"),
+    ({"text": "Hello.", "speaker": "mbrola-us1", "seed": True}, 422, "seed"),
+    ({"text": "Hello.", "speaker": "mbrola-us1", "temperature": 9}, 422, "temperature"),
+    ({"text": "Hello.", "speaker": "mbrola-us1", "temperature": "hot"}, 422, "temperature"),
+    ({"text": "Hello.", "speaker": "mbrola-us1", "voice": "x"}, 422, "voice"),
+])
+def test_bad_requests_get_a_4xx_json_error_naming_the_field(endpoint, body, status, field):
+    url, _ = endpoint
+    got, headers, content = _call(f"{url}/synthesize", body)
+    error = json.loads(content)
+    assert (got, error["field"]) == (status, field), error
+    assert headers["content-type"] == "application/json" and error["error"]
+
+
+def _register_adapter(cfg, base_dir) -> int:
+    """A LoRA adapter that changes the policy (B != 0), registered as the next version, as the align job does."""
+    import mlflow
+
+    from sa_ray import lora, tracking
+    from sa_ray.models.ar import load_ar
+
+    model = lora.attach(load_ar(base_dir / "ar")[0], 4, 8, ["q_proj", "v_proj"])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    folder = f"{cfg.run_dir}/made_adapter"
+    lora.save(model, folder)
+    tracking.setup(cfg)
+    with mlflow.start_run() as run:
+        tracking.log_artifact(folder, "adapters/v1")
+    return tracking.register_model(f"{cfg.name}-policy", run.info.run_id, "adapters/v1", ["latest"])
+
+
+def test_a_newly_registered_version_speaks_without_a_redeploy(endpoint, tiny_base):
+    url, cfg = endpoint
+    request = {"text": "The cat sat on the mat.", "speaker": "mbrola-us2", "seed": 0}
+    assert json.loads(_call(f"{url}/health")[2])["version"] == "base"  # models:/tiny-policy@latest: nothing yet
+    _, headers, base_wav = _call(f"{url}/synthesize", request)
+    assert headers["x-policy-version"] == "base"
+
+    version = _register_adapter(cfg, tiny_base)
+    health = json.loads(_call(f"{url}/health")[2])
+    assert (health["model"], health["version"]) == (f"models:/{cfg.name}-policy@latest", str(version))
+    _, headers, wav = _call(f"{url}/synthesize", request)
+    assert headers["x-policy-version"] == str(version) and wav != base_wav
