@@ -21,6 +21,7 @@ demo: install  ## prepare -> base model (the shipped checkpoint) -> 3 SpeechAlig
 	$(PY) -m jobs.pretrain --config $(CONFIG) codec.path=$(BASE)/codec pretrain.init_from=$(BASE) pretrain.eval_utterances=0 $(ARGS)
 	$(PY) -m jobs.align --config $(CONFIG) codec.path=$(BASE)/codec $(ARGS)
 	$(PY) -m jobs.compare --config $(CONFIG) $(ARGS)
+	@echo "Hear the latest policy: make serve, then curl -s localhost:8000/synthesize -d '{\"text\": \"Hello there.\", \"speaker\": \"mbrola-us1\"}' -o hello.wav (docs/serve.md)"
 
 prepare: install
 	$(PY) -m jobs.prepare --config $(CONFIG) $(ARGS)

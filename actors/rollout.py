@@ -44,7 +44,7 @@ class RolloutEngine:
         vocab = Vocab.load(model_dir)
         self.allowed = vocab.generation_ids()
         # align.forced_phones: each request writes its prompt's phones in order (the samples differ in sound only)
-        self.phone_ids = list(range(vocab.text_offset, vocab.code_offset)) if forced_phones else None
+        self.phone_ids = list(vocab.text_id_range) if forced_phones else None
         self.sampling = sampling  # temperature, top_k, top_p
         self.lora, self.version = None, 0
         self.tokens, self.seconds = 0, 0.0

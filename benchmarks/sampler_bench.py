@@ -44,7 +44,7 @@ def build(args: argparse.Namespace) -> tuple[LlamaForCausalLM, Vocab, list[list[
 def run_ours(model, vocab: Vocab, prompts: list[list[int]], new_tokens: int, batch_size: int,
              forced: bool = False) -> int:
     allowed = [i for i in range(vocab.size) if i != EOS]  # full vocabulary as generate, EOS disabled
-    phones = list(range(vocab.text_offset, vocab.code_offset))
+    phones = list(vocab.text_id_range)
     # --forced: every request must write a script of new_tokens // 3 phones in order (eval.forced_phones)
     script = {"forced": [[phones[(i + k) % len(phones)] for k in range(new_tokens // 3)] for i in range(len(prompts))],
               "forced_ids": phones} if forced else {}

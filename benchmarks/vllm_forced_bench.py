@@ -31,7 +31,7 @@ def main() -> None:
 
     model, vocab, prompts = build(args)
     allowed = [i for i in range(vocab.size) if i != EOS]
-    phones = list(range(vocab.text_offset, vocab.code_offset))
+    phones = list(vocab.text_id_range)
     script = [[phones[(i + k) % len(phones)] for k in range(args.new_tokens // 3)] for i in range(len(prompts))]
     seeds = list(range(len(prompts)))
     with tempfile.TemporaryDirectory() as model_dir:

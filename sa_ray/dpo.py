@@ -42,7 +42,7 @@ class MarginTokens:
             # AlignConfig.check_model says why to a user
             raise ValueError(f"no margin over {tokens!r} tokens for this vocabulary (aligned={vocab.aligned})")
         self.vocab, self.tokens = vocab, tokens
-        self.phone_ids = torch.tensor([*range(vocab.text_offset, vocab.code_offset), EOS])
+        self.phone_ids = torch.tensor([*vocab.text_id_range, EOS])
 
     def mask(self, pairs: list[dict], labels: torch.Tensor) -> torch.Tensor | None:
         """Which label positions count, for the chosen rows then the rejected rows of `pair_logprobs`'s pack

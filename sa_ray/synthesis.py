@@ -97,8 +97,7 @@ class CodecTTS:
                  ) -> tuple[list[list[int]], list[list[int]]]:
         """The AR stage alone: generated target tokens and the text ids asked for, per request."""
         prompts, budgets, texts = self.prompts(requests, fit_positions)
-        phones = range(self.vocab.text_offset, self.vocab.code_offset)
-        forced = {"forced": texts, "forced_ids": phones} if self.forced_phones else {}
+        forced = {"forced": texts, "forced_ids": self.vocab.text_id_range} if self.forced_phones else {}
         return sample(self.ar, prompts, self.vocab.generation_ids(), EOS, budgets, [r.seed for r in requests],
                       sampling, **forced), texts
 

@@ -156,7 +156,7 @@ class VLLMEngine:
             raise ValueError(f"invalid sampling parameters: temperature={temperature} top_k={top_k} top_p={top_p}")
         allowed = self._check_ids(allowed_ids)
         check_forced(forced, forced_ids, allowed, n)
-        constrained = sorted({*map(int, forced_ids), int(eos_id)})
+        constrained = None if forced is None else sorted({*map(int, forced_ids), int(eos_id)})
         too_long = [i for i in range(n) if len(prompts[i]) + budgets[i] > self.max_model_len]
         if too_long:
             i = too_long[0]

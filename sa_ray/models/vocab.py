@@ -50,6 +50,11 @@ class Vocab:
     def size(self) -> int:
         return self.code_offset + self.codebook_size
 
+    @property
+    def text_id_range(self) -> range:
+        """The ids of the text tokens (phones, in an aligned vocabulary): what forced decoding constrains."""
+        return range(self.text_offset, self.code_offset)
+
     # ------------------------------------------------------------------------------------ mapping
 
     def text_ids(self, tokens: list[str]) -> list[int]:
@@ -75,7 +80,7 @@ class Vocab:
         """The ids a sampler may emit after [SPEECH]."""
         ids = list(range(self.code_offset, self.size)) + [EOS]
         if self.aligned:
-            ids = list(range(self.text_offset, self.code_offset)) + ids
+            ids = list(self.text_id_range) + ids
         return sorted(ids)
 
     def _index(self) -> dict[str, int]:
