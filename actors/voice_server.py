@@ -1,6 +1,7 @@
 """VoiceServer: the Ray Serve deployment that speaks with the latest policy (sa_ray.serve does the work).
 
     POST /synthesize  {"text": "...", "speaker": "mbrola-us1", "seed": 0, "temperature": 1.0}  -> audio/wav
+                      ("prompt_wav": base64 of ~3 s of a voice to clone, instead of "speaker")
     GET  /health      -> {"model": "models:/tiny-policy@latest", "version": 3, "speakers": [...], ...}
 
 Bad input is answered with a 4xx JSON error {"error", "field"}. A replica looks its alias up again at most every
@@ -23,6 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from sa_ray import tracking
+from sa_ray.audio import wav_bytes
 from sa_ray.codec import load_codec
 from sa_ray.config import Config
 from sa_ray.serve import (
@@ -31,7 +33,6 @@ from sa_ray.serve import (
     RegisteredPolicy,
     SpeechRequest,
     parse_request,
-    wav_bytes,
 )
 
 app = FastAPI(title="sa-ray voice", docs_url=None, redoc_url=None)
@@ -76,7 +77,7 @@ class VoiceServer:
         with self.lock:
             self._refresh()
             out = self.voice.speak(request)
-            return wav_bytes(out, self.voice.codec.sample_rate), self._version_label(), out.ended
+            return wav_bytes(out.wav, self.voice.codec.sample_rate), self._version_label(), out.ended
 
     def _version_label(self) -> str:
         return "base" if self.version is None else str(self.version)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from math import gcd
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -19,13 +21,22 @@ def resample(wav: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return resample_poly(wav, sr_out // g, sr_in // g).astype(np.float32)
 
 
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """Reads any libsndfile format (wav, flac, ...) as mono float32. Raises on unreadable files."""
-    wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
+def read_wav(source: str | Path | BinaryIO) -> tuple[np.ndarray, int]:
+    """Reads any libsndfile format (wav, flac, ...) from a path or a file object as mono float32. Raises on
+    unreadable input."""
+    wav, sr = sf.read(str(source) if isinstance(source, (str, Path)) else source, dtype="float32", always_2d=True)
     return wav.mean(axis=1), int(sr)
 
 
+def wav_bytes(wav: np.ndarray, sr: int) -> bytes:
+    """A 16-bit PCM WAV file's bytes (samples clipped to [-1, 1])."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(np.asarray(wav, dtype=np.float32), -1.0, 1.0), sr, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
 def write_wav(path: str | Path, wav: np.ndarray, sr: int) -> None:
+    """16-bit PCM in the format the name's extension says (wav, flac, ...), samples clipped to [-1, 1]."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), np.clip(np.asarray(wav, dtype=np.float32), -1.0, 1.0), sr, subtype="PCM_16")
 

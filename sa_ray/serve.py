@@ -8,15 +8,19 @@ into a copy of the AR when told to, as the evaluator does, so a served version s
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
 from sa_ray import lora, tracking
+from sa_ray.audio import read_wav
 from sa_ray.codec import Codec
 from sa_ray.data.examples import PromptBank
 from sa_ray.models.ar import load_ar
@@ -25,6 +29,8 @@ from sa_ray.sampling import SamplingConfig
 from sa_ray.synthesis import CodecTTS, Request, Synthesis, TextError
 
 MAX_TEMPERATURE = 2.0
+PROMPT_SECONDS = (0.5, 30.0)  # a voice to clone: long enough to hear, short enough to read in one go
+MAX_PROMPT_BYTES = 8 * 2**20
 
 
 class BadRequest(ValueError):
@@ -41,12 +47,13 @@ class BadRequest(ValueError):
 @dataclass(frozen=True)
 class SpeechRequest:
     text: str
-    speaker: str
+    speaker: str | None  # a voice of the prepared data, or None: `prompt` is the voice
     seed: int = 0
     temperature: float = 1.0
+    prompt: tuple[np.ndarray, int] | None = None  # (mono wav, sample rate) of the voice to clone
 
 
-_FIELDS = ("text", "speaker", "seed", "temperature")
+_FIELDS = ("text", "speaker", "prompt_wav", "seed", "temperature")
 
 
 def parse_request(body: object, speakers: list[str], max_text_chars: int) -> SpeechRequest:
@@ -56,18 +63,21 @@ def parse_request(body: object, speakers: list[str], max_text_chars: int) -> Spe
     unknown = sorted(set(body) - set(_FIELDS))
     if unknown:
         raise BadRequest(unknown[0], f"unknown field; the fields are {', '.join(_FIELDS)}")
-    for name in ("text", "speaker"):
-        if name not in body:
+    if ("speaker" in body) == ("prompt_wav" in body):
+        raise BadRequest("speaker", "give one voice: a `speaker` of the health answer's list, or a `prompt_wav` to clone")
+    for name in ("text", "speaker", "prompt_wav"):
+        if name == "text" and name not in body:
             raise BadRequest(name, "is required")
-        if not isinstance(body[name], str):
+        if name in body and not isinstance(body[name], str):
             raise BadRequest(name, f"must be a string; got {type(body[name]).__name__}")
     text = body["text"].strip()
     if not text:
         raise BadRequest("text", "must not be empty")
     if len(text) > max_text_chars:
         raise BadRequest("text", f"is {len(text)} characters; at most {max_text_chars} (send one sentence at a time)")
-    if body["speaker"] not in speakers:
+    if "speaker" in body and body["speaker"] not in speakers:
         raise BadRequest("speaker", f"unknown speaker {body['speaker'][:60]!r}; the voices are {', '.join(speakers)}")
+    prompt = _prompt_audio(body["prompt_wav"]) if "prompt_wav" in body else None
     seed = body.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise BadRequest("seed", "must be an integer in [0, 2**63)")
@@ -75,7 +85,24 @@ def parse_request(body: object, speakers: list[str], max_text_chars: int) -> Spe
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
             or not 0 <= temperature <= MAX_TEMPERATURE:
         raise BadRequest("temperature", f"must be a number in [0, {MAX_TEMPERATURE}] (0 = greedy)")
-    return SpeechRequest(text, body["speaker"], seed, float(temperature))
+    return SpeechRequest(text, body.get("speaker"), seed, float(temperature), prompt)
+
+
+def _prompt_audio(encoded: str) -> tuple[np.ndarray, int]:
+    """base64 of an audio file (wav, flac, ...) -> (mono wav, rate), within PROMPT_SECONDS."""
+    if len(encoded) > MAX_PROMPT_BYTES * 4 // 3 + 4:
+        raise BadRequest("prompt_wav", f"is over {MAX_PROMPT_BYTES // 2**20} MB; a few seconds of speech are enough")
+    try:
+        wav, sample_rate = read_wav(io.BytesIO(base64.b64decode(encoded, validate=True)))
+    except binascii.Error:
+        raise BadRequest("prompt_wav", "is not base64") from None
+    except sf.LibsndfileError:
+        raise BadRequest("prompt_wav", "is not an audio file soundfile reads (wav, flac, ogg, ...)") from None
+    seconds = len(wav) / sample_rate
+    if not PROMPT_SECONDS[0] <= seconds <= PROMPT_SECONDS[1]:
+        raise BadRequest("prompt_wav", f"lasts {seconds:.2f} s; a voice prompt lasts {PROMPT_SECONDS[0]} to "
+                         f"{PROMPT_SECONDS[1]:.0f} s")
+    return wav, sample_rate
 
 
 class RegisteredPolicy:
@@ -109,12 +136,6 @@ class RegisteredPolicy:
         return version, local
 
 
-def wav_bytes(synthesis: Synthesis, sample_rate: int) -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, synthesis.wav, sample_rate, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
-
-
 class PolicyVoice:
     """Base AR + NAR + codec, loaded once; `use` swaps in a policy version; `speak` answers one request."""
 
@@ -123,7 +144,7 @@ class PolicyVoice:
         self.base, self.vocab = load_ar(Path(base_dir) / "ar")
         self.nar, self.codec = NARModel.from_pretrained(Path(base_dir) / "nar"), codec
         self.phone_voice, self.forced_phones = phone_voice, forced_phones
-        self.bank = PromptBank.of_voices(data_dir, prompt_frames, codec.n_codebooks)
+        self.bank, self.prompt_frames = PromptBank.of_voices(data_dir, prompt_frames, codec.n_codebooks), prompt_frames
         self.speakers = sorted(self.bank.by_speaker)
         self.tts: CodecTTS | None = None
 
@@ -135,7 +156,10 @@ class PolicyVoice:
 
     def speak(self, request: SpeechRequest) -> Synthesis:
         """Same request and version -> the same speech: the voice prompt and the sampling both follow `seed`."""
-        prompt = self.bank.draw(request.speaker, "", random.Random(request.seed))
+        if request.prompt is None:
+            prompt = self.bank.draw(request.speaker, "", random.Random(request.seed))
+        else:  # the first prompt_frames of the voice given, as `jobs.synthesize --prompt-wav`
+            prompt = self.codec.encode(*request.prompt)[:, : self.prompt_frames]
         try:
             return self.tts.synthesize([Request(request.text, prompt, request.seed)],
                                        SamplingConfig(temperature=request.temperature), fit_positions=True)[0]

@@ -93,13 +93,9 @@ def set_tags(tags: dict[str, str]) -> None:
 
 def log_wav(wav, sample_rate: int, artifact_file: str) -> None:
     """A waveform as a .wav artifact (MLflow's UI plays it)."""
-    import io
+    from sa_ray.audio import wav_bytes
 
-    import soundfile as sf
-
-    buffer = io.BytesIO()
-    sf.write(buffer, wav, sample_rate, format="WAV")
-    log_bytes(buffer.getvalue(), artifact_file)
+    log_bytes(wav_bytes(wav, sample_rate), artifact_file)
 
 
 def log_bytes(data: bytes, artifact_file: str) -> None:

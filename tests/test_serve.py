@@ -3,15 +3,20 @@ registered, then that version speaks without a redeploy; bad input gets a 4xx JS
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import socket
 import urllib.error
 import urllib.request
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import torch
+
+from sa_ray.audio import wav_bytes
 
 from .conftest import config_of, copy_prepared, tiny_argv
 
@@ -65,6 +70,22 @@ def test_the_base_speaks_wav_and_a_seed_repeats_it(endpoint):
     assert _call(f"{url}/synthesize", {**request, "seed": 4})[2] != wav
 
 
+def test_a_voice_given_as_prompt_wav_is_cloned(endpoint):
+    url, cfg = endpoint
+    row = pq.read_table(f"{cfg.run_dir}/data/heldout_voices", columns=["audio_path"]).slice(0, 1).to_pylist()[0]
+    with open(row["audio_path"], "rb") as f:  # an utterance of the zero-shot voice, as a user would upload it
+        request = {"text": "The cat sat on the mat.", "prompt_wav": base64.b64encode(f.read()).decode(), "seed": 1}
+    status, headers, wav = _call(f"{url}/synthesize", request)
+    assert status == 200 and headers["content-type"] == "audio/wav" and len(sf.read(io.BytesIO(wav))[0]) > 0
+    assert _call(f"{url}/synthesize", request)[2] == wav
+    speaker = _call(f"{url}/synthesize", {"text": request["text"], "speaker": "mbrola-us1", "seed": 1})[2]
+    assert speaker != wav
+
+
+def _b64_wav(seconds: float) -> str:
+    return base64.b64encode(wav_bytes(np.zeros(int(seconds * 22050), np.float32), 22050)).decode()
+
+
 @pytest.mark.parametrize("body, status, field", [
     (b"{not json", 400, "body"),
     ([1, 2], 422, "body"),
@@ -80,6 +101,11 @@ def test_the_base_speaks_wav_and_a_seed_repeats_it(endpoint):
     ({"text": "Hello.", "speaker": "mbrola-us1", "temperature": 9}, 422, "temperature"),
     ({"text": "Hello.", "speaker": "mbrola-us1", "temperature": "hot"}, 422, "temperature"),
     ({"text": "Hello.", "speaker": "mbrola-us1", "voice": "x"}, 422, "voice"),
+    ({"text": "Hello."}, 422, "speaker"),  # no voice
+    ({"text": "Hello.", "speaker": "mbrola-us1", "prompt_wav": _b64_wav(1.0)}, 422, "speaker"),  # two voices
+    ({"text": "Hello.", "prompt_wav": "not base64!"}, 422, "prompt_wav"),
+    ({"text": "Hello.", "prompt_wav": base64.b64encode(b"RIFF but not audio").decode()}, 422, "prompt_wav"),
+    ({"text": "Hello.", "prompt_wav": _b64_wav(0.1)}, 422, "prompt_wav"),  # too short to hear a voice in
 ])
 def test_bad_requests_get_a_4xx_json_error_naming_the_field(endpoint, body, status, field):
     url, _ = endpoint
