@@ -41,7 +41,7 @@ serve: install  ## after `make demo`: a Ray Serve endpoint for the latest regist
 	$(PY) -m jobs.serve --config $(CONFIG) $(ARGS)
 
 test: install  ## the whole suite
-	bash scripts/install-system.sh
+	bash scripts/install-system.sh --test
 	$(PY) -m pytest -q -ra $(ARGS)
 
 test-fast: install  ## skip the slow end-to-end tests

@@ -53,9 +53,8 @@ def learn_loop(config: dict) -> None:
                     learner.save(d)
                     if step == cfg.steps:
                         learner.export(f"{d}/adapter", config["probe"])
+                # only with a checkpoint: every step's metrics are in MLflow already, and Ray Train logs each report
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
-        else:
-            ray.train.report(metrics)
 
 
 def fit_learner(cfg, run, i: int, base_dir: Path, probe: dict, parent_run_id: str) -> dict:

@@ -62,6 +62,5 @@ def train_loop(config: dict) -> None:
                 trainer.save(d)  # every rank (ZeRO gathers the optimiser state collectively); rank 0 writes
                 if rank == 0:
                     trainer.export(f"{d}/model")
+                # only with a checkpoint: the metrics are in MLflow already, and Ray Train logs each report
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
-        elif step % log_every == 0:
-            ray.train.report(metrics)

@@ -3,6 +3,7 @@
     POST /synthesize  {"text": "...", "speaker": "mbrola-us1", "seed": 0, "temperature": 1.0}  -> audio/wav
                       ("prompt_wav": base64 of ~3 s of a voice to clone, instead of "speaker")
     GET  /health      -> {"model": "models:/tiny-policy@latest", "version": 3, "speakers": [...], ...}
+    GET  /            -> a listening page (sa_ray/web/voice.html) over the two
 
 Bad input is answered with a 4xx JSON error {"error", "field"}. A replica looks its alias up again at most every
 `serve.refresh_seconds` and merges in a version it has not served yet, so each version an align job registers is
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
 from sa_ray import tracking
@@ -28,6 +29,7 @@ from sa_ray.audio import wav_bytes
 from sa_ray.codec import load_codec
 from sa_ray.config import Config
 from sa_ray.serve import (
+    PAGE,
     BadRequest,
     PolicyVoice,
     RegisteredPolicy,
@@ -50,6 +52,7 @@ class VoiceServer:
                                  cfg.model.phone_voice, cfg.eval.forced_phones)
         self.policy = RegisteredPolicy(cfg.serve.model_uri(cfg.name), tracking.resolve_uri(cfg.tracking.uri),
                                        run_dir / "serve" / "adapters")
+        self.page = PAGE.read_text()
         self.lock = threading.Lock()  # one version at a time: a swap never happens under a request
         self.version: int | None | str = "unloaded"
         self.checked = -math.inf
@@ -81,6 +84,11 @@ class VoiceServer:
 
     def _version_label(self) -> str:
         return "base" if self.version is None else str(self.version)
+
+    @app.get("/", response_class=HTMLResponse)
+    def listen(self) -> str:
+        """A page to type a sentence, pick a voice (or upload one) and hear each version's take."""
+        return self.page
 
     @app.get("/health")
     def health(self) -> dict:

@@ -28,6 +28,7 @@ from sa_ray.models.nar import NARModel
 from sa_ray.sampling import SamplingConfig
 from sa_ray.synthesis import CodecTTS, Request, Synthesis, TextError
 
+PAGE = Path(__file__).parent / "web" / "voice.html"  # the listening page the endpoint serves at /
 MAX_TEMPERATURE = 2.0
 PROMPT_SECONDS = (0.5, 30.0)  # a voice to clone: long enough to hear, short enough to read in one go
 MAX_PROMPT_BYTES = 8 * 2**20

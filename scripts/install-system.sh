@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Debian packages for the built-in corpus (voices) and tests. Idempotent: installs only what is missing.
+# Debian packages for the built-in corpus (voices) and, with --test, for the tests (Chromium for the listening
+# page). Idempotent: installs only what is missing.
 # MBROLA voices live in Debian contrib/non-free; this machine's apt lists only `main`, so a private
 # apt configuration (its own sources and lists under a cache dir) installs them without touching
 # the system's sources.
 set -euo pipefail
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 MAIN_PKGS="espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts libsndfile1 sox"
+[ "${1:-}" = "--test" ] && MAIN_PKGS="$MAIN_PKGS chromium"
 NONFREE_PKGS="mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1"
 
 missing() { for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || echo "$p"; done; }

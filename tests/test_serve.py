@@ -147,3 +147,41 @@ def test_a_newly_registered_version_speaks_without_a_redeploy(endpoint, tiny_bas
     assert (health["model"], health["version"]) == (f"models:/{cfg.name}-policy@latest", str(version))
     _, headers, wav = _call(f"{url}/synthesize", request)
     assert headers["x-policy-version"] == str(version) and wav != base_wav
+
+
+def test_the_listening_page_speaks_in_chromium(endpoint, tmp_path):
+    """The page at / in a real (headless) Chromium: the voices from /health, a take that plays, an error that
+    names its field and marks its input."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    url, _ = endpoint
+    chromium = shutil.which("chromium")
+    assert chromium, "no chromium on PATH: `bash scripts/install-system.sh --test` installs it"
+    speakers = json.loads(_call(f"{url}/health")[2])["speakers"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(f"{url}/")
+        page.wait_for_function("document.querySelectorAll('#speaker option').length > 1")
+        assert page.eval_on_selector_all("#speaker option", "els => els.map(e => e.value)")[:-1] == speakers
+        page.select_option("#speaker", "mbrola-us2")
+        page.fill("#text", "The cat sat on the mat.")
+        page.click("#speak")
+        audio = page.wait_for_selector("#takes li audio")
+        duration = audio.evaluate("a => new Promise(done => a.readyState >= 1 ? done(a.duration)"
+                                  " : a.addEventListener('loadedmetadata', () => done(a.duration)))")
+        same, sample_rate = sf.read(io.BytesIO(_call(f"{url}/synthesize", {
+            "text": "The cat sat on the mat.", "speaker": "mbrola-us2", "seed": 0, "temperature": 1.0})[2]))
+        assert duration == pytest.approx(len(same) / sample_rate, abs=1e-3) and duration > 0  # the endpoint's take
+        assert "mbrola-us2 · seed 0 · version" in page.inner_text("#takes li .meta")
+
+        page.fill("#text", "... -- ...")
+        page.click("#speak")
+        page.wait_for_function("document.getElementById('error').textContent.length > 0")
+        assert page.inner_text("#error").startswith("text: nothing to say")
+        assert "bad" in page.get_attribute("#text", "class")
+        assert page.locator("#takes li").count() == 1
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        browser.close()
