@@ -24,7 +24,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
-from sa_ray import tracking
 from sa_ray.audio import wav_bytes
 from sa_ray.codec import load_codec
 from sa_ray.config import Config
@@ -50,8 +49,7 @@ class VoiceServer:
         self.settings = cfg.serve
         self.voice = PolicyVoice(base_dir, codec, run_dir / "data", cfg.model.prompt_frames(codec.frame_rate),
                                  cfg.model.phone_voice, cfg.eval.forced_phones)
-        self.policy = RegisteredPolicy(cfg.serve.model_uri(cfg.name), tracking.resolve_uri(cfg.tracking.uri),
-                                       run_dir / "serve" / "adapters")
+        self.policy = RegisteredPolicy.of_config(cfg)
         self.page = PAGE.read_text()
         self.lock = threading.Lock()  # one version at a time: a swap never happens under a request
         self.version: int | None | str = "unloaded"

@@ -22,6 +22,7 @@ from jobs import _cli
 from sa_ray.config import load_config
 from sa_ray.data.prepare import read_summary
 from sa_ray.models.vocab import Vocab
+from sa_ray.serve import RegisteredPolicy
 
 APP = "sa-ray-voice"
 
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> str:
     if not (base_dir / "ar" / "vocab.json").is_file():
         raise FileNotFoundError(f"no base model in {base_dir}: run `python -m jobs.pretrain` or set align.base_model")
     cfg.eval.check_model(Vocab.load(base_dir / "ar").aligned)
+    RegisteredPolicy.of_config(cfg).resolve()  # a version that is not registered fails here, named, not in a replica
 
     _cli.init_ray(cfg)
     from ray import serve
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> str:
     from actors.voice_server import VoiceServer
 
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    serve.run(VoiceServer.options(num_replicas=cfg.serve.replicas).bind(cfg, str(base_dir)), name=APP, route_prefix="/")
+    voice = VoiceServer.options(num_replicas=cfg.serve.replicas, ray_actor_options={"num_cpus": cfg.serve.num_cpus})
+    serve.run(voice.bind(cfg, str(base_dir)), name=APP, route_prefix="/")
     url = f"http://{cfg.serve.host}:{cfg.serve.port}"
     with urllib.request.urlopen(f"{url}/health", timeout=60) as response:
         health = json.load(response)

@@ -7,6 +7,7 @@ Everything is checked before any work starts: unknown keys, wrong types and out-
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -310,14 +311,16 @@ class ServeConfig:
     host: str = "127.0.0.1"  # 0.0.0.0 exposes it beyond this machine
     port: int = 8000
     replicas: int = 1
+    num_cpus: float = 1.0  # per replica (a fraction leaves a laptop's cores to an align job beside it)
     refresh_seconds: float = 30.0  # how often an alias (latest, best) is looked up again; a moved alias is loaded
     max_text_chars: int = 400
 
     def validate(self) -> None:
-        _require(self.model == "" or self.model == "base" or self.model.startswith("models:/"),
+        _require(self.model in ("", "base") or re.fullmatch(r"models:/[^@/]+(@[^@/]+|/[0-9]+)", self.model) is not None,
                  f"serve.model must be models:/<name>@<alias>, models:/<name>/<version>, base or empty; got {self.model!r}")
         _require(1 <= self.port <= 65535, "serve.port must be in [1, 65535]")
         _require(self.replicas >= 1, "serve.replicas must be >= 1")
+        _require(self.num_cpus > 0, "serve.num_cpus must be > 0")
         _require(self.refresh_seconds >= 0, "serve.refresh_seconds must be >= 0")
         _require(self.max_text_chars >= 1, "serve.max_text_chars must be >= 1")
 

@@ -113,16 +113,13 @@ class RegisteredPolicy:
 
     def __init__(self, uri: str, tracking_uri: str, cache_dir: str | Path):
         self.uri, self.tracking_uri, self.cache_dir = uri, tracking_uri, Path(cache_dir)
-        ref = uri.removeprefix("models:/")
-        if uri == "base":
-            self.name, self.alias, self.version = None, None, None
-        elif "@" in ref:
-            (self.name, self.alias), self.version = ref.split("@", 1), None
-        elif "/" in ref and ref.rsplit("/", 1)[1].isdigit():
-            (self.name, version), self.alias = ref.rsplit("/", 1), None
-            self.version = int(version)
-        else:
-            raise ValueError(f"expected base, models:/<name>@<alias> or models:/<name>/<version>; got {uri!r}")
+        self.name, self.alias, self.version = (None, None, None) if uri == "base" else tracking.model_ref(uri)
+
+    @classmethod
+    def of_config(cls, cfg) -> RegisteredPolicy:
+        """`serve.model` of a config, looked up in its tracking store, cached under <run_dir>/serve/adapters."""
+        return cls(cfg.serve.model_uri(cfg.name), tracking.resolve_uri(cfg.tracking.uri),
+                   Path(cfg.run_dir) / "serve" / "adapters")
 
     def resolve(self) -> tuple[int | None, Path | None]:
         """(version, its adapter directory); (None, None) for the base."""

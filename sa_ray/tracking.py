@@ -191,20 +191,31 @@ def alias_version(name: str, alias: str, tracking_uri: str) -> int | None:
     return None if version is None else int(version)
 
 
+def model_ref(uri: str) -> tuple[str, str | None, int | None]:
+    """`models:/<name>@<alias>` -> (name, alias, None); `models:/<name>/<version>` -> (name, None, version);
+    `models:/` may be left out. ValueError for anything else."""
+    ref = uri.removeprefix("models:/").strip("/")
+    if "@" in ref and all(ref.split("@", 1)):
+        name, alias = ref.split("@", 1)
+        return name, alias, None
+    if "/" in ref and ref.rsplit("/", 1)[1].isdigit() and ref.rsplit("/", 1)[0]:
+        name, version = ref.rsplit("/", 1)
+        return name, None, int(version)
+    raise ValueError(f"expected models:/<name>@<alias> or models:/<name>/<version>, got {uri!r}")
+
+
 def download_model(uri_or_name_alias: str, dst: str | Path, tracking_uri: str) -> Path:
     """Copies a registered version's files into the folder `dst` and returns it (`dst` then holds
-    e.g. `adapter_config.json` directly). Accepts `models:/<name>@<alias>`, `models:/<name>/<version>`,
-    or the same without `models:/`."""
+    e.g. `adapter_config.json` directly). Accepts what `model_ref` does; FileNotFoundError when the store
+    has no such model, alias or version."""
     client = _registry_client(tracking_uri)
-    ref = uri_or_name_alias.removeprefix("models:/").strip("/")
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        mv = client.get_model_version_by_alias(name, alias)
-    elif "/" in ref and ref.rsplit("/", 1)[1].isdigit():
-        name, version = ref.rsplit("/", 1)
-        mv = client.get_model_version(name, version)
-    else:
-        raise ValueError(f"expected models:/<name>@<alias> or models:/<name>/<version>, got {uri_or_name_alias!r}")
+    name, alias, version = model_ref(uri_or_name_alias)
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise FileNotFoundError(f"{uri_or_name_alias}: no such registered model version in {client.tracking_uri}") from None
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=f".{dst.name}.") as staging:

@@ -47,6 +47,9 @@ def test_overrides_are_typed_by_yaml_and_applied():
     ("align.reward=wer", "align.reward must be asr or phones"),
     ("align.margin_tokens=costs", "align.margin_tokens must be all, phones, errors or frames"),
     ("align.nll_target=sample", "align.nll_target must be chosen or golden"),
+    ("serve.model=tiny-policy@latest", "serve.model must be models:/<name>@<alias>"),
+    ("serve.model=models:/tiny-policy", "serve.model must be models:/<name>@<alias>"),
+    ("serve.port=0", "serve.port must be in [1, 65535]"),
 ])
 def test_bad_values_fail_before_any_work_naming_the_field(override, needle):
     with pytest.raises(ConfigError, match=None) as err:

@@ -49,10 +49,21 @@ def endpoint(prepared_tiny, tiny_base, corpus_cache, tmp_path_factory, ray_local
     tmp = tmp_path_factory.mktemp("serve")
     copy_prepared(config_of(prepared_argv).run_dir, tmp)
     argv = tiny_argv(tmp, corpus_cache, f"align.base_model={tiny_base}", f"serve.port={_free_port()}",
-                     "serve.refresh_seconds=0")
+                     "serve.refresh_seconds=0", "serve.num_cpus=0.5")
     url = serve_job.main([*argv, "--detach"])
     yield url, config_of(argv)
     serve.shutdown()
+
+
+def test_a_version_that_is_not_registered_is_refused_before_deploying(endpoint, tiny_base):
+    from jobs import serve as serve_job
+
+    url, cfg = endpoint
+    argv = ["--config", "configs/tiny.yaml", f"run_dir={cfg.run_dir}", f"tracking.uri={cfg.tracking.uri}",
+            f"align.base_model={tiny_base}", "serve.model=models:/tiny-policy/9", "--detach"]
+    with pytest.raises(FileNotFoundError, match="models:/tiny-policy/9: no such registered model version"):
+        serve_job.main(argv)
+    assert _call(f"{url}/health")[0] == 200  # the running endpoint is untouched
 
 
 def test_the_base_speaks_wav_and_a_seed_repeats_it(endpoint):
