@@ -51,6 +51,9 @@ class VoiceServer:
                                  cfg.model.phone_voice, cfg.eval.forced_phones)
         self.policy = RegisteredPolicy.of_config(cfg)
         self.page = PAGE.read_text()
+        self._speak.set_max_batch_size(cfg.serve.max_batch)
+        self._speak.set_batch_wait_timeout_s(cfg.serve.batch_wait_seconds)
+        self.largest_batch = 0
         self.lock = threading.Lock()  # one version at a time: a swap never happens under a request
         self.version: int | None | str = "unloaded"
         self.checked = -math.inf
@@ -74,11 +77,19 @@ class VoiceServer:
             self.version = version
             log.info("serving %s: version %s", self.policy.uri, "base" if version is None else version)
 
-    def _speak(self, request: SpeechRequest) -> tuple[bytes, str, bool]:
+    @serve.batch
+    async def _speak(self, requests: list[SpeechRequest]) -> list[tuple[bytes, str, bool] | BadRequest]:
+        """Requests arriving within `serve.batch_wait_seconds` of each other (up to `serve.max_batch`) are sampled
+        as one batch: one forward per step for all of them."""
+        return await asyncio.to_thread(self._speak_now, requests)
+
+    def _speak_now(self, requests: list[SpeechRequest]) -> list[tuple[bytes, str, bool] | BadRequest]:
         with self.lock:
             self._refresh()
-            out = self.voice.speak(request)
-            return wav_bytes(out.wav, self.voice.codec.sample_rate), self._version_label(), out.ended
+            version, self.largest_batch = self._version_label(), max(self.largest_batch, len(requests))
+            return [out if isinstance(out, BadRequest) else (wav_bytes(out.wav, self.voice.codec.sample_rate),
+                                                             version, out.ended)
+                    for out in self.voice.speak(requests)]
 
     def _version_label(self) -> str:
         return "base" if self.version is None else str(self.version)
@@ -93,7 +104,8 @@ class VoiceServer:
         with self.lock:
             self._refresh()
             return {"model": self.policy.uri, "version": self._version_label(), "speakers": self.voice.speakers,
-                    "sample_rate": self.voice.codec.sample_rate, "max_text_chars": self.settings.max_text_chars}
+                    "sample_rate": self.voice.codec.sample_rate, "max_text_chars": self.settings.max_text_chars,
+                    "largest_batch": self.largest_batch}
 
     @app.post("/synthesize")
     async def synthesize(self, request: Request) -> Response:
@@ -102,9 +114,11 @@ class VoiceServer:
         except (ValueError, UnicodeDecodeError):
             return JSONResponse({"error": "the body is not JSON", "field": "body"}, status_code=400)
         try:
-            parsed = parse_request(body, self.voice.speakers, self.settings.max_text_chars)
-            wav, version, ended = await asyncio.to_thread(self._speak, parsed)
+            result = await self._speak(parse_request(body, self.voice.speakers, self.settings.max_text_chars))
+            if isinstance(result, BadRequest):
+                raise result
         except BadRequest as exc:
             return JSONResponse(exc.body(), status_code=exc.status)
+        wav, version, ended = result
         return Response(wav, media_type="audio/wav",
                         headers={"X-Policy-Version": version, "X-Ended": "true" if ended else "false"})

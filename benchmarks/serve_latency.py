@@ -1,11 +1,13 @@
-"""What one request to the Serve endpoint costs: wall time per sentence and the real-time factor, over HTTP.
+"""What requests to the Serve endpoint cost: wall time per sentence and the real-time factor, over HTTP.
 
     python -m jobs.prepare codec.path=checkpoints/base/codec run_dir=runs/serve-bench corpus.max_utterances=240
-    python -m benchmarks.serve_latency run_dir=runs/serve-bench align.base_model=checkpoints/base [--requests 12]
+    python -m benchmarks.serve_latency run_dir=runs/serve-bench align.base_model=checkpoints/base \
+        [--requests 12] [--clients 1]
 
 Starts `jobs.serve --detach` on a local Ray cluster (serve.port 8123 unless overridden), then sends the
-held-out sentences of the run one at a time (each a new seed, speakers in turn), after one warm-up request.
-Real-time factor = seconds of speech made per second of wall time (above 1: faster than it plays).
+held-out sentences of the run (each a new seed, speakers in turn) from --clients clients at once, after one
+warm-up request. Real-time factor = seconds of speech made per second of wall time, all clients together
+(above 1: faster than it plays); with several clients the endpoint samples their requests in batches.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import statistics
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -36,6 +39,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/tiny.yaml")
     p.add_argument("--requests", type=int, default=12)
+    p.add_argument("--clients", type=int, default=1)
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
 
@@ -51,15 +55,20 @@ def main() -> None:
     rows = pq.read_table(Path(cfg.run_dir) / "data" / "heldout_sentences", columns=["text"]).to_pylist()
     speakers = health["speakers"]
     _post(url, {"text": rows[0]["text"], "speaker": speakers[0]})  # warm-up: first-call allocations
-    results = [_post(url, {"text": rows[i % len(rows)]["text"], "speaker": speakers[i % len(speakers)], "seed": i})
-               for i in range(args.requests)]
+    bodies = [{"text": rows[i % len(rows)]["text"], "speaker": speakers[i % len(speakers)], "seed": i}
+              for i in range(args.requests)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(args.clients) as pool:
+        results = list(pool.map(lambda body: _post(url, body), bodies))
+    total = time.perf_counter() - start
+    largest = json.load(urllib.request.urlopen(f"{url}/health"))["largest_batch"]
     serve.shutdown()
     walls, seconds = [r[0] for r in results], [r[1] for r in results]
-    print(f"{health['model']} version {health['version']}: {len(results)} requests one at a time, "
-          f"{sum(r[2] == 'false' for r in results)} hit the length limit")
+    print(f"{health['model']} version {health['version']}: {len(results)} requests from {args.clients} client(s), "
+          f"largest batch {largest}, {sum(r[2] == 'false' for r in results)} hit the length limit")
     print(f"  wall per request   median {statistics.median(walls):.2f} s  (min {min(walls):.2f}, max {max(walls):.2f})")
     print(f"  speech per request median {statistics.median(seconds):.2f} s")
-    print(f"  real-time factor   {sum(seconds) / sum(walls):.2f} (seconds of speech per second of wall time)")
+    print(f"  real-time factor   {sum(seconds) / total:.2f} (seconds of speech per second of wall time, all clients)")
 
 
 if __name__ == "__main__":

@@ -312,6 +312,8 @@ class ServeConfig:
     port: int = 8000
     replicas: int = 1
     num_cpus: float = 1.0  # per replica (a fraction leaves a laptop's cores to an align job beside it)
+    max_batch: int = 8  # requests sampled together (Ray Serve batching)
+    batch_wait_seconds: float = 0.05  # how long a request waits for others to share its batch
     refresh_seconds: float = 30.0  # how often an alias (latest, best) is looked up again; a moved alias is loaded
     max_text_chars: int = 400
 
@@ -321,6 +323,8 @@ class ServeConfig:
         _require(1 <= self.port <= 65535, "serve.port must be in [1, 65535]")
         _require(self.replicas >= 1, "serve.replicas must be >= 1")
         _require(self.num_cpus > 0, "serve.num_cpus must be > 0")
+        _require(self.max_batch >= 1 and self.batch_wait_seconds >= 0,
+                 "serve.max_batch must be >= 1 and serve.batch_wait_seconds >= 0")
         _require(self.refresh_seconds >= 0, "serve.refresh_seconds must be >= 0")
         _require(self.max_text_chars >= 1, "serve.max_text_chars must be >= 1")
 

@@ -152,14 +152,26 @@ class PolicyVoice:
         self.tts = CodecTTS(lora.policy(self.base, adapter_dir), self.vocab, self.nar, self.codec, self.phone_voice,
                             self.forced_phones)
 
-    def speak(self, request: SpeechRequest) -> Synthesis:
-        """Same request and version -> the same speech: the voice prompt and the sampling both follow `seed`."""
-        if request.prompt is None:
-            prompt = self.bank.draw(request.speaker, "", random.Random(request.seed))
-        else:  # the first prompt_frames of the voice given, as `jobs.synthesize --prompt-wav`
-            prompt = self.codec.encode(*request.prompt)[:, : self.prompt_frames]
-        try:
-            return self.tts.synthesize([Request(request.text, prompt, request.seed)],
-                                       SamplingConfig(temperature=request.temperature), fit_positions=True)[0]
-        except TextError as exc:
-            raise BadRequest("text", str(exc)) from None
+    def speak(self, requests: list[SpeechRequest]) -> list[Synthesis | BadRequest]:
+        """Requests that arrived together, sampled as one batch per temperature; one whose text cannot be said
+        gets its BadRequest and the others their speech. The voice prompt and the sampling follow each `seed`:
+        the same request to the same version gives the same speech (up to float rounding when it shares a batch)."""
+        out: list[Synthesis | BadRequest | None] = [None] * len(requests)
+        groups: dict[float, list[tuple[int, Request]]] = {}
+        for i, r in enumerate(requests):
+            if r.prompt is None:
+                prompt = self.bank.draw(r.speaker, "", random.Random(r.seed))
+            else:  # the first prompt_frames of the voice given, as `jobs.synthesize --prompt-wav`
+                prompt = self.codec.encode(*r.prompt)[:, : self.prompt_frames]
+            request = Request(r.text, prompt, r.seed)
+            try:
+                self.tts.prompts([request], fit_positions=True)  # the text's rules, alone: its error is its own
+            except TextError as exc:
+                out[i] = BadRequest("text", str(exc))
+                continue
+            groups.setdefault(r.temperature, []).append((i, request))
+        for temperature, group in groups.items():
+            made = self.tts.synthesize([request for _, request in group], SamplingConfig(temperature=temperature))
+            for (i, _), synthesis in zip(group, made):
+                out[i] = synthesis
+        return out

@@ -49,7 +49,7 @@ def endpoint(prepared_tiny, tiny_base, corpus_cache, tmp_path_factory, ray_local
     tmp = tmp_path_factory.mktemp("serve")
     copy_prepared(config_of(prepared_argv).run_dir, tmp)
     argv = tiny_argv(tmp, corpus_cache, f"align.base_model={tiny_base}", f"serve.port={_free_port()}",
-                     "serve.refresh_seconds=0", "serve.num_cpus=0.5")
+                     "serve.refresh_seconds=0", "serve.num_cpus=0.5", "serve.batch_wait_seconds=0.5")
     url = serve_job.main([*argv, "--detach"])
     yield url, config_of(argv)
     serve.shutdown()
@@ -95,6 +95,20 @@ def test_a_voice_given_as_prompt_wav_is_cloned(endpoint):
 
 def _b64_wav(seconds: float) -> str:
     return base64.b64encode(wav_bytes(np.zeros(int(seconds * 22050), np.float32), 22050)).decode()
+
+
+def test_requests_arriving_together_share_a_batch_and_a_bad_one_fails_alone(endpoint):
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _ = endpoint
+    bodies = [{"text": "The cat sat on the mat.", "speaker": "mbrola-us1", "seed": s} for s in range(3)]
+    bodies.insert(1, {"text": "... -- ...", "speaker": "mbrola-us2"})  # nothing to say: refused, alone
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda b: _call(f"{url}/synthesize", b), bodies))
+    assert [a[0] for a in answers] == [200, 422, 200, 200]
+    assert json.loads(answers[1][2])["field"] == "text"
+    assert all(a[2][:4] == b"RIFF" for i, a in enumerate(answers) if i != 1)
+    assert json.loads(_call(f"{url}/health")[2])["largest_batch"] >= 2
 
 
 @pytest.mark.parametrize("body, status, field", [
