@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 from sa_ray.config import Config, ConfigError, load_config
@@ -20,6 +21,24 @@ def parse(argv: list[str] | None, description: str) -> tuple[Config, argparse.Na
     ap.add_argument("overrides", nargs="*", help="dotted.key=value")
     args = ap.parse_args(argv)
     return load_config(args.config, args.overrides), args
+
+
+def prepared(run_dir: Path) -> dict:
+    """The summary of <run_dir>/data, which every job after `prepare` starts from."""
+    from sa_ray.data.prepare import read_summary
+
+    summary = read_summary(run_dir / "data")
+    if summary is None:
+        raise FileNotFoundError(f"no prepared data in {run_dir / 'data'}: run `python -m jobs.prepare` first")
+    return summary
+
+
+def base_model(cfg: Config, given: str | None = None, how: str = "set align.base_model") -> Path:
+    """The base model a job builds on: `given`, else align.base_model, else <run_dir>/pretrain/model."""
+    base_dir = Path(given or cfg.align.base_model or Path(cfg.run_dir) / "pretrain" / "model").resolve()
+    if not (base_dir / "ar" / "vocab.json").is_file():
+        raise FileNotFoundError(f"no base model in {base_dir}: run `python -m jobs.pretrain` or {how}")
+    return base_dir
 
 
 def init_ray(cfg: Config) -> None:

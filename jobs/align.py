@@ -20,7 +20,6 @@ from jobs import _cli
 from sa_ray import tracking
 from sa_ray.align_run import AlignRun, format_changes, format_table, settings_changes
 from sa_ray.data.examples import PromptBank
-from sa_ray.data.prepare import read_summary
 from sa_ray.evaluation import check_heldout_audio
 from sa_ray.metrics.stats import record_wer_changes
 from sa_ray.models.vocab import Vocab
@@ -30,12 +29,7 @@ from sa_ray.preference import probe_sequence
 def main(argv: list[str] | None = None) -> dict:
     cfg, args = _cli.parse(argv, __doc__.splitlines()[0])
     a, run_dir = cfg.align, Path(cfg.run_dir)
-    summary = read_summary(run_dir / "data")
-    if summary is None:
-        raise FileNotFoundError(f"no prepared data in {run_dir / 'data'}: run `python -m jobs.prepare` first")
-    base_dir = Path(a.base_model or run_dir / "pretrain" / "model").resolve()
-    if not (base_dir / "ar" / "vocab.json").is_file():
-        raise FileNotFoundError(f"no base model in {base_dir}: run `python -m jobs.pretrain` or set align.base_model")
+    summary, base_dir = _cli.prepared(run_dir), _cli.base_model(cfg)
     check_heldout_audio(run_dir / "data")
     run = AlignRun(run_dir)
     vocab, frame_rate = Vocab.load(base_dir / "ar"), summary["codec"]["frame_rate"]

@@ -35,9 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(cfg.run_dir)
-    base_dir = Path(args.base or cfg.align.base_model or run_dir / "pretrain" / "model").resolve()
-    if not (base_dir / "ar" / "vocab.json").is_file():
-        raise FileNotFoundError(f"no base model in {base_dir}: run `python -m jobs.pretrain` or pass --base")
+    base_dir = _cli.base_model(cfg, args.base, "pass --base")
     cfg.eval.check_model(Vocab.load(base_dir / "ar").aligned)
     check_heldout_audio(run_dir / "data")
 

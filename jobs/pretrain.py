@@ -20,7 +20,6 @@ import pyarrow.parquet as pq
 from jobs import _cli
 from sa_ray import tracking
 from sa_ray.data.examples import build_vocab
-from sa_ray.data.prepare import read_summary
 
 
 def train(cfg, run_dir: Path, summary: dict, run_id: str) -> Path:
@@ -80,9 +79,7 @@ def evaluate(cfg, run_dir: Path, model_dir: Path) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> dict:
     cfg, args = _cli.parse(argv, __doc__.splitlines()[0])
     run_dir = Path(cfg.run_dir)
-    summary = read_summary(run_dir / "data")
-    if summary is None:
-        raise FileNotFoundError(f"no prepared data in {run_dir / 'data'}: run `python -m jobs.prepare` first")
+    summary = _cli.prepared(run_dir)
 
     _cli.init_ray(cfg)
     with tracking.job_run(cfg, "pretrain", args.run_id) as run:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from jobs import _cli
 from sa_ray.config import load_config
-from sa_ray.data.prepare import read_summary
 from sa_ray.models.vocab import Vocab
 from sa_ray.serve import RegisteredPolicy
 
@@ -36,11 +35,8 @@ def main(argv: list[str] | None = None) -> str:
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(cfg.run_dir).resolve()
     cfg.run_dir = str(run_dir)  # replicas may start in another working directory
-    if read_summary(run_dir / "data") is None:
-        raise FileNotFoundError(f"no prepared data in {run_dir / 'data'}: run `python -m jobs.prepare` first")
-    base_dir = Path(cfg.align.base_model or run_dir / "pretrain" / "model").resolve()
-    if not (base_dir / "ar" / "vocab.json").is_file():
-        raise FileNotFoundError(f"no base model in {base_dir}: run `python -m jobs.pretrain` or set align.base_model")
+    _cli.prepared(run_dir)
+    base_dir = _cli.base_model(cfg)
     cfg.eval.check_model(Vocab.load(base_dir / "ar").aligned)
     RegisteredPolicy.of_config(cfg).resolve()  # a version that is not registered fails here, named, not in a replica
 

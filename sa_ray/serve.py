@@ -157,7 +157,7 @@ class PolicyVoice:
         gets its BadRequest and the others their speech. The voice prompt and the sampling follow each `seed`:
         the same request to the same version gives the same speech (up to float rounding when it shares a batch)."""
         out: list[Synthesis | BadRequest | None] = [None] * len(requests)
-        groups: dict[float, list[tuple[int, Request]]] = {}
+        groups: dict[float, list[tuple[int, Request, tuple]]] = {}
         for i, r in enumerate(requests):
             if r.prompt is None:
                 prompt = self.bank.draw(r.speaker, "", random.Random(r.seed))
@@ -165,13 +165,15 @@ class PolicyVoice:
                 prompt = self.codec.encode(*r.prompt)[:, : self.prompt_frames]
             request = Request(r.text, prompt, r.seed)
             try:
-                self.tts.prompts([request], fit_positions=True)  # the text's rules, alone: its error is its own
+                prompted = self.tts.prompts([request], fit_positions=True)  # alone: its error is its own
             except TextError as exc:
                 out[i] = BadRequest("text", str(exc))
                 continue
-            groups.setdefault(r.temperature, []).append((i, request))
+            groups.setdefault(r.temperature, []).append((i, request, prompted))
         for temperature, group in groups.items():
-            made = self.tts.synthesize([request for _, request in group], SamplingConfig(temperature=temperature))
-            for (i, _), synthesis in zip(group, made):
+            prompted = tuple([p[k][0] for _, _, p in group] for k in range(3))  # (prompts, budgets, texts) of all
+            made = self.tts.synthesize([request for _, request, _ in group], SamplingConfig(temperature=temperature),
+                                       prompted=prompted)
+            for (i, _, _), synthesis in zip(group, made):
                 out[i] = synthesis
         return out

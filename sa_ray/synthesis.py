@@ -93,17 +93,18 @@ class CodecTTS:
                                 f"budget ({budgets[-1]}) exceed its {positions} positions; send one sentence at a time")
         return prompts, budgets, texts
 
-    def generate(self, requests: list[Request], sampling: SamplingConfig = SamplingConfig(), fit_positions: bool = False
-                 ) -> tuple[list[list[int]], list[list[int]]]:
-        """The AR stage alone: generated target tokens and the text ids asked for, per request."""
-        prompts, budgets, texts = self.prompts(requests, fit_positions)
+    def generate(self, requests: list[Request], sampling: SamplingConfig = SamplingConfig(), fit_positions: bool = False,
+                 prompted: tuple[list, list, list] | None = None) -> tuple[list[list[int]], list[list[int]]]:
+        """The AR stage alone: generated target tokens and the text ids asked for, per request. `prompted`:
+        what `prompts(requests)` returned, when the caller has it already."""
+        prompts, budgets, texts = prompted or self.prompts(requests, fit_positions)
         forced = {"forced": texts, "forced_ids": self.vocab.text_id_range} if self.forced_phones else {}
         return sample(self.ar, prompts, self.vocab.generation_ids(), EOS, budgets, [r.seed for r in requests],
                       sampling, **forced), texts
 
     def synthesize(self, requests: list[Request], sampling: SamplingConfig = SamplingConfig(),
-                   fit_positions: bool = False) -> list[Synthesis]:
-        generated, texts = self.generate(requests, sampling, fit_positions)
+                   fit_positions: bool = False, prompted: tuple[list, list, list] | None = None) -> list[Synthesis]:
+        generated, texts = self.generate(requests, sampling, fit_positions, prompted)
         return [self.finish(r, ids, t) for r, ids, t in zip(requests, generated, texts)]
 
     def finish(self, request: Request, ar_tokens: list[int], text_ids: list[int]) -> Synthesis:
