@@ -46,6 +46,8 @@ def train_loop(config: dict) -> None:
     if checkpoint:
         with checkpoint.as_directory() as d:
             trainer.load(d)
+    elif train_cfg.warm_start:
+        trainer.warm_start(train_cfg.warm_start, train_cfg.warm_start_step)
 
     log_every, end = 25, train_cfg.stop_after or train_cfg.steps
     while trainer.step_count < end:

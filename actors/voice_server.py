@@ -101,11 +101,16 @@ class VoiceServer:
 
     @app.get("/health")
     def health(self) -> dict:
-        with self.lock:
-            self._refresh()
-            return {"model": self.policy.uri, "version": self._version_label(), "speakers": self.voice.speakers,
-                    "sample_rate": self.voice.codec.sample_rate, "max_text_chars": self.settings.max_text_chars,
-                    "largest_batch": self.largest_batch}
+        # a readiness probe must not wait for a running batch (seconds): it follows the alias only when idle,
+        # and otherwise reports the version that batch is spoken by
+        if self.lock.acquire(blocking=False):
+            try:
+                self._refresh()
+            finally:
+                self.lock.release()
+        return {"model": self.policy.uri, "version": self._version_label(), "speakers": self.voice.speakers,
+                "sample_rate": self.voice.codec.sample_rate, "max_text_chars": self.settings.max_text_chars,
+                "largest_batch": self.largest_batch}
 
     @app.post("/synthesize")
     async def synthesize(self, request: Request) -> Response:

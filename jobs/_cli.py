@@ -51,7 +51,29 @@ def init_ray(cfg: Config) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=True)
+        start_local_ray(num_cpus=cfg.ray.num_cpus, log_to_driver=True)
+
+
+def start_local_ray(num_cpus: int | None = None, env: dict[str, str] | None = None, **init) -> None:
+    """A local Ray instance whose State API answers for it, and only for it.
+
+    Ray Train's placement-group cleaner asks the State API every second whether the run's controller lives.
+    Without a dashboard there is no State API (a warning a second in the job's log), and a worker left to find
+    one takes the machine's newest Ray instance: if that is another one with a dashboard (a `ray start --head`,
+    a second job), the controller is "not found" there and the cleaner removes the run's placement group,
+    killing it (seen here: a pretrain run killed by a second `ray.init` on the machine). So the dashboard
+    runs on a port picked here and every worker of this instance is told, by RAY_API_SERVER_ADDRESS, where it is.
+    """
+    import socket
+
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**(env or {}), "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+             runtime_env={"env_vars": env}, **init)
 
 
 def _user_error(exc: BaseException) -> str | None:

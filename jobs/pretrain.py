@@ -7,7 +7,9 @@ Runs on Ray Train (`TorchTrainer`; DDP over gloo on CPU). Re-running the same co
 the latest checkpoint under <run_dir>/pretrain/ray. The base model lands in <run_dir>/pretrain/model
 (ar/: HF safetensors + vocab.json, loads in vLLM; nar/) and is registered in MLflow. With
 `pretrain.init_from=DIR` (e.g. the shipped checkpoint) training is skipped: DIR becomes the base model and
-is evaluated. The model is registered in MLflow as `<config name>-base`.
+is evaluated. With `pretrain.warm_start=DIR pretrain.warm_start_step=N` training goes on from DIR's weights at
+step N of the schedule (fresh optimiser moments, re-warmed): e.g. the shipped base, which stopped at 2,500.
+The model is registered in MLflow as `<config name>-base`.
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, args = _cli.parse(argv, __doc__.splitlines()[0])
     run_dir = Path(cfg.run_dir)
     summary = _cli.prepared(run_dir)
+    if cfg.pretrain.warm_start:  # absolute: the Ray Train workers read it
+        cfg.pretrain.warm_start = str(_cli.base_model(cfg, cfg.pretrain.warm_start, "set pretrain.warm_start to one"))
 
     _cli.init_ray(cfg)
     with tracking.job_run(cfg, "pretrain", args.run_id) as run:

@@ -152,6 +152,10 @@ class PretrainConfig:
     bf16: bool = True  # bfloat16 autocast for matmuls (3x faster on CPUs with AVX512-BF16; fp32 weights)
     init_from: str | None = None  # a shipped/saved base model directory: skip training, evaluate it
     stop_after: int | None = None  # end this run at that step of the `steps`-long schedule (resumable later)
+    # continue a saved base model's schedule from its weights alone (the shipped base keeps no optimiser state):
+    # the run starts at step `warm_start_step` of the `steps`-long schedule, with fresh AdamW moments
+    warm_start: str | None = None
+    warm_start_step: int = 0
     deepspeed: int | None = None  # ZeRO stage (1 or 2) or null: plain DDP
     seed: int = 0
 
@@ -164,6 +168,11 @@ class PretrainConfig:
         _require(self.stop_after is None or 1 <= self.stop_after <= self.steps,
                  "pretrain.stop_after must be in [1, pretrain.steps] or null")
         _require(self.deepspeed in (None, 1, 2), "pretrain.deepspeed must be a ZeRO stage (1 or 2) or null")
+        _require(not (self.warm_start and self.init_from),
+                 "pretrain.warm_start (train on from a model) and pretrain.init_from (use a model as it is) exclude each other")
+        _require(0 <= self.warm_start_step < (self.stop_after or self.steps),
+                 "pretrain.warm_start_step must be in [0, pretrain.stop_after or pretrain.steps)")
+        _require(self.warm_start or not self.warm_start_step, "pretrain.warm_start_step needs pretrain.warm_start")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +23,7 @@ from sa_ray.checkpoint import load_state, save_state
 from sa_ray.config import ModelConfig, PretrainConfig
 from sa_ray.data.examples import PromptBank, ar_example, nar_example
 from sa_ray.engines.deepspeed_engine import make_stepper
-from sa_ray.models.ar import ar_loss, build_ar_model, collate_ar, save_ar
+from sa_ray.models.ar import ar_loss, build_ar_model, collate_ar, load_ar, save_ar
 from sa_ray.models.nar import NARConfig, NARModel, collate_nar
 from sa_ray.models.vocab import Vocab
 
@@ -35,6 +36,12 @@ def warmup_cosine(warmup: int, total: int, floor: float = 0.1) -> Callable[[int]
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def rewarmed(schedule: Callable[[int], float], start: int, warmup: int) -> Callable[[int], float]:
+    """`schedule` from step `start` on, ramped up again over `warmup` steps: a warm start's AdamW moments are
+    fresh, and a full-size first update from zero moments would jolt the trained weights."""
+    return lambda step: schedule(step) * min(1.0, max(0, step - start + 1) / max(1, warmup))
 
 
 class CodecLM(torch.nn.Module):
@@ -65,10 +72,12 @@ class CodecLMTrainer:
                                       ff=4 * model_cfg.nar_hidden))
         self.model = CodecLM(self.ar, self.nar)
         torch.manual_seed(train_cfg.seed + 1000 * (rank + 1))  # dropout differs per worker
+        schedule = warmup_cosine(train_cfg.warmup_steps, train_cfg.steps)
+        if train_cfg.warm_start:
+            schedule = rewarmed(schedule, train_cfg.warm_start_step, train_cfg.warmup_steps)
         # `wrap` (DDP) applies to the plain path only: a ZeRO engine reduces gradients itself
         self.stepper = make_stepper(self.model, self.model.parameters(), lr=train_cfg.lr, betas=(0.9, 0.98),
-                                    weight_decay=train_cfg.weight_decay,
-                                    schedule=warmup_cosine(train_cfg.warmup_steps, train_cfg.steps),
+                                    weight_decay=train_cfg.weight_decay, schedule=schedule,
                                     grad_clip=train_cfg.grad_clip, zero_stage=train_cfg.deepspeed, wrap=wrap)
         self.model_train = self.stepper.module
         self.optimizers = {"model": self.stepper.optimizer}
@@ -95,13 +104,17 @@ class CodecLMTrainer:
             nar.append(nar_example(row, prompt, self.vocab, self.frame_rate, self.n_codebooks))
         return collate_ar(ar), collate_nar(nar)
 
-    def next_batch(self) -> tuple[dict, dict]:
-        bs = self.cfg.batch_size
-        if self.position + bs > len(self.rows):
+    def _advance(self) -> int:
+        """Moves the data position one batch on; returns where that batch starts in this epoch's order."""
+        if self.position + self.cfg.batch_size > len(self.rows):
             self.epoch, self.position = self.epoch + 1, 0
-        indices = self._order()[self.position : self.position + bs]
-        rng = random.Random(f"{self.cfg.seed}:{self.epoch}:{self.rank}:{self.position}")  # prompt choice
-        self.position += bs
+        self.position += self.cfg.batch_size
+        return self.position - self.cfg.batch_size
+
+    def next_batch(self) -> tuple[dict, dict]:
+        start = self._advance()
+        indices = self._order()[start : start + self.cfg.batch_size]
+        rng = random.Random(f"{self.cfg.seed}:{self.epoch}:{self.rank}:{start}")  # prompt choice
         return self._examples([self.rows[i] for i in indices], self.bank, rng)
 
     # ---------------------------------------------------------------------------------- steps
@@ -142,6 +155,28 @@ class CodecLMTrainer:
         save_state(directory, {"model": self.model}, self.optimizers, self.schedulers,
                    {"step": self.step_count, "epoch": self.epoch, "position": self.position,
                     "nar_gen": self.nar_gen.get_state().tolist()})
+
+    def warm_start(self, model_dir: str | Path, step: int) -> None:
+        """Takes the weights of a saved base model (`export`'s or ship_base's layout) and goes on at `step`: the
+        data order and the schedule are where the run that reached `step` had them; the moments start at zero."""
+        model_dir = Path(model_dir)
+        ar, vocab = load_ar(model_dir / "ar")
+        if vocab != self.vocab:
+            raise ValueError(f"{model_dir}/ar/vocab.json is not this run's vocabulary: pretrain.warm_start must be "
+                             "a model trained on the same data (prepared with its codec: codec.path=<model>/codec)")
+        try:
+            self.ar.load_state_dict(ar.state_dict())
+            self.nar.load_state_dict(NARModel.from_pretrained(model_dir / "nar").state_dict())
+        except RuntimeError as exc:  # shapes or names differ
+            raise ValueError(f"pretrain.warm_start={model_dir} does not have this config's model shape "
+                             f"(model.*): {str(exc).splitlines()[0]}") from None
+        while self.step_count < step:
+            self._advance()
+            self.step_count += 1
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": on purpose, no step was taken
+            warnings.simplefilter("ignore", UserWarning)
+            self.schedulers["model"].last_epoch = step - 1
+            self.schedulers["model"].step()
 
     def load(self, directory: str | Path) -> None:
         extra = load_state(directory, {"model": self.model}, self.optimizers, self.schedulers)

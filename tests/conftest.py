@@ -29,8 +29,9 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+        from jobs._cli import start_local_ray
+
+        start_local_ray(num_cpus=2, env={"HF_HUB_OFFLINE": "1"}, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -63,15 +64,17 @@ def prepared_tiny(tmp_path_factory, corpus_cache, ray_local):
     return config_of(argv), argv, prepare.main(argv)
 
 
-def tiny_trainer(rows: list[dict], steps: int, batch_size: int, seed: int = 0):
-    """The tiny codec LM recipe of the tests (AR hidden 64 x 2 layers, NAR 64 x 1) on rows of the tiny slice."""
+def tiny_trainer(rows: list[dict], steps: int, batch_size: int, seed: int = 0, **pretrain):
+    """The tiny codec LM recipe of the tests (AR hidden 64 x 2 layers, NAR 64 x 1) on rows of the tiny slice;
+    `pretrain` sets other PretrainConfig fields."""
     from sa_ray.config import ModelConfig, PretrainConfig
     from sa_ray.data.examples import PromptBank, build_vocab
     from sa_ray.pretrain import CodecLMTrainer
 
     codebook_size, n_codebooks = 32, 2  # TINY_OVERRIDES' codec
     model_cfg = ModelConfig(hidden=64, layers=2, heads=2, intermediate=128, nar_hidden=64, nar_layers=1, nar_heads=2)
-    train_cfg = PretrainConfig(steps=steps, batch_size=batch_size, warmup_steps=2, lr=3e-3, seed=seed, bf16=False)
+    train_cfg = PretrainConfig(steps=steps, batch_size=batch_size, warmup_steps=2, lr=3e-3, seed=seed, bf16=False,
+                               **pretrain)
     return CodecLMTrainer(model_cfg, train_cfg, build_vocab(rows, codebook_size), n_codebooks, 43.066, rows,
                           PromptBank.from_rows(rows, 20, n_codebooks))
 

@@ -49,6 +49,8 @@ def test_overrides_are_typed_by_yaml_and_applied():
     ("align.nll_target=sample", "align.nll_target must be chosen or golden"),
     ("serve.model=tiny-policy@latest", "serve.model must be models:/<name>@<alias>"),
     ("serve.model=models:/tiny-policy", "serve.model must be models:/<name>@<alias>"),
+    ("pretrain.warm_start_step=100", "pretrain.warm_start_step needs pretrain.warm_start"),
+    ("pretrain.warm_start_step=6000", "pretrain.warm_start_step must be in [0, pretrain.stop_after or pretrain.steps)"),
     ("serve.port=0", "serve.port must be in [1, 65535]"),
 ])
 def test_bad_values_fail_before_any_work_naming_the_field(override, needle):

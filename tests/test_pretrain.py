@@ -58,6 +58,34 @@ def test_resumed_training_reproduces_the_uninterrupted_run(train_rows, tmp_path)
     assert again == losses[6:]  # bit for bit: weights, Adam moments, schedule, RNG and data position
 
 
+def test_warm_start_goes_on_where_the_saved_model_stopped(train_rows, tmp_path):
+    """The shipped base keeps weights only: a warm start takes them and the run's data order and schedule at
+    the step it stopped, with fresh moments ramped up again (warmup_steps=2 in tiny_trainer)."""
+    torch.set_num_threads(1)
+    straight = tiny_trainer(train_rows, steps=12, batch_size=4)
+    for _ in range(6):
+        straight.train_step()
+    straight.export(tmp_path / "model")
+    lr_at = {6: straight.stepper.lr}
+
+    warm = tiny_trainer(train_rows, steps=12, batch_size=4, warm_start=str(tmp_path / "model"), warm_start_step=6)
+    warm.warm_start(tmp_path / "model", 6)
+    assert (warm.step_count, warm.epoch, warm.position) == (straight.step_count, straight.epoch, straight.position)
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(warm.model.state_dict()[name], tensor), name
+    assert warm.stepper.lr == pytest.approx(lr_at[6] / 2)  # first of the two re-warmup steps
+    ar_straight, _ = straight.next_batch()
+    ar_warm, _ = warm.next_batch()
+    assert torch.equal(ar_warm["input_ids"], ar_straight["input_ids"])  # the same rows, prompts, order
+    straight.train_step(), warm.train_step()  # step 7 (after the batch above): the ramp is over
+    assert warm.stepper.lr == pytest.approx(straight.stepper.lr) and warm.step_count == straight.step_count == 7
+
+    other = build_vocab(train_rows, 16)  # a model whose codes mean something else
+    other.save(tmp_path / "model" / "ar")
+    with pytest.raises(ValueError, match="not this run's vocabulary"):
+        tiny_trainer(train_rows, steps=12, batch_size=4).warm_start(tmp_path / "model", 6)
+
+
 @pytest.mark.slow
 def test_pretrain_job_trains_on_ray_exports_and_evaluates(prepared_tiny, tmp_path, capsys):
     from jobs import pretrain
