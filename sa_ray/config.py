@@ -39,6 +39,9 @@ class CorpusConfig:
     # sentences the base model never trains on, spoken by the training voices: the align loop's prompts, so that
     # its pairs (golden = their audio) teach what transfers rather than what the base has memorised; 0 = none
     align_sentences: int = 256
+    # more training sentences, the grammar's next after the align ones: a larger base corpus whose held-out and
+    # align sets (and the ASR's domain LM, from the first 8,000) stay exactly those of the smaller one
+    extra_train_sentences: int = 0
     utterances_per_voice: int | None = None  # per-voice sample of the training sentences; None = all
     max_utterances: int | None = None  # a small slice for tests and smoke runs
     phonemes: str = "espeak"  # espeak | chars
@@ -53,6 +56,7 @@ class CorpusConfig:
         _require(0 <= self.heldout_sentences < self.n_sentences,
                  "corpus.heldout_sentences must be >= 0 and < corpus.n_sentences")
         _require(self.align_sentences >= 0, "corpus.align_sentences must be >= 0")
+        _require(self.extra_train_sentences >= 0, "corpus.extra_train_sentences must be >= 0")
         if self.kind == "synthetic":  # for recorded corpora heldout_voices are speaker ids of the data
             _require(len(self.voices) > 0, "corpus.voices must name at least one voice")
             unknown = sorted(set(self.heldout_voices) - set(self.voices))

@@ -6,8 +6,8 @@ import soundfile as sf
 
 from sa_ray.config import CorpusConfig
 from sa_ray.corpus.sentences import make_sentences
-from sa_ray.corpus.synthetic import (align_sentence_ids, build_synthetic_corpus, heldout_sentence_ids,
-                                     plan_synthetic_corpus)
+from sa_ray.corpus.synthetic import (align_sentence_ids, build_synthetic_corpus, extra_train_sentence_ids,
+                                     heldout_sentence_ids, plan_synthetic_corpus)
 from sa_ray.corpus.voices import Voice, VoiceError
 
 
@@ -39,6 +39,19 @@ def test_align_sentences_are_new_sentences_of_the_training_voices_only(tmp_path)
     # adding align sentences leaves the corpus's own sentences (what the base model trains on) unchanged
     assert [t for _, i, t in plan if i < 30] == [t for _, _, t in plan_synthetic_corpus(_cfg(tmp_path, align_sentences=0))]
     assert make_sentences(34, cfg.seed)[:30] == make_sentences(30, cfg.seed)
+
+
+def test_extra_train_sentences_add_training_utterances_and_move_nothing_else(tmp_path):
+    cfg, bigger = _cfg(tmp_path), _cfg(tmp_path, extra_train_sentences=6)
+    plan, more = plan_synthetic_corpus(cfg), plan_synthetic_corpus(bigger)
+    assert list(extra_train_sentence_ids(bigger)) == list(range(34, 40))
+    added = set(more) - set(plan)
+    assert set(plan) < set(more)  # every utterance of the smaller corpus, the same text at the same index
+    assert {(v.speaker, i) for v, i, _ in added} == {(s, i) for s in ("mbrola-us1", "mbrola-us2") for i in range(34, 40)}
+    assert heldout_sentence_ids(bigger) == heldout_sentence_ids(cfg)
+    assert align_sentence_ids(bigger) == align_sentence_ids(cfg)
+    texts = {t for _, _, t in plan}
+    assert not {t for _, _, t in added} & texts  # new sentences, not new takes of old ones
 
 
 def test_sampling_and_slicing_keep_every_voice(tmp_path):

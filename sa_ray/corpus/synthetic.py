@@ -2,7 +2,8 @@
 
 Sentences come from the project's grammar (`sentences.py`); each training voice speaks the training
 sentences (or a seeded sample of them), the held-out sentences and the align sentences (the grammar's
-next `align_sentences`, which the base model never trains on: the align loop's prompts); held-out voices
+next `align_sentences`, which the base model never trains on: the align loop's prompts; then any
+`extra_train_sentences`, more training data that moves neither of the others); held-out voices
 speak only the held-out sentences, so zero-shot evaluation never sees their audio in training. Audio is built once
 into `cache_dir` and reused: a file that exists is never synthesised again.
 """
@@ -34,11 +35,17 @@ def align_sentence_ids(cfg: CorpusConfig) -> range:
     return range(cfg.n_sentences, cfg.n_sentences + cfg.align_sentences)
 
 
+def extra_train_sentence_ids(cfg: CorpusConfig) -> range:
+    """Training sentences after the align ones, so that adding them moves no held-out or align sentence."""
+    start = cfg.n_sentences + cfg.align_sentences
+    return range(start, start + cfg.extra_train_sentences)
+
+
 def plan_synthetic_corpus(cfg: CorpusConfig) -> list[tuple[Voice, int, str]]:
     """(voice, sentence index, text) for every utterance of the corpus, in a fixed order."""
-    sentences = make_sentences(cfg.n_sentences + cfg.align_sentences, cfg.seed)
+    sentences = make_sentences(extra_train_sentence_ids(cfg).stop, cfg.seed)
     heldout = heldout_sentence_ids(cfg)
-    train_ids = [i for i in range(cfg.n_sentences) if i not in heldout]
+    train_ids = [i for i in range(cfg.n_sentences) if i not in heldout] + list(extra_train_sentence_ids(cfg))
     plan = []
     for spec in cfg.voices:
         voice = Voice.parse(spec)
