@@ -48,6 +48,8 @@ def train_loop(config: dict) -> None:
             trainer.load(d)
     elif train_cfg.warm_start:
         trainer.warm_start(train_cfg.warm_start, train_cfg.warm_start_step)
+        if logger and heldout_bank is not None:  # where the curve starts: the saved model on this run's held-out set
+            logger.log(trainer.evaluate(heldout, heldout_bank), trainer.step_count)
 
     log_every, end = 25, train_cfg.stop_after or train_cfg.steps
     while trainer.step_count < end:

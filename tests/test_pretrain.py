@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +125,17 @@ def test_pretrain_job_trains_on_ray_exports_and_evaluates(prepared_tiny, tmp_pat
                                order_by=["start_time DESC"])[0]
     assert rerun.info.run_id != run.info.run_id and "ar_loss" not in rerun.data.metrics
     assert (model_dir / "ar" / "model.safetensors").read_bytes() == weights
+
+    # a new run warm-started from the exported model: its held-out curve starts where the first run's ended
+    warm_dir = tmp_path / "warm"
+    for part in ("data", "codec"):
+        shutil.copytree(Path(cfg.run_dir) / part, warm_dir / part)
+    pretrain.main([*argv, f"run_dir={warm_dir}", "pretrain.steps=60", f"pretrain.warm_start={model_dir}",
+                   "pretrain.warm_start_step=40", "pretrain.eval_utterances=0"])
+    warm = client.search_runs([exp.experiment_id], filter_string="tags.`sa_ray.job` = 'pretrain'",
+                              order_by=["start_time DESC"])[0]
+    curve = {h.step: h.value for h in client.get_metric_history(warm.info.run_id, "heldout_ar_loss")}
+    assert sorted(curve) == [40, 60] and curve[40] == pytest.approx(heldout[-1], abs=1e-5)
 
     # synthesis of one sentence through the job: a wav of plausible length for the text
     from jobs import synthesize
