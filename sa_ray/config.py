@@ -153,7 +153,7 @@ class PretrainConfig:
     eval_utterances: int = 40  # held-out utterances synthesised and scored at the end (0: skip)
     workers: int = 1  # Ray Train workers (DDP over gloo on CPU, NCCL on GPU)
     use_gpu: bool = False
-    bf16: bool = True  # bfloat16 autocast for matmuls (3x faster on CPUs with AVX512-BF16; fp32 weights)
+    bf16: bool = True  # bfloat16 autocast where the device has bf16 matmuls (3x faster with AVX512-BF16; fp32 weights); float32 elsewhere
     init_from: str | None = None  # a shipped/saved base model directory: skip training, evaluate it
     stop_after: int | None = None  # end this run at that step of the `steps`-long schedule (resumable later)
     # continue a saved base model's schedule from its weights alone (the shipped base keeps no optimiser state):

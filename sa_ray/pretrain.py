@@ -28,6 +28,18 @@ from sa_ray.models.nar import NARConfig, NARModel, collate_nar
 from sa_ray.models.vocab import Vocab
 
 
+def native_bf16(device: str) -> bool:
+    """Whether `device` multiplies bfloat16 in hardware. A CPU without AVX512-BF16 or AMX emulates it: measured on
+    an AVX2-only AMD EPYC here, a bf16-autocast training step of the tiny recipe took 29 s against 1.0 s in fp32."""
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: no way to tell, and emulated bf16 costs far more than fp32 loses
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def warmup_cosine(warmup: int, total: int, floor: float = 0.1) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup:
@@ -82,12 +94,16 @@ class CodecLMTrainer:
         self.model_train = self.stepper.module
         self.optimizers = {"model": self.stepper.optimizer}
         self.schedulers = {"model": self.stepper.scheduler}
+        self.bf16 = train_cfg.bf16 and native_bf16(next(self.model.parameters()).device.type)
+        if train_cfg.bf16 and not self.bf16 and rank == 0:
+            warnings.warn("pretrain.bf16: this device has no bfloat16 matmuls (no avx512_bf16 or amx_bf16), "
+                          "training in float32 (emulated bf16 is ~30x slower)", stacklevel=2)
         self.step_count, self.epoch, self.position = 0, 0, 0
         self.nar_gen = torch.Generator().manual_seed(train_cfg.seed + rank)
 
     def _autocast(self):
         device = next(self.model.parameters()).device.type
-        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.bf16)
 
     # ----------------------------------------------------------------------------------- data
 

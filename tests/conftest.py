@@ -73,8 +73,8 @@ def tiny_trainer(rows: list[dict], steps: int, batch_size: int, seed: int = 0, *
 
     codebook_size, n_codebooks = 32, 2  # TINY_OVERRIDES' codec
     model_cfg = ModelConfig(hidden=64, layers=2, heads=2, intermediate=128, nar_hidden=64, nar_layers=1, nar_heads=2)
-    train_cfg = PretrainConfig(steps=steps, batch_size=batch_size, warmup_steps=2, lr=3e-3, seed=seed, bf16=False,
-                               **pretrain)
+    train_cfg = PretrainConfig(**{"steps": steps, "batch_size": batch_size, "warmup_steps": 2, "lr": 3e-3, "seed": seed,
+                                  "bf16": False, **pretrain})
     return CodecLMTrainer(model_cfg, train_cfg, build_vocab(rows, codebook_size), n_codebooks, 43.066, rows,
                           PromptBank.from_rows(rows, 20, n_codebooks))
 

@@ -87,6 +87,24 @@ def test_warm_start_goes_on_where_the_saved_model_stopped(train_rows, tmp_path):
         tiny_trainer(train_rows, steps=12, batch_size=4).warm_start(tmp_path / "model", 6)
 
 
+def test_bf16_autocast_only_where_the_device_multiplies_bf16(train_rows, monkeypatch):
+    import warnings
+
+    import sa_ray.pretrain as pretrain_lib
+
+    monkeypatch.setattr(pretrain_lib, "native_bf16", lambda device: False)  # an AVX2-only CPU: bf16 is emulated
+    with pytest.warns(UserWarning, match="pretrain.bf16"):
+        emulated = tiny_trainer(train_rows, steps=2, batch_size=4, bf16=True)
+    with emulated._autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setattr(pretrain_lib, "native_bf16", lambda device: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        native = tiny_trainer(train_rows, steps=2, batch_size=4, bf16=True)
+    with native._autocast():
+        assert torch.is_autocast_enabled("cpu")
+
+
 @pytest.mark.slow
 def test_pretrain_job_trains_on_ray_exports_and_evaluates(prepared_tiny, tmp_path, capsys):
     from jobs import pretrain
