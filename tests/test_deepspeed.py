@@ -56,7 +56,7 @@ def _losses(trainer: CodecLMTrainer, n: int) -> list[float]:
     return [trainer.train_step()["ar_loss"] for _ in range(n)]
 
 
-def test_zero_trains_like_plain_adamw(train_rows):
+def test_zero_trains_like_plain_adamw(train_rows, monkeypatch):
     t0 = time.perf_counter()
     zero2 = _trainer(train_rows, 2)
     from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
@@ -81,6 +81,8 @@ def test_zero_trains_like_plain_adamw(train_rows):
     schedule = warmup_cosine(2, 20)  # each step reports the lr of the next one
     assert [m["lr"] for m in steps] == pytest.approx([3e-3 * schedule(i + 1) for i in range(20)])
     # the job's default, bfloat16 autocast around the engine's forward (fp32 weights), works the same way
+    # (forced on: a CPU without bf16 matmuls would otherwise train these in fp32 and test nothing new)
+    monkeypatch.setattr("sa_ray.pretrain.native_bf16", lambda device: True)
     zb, pb = _losses(_trainer(train_rows, 2, bf16=True), 3), _losses(_trainer(train_rows, None, bf16=True), 3)
     assert zb[0] == pb[0]
     np.testing.assert_allclose(zb, pb, rtol=1e-3)
