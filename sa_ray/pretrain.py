@@ -94,16 +94,16 @@ class CodecLMTrainer:
         self.model_train = self.stepper.module
         self.optimizers = {"model": self.stepper.optimizer}
         self.schedulers = {"model": self.stepper.scheduler}
-        self.bf16 = train_cfg.bf16 and native_bf16(next(self.model.parameters()).device.type)
+        self.device_type = next(self.model.parameters()).device.type
+        self.bf16 = train_cfg.bf16 and native_bf16(self.device_type)
         if train_cfg.bf16 and not self.bf16 and rank == 0:
-            warnings.warn("pretrain.bf16: this device has no bfloat16 matmuls (no avx512_bf16 or amx_bf16), "
-                          "training in float32 (emulated bf16 is ~30x slower)", stacklevel=2)
+            warnings.warn(f"pretrain.bf16: this {self.device_type} has no bfloat16 matmuls, training in float32 "
+                          "(emulated bf16 is ~30x slower)", stacklevel=2)
         self.step_count, self.epoch, self.position = 0, 0, 0
         self.nar_gen = torch.Generator().manual_seed(train_cfg.seed + rank)
 
     def _autocast(self):
-        device = next(self.model.parameters()).device.type
-        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.bf16)
+        return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16)
 
     # ----------------------------------------------------------------------------------- data
 
