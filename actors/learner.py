@@ -33,8 +33,9 @@ def learn_loop(config: dict) -> None:
     cfg = AlignConfig(**config["align"])
     rows = [r for r in ray.train.get_dataset_shard("pairs").iter_rows()
             if zlib.crc32(r["utt_id"].encode()) % world == rank]
+    # prepare_model: onto the worker's device (its GPU with align.use_gpu), DDP when world > 1
     learner = DPOLearner(config["base_dir"], config["adapter_dir"], cfg, rows, rank=rank,
-                         wrap=ray.train.torch.prepare_model if world > 1 else (lambda m: m))
+                         wrap=ray.train.torch.prepare_model)
     logger = RunLogger(config["tracking_uri"], config["run_id"]) if rank == 0 and config.get("run_id") else None
 
     checkpoint = ray.train.get_checkpoint()

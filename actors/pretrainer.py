@@ -33,11 +33,11 @@ def train_loop(config: dict) -> None:
     all_rows = _rows("train")
     mine = [r for r in all_rows if zlib.crc32(r["utt_id"].encode()) % world == rank]
     bank = PromptBank.from_rows(all_rows, config["prompt_frames"], config["n_codebooks"])
-    # DDP for the plain path; with pretrain.deepspeed the trainer builds a ZeRO engine on the process group
-    # Ray Train set up (gloo on CPU, also for one worker), which reduces gradients itself
-    ddp = world > 1 and not train_cfg.deepspeed
+    # prepare_model for the plain path: onto the worker's device (its GPU with pretrain.use_gpu), DDP when world > 1.
+    # With pretrain.deepspeed the trainer builds a ZeRO engine on the process group Ray Train set up (gloo on CPU,
+    # also for one worker), which places the model and reduces gradients itself.
     trainer = CodecLMTrainer(model_cfg, train_cfg, vocab, config["n_codebooks"], config["frame_rate"], mine, bank,
-                             rank=rank, wrap=ray.train.torch.prepare_model if ddp else (lambda m: m))
+                             rank=rank, wrap=(lambda m: m) if train_cfg.deepspeed else ray.train.torch.prepare_model)
     heldout = _rows("heldout") if rank == 0 else []
     heldout_bank = PromptBank.from_rows(heldout, config["prompt_frames"], config["n_codebooks"]) if heldout else None
     logger = RunLogger(config["tracking_uri"], config["run_id"]) if rank == 0 and config.get("run_id") else None

@@ -52,7 +52,7 @@ class MarginTokens:
         n = len(pairs)
         if self.tokens == "frames":
             return (labels[: 2 * n] >= self.vocab.code_offset) & (labels[: 2 * n] < self.vocab.size)
-        keep = torch.isin(labels[: 2 * n], self.phone_ids)
+        keep = torch.isin(labels[: 2 * n], self.phone_ids.to(labels.device))
         if self.tokens == "errors":
             keep[n:] = False
             for i, p in enumerate(pairs):
@@ -125,8 +125,8 @@ class DPOLearner:
 
     def loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict[str, float]]:
         chosen, rejected, nll_mean = pair_logprobs(self.model_train, batch, self.margin, self.nll_target)
-        ref_c = torch.tensor([p["ref_chosen_logp"] for p in batch], dtype=chosen.dtype)
-        ref_r = torch.tensor([p["ref_rejected_logp"] for p in batch], dtype=chosen.dtype)
+        ref_c = torch.tensor([p["ref_chosen_logp"] for p in batch], dtype=chosen.dtype, device=chosen.device)
+        ref_r = torch.tensor([p["ref_rejected_logp"] for p in batch], dtype=chosen.dtype, device=chosen.device)
         loss, metrics = preference_loss(chosen, rejected, ref_c, ref_r, self.cfg.method, self.cfg.beta,
                                         self.cfg.label_smoothing, chosen_nll=-nll_mean, nll_weight=self.cfg.nll_weight)
         if self.nll_target == "golden" and "chosen_nll" in metrics:

@@ -48,8 +48,10 @@ def token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     Over the FULL vocabulary in float32 (a raw log-softmax, as vLLM's prompt logprobs), so the torch
     and vLLM engines can be checked against the learner's value.
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
+    device = next(model.parameters()).device  # packed on the CPU; the model may sit on a GPU
+    logits = model(input_ids=batch["input_ids"].to(device),
+                   attention_mask=batch["attention_mask"].to(device)).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:].to(device)
     token_lp = torch.gather(F.log_softmax(logits, dim=-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return token_lp * (labels != IGNORE), labels, logits
 

@@ -40,6 +40,10 @@ def native_bf16(device: str) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def warmup_cosine(warmup: int, total: int, floor: float = 0.1) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup:
@@ -94,7 +98,10 @@ class CodecLMTrainer:
         self.model_train = self.stepper.module
         self.optimizers = {"model": self.stepper.optimizer}
         self.schedulers = {"model": self.stepper.scheduler}
-        self.device_type = next(self.model.parameters()).device.type
+        # where `wrap` (Ray Train's prepare_model: the worker's GPU when it has one) or the ZeRO engine put it;
+        # every batch goes there
+        self.device = next(self.model.parameters()).device
+        self.device_type = self.device.type
         self.bf16 = train_cfg.bf16 and native_bf16(self.device_type)
         if train_cfg.bf16 and not self.bf16 and rank == 0:
             warnings.warn(f"pretrain.bf16: this {self.device_type} has no bfloat16 matmuls, training in float32 "
@@ -118,7 +125,7 @@ class CodecLMTrainer:
             prompt = bank.draw(row["speaker"], row["utt_id"], rng)
             ar.append(ar_example(row, prompt, self.vocab, self.frame_rate))
             nar.append(nar_example(row, prompt, self.vocab, self.frame_rate, self.n_codebooks))
-        return collate_ar(ar), collate_nar(nar)
+        return to_device(collate_ar(ar), self.device), to_device(collate_nar(nar), self.device)
 
     def _advance(self) -> int:
         """Moves the data position one batch on; returns where that batch starts in this epoch's order."""

@@ -64,9 +64,9 @@ def prepared_tiny(tmp_path_factory, corpus_cache, ray_local):
     return config_of(argv), argv, prepare.main(argv)
 
 
-def tiny_trainer(rows: list[dict], steps: int, batch_size: int, seed: int = 0, **pretrain):
+def tiny_trainer(rows: list[dict], steps: int, batch_size: int, seed: int = 0, wrap=lambda m: m, **pretrain):
     """The tiny codec LM recipe of the tests (AR hidden 64 x 2 layers, NAR 64 x 1) on rows of the tiny slice;
-    `pretrain` sets other PretrainConfig fields."""
+    `pretrain` sets other PretrainConfig fields, `wrap` is the trainer's (what Ray Train's prepare_model does)."""
     from sa_ray.config import ModelConfig, PretrainConfig
     from sa_ray.data.examples import PromptBank, build_vocab
     from sa_ray.pretrain import CodecLMTrainer
@@ -76,7 +76,7 @@ def tiny_trainer(rows: list[dict], steps: int, batch_size: int, seed: int = 0, *
     train_cfg = PretrainConfig(**{"steps": steps, "batch_size": batch_size, "warmup_steps": 2, "lr": 3e-3, "seed": seed,
                                   "bf16": False, **pretrain})
     return CodecLMTrainer(model_cfg, train_cfg, build_vocab(rows, codebook_size), n_codebooks, 43.066, rows,
-                          PromptBank.from_rows(rows, 20, n_codebooks))
+                          PromptBank.from_rows(rows, 20, n_codebooks), wrap=wrap)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import torch
 from sa_ray.config import AlignConfig
 from sa_ray.data.examples import PromptBank
 from sa_ray.dpo import DPOLearner
-from sa_ray.losses import LN2, preference_loss
+from sa_ray.losses import LN2, pack, preference_loss, token_logprobs
 from sa_ray.preference import golden_pairs, probe_sequence, ranked_pairs, rollout_requests
 
 BACKENDS = ["torch", pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.skipif(
@@ -92,6 +92,26 @@ def _scored(pairs, base_dir, version=0, adapter=None, scorer=None):
 
     scorer = scorer or ReferenceScorer(str(base_dir / "ar"), batch_size=3)
     return scorer.score(pd.DataFrame(pairs), version, adapter).to_dict("records")
+
+
+def test_logprob_inputs_follow_the_model_to_its_device():
+    """The learner's model sits on the worker's GPU under align.use_gpu (Ray Train's prepare_model); `pack` builds
+    its inputs on the CPU. No GPU here: a stand-in on the meta device records where its inputs arrive (a real
+    HF model cannot run on meta)."""
+    from types import SimpleNamespace
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(8, device="meta"))
+
+        def forward(self, input_ids, attention_mask):
+            self.seen = {input_ids.device.type, attention_mask.device.type}
+            return SimpleNamespace(logits=torch.zeros(*input_ids.shape, 8, device=input_ids.device))
+
+    model = Recorder()
+    token_lp, labels, _ = token_logprobs(model, pack([[1, 2, 3]], [[4, 5]]))
+    assert model.seen == {"meta"} and token_lp.device.type == labels.device.type == "meta"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

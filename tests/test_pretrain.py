@@ -105,6 +105,15 @@ def test_bf16_autocast_only_where_the_device_multiplies_bf16(train_rows, monkeyp
         assert torch.is_autocast_enabled("cpu")
 
 
+def test_batches_follow_the_model_to_its_device(train_rows):
+    """Ray Train's prepare_model moves the model to the worker's GPU (pretrain.use_gpu); the batches, collated on
+    the CPU, must follow it. No GPU here: the meta device stands in for "not where collate made them"."""
+    trainer = tiny_trainer(train_rows, steps=2, batch_size=4, wrap=lambda m: m.to("meta"))
+    ar_batch, nar_batch = trainer.next_batch()
+    assert {t.device.type for t in [*ar_batch.values(), *nar_batch.values()]} == {"meta"}
+    assert trainer.device_type == "meta"
+
+
 @pytest.mark.slow
 def test_pretrain_job_trains_on_ray_exports_and_evaluates(prepared_tiny, tmp_path, capsys):
     from jobs import pretrain
