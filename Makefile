@@ -8,7 +8,7 @@ ARGS ?=
 BASE ?= checkpoints/base
 BASE_STEPS ?= 2500
 
-.PHONY: install demo test test-fast prepare pretrain pretrain-base align serve clean
+.PHONY: install demo test test-fast prepare pretrain pretrain-base pretrain-base-big align serve clean
 
 $(STAMP): pyproject.toml scripts/install.sh scripts/install-system.sh
 	bash scripts/install.sh
@@ -33,6 +33,12 @@ pretrain-base: install  ## reproduce checkpoints/base: fit the codec, train the 
 	$(PY) -m jobs.prepare --config $(CONFIG) run_dir=runs/base $(ARGS)
 	$(PY) -m jobs.pretrain --config $(CONFIG) run_dir=runs/base pretrain.stop_after=$(BASE_STEPS) $(ARGS)
 	$(PY) -m jobs.ship_base --model runs/base/pretrain/model --codec runs/base/codec --out $(BASE)
+
+pretrain-base-big: install  ## reproduce checkpoints/base-big: checkpoints/base trained on from step 2,500 with 3,000 more sentences (~1 h)
+	$(PY) -m jobs.prepare --config $(CONFIG) run_dir=runs/big codec.path=checkpoints/base/codec corpus.extra_train_sentences=3000 $(ARGS)
+	$(PY) -m jobs.pretrain --config $(CONFIG) run_dir=runs/big codec.path=checkpoints/base/codec pretrain.warm_start=checkpoints/base \
+	    pretrain.warm_start_step=2500 pretrain.steps=3500 pretrain.eval_every=250 pretrain.eval_utterances=0 $(ARGS)
+	$(PY) -m jobs.ship_base --model runs/big/pretrain/model --codec runs/big/codec --out checkpoints/base-big
 
 align: install  ## the SpeechAlign loop on an existing base model (resumes when re-run)
 	$(PY) -m jobs.align --config $(CONFIG) $(ARGS)

@@ -16,29 +16,39 @@ from sa_ray.models.nar import NARModel
 from tests.conftest import REPO
 
 BASE = REPO / "checkpoints" / "base"
+SHIPPED = [BASE, REPO / "checkpoints" / "base-big"]  # base-big: the base trained on with 3,000 more sentences
 
 
-def test_shipped_base_is_small_complete_and_consistent_with_its_codec():
-    size = sum(f.stat().st_size for f in BASE.rglob("*") if f.is_file())
+@pytest.mark.parametrize("shipped", SHIPPED, ids=lambda p: p.name)
+def test_shipped_base_is_small_complete_and_consistent_with_its_codec(shipped):
+    size = sum(f.stat().st_size for f in shipped.rglob("*") if f.is_file())
     assert size <= 25 * 2**20
-    ar, vocab = load_ar(BASE / "ar")
-    nar = NARModel.from_pretrained(BASE / "nar")
-    codec = MelKMeansCodec.load(BASE / "codec")
+    ar, vocab = load_ar(shipped / "ar")
+    nar = NARModel.from_pretrained(shipped / "nar")
+    codec = MelKMeansCodec.load(shipped / "codec")
     assert next(ar.parameters()).dtype == torch.float32  # bf16 on disk, float32 in memory
     assert ar.config.vocab_size == vocab.size and vocab.codebook_size == codec.codebook_size
     assert nar.cfg.n_codebooks == codec.n_codebooks and nar.cfg.n_text_tokens == len(vocab.text_tokens)
     assert vocab.aligned  # trained on the built-in corpus: phones interleaved with their frames
 
 
-def test_shipped_base_has_no_file_over_5mb_and_its_weights_are_sharded_bf16():
+@pytest.mark.parametrize("shipped", SHIPPED, ids=lambda p: p.name)
+def test_shipped_base_has_no_file_over_5mb_and_its_weights_are_sharded_bf16(shipped):
     from jobs.ship_base import read_weights
 
-    big = [str(f) for f in BASE.rglob("*") if f.is_file() and f.stat().st_size > 5 * 10**6]
+    big = [str(f) for f in shipped.rglob("*") if f.is_file() and f.stat().st_size > 5 * 10**6]
     assert not big, f"files over 5 MB cannot be committed: {big}"
     for model in ("ar", "nar"):
-        assert (BASE / model / "model.safetensors.index.json").is_file()
-        assert not (BASE / model / "model.safetensors").exists()
-        assert {t.dtype for t in read_weights(BASE / model).values()} == {torch.bfloat16}
+        assert (shipped / model / "model.safetensors.index.json").is_file()
+        assert not (shipped / model / "model.safetensors").exists()
+        assert {t.dtype for t in read_weights(shipped / model).values()} == {torch.bfloat16}
+
+
+def test_both_shipped_bases_speak_with_one_vocabulary_and_codec():
+    """base-big was trained on from base's weights: a run prepared for one serves the other (make demo BASE=...)."""
+    assert load_ar(SHIPPED[0] / "ar")[1] == load_ar(SHIPPED[1] / "ar")[1]
+    for f in (SHIPPED[0] / "codec").iterdir():
+        assert f.read_bytes() == (SHIPPED[1] / "codec" / f.name).read_bytes(), f.name
 
 
 def test_ship_base_writes_bf16_that_loads_back_as_the_rounded_weights(tiny_base, prepared_tiny, tmp_path, monkeypatch):
