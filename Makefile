@@ -8,13 +8,18 @@ ARGS ?=
 BASE ?= checkpoints/base
 BASE_STEPS ?= 2500
 
-.PHONY: install demo test test-fast prepare pretrain pretrain-base pretrain-base-big align serve clean
+.PHONY: install lock demo test test-fast prepare pretrain pretrain-base pretrain-base-big align serve clean
 
-$(STAMP): pyproject.toml scripts/install.sh scripts/install-system.sh
+$(STAMP): pyproject.toml requirements/*.txt scripts/install.sh scripts/install-system.sh
 	bash scripts/install.sh
 	touch $(STAMP)
 
 install: $(STAMP)
+
+lock:  ## re-resolve requirements/*.txt (every dependency pinned) after pyproject.toml's dependencies changed
+	[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "pip==$$(sed -n 's/^pip==//p' requirements/build.txt)"
+	$(PY) scripts/lock.py
 
 demo: install  ## prepare -> base model (the shipped checkpoint) -> 3 SpeechAlign iterations -> compare, on configs/tiny.yaml
 	$(PY) -m jobs.prepare --config $(CONFIG) codec.path=$(BASE)/codec $(ARGS)

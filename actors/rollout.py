@@ -7,23 +7,17 @@ version, else `AdapterProbeError` stops the iteration (a stale adapter would sil
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 
 import pandas as pd
 
+from sa_ray.engines import describe, resolve_backend
 from sa_ray.models.vocab import EOS, Vocab
 
 
 class AdapterProbeError(RuntimeError):
     """An engine serves other weights than the adapter version it was asked to load."""
-
-
-def resolve_backend(backend: str) -> str:
-    if backend == "auto":
-        return "vllm" if importlib.util.find_spec("vllm") is not None else "torch"
-    return backend
 
 
 def make_engine(backend: str, model_dir: str | Path, lora_rank: int, max_model_len: int, seed: int):
@@ -48,6 +42,9 @@ class RolloutEngine:
         self.sampling = sampling  # temperature, top_k, top_p
         self.lora, self.version = None, 0
         self.tokens, self.seconds = 0, 0.0
+
+    def describe(self) -> str:
+        return describe(self.backend)
 
     def start_seconds(self) -> float:
         return float(self.engine.start_seconds)

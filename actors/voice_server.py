@@ -10,7 +10,6 @@ Bad input is answered with a 4xx JSON error {"error", "field"}. A replica looks 
 heard without a redeploy; the response's X-Policy-Version header says which version spoke.
 """
 
-from __future__ import annotations
 
 import asyncio
 import json

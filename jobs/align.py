@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> dict:
     with tracking.job_run(cfg, "align", args.run_id or state.get("run_id")) as mlrun:
         run.save("state.json", {"run_id": mlrun.info.run_id})
         roles = start_roles(cfg, base_dir)
-        tracking.set_tags({"sa_ray.method": a.method, "sa_ray.pairs": a.pairs,
+        engine = ray.get(roles["rollout"].describe.remote())
+        print(f"rollout engine: {engine}", flush=True)
+        tracking.set_tags({"sa_ray.method": a.method, "sa_ray.pairs": a.pairs, "sa_ray.rollout_engine": engine,
                            **ray.get(roles["evaluator"].backends.remote())})
         train_rows = pq.read_table(run_dir / "data" / "train", columns=["utt_id", "speaker", "codes_0"]).to_pylist()
         bank_ref = ray.put(PromptBank.from_rows(train_rows, prompt_frames, 1))

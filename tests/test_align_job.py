@@ -65,6 +65,7 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(backend, prepared_tiny, ti
     assert [r["iteration"] for r in summary["iterations"]] == [0, 1, 2]
     printed = capsys.readouterr().out
     assert "WER sent" in printed and "iter 2: WER change vs base" in printed
+    assert f"rollout engine: {backend} (" in printed  # the user is told which engine sampled
     # each adapter is a PEFT directory and carries the learner's probe value
     for k in (1, 2):
         adapter = run_dir / "align" / "adapters" / f"v{k}"
@@ -74,6 +75,7 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(backend, prepared_tiny, ti
     client = tracking.client(cfg)
     run = client.get_run(out["run_id"])
     assert run.data.tags["sa_ray.job"] == "align" and run.data.tags["sa_ray.method"] == cfg.align.method
+    assert run.data.tags["sa_ray.rollout_engine"].startswith(backend)
     wer = client.get_metric_history(out["run_id"], "heldout_sentences_wer")
     assert sorted(m.step for m in wer) == [0, 1, 2]
     assert sorted(m.step for m in client.get_metric_history(out["run_id"], "pairs")) == [1, 2]
