@@ -8,7 +8,7 @@ ARGS ?=
 BASE ?= checkpoints/base
 BASE_STEPS ?= 2500
 
-.PHONY: install lock demo test test-fast prepare pretrain pretrain-base pretrain-base-big align serve clean
+.PHONY: install lock lint format demo test test-fast prepare pretrain pretrain-base pretrain-base-big align serve clean
 
 $(STAMP): pyproject.toml requirements/*.txt scripts/install.sh scripts/install-system.sh
 	bash scripts/install.sh
@@ -51,12 +51,19 @@ align: install  ## the SpeechAlign loop on an existing base model (resumes when 
 serve: install  ## after `make demo`: a Ray Serve endpoint for the latest registered policy (docs/serve.md); Ctrl-C stops it
 	$(PY) -m jobs.serve --config $(CONFIG) $(ARGS)
 
-test: install  ## the whole suite
+test: install lint  ## the whole suite, after the formatter and linter checks
 	bash scripts/install-system.sh --test
 	$(PY) -m pytest -q -ra $(ARGS)
 
-test-fast: install  ## skip the slow end-to-end tests
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+lint: install  ## ruff: the code is formatted (`make format` formats it) and lint-clean
+	$(VENV)/bin/ruff format --check --quiet .
+	$(VENV)/bin/ruff check --quiet .
+
+format: install
+	$(VENV)/bin/ruff format --quiet . && $(VENV)/bin/ruff check --quiet --fix .
+
+test-fast: install  ## the unit tier, minutes: no Ray, no job (SA_RAY_TEST_FAST=1 fails a test that starts Ray)
+	SA_RAY_TEST_FAST=1 $(PY) -m pytest -q -m "not slow" $(ARGS)
 
 clean:
 	rm -rf runs mlruns data/corpus .pytest_cache

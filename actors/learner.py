@@ -31,11 +31,13 @@ def learn_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["threads"])
     cfg = AlignConfig(**config["align"])
-    rows = [r for r in ray.train.get_dataset_shard("pairs").iter_rows()
-            if zlib.crc32(r["utt_id"].encode()) % world == rank]
+    rows = [
+        r for r in ray.train.get_dataset_shard("pairs").iter_rows() if zlib.crc32(r["utt_id"].encode()) % world == rank
+    ]
     # prepare_model: onto the worker's device (its GPU with align.use_gpu), DDP when world > 1
-    learner = DPOLearner(config["base_dir"], config["adapter_dir"], cfg, rows, rank=rank,
-                         wrap=ray.train.torch.prepare_model)
+    learner = DPOLearner(
+        config["base_dir"], config["adapter_dir"], cfg, rows, rank=rank, wrap=ray.train.torch.prepare_model
+    )
     logger = RunLogger(config["tracking_uri"], config["run_id"]) if rank == 0 and config.get("run_id") else None
 
     checkpoint = ray.train.get_checkpoint()
@@ -70,13 +72,19 @@ def fit_learner(cfg, run, i: int, base_dir: Path, probe: dict, parent_run_id: st
     pairs.context.enable_progress_bars = False
     trainer = TorchTrainer(
         learn_loop,
-        train_loop_config={"align": a.__dict__, "base_dir": str(base_dir / "ar"), "probe": probe,
-                           "adapter_dir": str(adapter) if adapter else None, "run_id": child,
-                           "tracking_uri": tracking.resolve_uri(cfg.tracking.uri),
-                           "threads": max(1, int(ray.available_resources().get("CPU", 1)) // a.workers)},
+        train_loop_config={
+            "align": a.__dict__,
+            "base_dir": str(base_dir / "ar"),
+            "probe": probe,
+            "adapter_dir": str(adapter) if adapter else None,
+            "run_id": child,
+            "tracking_uri": tracking.resolve_uri(cfg.tracking.uri),
+            "threads": max(1, int(ray.available_resources().get("CPU", 1)) // a.workers),
+        },
         scaling_config=ScalingConfig(num_workers=a.workers, use_gpu=a.use_gpu),
-        run_config=RunConfig(name=f"iter_{i}", storage_path=str(run.learner_storage()),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        run_config=RunConfig(
+            name=f"iter_{i}", storage_path=str(run.learner_storage()), checkpoint_config=CheckpointConfig(num_to_keep=2)
+        ),
         datasets={"pairs": pairs},
         dataset_config=DataConfig(datasets_to_split=[]),  # each worker takes its pairs by id hash
     )

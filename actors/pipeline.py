@@ -1,6 +1,6 @@
 """The align loop's long-lived roles (`start_roles`) and one iteration's pair set as a Ray Data pipeline between them:
 
-    prompt rows -> requests -> RolloutEngine -> [Evaluator rewards] -> pair builder -> ReferenceScorer -> Parquet
+    prompt rows -> requests -> RolloutEngine -> [RewardScorers] -> pair builder -> ReferenceScorer -> Parquet
 
 Batches stream through map_batches stages; the engines are actors created once per job, called from
 zero-CPU forwarding tasks, so the driver never holds an iteration and no engine restarts per iteration.
@@ -18,6 +18,7 @@ import ray
 
 from actors.evaluator import Evaluator
 from actors.reference import ReferenceScorer
+from actors.reward_scorer import RewardScorer
 from actors.rollout import RolloutEngine
 from sa_ray import preference
 
@@ -25,11 +26,15 @@ PAIR_COLUMNS = ["iteration", "utt_id", "sample_idx", "prompt_ids", "chosen_ids",
 ROW_COLUMNS = ["utt_id", "speaker", "text", "text_norm", "phones", "phone_ms", "audio_path", "codes_0"]
 
 
-def _requests(batch: pd.DataFrame, vocab, bank_ref, frame_rate: float, iteration: int, seed: int, samples: int,
-              max_len: int) -> pd.DataFrame:
+def _requests(
+    batch: pd.DataFrame, vocab, bank_ref, frame_rate: float, iteration: int, seed: int, samples: int, max_len: int
+) -> pd.DataFrame:
     bank = ray.get(bank_ref) if isinstance(bank_ref, ray.ObjectRef) else bank_ref
-    return pd.DataFrame(preference.rollout_requests(batch.to_dict("records"), vocab, bank, frame_rate, iteration,
-                                                    seed, samples, max_len))
+    return pd.DataFrame(
+        preference.rollout_requests(
+            batch.to_dict("records"), vocab, bank, frame_rate, iteration, seed, samples, max_len
+        )
+    )
 
 
 def _call(batch: pd.DataFrame, actor, method: str, args: tuple) -> pd.DataFrame:
@@ -52,19 +57,24 @@ def _golden(batch: pd.DataFrame) -> pd.DataFrame:
 
 
 def _ranked(group: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame(preference.ranked_pairs(group.to_dict("records")),
-                        columns=PAIR_COLUMNS + ["chosen_reward", "rejected_reward", "golden_ids"])
+    return pd.DataFrame(
+        preference.ranked_pairs(group.to_dict("records")),
+        columns=PAIR_COLUMNS + ["chosen_reward", "rejected_reward", "golden_ids"],
+    )
 
 
-def make_pairs(iteration: int, cfg, data_dir: Path, out_dir: Path, vocab, bank_ref, frame_rate: float,
-               roles: dict, policy: dict) -> dict:
+def make_pairs(
+    iteration: int, cfg, data_dir: Path, out_dir: Path, vocab, bank_ref, frame_rate: float, roles: dict, policy: dict
+) -> dict:
     """Runs the pipeline for `iteration` and commits `out_dir`; returns its manifest."""
     a = cfg.align
     source = data_dir / a.prompt_split
     ids = pq.read_table(source, columns=["utt_id"]).column("utt_id").to_pylist() if source.is_dir() else []
     if not ids:
-        raise ValueError(f"align.prompt_split={a.prompt_split!r}: no utterances in {source} (prepare with "
-                         "corpus.align_sentences > 0, or set align.prompt_split=train)")
+        raise ValueError(
+            f"align.prompt_split={a.prompt_split!r}: no utterances in {source} (prepare with "
+            "corpus.align_sentences > 0, or set align.prompt_split=train)"
+        )
     chosen = set(preference.select_prompts(ids, a.prompts_per_iteration, a.seed, iteration))
     max_len = cfg.model.max_positions
     # Blocks of 16 prompts, so that the stages stream: Ray Data reads the small split as ONE block, and each stage
@@ -73,48 +83,93 @@ def make_pairs(iteration: int, cfg, data_dir: Path, out_dir: Path, vocab, bank_r
     # align.reward=asr align.samples_per_prompt=4 align.prompts_per_iteration=64 align.reward_workers=2
     # align.backend=torch`); where the engine and the scorers have their own devices, sampling and scoring overlap.
     blocks = -(-len(chosen) // 16)
-    ds = ray.data.read_parquet(str(source), columns=ROW_COLUMNS).filter(
-        lambda r: r["utt_id"] in chosen).repartition(blocks)
-    requests = ds.map_batches(_requests, batch_format="pandas", batch_size=32, fn_kwargs=dict(
-        vocab=vocab, bank_ref=bank_ref, frame_rate=frame_rate, iteration=iteration, seed=a.seed,
-        samples=a.samples_per_prompt, max_len=max_len))
-    samples = requests.map_batches(_call, batch_format="pandas", batch_size=64, num_cpus=0, fn_kwargs=dict(
-        actor=roles["rollout"], method="rollout", args=(policy,)))
+    ds = (
+        ray.data.read_parquet(str(source), columns=ROW_COLUMNS)
+        .filter(lambda r: r["utt_id"] in chosen)
+        .repartition(blocks)
+    )
+    requests = ds.map_batches(
+        _requests,
+        batch_format="pandas",
+        batch_size=32,
+        fn_kwargs=dict(
+            vocab=vocab,
+            bank_ref=bank_ref,
+            frame_rate=frame_rate,
+            iteration=iteration,
+            seed=a.seed,
+            samples=a.samples_per_prompt,
+            max_len=max_len,
+        ),
+    )
+    samples = requests.map_batches(
+        _call,
+        batch_format="pandas",
+        batch_size=64,
+        num_cpus=0,
+        fn_kwargs=dict(actor=roles["rollout"], method="rollout", args=(policy,)),
+    )
     if a.pairs == "golden":
         pairs = samples.map_batches(_golden, batch_format="pandas")
     else:
         if a.reward == "phones":
             rewarded = samples.map_batches(_phone_reward, batch_format="pandas", fn_kwargs=dict(vocab=vocab))
         else:
-            rewarded = samples.map_batches(_reward, batch_format="pandas", batch_size=16 * len(roles["scorers"]),
-                                           num_cpus=0, fn_kwargs=dict(scorers=roles["scorers"]))
+            rewarded = samples.map_batches(
+                _reward,
+                batch_format="pandas",
+                batch_size=16 * len(roles["scorers"]),
+                num_cpus=0,
+                fn_kwargs=dict(scorers=roles["scorers"]),
+            )
         # an utterance's samples may straddle two batches: group them (a few partitions, not Ray's default 200)
         pairs = rewarded.groupby("utt_id", num_partitions=min(blocks, 8)).map_groups(_ranked, batch_format="pandas")
-    scored = pairs.map_batches(_call, batch_format="pandas", batch_size=32, num_cpus=0, fn_kwargs=dict(
-        actor=roles["reference"], method="score", args=(policy["version"], policy["adapter_dir"])))
+    scored = pairs.map_batches(
+        _call,
+        batch_format="pandas",
+        batch_size=32,
+        num_cpus=0,
+        fn_kwargs=dict(actor=roles["reference"], method="score", args=(policy["version"], policy["adapter_dir"])),
+    )
     staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
     scored.write_parquet(str(staging))
     stats = ray.get(roles["rollout"].stats.remote())
-    return preference.commit_pairs(staging, out_dir, {
-        "iteration": iteration, "prompts": len(chosen), "samples": len(chosen) * a.samples_per_prompt,
-        "strategy": a.pairs, "policy_version": policy["version"], **stats})
+    return preference.commit_pairs(
+        staging,
+        out_dir,
+        {
+            "iteration": iteration,
+            "prompts": len(chosen),
+            "samples": len(chosen) * a.samples_per_prompt,
+            "strategy": a.pairs,
+            "policy_version": policy["version"],
+            **stats,
+        },
+    )
 
 
 def start_roles(cfg, base_dir: Path) -> dict:
     a = cfg.align
-    opts = dict(num_cpus=0, max_restarts=1, max_task_retries=1,
-                runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})  # idle engines must not spin on cores
+    opts = dict(
+        num_cpus=0, max_restarts=1, max_task_retries=1, runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
+    )  # idle engines must not spin on cores
     sampling = {"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p}
     roles = {
-        "rollout": ray.remote(RolloutEngine).options(**opts).remote(
-            a.backend, str(base_dir / "ar"), sampling, a.lora_rank, cfg.model.max_positions, a.seed, a.forced_phones),
-        "reference": ray.remote(ReferenceScorer).options(**opts).remote(str(base_dir / "ar"),
-                                                                         margin_tokens=a.margin_tokens),
+        "rollout": ray.remote(RolloutEngine)
+        .options(**opts)
+        .remote(
+            a.backend, str(base_dir / "ar"), sampling, a.lora_rank, cfg.model.max_positions, a.seed, a.forced_phones
+        ),
+        "reference": ray.remote(ReferenceScorer)
+        .options(**opts)
+        .remote(str(base_dir / "ar"), margin_tokens=a.margin_tokens),
         "evaluator": ray.remote(Evaluator).options(**opts).remote(cfg, str(base_dir)),
     }
-    # ranked pairs: the evaluator scores samples, helped by reward_workers - 1 more of its kind (the costly
-    # stage: every sample goes through NAR, vocoder and ASR)
-    extra = a.reward_workers - 1 if a.pairs == "ranked" and a.reward == "asr" else 0
-    roles["scorers"] = [roles["evaluator"]] + [ray.remote(Evaluator).options(**opts).remote(cfg, str(base_dir))
-                                               for _ in range(extra)]
+    # ranked pairs rewarded by ASR and SIM: reward_workers scorers side by side (the costly stage: every sample goes
+    # through NAR, vocoder and ASR); they score while the evaluator waits for its next version, so no core is shared
+    scoring = a.pairs == "ranked" and a.reward == "asr"
+    roles["scorers"] = [
+        ray.remote(RewardScorer).options(**opts).remote(cfg, str(base_dir))
+        for _ in range(a.reward_workers if scoring else 0)
+    ]
     return roles

@@ -36,8 +36,17 @@ def train_loop(config: dict) -> None:
     # prepare_model for the plain path: onto the worker's device (its GPU with pretrain.use_gpu), DDP when world > 1.
     # With pretrain.deepspeed the trainer builds a ZeRO engine on the process group Ray Train set up (gloo on CPU,
     # also for one worker), which places the model and reduces gradients itself.
-    trainer = CodecLMTrainer(model_cfg, train_cfg, vocab, config["n_codebooks"], config["frame_rate"], mine, bank,
-                             rank=rank, wrap=(lambda m: m) if train_cfg.deepspeed else ray.train.torch.prepare_model)
+    trainer = CodecLMTrainer(
+        model_cfg,
+        train_cfg,
+        vocab,
+        config["n_codebooks"],
+        config["frame_rate"],
+        mine,
+        bank,
+        rank=rank,
+        wrap=(lambda m: m) if train_cfg.deepspeed else ray.train.torch.prepare_model,
+    )
     heldout = _rows("heldout") if rank == 0 else []
     heldout_bank = PromptBank.from_rows(heldout, config["prompt_frames"], config["n_codebooks"]) if heldout else None
     logger = RunLogger(config["tracking_uri"], config["run_id"]) if rank == 0 and config.get("run_id") else None

@@ -31,8 +31,16 @@ def make_engine(backend: str, model_dir: str | Path, lora_rank: int, max_model_l
 
 
 class RolloutEngine:
-    def __init__(self, backend: str, model_dir: str, sampling: dict, lora_rank: int, max_model_len: int, seed: int = 0,
-                 forced_phones: bool = False):
+    def __init__(
+        self,
+        backend: str,
+        model_dir: str,
+        sampling: dict,
+        lora_rank: int,
+        max_model_len: int,
+        seed: int = 0,
+        forced_phones: bool = False,
+    ):
         self.backend = resolve_backend(backend)
         self.engine = make_engine(self.backend, model_dir, lora_rank, max_model_len, seed)
         vocab = Vocab.load(model_dir)
@@ -56,7 +64,8 @@ class RolloutEngine:
         if abs(value - probe["logprob"]) > tolerance:
             raise AdapterProbeError(
                 f"{self.backend} engine does not serve adapter v{version} ({adapter_dir}): probe logprob {value:.4f}, "
-                f"the learner's {probe['logprob']:.4f} (tolerance {tolerance})")
+                f"the learner's {probe['logprob']:.4f} (tolerance {tolerance})"
+            )
         self.lora, self.version = lora, version
         self.tokens, self.seconds = 0, 0.0
         return value
@@ -67,11 +76,22 @@ class RolloutEngine:
         if policy["version"] != self.version or (self.version and self.lora[2] != str(policy["adapter_dir"])):
             self.load_adapter(policy["version"], policy["adapter_dir"], policy["probe"], policy["tolerance"])
         prompts = [list(map(int, p)) for p in batch["prompt_ids"]]
-        forced = {} if self.phone_ids is None else {"forced": [Vocab.prompt_text_ids(p) for p in prompts],
-                                                    "forced_ids": self.phone_ids}
+        forced = (
+            {}
+            if self.phone_ids is None
+            else {"forced": [Vocab.prompt_text_ids(p) for p in prompts], "forced_ids": self.phone_ids}
+        )
         start = time.perf_counter()
-        out = self.engine.generate(prompts, self.allowed, EOS, [int(b) for b in batch["budget"]],
-                                   [int(s) for s in batch["seed"]], lora=self.lora, **self.sampling, **forced)
+        out = self.engine.generate(
+            prompts,
+            self.allowed,
+            EOS,
+            [int(b) for b in batch["budget"]],
+            [int(s) for s in batch["seed"]],
+            lora=self.lora,
+            **self.sampling,
+            **forced,
+        )
         self.seconds += time.perf_counter() - start
         self.tokens += sum(len(o) for o in out)
         batch = batch.copy()

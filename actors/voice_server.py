@@ -10,7 +10,6 @@ Bad input is answered with a 4xx JSON error {"error", "field"}. A replica looks 
 heard without a redeploy; the response's X-Policy-Version header says which version spoke.
 """
 
-
 import asyncio
 import json
 import logging
@@ -46,8 +45,14 @@ class VoiceServer:
         run_dir = Path(cfg.run_dir)
         codec = load_codec(cfg.codec, run_dir / "codec")
         self.settings = cfg.serve
-        self.voice = PolicyVoice(base_dir, codec, run_dir / "data", cfg.model.prompt_frames(codec.frame_rate),
-                                 cfg.model.phone_voice, cfg.eval.forced_phones)
+        self.voice = PolicyVoice(
+            base_dir,
+            codec,
+            run_dir / "data",
+            cfg.model.prompt_frames(codec.frame_rate),
+            cfg.model.phone_voice,
+            cfg.eval.forced_phones,
+        )
         self.policy = RegisteredPolicy.of_config(cfg)
         self.page = PAGE.read_text()
         self._speak.set_max_batch_size(cfg.serve.max_batch)
@@ -86,9 +91,12 @@ class VoiceServer:
         with self.lock:
             self._refresh()
             version, self.largest_batch = self._version_label(), max(self.largest_batch, len(requests))
-            return [out if isinstance(out, BadRequest) else (wav_bytes(out.wav, self.voice.codec.sample_rate),
-                                                             version, out.ended)
-                    for out in self.voice.speak(requests)]
+            return [
+                out
+                if isinstance(out, BadRequest)
+                else (wav_bytes(out.wav, self.voice.codec.sample_rate), version, out.ended)
+                for out in self.voice.speak(requests)
+            ]
 
     def _version_label(self) -> str:
         return "base" if self.version is None else str(self.version)
@@ -107,9 +115,14 @@ class VoiceServer:
                 self._refresh()
             finally:
                 self.lock.release()
-        return {"model": self.policy.uri, "version": self._version_label(), "speakers": self.voice.speakers,
-                "sample_rate": self.voice.codec.sample_rate, "max_text_chars": self.settings.max_text_chars,
-                "largest_batch": self.largest_batch}
+        return {
+            "model": self.policy.uri,
+            "version": self._version_label(),
+            "speakers": self.voice.speakers,
+            "sample_rate": self.voice.codec.sample_rate,
+            "max_text_chars": self.settings.max_text_chars,
+            "largest_batch": self.largest_batch,
+        }
 
     @app.post("/synthesize")
     async def synthesize(self, request: Request) -> Response:
@@ -124,5 +137,6 @@ class VoiceServer:
         except BadRequest as exc:
             return JSONResponse(exc.body(), status_code=exc.status)
         wav, version, ended = result
-        return Response(wav, media_type="audio/wav",
-                        headers={"X-Policy-Version": version, "X-Ended": "true" if ended else "false"})
+        return Response(
+            wav, media_type="audio/wav", headers={"X-Policy-Version": version, "X-Ended": "true" if ended else "false"}
+        )

@@ -1,1 +1,2 @@
-"""Micro-benchmarks (run as `python -m benchmarks.<name>`)."""
+"""Measurements that run the system: speed, cost and the codec's round trip (run as `python -m benchmarks.<name>`).
+Reports over results live in `analysis`."""

@@ -22,8 +22,7 @@ from sa_ray.codec import Codec
 from sa_ray.codec.hf_codec import HFCodec
 from sa_ray.codec.mel_kmeans import MelKMeansCodec
 from sa_ray.config import load_config
-from sa_ray.evaluation import domain_asr
-from sa_ray.metrics.asr import PocketSphinxASR
+from sa_ray.metrics.asr import PocketSphinxASR, domain_asr
 from sa_ray.metrics.wer import wer
 
 
@@ -40,8 +39,11 @@ def round_trip_wer(name: str, codec: Codec | None, rows: list[dict], asrs: list,
             h.append(asr.transcribe(wav, sr))
     seconds = sum(r["duration"] for r in rows)
     refs = [r["text"] for r in rows]
-    return {"audio": name, **{asr.backend: wer(refs, h) for asr, h in zip(asrs, hyps)},
-            "codec_rtf": t_codec / seconds if codec is not None else None}
+    return {
+        "audio": name,
+        **{asr.backend: wer(refs, h) for asr, h in zip(asrs, hyps)},
+        "codec_rtf": t_codec / seconds if codec is not None else None,
+    }
 
 
 def main() -> None:
@@ -60,14 +62,18 @@ def main() -> None:
     L = mk.n_codebooks
     results = [
         round_trip_wer("original", None, rows, asrs, None),
-        round_trip_wer(f"mel k-means {L} x {mk.codebook_size} @ {mk.frame_rate:.1f} Hz, all layers", mk, rows, asrs, None),
+        round_trip_wer(
+            f"mel k-means {L} x {mk.codebook_size} @ {mk.frame_rate:.1f} Hz, all layers", mk, rows, asrs, None
+        ),
         round_trip_wer("mel k-means, layer 0 only", mk, rows, asrs, 1),
     ]
     if args.encodec:
         enc = HFCodec.from_pretrained(args.encodec, bandwidth=6.0)
         results.append(round_trip_wer(f"EnCodec {args.encodec} 6 kbps", enc, rows, asrs, None))
     enc_random = HFCodec.from_config("encodec", seed=0, init_codebooks=True, n_codebooks=8)
-    results.append(round_trip_wer("EnCodec 24 kHz, random weights (no download possible)", enc_random, rows, asrs, None))
+    results.append(
+        round_trip_wer("EnCodec 24 kHz, random weights (no download possible)", enc_random, rows, asrs, None)
+    )
 
     print(f"\n{len(rows)} utterances of {run / 'data' / args.split}\n")
     print("| audio | " + " | ".join(f"WER ({a.backend})" for a in asrs) + " | codec time / audio time |")

@@ -20,8 +20,13 @@ def wall_time(client: MlflowClient, run_id: str, metric: str) -> dict | None:
         return None
     seconds = (history[-1].timestamp - history[0].timestamp) / 1000
     steps = history[-1].step - history[0].step
-    return {"run_id": run_id, "first_step": history[0].step, "last_step": history[-1].step, "seconds": seconds,
-            "s_per_step": seconds / max(steps, 1)}
+    return {
+        "run_id": run_id,
+        "first_step": history[0].step,
+        "last_step": history[-1].step,
+        "seconds": seconds,
+        "s_per_step": seconds / max(steps, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -37,12 +42,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     else:
         experiment = client.get_experiment_by_name(args.experiment or "")
         if experiment is None:
-            raise SystemExit(f"error: no experiment {args.experiment!r} in {args.tracking_uri} (give --experiment or --runs)")
+            raise SystemExit(
+                f"error: no experiment {args.experiment!r} in {args.tracking_uri} (give --experiment or --runs)"
+            )
         run_ids = [r.info.run_id for r in client.search_runs([experiment.experiment_id], order_by=["start_time ASC"])]
     rows = [r for r in (wall_time(client, run_id, args.metric) for run_id in run_ids) if r]
     for r in rows:
-        print(f"{r['run_id']}  steps {r['first_step']:>6}-{r['last_step']:<6} {r['seconds'] / 60:7.1f} min "
-              f"{r['s_per_step']:6.2f} s/step")
+        print(
+            f"{r['run_id']}  steps {r['first_step']:>6}-{r['last_step']:<6} {r['seconds'] / 60:7.1f} min "
+            f"{r['s_per_step']:6.2f} s/step"
+        )
     total = sum(r["seconds"] for r in rows)
     print(f"total: {total / 60:.1f} min of {args.metric!r} logging over {len(rows)} runs")
     return rows

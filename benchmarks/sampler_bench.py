@@ -28,10 +28,18 @@ from sa_ray.sampling import SamplingConfig, sample  # noqa: E402
 def build(args: argparse.Namespace) -> tuple[LlamaForCausalLM, Vocab, list[list[int]]]:
     torch.manual_seed(0)
     vocab = Vocab(tuple(f"ph{i}" for i in range(args.text_tokens)), args.codebook_size, aligned=True)
-    config = LlamaConfig(vocab_size=vocab.size, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                         num_attention_heads=args.heads, num_key_value_heads=args.heads,
-                         intermediate_size=args.intermediate, max_position_embeddings=2048,
-                         bos_token_id=1, eos_token_id=EOS, pad_token_id=PAD)
+    config = LlamaConfig(
+        vocab_size=vocab.size,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        intermediate_size=args.intermediate,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
     model = LlamaForCausalLM(config).eval()
     g = torch.Generator().manual_seed(1)
     prompts = []
@@ -41,15 +49,30 @@ def build(args: argparse.Namespace) -> tuple[LlamaForCausalLM, Vocab, list[list[
     return model, vocab, prompts
 
 
-def run_ours(model, vocab: Vocab, prompts: list[list[int]], new_tokens: int, batch_size: int,
-             forced: bool = False) -> int:
+def run_ours(
+    model, vocab: Vocab, prompts: list[list[int]], new_tokens: int, batch_size: int, forced: bool = False
+) -> int:
     allowed = [i for i in range(vocab.size) if i != EOS]  # full vocabulary as generate, EOS disabled
     phones = list(vocab.text_id_range)
     # --forced: every request must write a script of new_tokens // 3 phones in order (eval.forced_phones)
-    script = {"forced": [[phones[(i + k) % len(phones)] for k in range(new_tokens // 3)] for i in range(len(prompts))],
-              "forced_ids": phones} if forced else {}
-    out = sample(model, prompts, allowed, EOS, new_tokens, seeds=list(range(len(prompts))),
-                 cfg=SamplingConfig(temperature=1.0, batch_size=batch_size), **script)
+    script = (
+        {
+            "forced": [[phones[(i + k) % len(phones)] for k in range(new_tokens // 3)] for i in range(len(prompts))],
+            "forced_ids": phones,
+        }
+        if forced
+        else {}
+    )
+    out = sample(
+        model,
+        prompts,
+        allowed,
+        EOS,
+        new_tokens,
+        seeds=list(range(len(prompts))),
+        cfg=SamplingConfig(temperature=1.0, batch_size=batch_size),
+        **script,
+    )
     return sum(map(len, out))
 
 
@@ -61,9 +84,18 @@ def run_generate(model, prompts: list[list[int]], new_tokens: int, batch_size: i
         ids = torch.tensor([[PAD] * (width - len(p)) + p for p in batch])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
         with torch.inference_mode():
-            out = model.generate(ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
-                                 max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                 eos_token_id=EOS, pad_token_id=PAD)
+            out = model.generate(
+                ids,
+                attention_mask=mask,
+                do_sample=True,
+                top_k=0,
+                top_p=1.0,
+                temperature=1.0,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                eos_token_id=EOS,
+                pad_token_id=PAD,
+            )
         total += (out.shape[1] - width) * len(batch)
     return total
 
@@ -100,12 +132,16 @@ def main() -> None:
     args = p.parse_args()
 
     model, vocab, prompts = build(args)
-    print(f"model: vocab {vocab.size}, hidden {args.hidden}, {args.layers} layers, {args.heads} heads, "
-          f"{sum(x.numel() for x in model.parameters()) / 1e6:.1f}M params; {len(prompts)} prompts of "
-          f"{min(map(len, prompts))}-{max(map(len, prompts))} tokens, {args.new_tokens} new tokens each, "
-          f"batch {args.batch_size}, best of {args.repeats}\n")
-    fns = {"sample": lambda: run_ours(model, vocab, prompts, args.new_tokens, args.batch_size),
-           "generate": lambda: run_generate(model, prompts, args.new_tokens, args.batch_size)}
+    print(
+        f"model: vocab {vocab.size}, hidden {args.hidden}, {args.layers} layers, {args.heads} heads, "
+        f"{sum(x.numel() for x in model.parameters()) / 1e6:.1f}M params; {len(prompts)} prompts of "
+        f"{min(map(len, prompts))}-{max(map(len, prompts))} tokens, {args.new_tokens} new tokens each, "
+        f"batch {args.batch_size}, best of {args.repeats}\n"
+    )
+    fns = {
+        "sample": lambda: run_ours(model, vocab, prompts, args.new_tokens, args.batch_size),
+        "generate": lambda: run_generate(model, prompts, args.new_tokens, args.batch_size),
+    }
     if args.only:
         fns = {args.only: fns[args.only]}
     if args.forced:
@@ -124,13 +160,17 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|")
     for threads, best in rows:
         (w_s, c_s, n_s), (w_g, c_g, n_g) = best.get("sample", nan), best.get("generate", nan)
-        print(f"| {threads} | {w_s:.2f} ({c_s:.2f}) | {n_s / w_s:.0f} | {w_g:.2f} ({c_g:.2f}) | {n_g / w_g:.0f} "
-              f"| {w_g / w_s:.2f}x |")
+        print(
+            f"| {threads} | {w_s:.2f} ({c_s:.2f}) | {n_s / w_s:.0f} | {w_g:.2f} ({c_g:.2f}) | {n_g / w_g:.0f} "
+            f"| {w_g / w_s:.2f}x |"
+        )
     for threads, best in rows:
         if "forced" in best and "sample" in best:
             (w_f, c_f, n_f), w_s = best["forced"], best["sample"][0]
-            print(f"\nsample with forced phones, {threads} threads: {w_f:.2f} s ({c_f:.2f}), {n_f / w_f:.0f} tok/s, "
-                  f"{w_s / w_f:.2f}x the speed of free sampling")
+            print(
+                f"\nsample with forced phones, {threads} threads: {w_f:.2f} s ({c_f:.2f}), {n_f / w_f:.0f} tok/s, "
+                f"{w_s / w_f:.2f}x the speed of free sampling"
+            )
     print("\ns: best wall time of the repeats; CPU s: process CPU time of that run (all threads).")
 
 

@@ -55,8 +55,10 @@ def main() -> None:
     rows = pq.read_table(Path(cfg.run_dir) / "data" / "heldout_sentences", columns=["text"]).to_pylist()
     speakers = health["speakers"]
     _post(url, {"text": rows[0]["text"], "speaker": speakers[0]})  # warm-up: first-call allocations
-    bodies = [{"text": rows[i % len(rows)]["text"], "speaker": speakers[i % len(speakers)], "seed": i}
-              for i in range(args.requests)]
+    bodies = [
+        {"text": rows[i % len(rows)]["text"], "speaker": speakers[i % len(speakers)], "seed": i}
+        for i in range(args.requests)
+    ]
     start = time.perf_counter()
     with ThreadPoolExecutor(args.clients) as pool:
         results = list(pool.map(lambda body: _post(url, body), bodies))
@@ -64,8 +66,10 @@ def main() -> None:
     largest = json.load(urllib.request.urlopen(f"{url}/health"))["largest_batch"]
     serve.shutdown()
     walls, seconds = [r[0] for r in results], [r[1] for r in results]
-    print(f"{health['model']} version {health['version']}: {len(results)} requests from {args.clients} client(s), "
-          f"largest batch {largest}, {sum(r[2] == 'false' for r in results)} hit the length limit")
+    print(
+        f"{health['model']} version {health['version']}: {len(results)} requests from {args.clients} client(s), "
+        f"largest batch {largest}, {sum(r[2] == 'false' for r in results)} hit the length limit"
+    )
     print(f"  wall per request   median {statistics.median(walls):.2f} s  (min {min(walls):.2f}, max {max(walls):.2f})")
     print(f"  speech per request median {statistics.median(seconds):.2f} s")
     print(f"  real-time factor   {sum(seconds) / total:.2f} (seconds of speech per second of wall time, all clients)")

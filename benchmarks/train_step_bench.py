@@ -1,6 +1,6 @@
 """AR training step (forward + backward) in float32 vs bfloat16 autocast on this CPU.
 
-    python -m benchmarks.train_step_bench --threads 1 --batch 16 --length 290
+python -m benchmarks.train_step_bench --threads 1 --batch 16 --length 290
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ def main() -> None:
     ids = torch.randint(0, vocab.size, (args.batch, args.length))
     fp32 = step_seconds(model, ids, False, args.repeats)
     bf16 = step_seconds(model, ids, True, args.repeats)
-    print(f"| threads | batch x length | fp32 s/step | bf16 autocast s/step | speed-up |\n|---|---|---|---|---|\n"
-          f"| {args.threads} | {args.batch} x {args.length} | {fp32:.2f} | {bf16:.2f} | {fp32 / bf16:.1f}x |")
+    print(
+        f"| threads | batch x length | fp32 s/step | bf16 autocast s/step | speed-up |\n|---|---|---|---|---|\n"
+        f"| {args.threads} | {args.batch} x {args.length} | {fp32:.2f} | {bf16:.2f} | {fp32 / bf16:.1f}x |"
+    )
 
 
 if __name__ == "__main__":

@@ -21,9 +21,18 @@ from sa_ray.models.vocab import EOS
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, default in (("requests", 128), ("prompt-len", 180), ("new-tokens", 200), ("hidden", 256), ("layers", 6),
-                          ("heads", 4), ("intermediate", 1024), ("text-tokens", 40), ("codebook-size", 256),
-                          ("repeats", 3)):
+    for name, default in (
+        ("requests", 128),
+        ("prompt-len", 180),
+        ("new-tokens", 200),
+        ("hidden", 256),
+        ("layers", 6),
+        ("heads", 4),
+        ("intermediate", 1024),
+        ("text-tokens", 40),
+        ("codebook-size", 256),
+        ("repeats", 3),
+    ):
         p.add_argument(f"--{name}", type=int, default=default)
     args = p.parse_args()
 

@@ -1,21 +1,86 @@
-"""What every job shares: command line -> validated config, Ray start-up, and clean user errors."""
+"""What every job shares: command line -> validated config, Ray start-up, a quiet terminal, and clean user errors."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from sa_ray.config import Config, ConfigError, load_config
+from sa_ray.config import Config, ConfigError, describe_settings, load_config
 
 DEFAULT_CONFIG = "configs/tiny.yaml"
+VERBOSE = "SA_RAY_VERBOSE"
+# The workers of a local instance: no weight-loading bars, no deprecation notices, vLLM's errors only (its
+# warnings on CPU are about missing GPU-side optimisations).
+QUIET_WORKERS = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "VLLM_LOGGING_LEVEL": "ERROR",
+    "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning",
+}
+# Loggers of Ray and the libraries that write to the terminal by themselves (Ray Data's execution plans and
+# progress log, Train's controller, MLflow's store migrations, ...): kept in the run's log file instead.
+LIBRARY_LOGGERS = (
+    "ray",
+    "ray.data",
+    "ray.train",
+    "ray.tune",
+    "ray.serve",
+    "vllm",
+    "mlflow",
+    "alembic",
+    "transformers",
+    "py.warnings",
+)
+
+
+class _PrintSettings(argparse.Action):
+    """--help-config: prints every setting and exits, as --help does, before any config is read."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(describe_settings())
+        parser.exit()
+
+
+class _Verbose(argparse.Action):
+    """--verbose: Ray's and the libraries' own logs on the terminal too (the environment carries it to every
+    process of the job)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        os.environ[VERBOSE] = "1"
+
+
+def add_job_options(ap: argparse.ArgumentParser) -> None:
+    """--help-config and --verbose, for jobs that build their own parser (`parse` adds them)."""
+    ap.add_argument(
+        "--help-config",
+        action=_PrintSettings,
+        help="list every config setting (dotted key, type, default, meaning) and exit",
+    )
+    ap.add_argument(
+        "--verbose",
+        action=_Verbose,
+        help=f"Ray's and the libraries' logs on the terminal too "
+        f"(also {VERBOSE}=1); otherwise they go to <run_dir>/logs/jobs.log and Ray's session logs",
+    )
 
 
 def parse(argv: list[str] | None, description: str) -> tuple[Config, argparse.Namespace]:
-    ap = argparse.ArgumentParser(description=description, epilog="Overrides: dotted.key=value, e.g. "
-                                 "codec.n_codebooks=8 corpus.max_utterances=200")
+    ap = argparse.ArgumentParser(
+        description=description,
+        epilog="Overrides: dotted.key=value, e.g. "
+        "codec.n_codebooks=8 corpus.max_utterances=200; --help-config lists every key",
+    )
+    add_job_options(ap)
     ap.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
     ap.add_argument("--run-id", default=None, help="MLflow run id to resume")
     ap.add_argument("overrides", nargs="*", help="dotted.key=value")
@@ -41,20 +106,67 @@ def base_model(cfg: Config, given: str | None = None, how: str = "set align.base
     return base_dir
 
 
+def verbose() -> bool:
+    return os.environ.get(VERBOSE, "0") not in ("", "0")
+
+
 def init_ray(cfg: Config) -> None:
-    """Joins the cluster a job was submitted to (RAY_ADDRESS), the configured one, or starts a local one."""
+    """Joins the cluster a job was submitted to (RAY_ADDRESS), the configured one, or starts a local one.
+
+    Unless --verbose, the terminal shows what sa-ray says (progress, results) and the workers' warnings and errors:
+    Ray's and the libraries' loggers in the driver write to the run's log file, and in the workers they log from
+    WARNING up, without progress bars of their own (the workers' full logs stay in Ray's session directory)."""
     import ray
 
     if ray.is_initialized():
         return
+    quiet = {} if verbose() else {"logging_config": ray.LoggingConfig(log_level="WARNING")}
+    log_file = Path(cfg.run_dir) / "logs" / "jobs.log"
+    if quiet:
+        log_libraries_to(log_file)
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
+    if address:  # a submitted job keeps the runtime environment it was submitted with
+        context = ray.init(address=address, log_to_driver=True, **quiet)
     else:
-        start_local_ray(num_cpus=cfg.ray.num_cpus, log_to_driver=True)
+        context = start_local_ray(
+            num_cpus=cfg.ray.num_cpus, env=None if verbose() else QUIET_WORKERS, log_to_driver=True, **quiet
+        )
+    if quiet:
+        log_libraries_to(log_file)  # again: ray.init gave the driver's Ray logger a terminal handler of its own
+        node = getattr(ray._private.worker, "_global_node", None)  # where the workers' output went
+        logging.getLogger("ray").warning(
+            "%s: Ray's dashboard at %s; the workers' logs are in %s",
+            " ".join(sys.argv),
+            context.dashboard_url or "-",
+            f"{node.get_session_dir_path()}/logs" if node else "Ray's session logs",
+        )
 
 
-def start_local_ray(num_cpus: int | None = None, env: dict[str, str] | None = None, **init) -> None:
+def log_libraries_to(path: Path) -> None:
+    """The library loggers' terminal handlers replaced by one file handler (their own file handlers stay)."""
+    import ray.data  # noqa: F401 - configures its logger on import; this must come after
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.captureWarnings(True)  # warnings.warn(...) -> the py.warnings logger
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in [
+            h
+            for h in logger.handlers
+            if isinstance(h, logging.StreamHandler)
+            and (not isinstance(h, logging.FileHandler) or h.baseFilename == handler.baseFilename)
+        ]:
+            logger.removeHandler(old)
+            if isinstance(old, logging.FileHandler):
+                old.close()
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+def start_local_ray(num_cpus: int | None = None, env: dict[str, str] | None = None, **init):
     """A local Ray instance whose State API answers for it, and only for it.
 
     Ray Train's placement-group cleaner asks the State API every second whether the run's controller lives.
@@ -72,8 +184,14 @@ def start_local_ray(num_cpus: int | None = None, env: dict[str, str] | None = No
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**(env or {}), "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
-    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-             runtime_env={"env_vars": env}, **init)
+    return ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=port,
+        runtime_env={"env_vars": env},
+        **init,
+    )
 
 
 def _user_error(exc: BaseException) -> str | None:

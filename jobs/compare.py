@@ -25,15 +25,30 @@ from sa_ray.config import load_config
 from sa_ray.plots import metric_curves
 
 # the table's columns, in this order, when a run logged them; the CSV keeps every metric
-KEY_METRICS = ("heldout_sentences_wer", "heldout_sentences_wer_change", "heldout_sentences_sim",
-               "heldout_voices_wer", "heldout_voices_wer_change", "heldout_voices_sim",
-               "heldout_sentences_mos", "heldout_voices_mos", "gap_probe_acc", "gap_paired_probe_acc", "gap_mmd",
-               "nar_golden_wer", "nar_synthetic_wer", "dpo_loss", "reward_acc", "pairs")
+KEY_METRICS = (
+    "heldout_sentences_wer",
+    "heldout_sentences_wer_change",
+    "heldout_sentences_sim",
+    "heldout_voices_wer",
+    "heldout_voices_wer_change",
+    "heldout_voices_sim",
+    "heldout_sentences_mos",
+    "heldout_voices_mos",
+    "gap_probe_acc",
+    "gap_paired_probe_acc",
+    "gap_mmd",
+    "nar_golden_wer",
+    "nar_synthetic_wer",
+    "dpo_loss",
+    "reward_acc",
+    "pairs",
+)
 _FIXED = ("run", "run_id", "method", "asr_backend", "iteration")
 
 
 def parse(argv: list[str] | None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Overrides: dotted.key=value")
+    _cli.add_job_options(ap)
     ap.add_argument("--config", default=_cli.DEFAULT_CONFIG, help=f"YAML config (default {_cli.DEFAULT_CONFIG})")
     ap.add_argument("--out", default=None, help="output folder (default <run_dir>/compare)")
     ap.add_argument("--job", default="align", help="compare the runs tagged sa_ray.job=JOB (default align)")
@@ -46,7 +61,7 @@ def parse(argv: list[str] | None):
 def open_store(cfg):
     """The MLflow client, once the store is known to exist (opening a SQLite store creates it)."""
     uri = cfg.tracking.uri
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         raise FileNotFoundError(f"no MLflow store at {uri}: run a job first, or set tracking.uri")
     return tracking.client(cfg)
 
@@ -55,8 +70,10 @@ def select_runs(cfg, client, job: str, wanted: set[str]) -> list:
     uri = cfg.tracking.uri
     exp = client.get_experiment_by_name(cfg.experiment)
     if exp is None:
-        raise FileNotFoundError(f"no MLflow experiment {cfg.experiment!r} in {uri}: run `python -m jobs.{job}` "
-                                "first, or set tracking.experiment")
+        raise FileNotFoundError(
+            f"no MLflow experiment {cfg.experiment!r} in {uri}: run `python -m jobs.{job}` "
+            "first, or set tracking.experiment"
+        )
     query = "" if wanted else f"tags.`sa_ray.job` = '{job}'"
     runs, token = [], None
     while True:  # search_runs pages its answer
@@ -72,8 +89,9 @@ def select_runs(cfg, client, job: str, wanted: set[str]) -> list:
     else:  # child runs (an iteration's learner) are parts of a job run, not results to compare
         runs = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     if not runs:
-        raise FileNotFoundError(f"no runs tagged sa_ray.job={job} in experiment {cfg.experiment!r}: "
-                                f"run `python -m jobs.{job}` first")
+        raise FileNotFoundError(
+            f"no runs tagged sa_ray.job={job} in experiment {cfg.experiment!r}: run `python -m jobs.{job}` first"
+        )
     return runs
 
 
@@ -87,8 +105,12 @@ def read_rows(client, runs: list) -> list[dict]:
             for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.timestamp):
                 steps.setdefault(m.step, {})[key] = m.value
         tags = run.data.tags
-        fixed = {"run": f"{run.info.run_name} ({run.info.run_id[:8]})", "run_id": run.info.run_id,
-                 "method": tags.get("sa_ray.method", "?"), "asr_backend": tags.get("sa_ray.asr_backend", "unknown")}
+        fixed = {
+            "run": f"{run.info.run_name} ({run.info.run_id[:8]})",
+            "run_id": run.info.run_id,
+            "method": tags.get("sa_ray.method", "?"),
+            "asr_backend": tags.get("sa_ray.asr_backend", "unknown"),
+        }
         rows += [{**fixed, "iteration": step, **steps[step]} for step in sorted(steps)]
     return rows
 
@@ -103,14 +125,23 @@ def write_section(rows: list[dict], backend: str, out: Path) -> tuple[list[str],
     """The Markdown lines and plots of one ASR backend's rows."""
     present = {k for r in rows for k in r} - set(_FIXED)
     metrics = [m for m in KEY_METRICS if m in present] or sorted(present)
-    lines = [f"## ASR backend: {backend}", "", "| " + " | ".join(["run", "method", "iteration", *metrics]) + " |",
-             "|" + "---|" * (3 + len(metrics))]
-    lines += ["| " + " | ".join([r["run"], r["method"], str(r["iteration"]), *(fmt(r.get(m)) for m in metrics)]) + " |"
-              for r in rows]
+    lines = [
+        f"## ASR backend: {backend}",
+        "",
+        "| " + " | ".join(["run", "method", "iteration", *metrics]) + " |",
+        "|" + "---|" * (3 + len(metrics)),
+    ]
+    lines += [
+        "| " + " | ".join([r["run"], r["method"], str(r["iteration"]), *(fmt(r.get(m)) for m in metrics)]) + " |"
+        for r in rows
+    ]
     labelled = [{**r, "label": f"{r['method']}: {r['run']}"} for r in rows]
     folder = out / re.sub(r"[^A-Za-z0-9_.-]+", "_", backend)
-    plots = [metric_curves(labelled, m, folder / f"{m}.png", "label", title=f"{m} ({backend})")
-             for m in metrics if any(fmt(r.get(m)) for r in rows)]  # an all-NaN metric has no curve
+    plots = [
+        metric_curves(labelled, m, folder / f"{m}.png", "label", title=f"{m} ({backend})")
+        for m in metrics
+        if any(fmt(r.get(m)) for r in rows)
+    ]  # an all-NaN metric has no curve
     lines += [""] + [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in plots] + [""]
     return lines, plots
 

@@ -1,11 +1,11 @@
 """evaluate: held-out metrics of a base model + adapter (a directory or an MLflow model URI), logged to MLflow.
 
     python -m jobs.evaluate --adapter runs/tiny/align/adapters/v3
-    python -m jobs.evaluate --adapter models:/tiny-policy@best align.eval_utterances=80 align.eval_seeds=2
+    python -m jobs.evaluate --adapter models:/tiny-policy@best eval.utterances=80 eval.seeds=2
     python -m jobs.evaluate                      # the base model alone
 
 Runs the Evaluator role (codec, NAR, offline ASR and speaker encoder loaded once) on both held-out sets
-and, unless `align.gap_utterances=0`, the distribution-gap analysis; every WER names its ASR backend.
+and, unless `eval.gap_utterances=0`, the distribution-gap analysis; every WER names its ASR backend.
 """
 
 from __future__ import annotations
@@ -25,11 +25,18 @@ from sa_ray.models.vocab import Vocab
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    _cli.add_job_options(ap)
     ap.add_argument("--config", default=_cli.DEFAULT_CONFIG)
     ap.add_argument("--adapter", default=None, help="LoRA adapter directory or models:/<name>@<alias>; none = base")
-    ap.add_argument("--base", default=None, help="base model directory (default: align.base_model or <run_dir>/pretrain/model)")
-    ap.add_argument("--out", default=None, help="also write the metrics, per-utterance word errors included, "
-                    "to this JSON file (to pool with an align run's own evaluation: benchmarks.pooled_changes)")
+    ap.add_argument(
+        "--base", default=None, help="base model directory (default: align.base_model or <run_dir>/pretrain/model)"
+    )
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="also write the metrics, per-utterance word errors included, "
+        "to this JSON file (to pool with an align run's own evaluation: analysis.wer_changes --run)",
+    )
     ap.add_argument("--no-ceiling", action="store_true", help="skip the golden-token ceiling (ASR of the golden codes)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
@@ -47,25 +54,38 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp, tracking.job_run(cfg, "evaluate") as run:
         adapter = args.adapter
         if adapter and adapter.startswith("models:/"):
-            adapter = str(tracking.download_model(adapter, Path(tmp) / "adapter", tracking.resolve_uri(cfg.tracking.uri)))
+            adapter = str(
+                tracking.download_model(adapter, Path(tmp) / "adapter", tracking.resolve_uri(cfg.tracking.uri))
+            )
         if adapter and not (Path(adapter) / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{adapter} is not a LoRA adapter directory (adapter_config.json)")
         evaluator = ray.remote(Evaluator).options(num_cpus=0).remote(cfg, str(base_dir))
         backends = ray.get(evaluator.backends.remote())
         tracking.set_tags({**backends, "sa_ray.adapter": args.adapter or "none", "sa_ray.base": str(base_dir)})
         metrics = ray.get(evaluator.evaluate.remote(adapter, ceiling=not args.no_ceiling))
-        if cfg.align.gap_utterances:
+        if cfg.eval.gap_utterances:
             gap, png = ray.get(evaluator.gap.remote(adapter, f"golden vs synthetic: {args.adapter or 'base'}"))
             metrics.update(gap)
             tracking.log_bytes(png, "gap.png")
         tracking.log_metrics(metrics)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"adapter": args.adapter, "base": str(base_dir), "seed": cfg.align.seed,
-                                               "eval_seeds": cfg.align.eval_seeds,
-                                               "protocol": dataclasses.asdict(cfg.eval), **metrics}))
-    print(f"\n{args.adapter or 'base model'} on {base_dir} (ASR: {backends['sa_ray.asr_backend']}, "
-          f"SIM: {backends['sa_ray.sim_backend']})")
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "adapter": args.adapter,
+                    "base": str(base_dir),
+                    "seed": cfg.eval.seed,
+                    "eval_seeds": cfg.eval.seeds,
+                    "protocol": dataclasses.asdict(cfg.eval),
+                    **metrics,
+                }
+            )
+        )
+    print(
+        f"\n{args.adapter or 'base model'} on {base_dir} (ASR: {backends['sa_ray.asr_backend']}, "
+        f"SIM: {backends['sa_ray.sim_backend']})"
+    )
     for key in sorted(k for k, v in metrics.items() if isinstance(v, (int, float))):
         print(f"  {key:<40} {metrics[key]:.4f}")
     return {"run_id": run.info.run_id, "metrics": metrics}

@@ -13,15 +13,13 @@ import json
 import shutil
 from pathlib import Path
 
-
 import pyarrow.parquet as pq
 
 from jobs import _cli
 from sa_ray import tracking
 from sa_ray.codec import load_or_fit_codec
 from sa_ray.config import Config, save_config
-from sa_ray.data.prepare import (SPLITS, fingerprint, load_corpus, manifest_rows, read_summary,
-                                 summarize)
+from sa_ray.data.prepare import SPLITS, fingerprint, load_corpus, manifest_rows, read_summary, summarize
 from sa_ray.data.validate import BadInputError, load_checked_audio
 
 
@@ -44,10 +42,16 @@ def print_summary(summary: dict, data_dir: Path) -> None:
     for split, s in summary["splits"].items():
         print(f"  {split:<18} {s['utterances']:>6} utterances {s['hours'] * 60:>7.1f} min")
     print(f"  {'quarantined':<18} {summary['quarantined']:>6}", end="")
-    print("  " + ", ".join(f"{k}: {v}" for k, v in summary["quarantine_reasons"].items()) if summary["quarantined"] else "")
+    print(
+        "  " + ", ".join(f"{k}: {v}" for k, v in summary["quarantine_reasons"].items())
+        if summary["quarantined"]
+        else ""
+    )
     c = summary["codec"]
-    print(f"  codec {c['kind']}: {c['n_codebooks']} x {c['codebook_size']} codes at {c['frame_rate']} Hz, "
-          f"{c['sample_rate']} Hz audio")
+    print(
+        f"  codec {c['kind']}: {c['n_codebooks']} x {c['codebook_size']} codes at {c['frame_rate']} Hz, "
+        f"{c['sample_rate']} Hz audio"
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -77,11 +81,17 @@ def main(argv: list[str] | None = None) -> dict:
     def tokenized(encode: bool) -> ray.data.Dataset:
         return ray.data.from_items(rows).map_batches(
             UtteranceTokenizer,
-            fn_constructor_kwargs={"codec": cfg.codec.__dict__, "codec_dir": str(run_dir / "codec"),
-                                   "prepare": cfg.prepare.__dict__, "phonemes": cfg.corpus.phonemes,
-                                   "encode": encode},
+            fn_constructor_kwargs={
+                "codec": cfg.codec.__dict__,
+                "codec_dir": str(run_dir / "codec"),
+                "prepare": cfg.prepare.__dict__,
+                "phonemes": cfg.corpus.phonemes,
+                "encode": encode,
+            },
             compute=ray.data.ActorPoolStrategy(size=cfg.prepare.encoders),
-            batch_size=cfg.prepare.batch_size, batch_format="pyarrow", num_cpus=1,
+            batch_size=cfg.prepare.batch_size,
+            batch_format="pyarrow",
+            num_cpus=1,
         )
 
     if cfg.prepare.strict:  # a validation-only pass that stops streaming at the first bad file
@@ -111,11 +121,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Save: the record of this preparation in MLflow.
     with tracking.job_run(cfg, "prepare", args.run_id):
-        tracking.log_metrics({"utterances": summary["utterances"], "kept": summary["kept"],
-                              "quarantined": summary["quarantined"], "resampled": summary["resampled"],
-                              **{f"{s}_utterances": v["utterances"] for s, v in summary["splits"].items()},
-                              **{f"{s}_hours": v["hours"] for s, v in summary["splits"].items()},
-                              **{f"quarantine_{k}": v for k, v in summary["quarantine_reasons"].items()}})
+        tracking.log_metrics(
+            {
+                "utterances": summary["utterances"],
+                "kept": summary["kept"],
+                "quarantined": summary["quarantined"],
+                "resampled": summary["resampled"],
+                **{f"{s}_utterances": v["utterances"] for s, v in summary["splits"].items()},
+                **{f"{s}_hours": v["hours"] for s, v in summary["splits"].items()},
+                **{f"quarantine_{k}": v for k, v in summary["quarantine_reasons"].items()},
+            }
+        )
         tracking.log_artifact(data_dir / "summary.json")
         tracking.log_artifact(data_dir / "quarantine", "quarantine")
         tracking.log_artifact(run_dir / "codec", "codec")

@@ -36,22 +36,31 @@ def train(cfg, run_dir: Path, summary: dict, run_id: str) -> Path:
     meta = pq.read_table(data / "train", columns=["text_norm", "phones", "phone_ms"]).to_pylist()
     codec = summary["codec"]
     workers = cfg.pretrain.workers
-    datasets = {"train": ray.data.read_parquet(str(data / "train")),
-                "heldout": ray.data.read_parquet(str(data / "heldout_sentences"))}
+    datasets = {
+        "train": ray.data.read_parquet(str(data / "train")),
+        "heldout": ray.data.read_parquet(str(data / "heldout_sentences")),
+    }
     for ds in datasets.values():  # workers read them with the dataset's own DataContext: no bar per worker
         ds.context.enable_progress_bars = False
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
-            "model": cfg.model.__dict__, "pretrain": cfg.pretrain.__dict__,
-            "vocab": build_vocab(meta, codec["codebook_size"]), "n_codebooks": codec["n_codebooks"],
-            "frame_rate": codec["frame_rate"], "prompt_frames": cfg.model.prompt_frames(codec["frame_rate"]),
-            "tracking_uri": tracking.resolve_uri(cfg.tracking.uri), "run_id": run_id,
+            "model": cfg.model.__dict__,
+            "pretrain": cfg.pretrain.__dict__,
+            "vocab": build_vocab(meta, codec["codebook_size"]),
+            "n_codebooks": codec["n_codebooks"],
+            "frame_rate": codec["frame_rate"],
+            "prompt_frames": cfg.model.prompt_frames(codec["frame_rate"]),
+            "tracking_uri": tracking.resolve_uri(cfg.tracking.uri),
+            "run_id": run_id,
             "threads": max(1, int(ray.available_resources().get("CPU", 1)) // workers),
         },
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.pretrain.use_gpu),
-        run_config=RunConfig(name="ray", storage_path=str((run_dir / "pretrain").resolve()),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        run_config=RunConfig(
+            name="ray",
+            storage_path=str((run_dir / "pretrain").resolve()),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=[]),  # each worker takes its rows by id hash
     )
@@ -101,10 +110,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nbase model: {model_dir}")
     if not metrics:
         return {"model_dir": str(model_dir), "metrics": metrics}
-    print(f"{'held-out set':<18} {'n':>4} {'WER':>6} {'ceiling':>8} {'SIM':>6} {'SIM other':>9} {'dur':>5} {'no EOS':>7}")
+    print(
+        f"{'held-out set':<18} {'n':>4} {'WER':>6} {'ceiling':>8} {'SIM':>6} {'SIM other':>9} {'dur':>5} {'no EOS':>7}"
+    )
     for split, m in metrics.items():
-        print(f"{split:<18} {m['n']:>4} {m['wer']:>6.3f} {m['golden_wer']:>8.3f} {m['sim']:>6.3f} "
-              f"{m.get('sim_other_speaker', float('nan')):>9.3f} {m['duration_ratio']:>5.2f} {m['eos_failure_rate']:>7.2f}")
+        print(
+            f"{split:<18} {m['n']:>4} {m['wer']:>6.3f} {m['golden_wer']:>8.3f} {m['sim']:>6.3f} "
+            f"{m.get('sim_other_speaker', float('nan')):>9.3f} {m['duration_ratio']:>5.2f} {m['eos_failure_rate']:>7.2f}"
+        )
     return {"model_dir": str(model_dir), "metrics": metrics}
 
 

@@ -28,6 +28,7 @@ APP = "sa-ray-voice"
 
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    _cli.add_job_options(ap)
     ap.add_argument("--config", default=_cli.DEFAULT_CONFIG)
     ap.add_argument("--detach", action="store_true", help="deploy and return (the endpoint stays on the cluster)")
     ap.add_argument("overrides", nargs="*", help="dotted.key=value")
@@ -52,9 +53,12 @@ def main(argv: list[str] | None = None) -> str:
     with urllib.request.urlopen(f"{url}/health", timeout=60) as response:
         health = json.load(response)
     waiting = health["version"] == "base" and cfg.serve.model != "base"
-    print(f"serving {health['model']} (version {health['version']}{': none registered yet' if waiting else ''}) "
-          f"at {url}\nvoices: {', '.join(health['speakers'])}\ntry: curl -s {url}/synthesize -d "
-          f"'{{\"text\": \"The cat sat on the mat.\", \"speaker\": \"{health['speakers'][0]}\"}}' -o cat.wav", flush=True)
+    print(
+        f"serving {health['model']} (version {health['version']}{': none registered yet' if waiting else ''}) "
+        f"at {url}\nvoices: {', '.join(health['speakers'])}\ntry: curl -s {url}/synthesize -d "
+        f'\'{{"text": "The cat sat on the mat.", "speaker": "{health["speakers"][0]}"}}\' -o cat.wav',
+        flush=True,
+    )
     if args.detach:
         return url
     try:

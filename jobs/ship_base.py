@@ -56,8 +56,11 @@ def main(argv: list[str] | None = None) -> Path:
     for model in ("ar", "nar"):
         tensors = read_weights(out / model)
         # replaces the copied weight files (single or sharded) with the bf16 shards
-        save_torch_state_dict({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tensors.items()},
-                              out / model, max_shard_size=SHARD_SIZE)
+        save_torch_state_dict(
+            {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tensors.items()},
+            out / model,
+            max_shard_size=SHARD_SIZE,
+        )
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{out}: {total / 2**20:.1f} MiB (bfloat16)")
     return out

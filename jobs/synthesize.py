@@ -24,6 +24,7 @@ from sa_ray.synthesis import CodecTTS, Request
 
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    _cli.add_job_options(ap)
     ap.add_argument("--config", default=_cli.DEFAULT_CONFIG)
     ap.add_argument("--text", required=True)
     voice = ap.add_mutually_exclusive_group(required=True)
@@ -50,14 +51,19 @@ def main(argv: list[str] | None = None) -> Path:
     else:
         bank = PromptBank.of_voices(run_dir / "data", frames, codec.n_codebooks)
         if args.speaker not in bank.by_speaker:
-            raise FileNotFoundError(f"speaker {args.speaker!r} has no utterance in {run_dir / 'data'}; "
-                                    f"the voices are {', '.join(sorted(bank.by_speaker))}")
+            raise FileNotFoundError(
+                f"speaker {args.speaker!r} has no utterance in {run_dir / 'data'}; "
+                f"the voices are {', '.join(sorted(bank.by_speaker))}"
+            )
         prompt = bank.draw(args.speaker, "", random.Random(args.seed))
-    out = tts.synthesize([Request(args.text, prompt, args.seed)], SamplingConfig(temperature=args.temperature),
-                         fit_positions=True)[0]
+    out = tts.synthesize(
+        [Request(args.text, prompt, args.seed)], SamplingConfig(temperature=args.temperature), fit_positions=True
+    )[0]
     write_wav(args.out, out.wav, codec.sample_rate)
-    print(f"{args.out}: {len(out.wav) / codec.sample_rate:.2f} s"
-          + ("" if out.ended else " (hit the length limit before EOS)"))
+    print(
+        f"{args.out}: {len(out.wav) / codec.sample_rate:.2f} s"
+        + ("" if out.ended else " (hit the length limit before EOS)")
+    )
     return Path(args.out)
 
 

@@ -87,17 +87,33 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-TABLE = [("iter", "iteration", "{:>4}"), ("WER sent", "heldout_sentences_wer", "{:>8.3f}"),
-         ("SIM sent", "heldout_sentences_sim", "{:>8.3f}"), ("WER voice", "heldout_voices_wer", "{:>9.3f}"),
-         ("SIM voice", "heldout_voices_sim", "{:>9.3f}"), ("PER sent", "heldout_sentences_phone_error_rate", "{:>8.3f}"),
-         ("PER voice", "heldout_voices_phone_error_rate", "{:>9.3f}"), ("dur", "heldout_sentences_duration_ratio", "{:>5.2f}"),
-         ("no EOS", "heldout_sentences_eos_failure_rate", "{:>6.2f}"), ("gold NLL", "heldout_sentences_golden_nll", "{:>8.3f}"), ("rep", "heldout_sentences_repetition_rate", "{:>5.2f}"), ("NAR gold", "nar_golden_wer", "{:>8.3f}"), ("NAR syn", "nar_synthetic_wer", "{:>7.3f}"),
-         ("probe", "gap_probe_acc", "{:>5.2f}"), ("paired", "gap_paired_probe_acc", "{:>6.2f}"),
-         ("MMD", "gap_mmd", "{:>6.3f}"), ("pairs", "pairs", "{:>6.0f}"),
-         ("rew chosen", "pairs_chosen_reward", "{:>10.3f}"), ("rew rejected", "pairs_rejected_reward", "{:>12.3f}"),
-         ("dpo loss", "dpo_loss", "{:>8.3f}"), ("rew acc", "reward_acc", "{:>7.2f}"),
-         ("tok/s", "rollout_tokens_per_s", "{:>7.0f}"), ("rollout s", "rollout_seconds", "{:>9.0f}"),
-         ("learn s", "learn_seconds", "{:>7.0f}"), ("eval s", "eval_seconds", "{:>6.0f}")]
+TABLE = [
+    ("iter", "iteration", "{:>4}"),
+    ("WER sent", "heldout_sentences_wer", "{:>8.3f}"),
+    ("SIM sent", "heldout_sentences_sim", "{:>8.3f}"),
+    ("WER voice", "heldout_voices_wer", "{:>9.3f}"),
+    ("SIM voice", "heldout_voices_sim", "{:>9.3f}"),
+    ("PER sent", "heldout_sentences_phone_error_rate", "{:>8.3f}"),
+    ("PER voice", "heldout_voices_phone_error_rate", "{:>9.3f}"),
+    ("dur", "heldout_sentences_duration_ratio", "{:>5.2f}"),
+    ("no EOS", "heldout_sentences_eos_failure_rate", "{:>6.2f}"),
+    ("gold NLL", "heldout_sentences_golden_nll", "{:>8.3f}"),
+    ("rep", "heldout_sentences_repetition_rate", "{:>5.2f}"),
+    ("NAR gold", "nar_golden_wer", "{:>8.3f}"),
+    ("NAR syn", "nar_synthetic_wer", "{:>7.3f}"),
+    ("probe", "gap_probe_acc", "{:>5.2f}"),
+    ("paired", "gap_paired_probe_acc", "{:>6.2f}"),
+    ("MMD", "gap_mmd", "{:>6.3f}"),
+    ("pairs", "pairs", "{:>6.0f}"),
+    ("rew chosen", "pairs_chosen_reward", "{:>10.3f}"),
+    ("rew rejected", "pairs_rejected_reward", "{:>12.3f}"),
+    ("dpo loss", "dpo_loss", "{:>8.3f}"),
+    ("rew acc", "reward_acc", "{:>7.2f}"),
+    ("tok/s", "rollout_tokens_per_s", "{:>7.0f}"),
+    ("rollout s", "rollout_seconds", "{:>9.0f}"),
+    ("learn s", "learn_seconds", "{:>7.0f}"),
+    ("eval s", "eval_seconds", "{:>6.0f}"),
+]
 
 
 def format_table(records: list[dict]) -> str:
@@ -105,7 +121,7 @@ def format_table(records: list[dict]) -> str:
     lines = [" ".join(_pad(h, fmt) for h, _, fmt in TABLE)]
     for r in records:
         cells = []
-        for h, key, fmt in TABLE:
+        for _, key, fmt in TABLE:
             value = r.get(key)
             cells.append(fmt.format(value) if isinstance(value, (int, float)) else _pad("-", fmt))
         lines.append(" ".join(cells))
@@ -121,8 +137,11 @@ def settings_changes(before: dict, now: dict) -> list[str]:
     """`align.<key>: old -> new` for each align setting (but the iteration count) that differs between the
     settings an earlier version was made with and the current ones: a resumed run continues under changed
     overrides (that is how an SFT iteration is followed by a preference one), so the change is said."""
-    return [f"align.{key}: {before[key]!r} -> {now.get(key)!r}" for key in sorted(before)
-            if key != "iterations" and before[key] != now.get(key)]
+    return [
+        f"align.{key}: {before[key]!r} -> {now.get(key)!r}"
+        for key in sorted(before)
+        if key != "iterations" and before[key] != now.get(key)
+    ]
 
 
 def format_changes(record: dict) -> str:
@@ -135,3 +154,16 @@ def format_changes(record: dict) -> str:
             cells.append(f"{name} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
     label = f"iter {record['iteration']}: WER change vs base (95% interval over utterances)"
     return f"{label}: {', '.join(cells)}" if cells else f"{label}: - (no per-utterance errors recorded)"
+
+
+def format_summary(records: list[dict]) -> str:
+    """What the job prints at its end: the whole table, each version's WER change, the golden ceiling and the
+    speaker-similarity floor."""
+    base = records[0]
+    ceiling = (
+        f"golden ceiling (same codec, same ASR): WER sent {base.get('heldout_sentences_golden_wer', float('nan')):.3f}, "
+        f"WER voice {base.get('heldout_voices_golden_wer', float('nan')):.3f}; SIM to another speaker (floor): "
+        f"sent {base.get('heldout_sentences_sim_other_speaker', float('nan')):.3f}, "
+        f"voice {base.get('heldout_voices_sim_other_speaker', float('nan')):.3f}"
+    )
+    return "\n".join([format_table(records), "\n".join(format_changes(r) for r in records[1:]), ceiling])

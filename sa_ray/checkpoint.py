@@ -36,8 +36,13 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_state(directory: str | Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-               schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler], extra: dict) -> None:
+def save_state(
+    directory: str | Path,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler],
+    extra: dict,
+) -> None:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     for name, module in modules.items():
@@ -52,8 +57,12 @@ def save_state(directory: str | Path, modules: dict[str, torch.nn.Module], optim
     (d / "state.json").write_text(json.dumps(meta))
 
 
-def load_state(directory: str | Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-               schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler]) -> dict:
+def load_state(
+    directory: str | Path,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler],
+) -> dict:
     """Restores everything `save_state` wrote; returns its `extra` (e.g. step and data position)."""
     d = Path(directory)
     meta = json.loads((d / "state.json").read_text())

@@ -2,12 +2,16 @@
 
 Everything is checked before any work starts: unknown keys, wrong types and out-of-range values raise
 `ConfigError` with the dotted name of the field and the rule it broke.
+
+Each setting is described once, where it is declared (`setting(default, help)`), and each section by its class
+docstring; `describe_settings()` prints them all (`python -m jobs.<name> --help-config`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,44 +30,79 @@ def _require(ok: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def setting(default: Any, help: str) -> Any:
+    """A config field and its description, in metadata["help"] as HfArgumentParser and TRL keep it; a list
+    default is copied for each instance."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class CorpusConfig:
-    kind: str = "synthetic"  # synthetic | librispeech | libritts | vctk
-    root: str | None = None  # directory of a real corpus (kind != synthetic)
-    cache_dir: str = "data/corpus"  # where the synthetic corpus's audio is built once and kept
-    n_sentences: int = 1600  # distinct sentences of the synthetic corpus
-    # synthetic voices, named <engine>-<name> (sa_ray.corpus.voices); the name is the speaker id
-    voices: list[str] = field(default_factory=lambda: ["mbrola-us1", "mbrola-us2", "mbrola-us3", "mbrola-en1"])
-    heldout_voices: list[str] = field(default_factory=lambda: ["mbrola-en1"])  # zero-shot evaluation speakers
-    heldout_sentences: int = 80  # sentences never trained on (spoken by every voice)
-    # sentences the base model never trains on, spoken by the training voices: the align loop's prompts, so that
-    # its pairs (golden = their audio) teach what transfers rather than what the base has memorised; 0 = none
-    align_sentences: int = 256
-    # more training sentences, the grammar's next after the align ones: a larger base corpus whose held-out and
-    # align sets (and the ASR's domain LM, from the first 8,000) stay exactly those of the smaller one
-    extra_train_sentences: int = 0
-    utterances_per_voice: int | None = None  # per-voice sample of the training sentences; None = all
-    max_utterances: int | None = None  # a small slice for tests and smoke runs
-    phonemes: str = "espeak"  # espeak | chars
-    seed: int = 0
+    """The speech the models learn from and are judged on: which corpus, and how it is split."""
+
+    kind: str = setting("synthetic", "synthetic (MBROLA voices, built offline) | librispeech | libritts | vctk")
+    root: str | None = setting(None, "directory of a real corpus (kind != synthetic)")
+    cache_dir: str = setting("data/corpus", "where the synthetic corpus's audio is built once and kept")
+    n_sentences: int = setting(1600, "distinct sentences of the synthetic corpus (recorded corpora: an upper bound)")
+    voices: list[str] = setting(
+        ["mbrola-us1", "mbrola-us2", "mbrola-us3", "mbrola-en1"],
+        "synthetic voices, named <engine>-<name> (sa_ray.corpus.voices); the name is the speaker id",
+    )
+    heldout_voices: list[str] = setting(
+        ["mbrola-en1"],
+        "zero-shot evaluation speakers, never trained on (synthetic: "
+        "among corpus.voices; recorded corpora: speaker ids of the data)",
+    )
+    heldout_sentences: int = setting(80, "sentences never trained on, spoken by every voice")
+    align_sentences: int = setting(
+        256,
+        (
+            "sentences the base model never trains on, spoken by the training voices: the align loop's prompts, so that "
+            "its pairs (golden = their audio) teach what transfers rather than what the base has memorised; 0 = none"
+        ),
+    )
+    extra_train_sentences: int = setting(
+        0,
+        (
+            "more training sentences, the grammar's next after the align ones: a larger base corpus whose held-out and "
+            "align sets (and the ASR's domain LM, from the first 8,000) stay exactly those of the smaller one"
+        ),
+    )
+    utterances_per_voice: int | None = setting(
+        None, "per-voice sample of the training sentences; null = every training sentence in every training voice"
+    )
+    max_utterances: int | None = setting(None, "a small slice for tests and smoke runs; null = all")
+    phonemes: str = setting(
+        "espeak", "how text is spelled for the model: espeak (espeak-ng phonemes) | chars (letters)"
+    )
+    seed: int = setting(0, "draws the synthetic sentences, the held-out and align splits, and the codec's k-means fit")
 
     def validate(self) -> None:
-        _require(self.kind in ("synthetic", "librispeech", "libritts", "vctk"),
-                 f"corpus.kind must be one of synthetic, librispeech, libritts, vctk; got {self.kind!r}")
-        _require(self.kind == "synthetic" or bool(self.root),
-                 f"corpus.root is required when corpus.kind={self.kind!r}")
+        _require(
+            self.kind in ("synthetic", "librispeech", "libritts", "vctk"),
+            f"corpus.kind must be one of synthetic, librispeech, libritts, vctk; got {self.kind!r}",
+        )
+        _require(self.kind == "synthetic" or bool(self.root), f"corpus.root is required when corpus.kind={self.kind!r}")
         _require(self.n_sentences >= 2, "corpus.n_sentences must be >= 2")
-        _require(0 <= self.heldout_sentences < self.n_sentences,
-                 "corpus.heldout_sentences must be >= 0 and < corpus.n_sentences")
+        _require(
+            0 <= self.heldout_sentences < self.n_sentences,
+            "corpus.heldout_sentences must be >= 0 and < corpus.n_sentences",
+        )
         _require(self.align_sentences >= 0, "corpus.align_sentences must be >= 0")
         _require(self.extra_train_sentences >= 0, "corpus.extra_train_sentences must be >= 0")
         if self.kind == "synthetic":  # for recorded corpora heldout_voices are speaker ids of the data
             _require(len(self.voices) > 0, "corpus.voices must name at least one voice")
             unknown = sorted(set(self.heldout_voices) - set(self.voices))
             _require(not unknown, f"corpus.heldout_voices must be among corpus.voices; unknown: {unknown}")
-            _require(len(set(self.voices) - set(self.heldout_voices)) > 0,
-                     "corpus.voices must keep at least one training voice besides corpus.heldout_voices")
-        _require(self.phonemes in ("espeak", "chars"), f"corpus.phonemes must be espeak or chars; got {self.phonemes!r}")
+            _require(
+                len(set(self.voices) - set(self.heldout_voices)) > 0,
+                "corpus.voices must keep at least one training voice besides corpus.heldout_voices",
+            )
+        _require(
+            self.phonemes in ("espeak", "chars"), f"corpus.phonemes must be espeak or chars; got {self.phonemes!r}"
+        )
         for name in ("utterances_per_voice", "max_utterances"):
             value = getattr(self, name)
             _require(value is None or value > 0, f"corpus.{name} must be > 0 or null")
@@ -71,36 +110,50 @@ class CorpusConfig:
 
 @dataclass
 class CodecConfig:
-    kind: str = "mel_kmeans"  # mel_kmeans (offline, trained on the corpus) | encodec | mimi
-    path: str | None = None  # encodec/mimi: local HF dir or hub id (None: random init); mel_kmeans: a fitted codec dir (None: fit)
-    n_codebooks: int = 8
-    codebook_size: int = 256
-    stack: int = 2  # mel_kmeans: mel frames per code frame (2 -> 43 Hz)
-    fit_utterances: int = 400  # mel_kmeans: training utterances the k-means is fitted on
-    vocoder: str = "hifigan"  # mel_kmeans: hifigan | griffinlim
+    """The audio codec that turns speech into the discrete codes the models write, and back."""
+
+    kind: str = setting("mel_kmeans", "mel_kmeans (offline, trained on the corpus) | encodec | mimi")
+    path: str | None = setting(
+        None, "encodec/mimi: local HF dir or hub id (null: random init); mel_kmeans: a fitted codec dir (null: fit)"
+    )
+    n_codebooks: int = setting(
+        8,
+        "residual code layers per frame (the AR model writes layer 0, the NAR the rest); "
+        "mel_kmeans: 8 levels at 43 Hz round-trip as intelligibly as the original",
+    )
+    codebook_size: int = setting(256, "codes per layer (mel_kmeans: the k of each k-means level)")
+    stack: int = setting(2, "mel_kmeans: mel frames per code frame (2: two 11.6 ms mel frames per code, 43 Hz)")
+    fit_utterances: int = setting(400, "mel_kmeans: training utterances the k-means is fitted on")
+    vocoder: str = setting("hifigan", "mel_kmeans: hifigan | griffinlim")
 
     def validate(self) -> None:
-        _require(self.kind in ("mel_kmeans", "encodec", "mimi"),
-                 f"codec.kind must be one of mel_kmeans, encodec, mimi; got {self.kind!r}")
+        _require(
+            self.kind in ("mel_kmeans", "encodec", "mimi"),
+            f"codec.kind must be one of mel_kmeans, encodec, mimi; got {self.kind!r}",
+        )
         _require(1 <= self.n_codebooks <= 32, "codec.n_codebooks must be in [1, 32]")
         _require(2 <= self.codebook_size <= 65536, "codec.codebook_size must be in [2, 65536]")
         _require(1 <= self.stack <= 8, "codec.stack must be in [1, 8]")
         _require(self.fit_utterances >= 1, "codec.fit_utterances must be >= 1")
-        _require(self.vocoder in ("hifigan", "griffinlim"), f"codec.vocoder must be hifigan or griffinlim; got {self.vocoder!r}")
+        _require(
+            self.vocoder in ("hifigan", "griffinlim"),
+            f"codec.vocoder must be hifigan or griffinlim; got {self.vocoder!r}",
+        )
 
 
 @dataclass
 class PrepareConfig:
-    strict: bool = False  # stop at the first bad file instead of quarantining it
-    min_seconds: float = 0.4
-    max_seconds: float = 20.0
-    silence_dbfs: float = -55.0  # RMS level below which audio counts as silent
-    batch_size: int = 32  # utterances per Ray Data batch
-    encoders: int = 2  # codec actors encoding in parallel
+    """`jobs.prepare`: which audio is kept, and how the corpus is tokenised on Ray Data."""
+
+    strict: bool = setting(False, "stop at the first bad file instead of quarantining it")
+    min_seconds: float = setting(0.4, "shorter utterances are quarantined (too_short)")
+    max_seconds: float = setting(20.0, "longer utterances are quarantined (too_long)")
+    silence_dbfs: float = setting(-55.0, "RMS level below which audio counts as silent")
+    batch_size: int = setting(32, "utterances per Ray Data batch")
+    encoders: int = setting(2, "codec actors encoding in parallel")
 
     def validate(self) -> None:
-        _require(0 < self.min_seconds < self.max_seconds,
-                 "prepare.min_seconds must be > 0 and < prepare.max_seconds")
+        _require(0 < self.min_seconds < self.max_seconds, "prepare.min_seconds must be > 0 and < prepare.max_seconds")
         _require(-120.0 < self.silence_dbfs < 0.0, "prepare.silence_dbfs must be in (-120, 0)")
         _require(self.batch_size >= 1, "prepare.batch_size must be >= 1")
         _require(self.encoders >= 1, "prepare.encoders must be >= 1")
@@ -111,28 +164,41 @@ VLLM_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 @dataclass
 class ModelConfig:
-    arch: str = "llama"  # llama | qwen2 (the AR model's Hugging Face architecture)
-    ar_path: str | None = None  # a pretrained AR checkpoint (HF directory) to start from
-    hidden: int = 256
-    layers: int = 4
-    heads: int = 4
-    intermediate: int = 768
-    max_positions: int = 1024
-    nar_hidden: int = 256
-    nar_layers: int = 3
-    nar_heads: int = 4
-    prompt_seconds: float = 3.0  # voice prompt: a crop of another utterance of the same speaker
-    phone_voice: str = "mbrola-us1"  # aligned models: the voice whose phone set spells new text
+    """The codec language model: an autoregressive (AR) transformer for code layer 0, a NAR one for the rest."""
+
+    arch: str = setting("llama", "llama | qwen2 (the AR model's Hugging Face architecture)")
+    ar_path: str | None = setting(None, "a pretrained AR checkpoint (HF directory) to start from")
+    hidden: int = setting(256, "AR width; hidden / heads is the head size, which vLLM must serve (256 / 4 = 64)")
+    layers: int = setting(4, "AR transformer layers")
+    heads: int = setting(4, "AR attention heads")
+    intermediate: int = setting(768, "AR feed-forward width")
+    max_positions: int = setting(1024, "longest AR sequence (text + prompt + target tokens); the model's context")
+    nar_hidden: int = setting(256, "NAR width")
+    nar_layers: int = setting(3, "NAR transformer layers")
+    nar_heads: int = setting(4, "NAR attention heads")
+    prompt_seconds: float = setting(3.0, "voice prompt: a crop of another utterance of the same speaker")
+    phone_voice: str = setting("mbrola-us1", "aligned models: the voice whose phone set spells new text")
 
     def validate(self) -> None:
         _require(self.arch in ("llama", "qwen2"), f"model.arch must be llama or qwen2; got {self.arch!r}")
-        for name in ("hidden", "layers", "heads", "intermediate", "max_positions", "nar_hidden", "nar_layers", "nar_heads"):
+        for name in (
+            "hidden",
+            "layers",
+            "heads",
+            "intermediate",
+            "max_positions",
+            "nar_hidden",
+            "nar_layers",
+            "nar_heads",
+        ):
             _require(getattr(self, name) >= 1, f"model.{name} must be >= 1")
         _require(self.hidden % self.heads == 0, "model.hidden must be divisible by model.heads")
         # vLLM's CPU attention kernels exist for these head sizes only; other sizes fail at first forward.
-        _require(self.hidden // self.heads in VLLM_HEAD_SIZES,
-                 f"model.hidden / model.heads must be one of {VLLM_HEAD_SIZES} (head sizes vLLM serves); "
-                 f"got {self.hidden // self.heads}")
+        _require(
+            self.hidden // self.heads in VLLM_HEAD_SIZES,
+            f"model.hidden / model.heads must be one of {VLLM_HEAD_SIZES} (head sizes vLLM serves); "
+            f"got {self.hidden // self.heads}",
+        )
         _require(self.nar_hidden % self.nar_heads == 0, "model.nar_hidden must be divisible by model.nar_heads")
         _require(0.5 <= self.prompt_seconds <= 30, "model.prompt_seconds must be in [0.5, 30]")
 
@@ -142,26 +208,42 @@ class ModelConfig:
 
 @dataclass
 class PretrainConfig:
-    steps: int = 6000
-    batch_size: int = 16  # per worker
-    lr: float = 1e-3
-    warmup_steps: int = 200
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    eval_every: int = 500
-    checkpoint_every: int = 250
-    eval_utterances: int = 40  # held-out utterances synthesised and scored at the end (0: skip)
-    workers: int = 1  # Ray Train workers (DDP over gloo on CPU, NCCL on GPU)
-    use_gpu: bool = False
-    bf16: bool = True  # bfloat16 autocast where the device has bf16 matmuls (3x faster with AVX512-BF16; fp32 weights); float32 elsewhere
-    init_from: str | None = None  # a shipped/saved base model directory: skip training, evaluate it
-    stop_after: int | None = None  # end this run at that step of the `steps`-long schedule (resumable later)
-    # continue a saved base model's schedule from its weights alone (the shipped base keeps no optimiser state):
-    # the run starts at step `warm_start_step` of the `steps`-long schedule, with fresh AdamW moments
-    warm_start: str | None = None
-    warm_start_step: int = 0
-    deepspeed: int | None = None  # ZeRO stage (1 or 2) or null: plain DDP
-    seed: int = 0
+    """`jobs.pretrain`: the base model's training on Ray Train."""
+
+    steps: int = setting(
+        6000, "length of the warmup-cosine schedule: the base model recipe (`make pretrain` resumes it)"
+    )
+    batch_size: int = setting(16, "utterances per step per worker")
+    lr: float = setting(1e-3, "peak AdamW learning rate")
+    warmup_steps: int = setting(200, "linear warmup before the cosine decay")
+    weight_decay: float = setting(0.01, "AdamW weight decay")
+    grad_clip: float = setting(1.0, "gradient norm clipping")
+    eval_every: int = setting(500, "steps between held-out loss evaluations")
+    checkpoint_every: int = setting(250, "steps between checkpoints (a stopped run resumes from the last)")
+    eval_utterances: int = setting(40, "held-out utterances synthesised and scored at the end (0: skip)")
+    workers: int = setting(1, "Ray Train workers (DDP over gloo on CPU, NCCL on GPU)")
+    use_gpu: bool = setting(False, "one GPU per worker")
+    bf16: bool = setting(
+        True,
+        "bfloat16 autocast where the device has bf16 matmuls (3x faster with AVX512-BF16; "
+        "fp32 weights); float32 elsewhere",
+    )
+    init_from: str | None = setting(None, "a shipped/saved base model directory: skip training, evaluate it")
+    stop_after: int | None = setting(
+        None,
+        "end this run at that step of the `steps`-long schedule (resumable later; "
+        "2500: the shipped base model, make pretrain-base)",
+    )
+    warm_start: str | None = setting(
+        None,
+        (
+            "continue a saved base model's schedule from its weights alone (the shipped base keeps no optimiser state): "
+            "the run starts at step `warm_start_step` of the `steps`-long schedule, with fresh AdamW moments"
+        ),
+    )
+    warm_start_step: int = setting(0, "the schedule step a warm_start run starts at (2500 for checkpoints/base)")
+    deepspeed: int | None = setting(None, "ZeRO stage (1 or 2): DeepSpeed instead of DDP; null: plain DDP")
+    seed: int = setting(0, "initial weights, data order and voice prompts")
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "workers"):
@@ -169,13 +251,19 @@ class PretrainConfig:
         _require(self.eval_utterances >= 0, "pretrain.eval_utterances must be >= 0 (0: no synthesis evaluation)")
         _require(0 < self.lr < 1, "pretrain.lr must be in (0, 1)")
         _require(self.warmup_steps >= 0, "pretrain.warmup_steps must be >= 0")
-        _require(self.stop_after is None or 1 <= self.stop_after <= self.steps,
-                 "pretrain.stop_after must be in [1, pretrain.steps] or null")
+        _require(
+            self.stop_after is None or 1 <= self.stop_after <= self.steps,
+            "pretrain.stop_after must be in [1, pretrain.steps] or null",
+        )
         _require(self.deepspeed in (None, 1, 2), "pretrain.deepspeed must be a ZeRO stage (1 or 2) or null")
-        _require(not (self.warm_start and self.init_from),
-                 "pretrain.warm_start (train on from a model) and pretrain.init_from (use a model as it is) exclude each other")
-        _require(0 <= self.warm_start_step < (self.stop_after or self.steps),
-                 "pretrain.warm_start_step must be in [0, pretrain.stop_after or pretrain.steps)")
+        _require(
+            not (self.warm_start and self.init_from),
+            "pretrain.warm_start (train on from a model) and pretrain.init_from (use a model as it is) exclude each other",
+        )
+        _require(
+            0 <= self.warm_start_step < (self.stop_after or self.steps),
+            "pretrain.warm_start_step must be in [0, pretrain.stop_after or pretrain.steps)",
+        )
         _require(self.warm_start or not self.warm_start_step, "pretrain.warm_start_step needs pretrain.warm_start")
 
 
@@ -183,123 +271,212 @@ class PretrainConfig:
 class AlignConfig:
     """The SpeechAlign loop: rollout -> pairs -> reference -> LoRA preference learner -> evaluate, N times."""
 
-    iterations: int = 3
-    base_model: str | None = None  # base model directory (ar/ + nar/); None = <run_dir>/pretrain/model
-    backend: str = "auto"  # rollout engine: vllm | torch | auto (vllm when installed)
+    iterations: int = setting(3, "loop iterations, one policy version each")
+    base_model: str | None = setting(None, "base model directory (ar/ + nar/); null = <run_dir>/pretrain/model")
+    backend: str = setting("auto", "rollout engine: vllm | torch | auto (vllm when installed, else the torch sampler)")
     # pairs
-    pairs: str = "golden"  # golden: chosen = golden, rejected = own sample (the paper) | ranked: best vs worst sample
-    prompt_split: str = "align"  # where prompts come from: align (sentences the base never saw) | train
-    prompts_per_iteration: int = 256  # utterances of prompt_split rolled out per iteration (a fresh draw each time)
-    samples_per_prompt: int = 1
-    # ranked pairs' reward: asr (SIM - WER of the sample's speech, ~1 s a sample) | phones (minus the phone error
-    # rate of the target the sample wrote: free and noise-free, content only; aligned vocabularies)
-    reward: str = "asr"
-    reward_workers: int = 1  # reward=asr: Evaluator actors scoring samples in parallel (NAR + vocoder + ASR each)
-    # rollouts write the asked phones in order (aligned vocabularies; as eval.forced_phones): samples differ in
-    # how they sound, not in what they say, so ranked pairs by reward=asr rank acoustics
-    forced_phones: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
+    pairs: str = setting(
+        "golden", "golden: chosen = golden, rejected = own sample (the paper) | ranked: best vs worst sample"
+    )
+    prompt_split: str = setting(
+        "align", "where prompts come from: align (sentences the base never saw, corpus.align_sentences) | train"
+    )
+    prompts_per_iteration: int = setting(
+        256, "utterances of prompt_split rolled out per iteration (a fresh draw each time)"
+    )
+    samples_per_prompt: int = setting(1, "rollouts per prompt (ranked pairs: >= 2, best vs worst)")
+    reward: str = setting(
+        "asr",
+        (
+            "ranked pairs' reward: asr (SIM - WER of the sample's speech, ~1 s a sample) | phones (minus the phone error "
+            "rate of the target the sample wrote: free and noise-free, content only; aligned vocabularies)"
+        ),
+    )
+    reward_workers: int = setting(
+        1, "reward=asr: RewardScorer actors scoring samples in parallel (NAR + vocoder + ASR each)"
+    )
+    forced_phones: bool = setting(
+        False,
+        (
+            "rollouts write the asked phones in order (aligned vocabularies; as eval.forced_phones; docs/align.md): "
+            "samples differ in how they sound, not in what they say, so ranked pairs by reward=asr rank acoustics"
+        ),
+    )
+    temperature: float = setting(1.0, "rollout sampling temperature")
+    top_k: int = setting(0, "rollouts sample from the k likeliest tokens (0 = off)")
+    top_p: float = setting(1.0, "rollouts sample from the smallest set of tokens holding this probability (1 = off)")
     # loss
-    method: str = "rpo"  # dpo | cdpo | ipo | rpo (dpo + nll_weight * NLL of the chosen) | sft (the NLL alone: control)
-    beta: float = 0.1
-    label_smoothing: float = 0.0  # cdpo's label-flip probability
-    nll_weight: float = 1.0  # rpo
-    nll_target: str = "chosen"  # rpo/sft's NLL on: chosen (CosyVoice) | golden (ranked pairs: the prompt's recording)
-    # which target tokens a pair's margin sums over: all | phones (aligned vocabularies: the phone tokens and
-    # EOS, the content decisions the phone reward judges; the frames stay out of the margin, in rpo's NLL) |
-    # errors (the chosen's phones + EOS vs only the rejected's wrong ones) | frames (the code tokens alone:
-    # how it sounds, what forced-phone rollouts leave free)
-    margin_tokens: str = "all"
+    method: str = setting(
+        "rpo", "dpo | cdpo | ipo | rpo (dpo + nll_weight * NLL of the chosen) | sft (the NLL alone: control)"
+    )
+    beta: float = setting(0.1, "preference loss's beta: the larger, the closer the policy stays to the reference")
+    label_smoothing: float = setting(0.0, "cdpo's label-flip probability")
+    nll_weight: float = setting(1.0, "rpo: weight of the NLL term")
+    nll_target: str = setting(
+        "chosen", "rpo/sft's NLL on: chosen (CosyVoice) | golden (ranked pairs: the prompt's recording)"
+    )
+    margin_tokens: str = setting(
+        "all",
+        (
+            "which target tokens a pair's margin sums over: all | phones (aligned vocabularies: the phone tokens and "
+            "EOS, the content decisions the phone reward judges; the frames stay out of the margin, in rpo's NLL) | "
+            "errors (the chosen's phones + EOS vs only the rejected's wrong ones) | frames (the code tokens alone: "
+            "how it sounds, what forced-phone rollouts leave free)"
+        ),
+    )
     # learner
-    lr: float = 2.0e-4
-    steps: int = 32  # optimiser steps per iteration
-    batch_size: int = 16  # pairs per step per worker
-    warmup_steps: int = 4
-    grad_clip: float = 1.0
-    checkpoint_every: int = 16
-    workers: int = 1  # Ray Train workers of the learner
-    use_gpu: bool = False
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                             "gate_proj", "up_proj", "down_proj"])
-    # evaluation
-    eval_utterances: int = 80  # per held-out set and iteration
-    eval_seeds: int = 1  # sampling seeds per evaluation (the spread across seeds is reported)
-    gap_utterances: int = 40  # held-out sentences for the distribution-gap analysis (0: off)
-    early_stopping: int = 0  # stop after this many iterations without a better held-out WER (0 = never)
-    probe_tolerance: float = 0.02  # |engine - learner| logprob of the probe sequence (nats, summed)
-    seed: int = 0
+    lr: float = setting(2.0e-4, "peak AdamW learning rate of the adapter")
+    steps: int = setting(32, "optimiser steps per iteration")
+    batch_size: int = setting(16, "pairs per step per worker")
+    warmup_steps: int = setting(4, "linear warmup before the cosine decay, per iteration")
+    grad_clip: float = setting(1.0, "gradient norm clipping")
+    checkpoint_every: int = setting(16, "learner steps between checkpoints")
+    workers: int = setting(1, "Ray Train workers of the learner")
+    use_gpu: bool = setting(False, "one GPU per learner worker")
+    lora_rank: int = setting(16, "LoRA rank")
+    lora_alpha: int = setting(32, "LoRA alpha (the update is scaled by alpha / rank)")
+    lora_targets: list[str] = setting(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "AR modules that get a LoRA adapter",
+    )
+    # after each version's evaluation (its protocol: eval.*)
+    early_stopping: int = setting(0, "stop after this many iterations without a better held-out WER (0 = never)")
+    probe_tolerance: float = setting(
+        0.02,
+        "largest |engine - learner| logprob of the probe sequence (nats, summed): "
+        "beyond it the engine is not serving the policy version asked for",
+    )
+    seed: int = setting(0, "prompt draws, rollout sampling, the adapter's initial weights and data order")
 
     def validate(self) -> None:
         _require(self.iterations >= 1, "align.iterations must be >= 1")
-        _require(self.backend in ("auto", "vllm", "torch"), f"align.backend must be auto, vllm or torch; got {self.backend!r}")
+        _require(
+            self.backend in ("auto", "vllm", "torch"),
+            f"align.backend must be auto, vllm or torch; got {self.backend!r}",
+        )
         _require(self.pairs in ("golden", "ranked"), f"align.pairs must be golden or ranked; got {self.pairs!r}")
         _require(self.reward in ("asr", "phones"), f"align.reward must be asr or phones; got {self.reward!r}")
-        _require(self.nll_target in ("chosen", "golden"), f"align.nll_target must be chosen or golden; got {self.nll_target!r}")
-        _require(self.margin_tokens in ("all", "phones", "errors", "frames"),
-                 f"align.margin_tokens must be all, phones, errors or frames; got {self.margin_tokens!r}")
-        _require(self.prompt_split in ("align", "train"), f"align.prompt_split must be align or train; got {self.prompt_split!r}")
-        _require(self.method in ("dpo", "cdpo", "ipo", "rpo", "sft"),
-                 f"align.method must be dpo, cdpo, ipo, rpo or sft; got {self.method!r}")
-        for name in ("prompts_per_iteration", "samples_per_prompt", "reward_workers", "steps", "batch_size",
-                     "checkpoint_every", "workers", "lora_rank", "lora_alpha", "eval_utterances", "eval_seeds"):
+        _require(
+            self.nll_target in ("chosen", "golden"),
+            f"align.nll_target must be chosen or golden; got {self.nll_target!r}",
+        )
+        _require(
+            self.margin_tokens in ("all", "phones", "errors", "frames"),
+            f"align.margin_tokens must be all, phones, errors or frames; got {self.margin_tokens!r}",
+        )
+        _require(
+            self.prompt_split in ("align", "train"),
+            f"align.prompt_split must be align or train; got {self.prompt_split!r}",
+        )
+        _require(
+            self.method in ("dpo", "cdpo", "ipo", "rpo", "sft"),
+            f"align.method must be dpo, cdpo, ipo, rpo or sft; got {self.method!r}",
+        )
+        for name in (
+            "prompts_per_iteration",
+            "samples_per_prompt",
+            "reward_workers",
+            "steps",
+            "batch_size",
+            "checkpoint_every",
+            "workers",
+            "lora_rank",
+            "lora_alpha",
+        ):
             _require(getattr(self, name) >= 1, f"align.{name} must be >= 1")
-        _require(self.pairs != "ranked" or self.samples_per_prompt >= 2,
-                 "align.pairs=ranked needs align.samples_per_prompt >= 2 (best vs worst of a prompt's samples)")
-        _require(not (self.forced_phones and self.pairs == "ranked" and self.reward == "phones"),
-                 "align.forced_phones=true with align.reward=phones: every sample writes its phones right, so every "
-                 "reward ties and no pair is made; use align.reward=asr")
+        _require(
+            self.pairs != "ranked" or self.samples_per_prompt >= 2,
+            "align.pairs=ranked needs align.samples_per_prompt >= 2 (best vs worst of a prompt's samples)",
+        )
+        _require(
+            not (self.forced_phones and self.pairs == "ranked" and self.reward == "phones"),
+            "align.forced_phones=true with align.reward=phones: every sample writes its phones right, so every "
+            "reward ties and no pair is made; use align.reward=asr",
+        )
         _require(self.temperature > 0, "align.temperature must be > 0 (rollouts sample)")
         _require(0 < self.top_p <= 1 and self.top_k >= 0, "align.top_p must be in (0, 1] and align.top_k >= 0")
         _require(self.beta > 0, "align.beta must be > 0")
         _require(0 <= self.label_smoothing < 0.5, "align.label_smoothing must be in [0, 0.5)")
         _require(self.nll_weight >= 0, "align.nll_weight must be >= 0")
         _require(0 < self.lr < 1, "align.lr must be in (0, 1)")
-        _require(self.gap_utterances == 0 or self.gap_utterances >= 4, "align.gap_utterances must be 0 (off) or >= 4")
-        _require(self.warmup_steps >= 0 and self.early_stopping >= 0 and self.probe_tolerance > 0,
-                 "align.warmup_steps and align.early_stopping must be >= 0, align.probe_tolerance > 0")
+        _require(
+            self.warmup_steps >= 0 and self.early_stopping >= 0 and self.probe_tolerance > 0,
+            "align.warmup_steps and align.early_stopping must be >= 0, align.probe_tolerance > 0",
+        )
         _require(len(self.lora_targets) > 0, "align.lora_targets must name at least one module")
 
     def check_model(self, aligned: bool) -> None:
         """Options that read the phones a target writes need a model whose targets write them (aligned)."""
-        for name, value, other in (("reward", self.reward if self.pairs == "ranked" else "", "asr"),
-                                   ("margin_tokens", self.margin_tokens, "all"),
-                                   ("forced_phones", "true" if self.forced_phones else "", "false")):
-            _require(aligned or value not in ("phones", "errors", "true"), f"align.{name}={value} needs a model whose "
-                     f"targets write their phones (an aligned corpus); this one speaks plain codes: use align.{name}={other}")
+        for name, value, other in (
+            ("reward", self.reward if self.pairs == "ranked" else "", "asr"),
+            ("margin_tokens", self.margin_tokens, "all"),
+            ("forced_phones", "true" if self.forced_phones else "", "false"),
+        ):
+            _require(
+                aligned or value not in ("phones", "errors", "true"),
+                f"align.{name}={value} needs a model whose "
+                f"targets write their phones (an aligned corpus); this one speaks plain codes: use align.{name}={other}",
+            )
 
 
 @dataclass
 class EvalConfig:
-    """Which models score synthesised speech. Numbers of different backends are never compared."""
+    """The evaluation protocol: which held-out utterances, sampled how and at which seeds, scored by which models.
+    One protocol for every policy version (and recorded by `evaluate --out`); numbers of different backends or
+    protocols are never compared."""
 
-    asr: str = "pocketsphinx"  # pocketsphinx (offline, domain LM) | whisper:<local dir or hub id>
-    sim: str = "resemblyzer"  # resemblyzer (offline) | wavlm:<local dir or hub id> (a WavLM x-vector model)
-    mos: str = "none"  # none (skipped: no MOS weights offline) | hf:<local dir or hub id> (one regression output)
-    temperature: float = 1.0  # how held-out speech is sampled (0: greedy); one protocol for every policy version
-    top_k: int = 0
-    forced_phones: bool = False  # aligned models: decode with the asked phones forced in order (no phone errors)
+    utterances: int = setting(80, "held-out utterances scored per held-out set and policy version")
+    seeds: int = setting(
+        1, "sampling seeds per evaluation, seed, seed + 1000, ... (the spread across seeds is reported)"
+    )
+    seed: int = setting(0, "the first sampling seed of held-out speech (and of its voice prompts)")
+    gap_utterances: int = setting(
+        40,
+        "held-out sentences for the distribution-gap analysis (NAR on golden vs synthetic, probe, MMD, t-SNE); 0: off",
+    )
+    asr: str = setting("pocketsphinx", "pocketsphinx (offline, domain LM) | whisper:<local dir or hub id>")
+    sim: str = setting("resemblyzer", "resemblyzer (offline) | wavlm:<local dir or hub id> (a WavLM x-vector model)")
+    mos: str = setting(
+        "none", "none (skipped: no MOS weights offline) | hf:<local dir or hub id> (one regression output)"
+    )
+    temperature: float = setting(
+        1.0, "how held-out speech is sampled (0: greedy); one protocol for every policy version"
+    )
+    top_k: int = setting(0, "held-out sampling from the k likeliest tokens (0 = off)")
+    forced_phones: bool = setting(
+        False, "aligned models: decode with the asked phones forced in order (no phone errors; docs/evaluation.md)"
+    )
 
     def validate(self) -> None:
-        _require(self.asr == "pocketsphinx" or self.asr.startswith("whisper"),
-                 f"eval.asr must be pocketsphinx or whisper:<model>; got {self.asr!r}")
-        _require(self.sim == "resemblyzer" or self.sim.startswith("wavlm"),
-                 f"eval.sim must be resemblyzer or wavlm:<model>; got {self.sim!r}")
-        _require(self.mos == "none" or self.mos.startswith("hf:"), f"eval.mos must be none or hf:<model>; got {self.mos!r}")
+        _require(
+            self.asr == "pocketsphinx" or self.asr.startswith("whisper"),
+            f"eval.asr must be pocketsphinx or whisper:<model>; got {self.asr!r}",
+        )
+        _require(
+            self.sim == "resemblyzer" or self.sim.startswith("wavlm"),
+            f"eval.sim must be resemblyzer or wavlm:<model>; got {self.sim!r}",
+        )
+        _require(
+            self.mos == "none" or self.mos.startswith("hf:"), f"eval.mos must be none or hf:<model>; got {self.mos!r}"
+        )
         _require(self.temperature >= 0 and self.top_k >= 0, "eval.temperature and eval.top_k must be >= 0")
+        _require(self.utterances >= 1 and self.seeds >= 1, "eval.utterances and eval.seeds must be >= 1")
+        _require(self.gap_utterances == 0 or self.gap_utterances >= 4, "eval.gap_utterances must be 0 (off) or >= 4")
 
     def check_model(self, aligned: bool) -> None:
-        _require(aligned or not self.forced_phones, "eval.forced_phones=true needs a model whose targets write their "
-                 "phones (an aligned corpus); this one speaks plain codes: use eval.forced_phones=false")
+        _require(
+            aligned or not self.forced_phones,
+            "eval.forced_phones=true needs a model whose targets write their "
+            "phones (an aligned corpus); this one speaks plain codes: use eval.forced_phones=false",
+        )
 
 
 @dataclass
 class TrackingConfig:
-    uri: str = "sqlite:///mlruns/mlflow.db"  # any MLflow tracking URI
-    experiment: str | None = None  # defaults to the config's name
+    """Where runs, metrics and registered models are recorded (MLflow)."""
+
+    uri: str = setting("sqlite:///mlruns/mlflow.db", "any MLflow tracking URI")
+    experiment: str | None = setting(None, "MLflow experiment; null: the config's name")
 
     def validate(self) -> None:
         _require(bool(self.uri), "tracking.uri must not be empty")
@@ -307,8 +484,10 @@ class TrackingConfig:
 
 @dataclass
 class RayConfig:
-    address: str | None = None  # None: RAY_ADDRESS if set (ray job submit), else a local cluster
-    num_cpus: int | None = None  # local cluster only
+    """Which Ray cluster a job runs on."""
+
+    address: str | None = setting(None, "null: RAY_ADDRESS if set (ray job submit), else a local cluster")
+    num_cpus: int | None = setting(None, "local cluster only: CPUs Ray may use (null: all)")
 
     def validate(self) -> None:
         _require(self.num_cpus is None or self.num_cpus >= 1, "ray.num_cpus must be >= 1 or null")
@@ -318,26 +497,34 @@ class RayConfig:
 class ServeConfig:
     """The Ray Serve endpoint of `jobs.serve`: which policy it speaks with and where it listens."""
 
-    # a registered policy: models:/<name>@<alias> or models:/<name>/<version> ("" = models:/<config name>-policy@latest),
-    # or `base` (the base model, no adapter)
-    model: str = ""
-    host: str = "127.0.0.1"  # 0.0.0.0 exposes it beyond this machine
-    port: int = 8000
-    replicas: int = 1
-    num_cpus: float = 1.0  # per replica (a fraction leaves a laptop's cores to an align job beside it)
-    max_batch: int = 8  # requests sampled together (Ray Serve batching)
-    batch_wait_seconds: float = 0.05  # how long a request waits for others to share its batch
-    refresh_seconds: float = 30.0  # how often an alias (latest, best) is looked up again; a moved alias is loaded
-    max_text_chars: int = 400
+    model: str = setting(
+        "",
+        "a registered policy: models:/<name>@<alias> or models:/<name>/<version> "
+        '("" = models:/<config name>-policy@latest), or `base` (the base model, no adapter)',
+    )
+    host: str = setting("127.0.0.1", "0.0.0.0 exposes it beyond this machine")
+    port: int = setting(8000, "HTTP port")
+    replicas: int = setting(1, "Ray Serve replicas of the endpoint")
+    num_cpus: float = setting(1.0, "per replica (a fraction leaves a laptop's cores to an align job beside it)")
+    max_batch: int = setting(8, "requests sampled together (Ray Serve batching)")
+    batch_wait_seconds: float = setting(0.05, "how long a request waits for others to share its batch")
+    refresh_seconds: float = setting(
+        30.0, "how often an alias (latest, best) is looked up again; a moved alias is loaded without a redeploy"
+    )
+    max_text_chars: int = setting(400, "longest text a request may send (one sentence at a time)")
 
     def validate(self) -> None:
-        _require(self.model in ("", "base") or re.fullmatch(r"models:/[^@/]+(@[^@/]+|/[0-9]+)", self.model) is not None,
-                 f"serve.model must be models:/<name>@<alias>, models:/<name>/<version>, base or empty; got {self.model!r}")
+        _require(
+            self.model in ("", "base") or re.fullmatch(r"models:/[^@/]+(@[^@/]+|/[0-9]+)", self.model) is not None,
+            f"serve.model must be models:/<name>@<alias>, models:/<name>/<version>, base or empty; got {self.model!r}",
+        )
         _require(1 <= self.port <= 65535, "serve.port must be in [1, 65535]")
         _require(self.replicas >= 1, "serve.replicas must be >= 1")
         _require(self.num_cpus > 0, "serve.num_cpus must be > 0")
-        _require(self.max_batch >= 1 and self.batch_wait_seconds >= 0,
-                 "serve.max_batch must be >= 1 and serve.batch_wait_seconds >= 0")
+        _require(
+            self.max_batch >= 1 and self.batch_wait_seconds >= 0,
+            "serve.max_batch must be >= 1 and serve.batch_wait_seconds >= 0",
+        )
         _require(self.refresh_seconds >= 0, "serve.refresh_seconds must be >= 0")
         _require(self.max_text_chars >= 1, "serve.max_text_chars must be >= 1")
 
@@ -347,8 +534,14 @@ class ServeConfig:
 
 @dataclass
 class Config:
-    name: str = "tiny"
-    run_dir: str = "runs/tiny"
+    """A run's whole configuration: where it writes, and one section per concern."""
+
+    name: str = setting(
+        "tiny", "names the MLflow experiment (unless tracking.experiment) and the registered policy (<name>-policy)"
+    )
+    run_dir: str = setting(
+        "runs/tiny", "where every job of this config reads and writes (data, codec, pretrain, align, ...)"
+    )
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
@@ -387,6 +580,51 @@ class Config:
 
         walk("", self.to_dict())
         return out
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+
+
+def _as_yaml(value: Any) -> str:
+    """A value as it is written in a config file or an override."""
+    return yaml.safe_dump(value, default_flow_style=True, width=1 << 16).removesuffix("...\n").strip()
+
+
+def describe_settings() -> str:
+    """Every setting as `dotted.key  type = default` over its description, grouped by section."""
+    hints = typing.get_type_hints(Config)
+    is_section = {f.name: dataclasses.is_dataclass(hints[f.name]) for f in dataclasses.fields(Config)}
+    groups = [("(top level)", "", [f for f in dataclasses.fields(Config) if not is_section[f.name]])]
+    groups += [
+        (f"{name}: {_section_doc(hints[name])}", f"{name}.", dataclasses.fields(hints[name]))
+        for name, section in is_section.items()
+        if section
+    ]
+    lines = [
+        "Settings (dotted.key  type = default), by section. Set any in the YAML config or on the command "
+        "line as dotted.key=value.",
+        "",
+    ]
+    for title, prefix, fields in groups:
+        lines.append(title)
+        for f in fields:
+            lines.append(f"  {prefix}{f.name}  {f.type} = {_as_yaml(_default(f))}")
+            lines.append(
+                textwrap.fill(
+                    f.metadata.get("help", ""),
+                    width=110,
+                    initial_indent=" " * 6,
+                    subsequent_indent=" " * 6,
+                    break_on_hyphens=False,
+                )
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _section_doc(cls: type) -> str:
+    return " ".join(cls.__doc__.split("\n\n")[0].split())
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -430,14 +668,28 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported config type {tp}")
 
 
+# Keys that moved, old -> new: a config or override that still names the old place is told the new one.
+MOVED = {
+    "align.eval_utterances": "eval.utterances",
+    "align.eval_seeds": "eval.seeds",
+    "align.gap_utterances": "eval.gap_utterances",
+}
+
+
 def _build(cls: type, data: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
+    if moved := [f"{prefix}.{k}" for k in unknown if f"{prefix}.{k}" in MOVED]:
+        raise ConfigError(
+            "; ".join(f"{old} has moved to {MOVED[old]} (the evaluation protocol lives under eval.*)" for old in moved)
+        )
     if unknown:
         where = prefix or "the top level"
-        raise ConfigError(f"unknown config key(s) {', '.join(f'{prefix}.{k}' if prefix else k for k in unknown)} "
-                          f"(valid keys at {where}: {', '.join(names)})")
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(f'{prefix}.{k}' if prefix else k for k in unknown)} "
+            f"(valid keys at {where}: {', '.join(names)})"
+        )
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     return cls(**kwargs)
 

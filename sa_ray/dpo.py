@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -63,8 +63,9 @@ class MarginTokens:
         return keep
 
 
-def pair_logprobs(model: torch.nn.Module, pairs: list[dict], margin: MarginTokens | None = None,
-                  nll_target: str = "chosen") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pair_logprobs(
+    model: torch.nn.Module, pairs: list[dict], margin: MarginTokens | None = None, nll_target: str = "chosen"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Chosen [B] and rejected [B] logprobs summed over their target tokens (over those `margin` counts when
     given), and the mean logprob per token over ALL tokens of each pair's chosen (or, with
     `nll_target="golden"`, its golden target): rpo's NLL. One forward."""
@@ -86,8 +87,15 @@ def probe_logprob(model: torch.nn.Module, probe: dict) -> float:
 
 
 class DPOLearner:
-    def __init__(self, base_dir: str | Path, adapter_dir: str | Path | None, cfg: AlignConfig, pairs: list[dict],
-                 rank: int = 0, wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m):
+    def __init__(
+        self,
+        base_dir: str | Path,
+        adapter_dir: str | Path | None,
+        cfg: AlignConfig,
+        pairs: list[dict],
+        rank: int = 0,
+        wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
+    ):
         self.cfg, self.rank = cfg, rank
         self.pairs = sorted(pairs, key=lambda p: (p["utt_id"], p["sample_idx"]))
         if not self.pairs:
@@ -95,8 +103,10 @@ class DPOLearner:
         # a golden pair's chosen IS its golden target; dpo, cdpo and ipo have no NLL term
         self.nll_target = cfg.nll_target if cfg.pairs == "ranked" and cfg.method in ("rpo", "sft") else "chosen"
         if self.nll_target == "golden" and "golden_ids" not in self.pairs[0]:
-            raise ValueError("align.nll_target=golden: these ranked pairs carry no golden_ids (written by an older "
-                             "version of sa-ray); roll the iteration out again")
+            raise ValueError(
+                "align.nll_target=golden: these ranked pairs carry no golden_ids (written by an older "
+                "version of sa-ray); roll the iteration out again"
+            )
         torch.manual_seed(cfg.seed)  # the fresh adapter's A matrices: equal on every worker
         base, vocab = load_ar(base_dir)
         base.requires_grad_(False)
@@ -105,8 +115,11 @@ class DPOLearner:
         self.model_train = wrap(self.model)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizers = {"adapter": torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)}
-        self.schedulers = {"adapter": torch.optim.lr_scheduler.LambdaLR(
-            self.optimizers["adapter"], warmup_cosine(cfg.warmup_steps, cfg.steps))}
+        self.schedulers = {
+            "adapter": torch.optim.lr_scheduler.LambdaLR(
+                self.optimizers["adapter"], warmup_cosine(cfg.warmup_steps, cfg.steps)
+            )
+        }
         self.step_count, self.epoch, self.position = 0, 0, 0
 
     # ----------------------------------------------------------------------------------------- data
@@ -127,8 +140,17 @@ class DPOLearner:
         chosen, rejected, nll_mean = pair_logprobs(self.model_train, batch, self.margin, self.nll_target)
         ref_c = torch.tensor([p["ref_chosen_logp"] for p in batch], dtype=chosen.dtype, device=chosen.device)
         ref_r = torch.tensor([p["ref_rejected_logp"] for p in batch], dtype=chosen.dtype, device=chosen.device)
-        loss, metrics = preference_loss(chosen, rejected, ref_c, ref_r, self.cfg.method, self.cfg.beta,
-                                        self.cfg.label_smoothing, chosen_nll=-nll_mean, nll_weight=self.cfg.nll_weight)
+        loss, metrics = preference_loss(
+            chosen,
+            rejected,
+            ref_c,
+            ref_r,
+            self.cfg.method,
+            self.cfg.beta,
+            self.cfg.label_smoothing,
+            chosen_nll=-nll_mean,
+            nll_weight=self.cfg.nll_weight,
+        )
         if self.nll_target == "golden" and "chosen_nll" in metrics:
             metrics["golden_nll"] = metrics.pop("chosen_nll")
         return loss, metrics
@@ -151,8 +173,13 @@ class DPOLearner:
 
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
-        save_state(d, {}, self.optimizers, self.schedulers,
-                   {"step": self.step_count, "epoch": self.epoch, "position": self.position})
+        save_state(
+            d,
+            {},
+            self.optimizers,
+            self.schedulers,
+            {"step": self.step_count, "epoch": self.epoch, "position": self.position},
+        )
         save_file(lora.adapter_tensors(self.model), d / "adapter_state.safetensors")
 
     def load(self, directory: str | Path) -> None:

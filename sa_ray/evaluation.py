@@ -11,6 +11,7 @@ ceiling (golden codes of all layers decoded by the same codec) is reported besid
 from __future__ import annotations
 
 import random
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,40 +19,29 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from sa_ray.audio import read_wav
-from sa_ray.config import CorpusConfig
-from sa_ray.corpus.sentences import make_sentences
 from sa_ray.data.examples import PromptBank, row_codes
-from sa_ray.metrics.asr import PocketSphinxASR, build_domain_lm
+from sa_ray.metrics.gap import embedding_plot, mean_pooled_states, mmd_rbf, paired_probe_accuracy, probe_accuracy
 from sa_ray.metrics.phones import phone_errors
 from sa_ray.metrics.wer import wer, word_errors
+from sa_ray.preference import split_example, voice_prompt
 from sa_ray.sampling import SamplingConfig
 from sa_ray.synthesis import CodecTTS, Request
-from sa_ray.text import normalize_text
 
 
-def domain_asr(data_dir: str | Path, corpus: CorpusConfig) -> PocketSphinxASR:
-    """pocketsphinx with an n-gram LM of the domain's text (built once, kept beside the data).
-
-    The generic LM's prior fights the corpus's unusual sentences (original audio of held-out
-    sentences: WER 0.44 generic vs 0.24 with an LM of the 1,520 training sentences), so a domain LM
-    lets WER measure the speech, not the prior. Its text is the training transcripts; for the built-in
-    corpus, the grammar's sentences (8,000 of them, which makes a better LM), and never a held-out one.
-    """
-    lm_dir = Path(data_dir) / "asr_lm"
-    if not (lm_dir / "domain.lm").is_file():
-        texts = pq.read_table(Path(data_dir) / "train", columns=["text"]).column("text").to_pylist()
-        if corpus.kind == "synthetic":
-            held = {normalize_text(t) for split in ("heldout_sentences", "heldout_voices")
-                    for t in pq.read_table(Path(data_dir) / split, columns=["text"]).column("text").to_pylist()}
-            texts = [t for t in make_sentences(max(8000, corpus.n_sentences), corpus.seed)
-                     if normalize_text(t) not in held]
-        build_domain_lm(sorted(set(texts)), lm_dir)
-    return PocketSphinxASR(str(lm_dir / "domain.lm"), str(lm_dir / "domain.dict"))
-
-
-def evaluate_tts(tts: CodecTTS, rows: list[dict], bank: PromptBank, asr, sim, seed: int = 0,
-                 sampling: SamplingConfig = SamplingConfig(), batch_size: int = 16, ceiling: bool = True,
-                 desc: str = "evaluate", others: list[dict] | None = None, mos=None) -> dict[str, float]:
+def evaluate_tts(
+    tts: CodecTTS,
+    rows: list[dict],
+    bank: PromptBank,
+    asr,
+    sim,
+    seed: int = 0,
+    sampling: SamplingConfig = SamplingConfig(),
+    batch_size: int = 16,
+    ceiling: bool = True,
+    desc: str = "evaluate",
+    others: list[dict] | None = None,
+    mos=None,
+) -> dict[str, float]:
     rng = random.Random(seed)
     requests = heldout_requests(rows, bank, rng, seed)
     hyps, sims, sims_other, ratios, ended, gold_hyps, repeats, scores = [], [], [], [], [], [], [], []
@@ -74,14 +64,21 @@ def evaluate_tts(tts: CodecTTS, rows: list[dict], bank: PromptBank, asr, sim, se
             if mos is not None and len(out.wav):
                 scores.append(mos.score(out.wav, tts.codec.sample_rate))
             if ceiling:
-                gold_hyps.append(asr.transcribe(tts.codec.decode(row_codes(row, tts.codec.n_codebooks)),
-                                                tts.codec.sample_rate))
+                gold_hyps.append(
+                    asr.transcribe(tts.codec.decode(row_codes(row, tts.codec.n_codebooks)), tts.codec.sample_rate)
+                )
     refs = [r["text"] for r in rows]
     errors, words = word_errors(refs, hyps)
-    result = {"wer": sum(errors) / sum(words), "utt_errors": errors, "utt_words": words,  # corpus WER, from its parts
-              "sim": float(np.mean(sims)), "duration_ratio": float(np.mean(ratios)),
-              "eos_failure_rate": 1.0 - float(np.mean(ended)), "repetition_rate": float(np.mean(repeats)),
-              "n": len(rows)}
+    result = {
+        "wer": sum(errors) / sum(words),
+        "utt_errors": errors,
+        "utt_words": words,  # corpus WER, from its parts
+        "sim": float(np.mean(sims)),
+        "duration_ratio": float(np.mean(ratios)),
+        "eos_failure_rate": 1.0 - float(np.mean(ended)),
+        "repetition_rate": float(np.mean(repeats)),
+        "n": len(rows),
+    }
     if phones:
         result["phone_error_rate"] = phone_edits / phones
     if sims_other:  # the same synthesised speech against real speech of ANOTHER speaker: the SIM floor
@@ -125,7 +122,8 @@ def check_heldout_audio(data_dir: str | Path) -> None:
                 f"{Path(data_dir) / split}: the audio of {len(missing)} of {len(paths)} utterances is missing, e.g. "
                 f"{missing[0]}; prepared data keeps audio paths as prepare found them (a relative corpus.cache_dir "
                 f"is relative to the directory prepare ran in, not {Path.cwd()}): run from that directory, or "
-                "prepare again with an absolute corpus.cache_dir")
+                "prepare again with an absolute corpus.cache_dir"
+            )
 
 
 def prompt_banks(tables: dict[str, list[dict]], prompt_frames: int, n_codebooks: int) -> dict[str, PromptBank]:
@@ -133,9 +131,18 @@ def prompt_banks(tables: dict[str, list[dict]], prompt_frames: int, n_codebooks:
     return {split: PromptBank.from_rows(rows, prompt_frames, n_codebooks) for split, rows in tables.items() if rows}
 
 
-def evaluate_heldout(tts: CodecTTS, tables: dict[str, list[dict]], banks: dict[str, PromptBank], n: int, asr, sim,
-                     seed: int = 0, sampling: SamplingConfig = SamplingConfig(), ceiling: bool = True, mos=None
-                     ) -> dict[str, dict[str, float]]:
+def evaluate_heldout(
+    tts: CodecTTS,
+    tables: dict[str, list[dict]],
+    banks: dict[str, PromptBank],
+    n: int,
+    asr,
+    sim,
+    seed: int = 0,
+    sampling: SamplingConfig = SamplingConfig(),
+    ceiling: bool = True,
+    mos=None,
+) -> dict[str, dict[str, float]]:
     """`evaluate_tts` on an even spread of `n` utterances of each held-out set (the same ones every time),
     voice prompts drawn from `banks[split]` (the set's own utterances of the same speaker)."""
     out = {}
@@ -143,9 +150,59 @@ def evaluate_heldout(tts: CodecTTS, tables: dict[str, list[dict]], banks: dict[s
         if not rows:
             continue
         picked = pick_heldout(rows, n)
-        out[split] = evaluate_tts(tts, picked, banks[split], asr, sim, seed=seed, sampling=sampling, desc=split,
-                                  ceiling=ceiling, others=tables["heldout_sentences"], mos=mos)
+        out[split] = evaluate_tts(
+            tts,
+            picked,
+            banks[split],
+            asr,
+            sim,
+            seed=seed,
+            sampling=sampling,
+            desc=split,
+            ceiling=ceiling,
+            others=tables["heldout_sentences"],
+            mos=mos,
+        )
     return out
+
+
+def distribution_gap(
+    tts: CodecTTS, base, rows: list[dict], bank: PromptBank, asr, sim, sampling: SamplingConfig, plot_title: str
+) -> tuple[dict[str, float], bytes]:
+    """The paper's distribution gap of the voice `tts` on held-out `rows` (prompts from `bank`):
+    - NAR gap: WER/SIM of speech from (golden layer 0 + NAR) vs (the policy's layer 0 + NAR);
+    - token gap: golden vs synthetic targets embedded by the FIXED `base` AR model (mean-pooled last layer,
+      one space for every policy), as a linear probe's accuracy (0.5 = no gap), the same probe on
+      pair-centred embeddings (a consistent shift the sentence would hide), MMD and a t-SNE PNG."""
+    requests = [Request(r["text"], voice_prompt(bank, r, 0, 0), 7919 + i) for i, r in enumerate(rows)]
+    synthetic = tts.synthesize(requests, sampling)
+    sr = tts.codec.sample_rate
+    golden_seqs, synth_seqs, starts = [], [], []
+    hyps, sims = {"golden": [], "synthetic": []}, {"golden": [], "synthetic": []}
+    for row, req, syn in zip(rows, requests, synthetic):
+        prompt_ids, golden = split_example(row, req.prompt_codes, tts.vocab, tts.codec.frame_rate)
+        gold = tts.finish(req, golden, tts.vocab.prompt_text_ids(prompt_ids))
+        real = read_wav(row["audio_path"])
+        for kind, out in (("golden", gold), ("synthetic", syn)):
+            hyps[kind].append(asr.transcribe(out.wav, sr) if len(out.wav) else "")
+            sims[kind].append(sim.similarity((out.wav, sr), real) if len(out.wav) else 0.0)
+        golden_seqs.append(prompt_ids + golden)
+        synth_seqs.append(prompt_ids + syn.ar_tokens)
+        starts.append(len(prompt_ids))
+    refs = [r["text"] for r in rows]
+    g = mean_pooled_states(base, golden_seqs, starts)
+    y = mean_pooled_states(base, synth_seqs, starts)
+    metrics = {
+        "nar_golden_wer": wer(refs, hyps["golden"]),
+        "nar_synthetic_wer": wer(refs, hyps["synthetic"]),
+        "nar_golden_sim": float(np.mean(sims["golden"])),
+        "nar_synthetic_sim": float(np.mean(sims["synthetic"])),
+        "gap_probe_acc": probe_accuracy(g, y),
+        "gap_paired_probe_acc": paired_probe_accuracy(g, y),
+        "gap_mmd": mmd_rbf(g, y),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        return metrics, embedding_plot(g, y, Path(tmp) / "gap.png", plot_title).read_bytes()
 
 
 def _other_speaker(rows: list[dict], row: dict, rng: random.Random) -> dict | None:

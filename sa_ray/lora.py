@@ -14,14 +14,16 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 
-def attach(base: torch.nn.Module, rank: int, alpha: int, targets: list[str],
-           adapter_dir: str | Path | None = None) -> PeftModel:
+def attach(
+    base: torch.nn.Module, rank: int, alpha: int, targets: list[str], adapter_dir: str | Path | None = None
+) -> PeftModel:
     """base + a trainable LoRA: a fresh adapter (B = 0, so the policy starts equal to the base) or
     `adapter_dir`'s weights to continue from. The base model object is wrapped in place."""
     if adapter_dir is not None:
         return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, bias="none",
-                        task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, bias="none", task_type="CAUSAL_LM"
+    )
     return get_peft_model(base, config)
 
 

@@ -36,12 +36,14 @@ def pack(prompts: list[list[int]], continuations: list[list[int]], pad_id: int =
     mask = torch.zeros((len(seqs), n), dtype=torch.long)
     for i, (p, s) in enumerate(zip(prompts, seqs)):
         ids[i, : len(s)] = torch.as_tensor(s)
-        labels[i, len(p) : len(s)] = torch.as_tensor(s[len(p):])
+        labels[i, len(p) : len(s)] = torch.as_tensor(s[len(p) :])
         mask[i, : len(s)] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def token_logprobs(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """log p(token | prefix) at every position [B, T-1] (0 where nothing is labelled), the labels they score
     (IGNORE off the continuation) and the float32 logits behind them.
 
@@ -49,15 +51,19 @@ def token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     and vLLM engines can be checked against the learner's value.
     """
     device = next(model.parameters()).device  # packed on the CPU; the model may sit on a GPU
-    logits = model(input_ids=batch["input_ids"].to(device),
-                   attention_mask=batch["attention_mask"].to(device)).logits[:, :-1].float()
+    logits = (
+        model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+        .logits[:, :-1]
+        .float()
+    )
     labels = batch["labels"][:, 1:].to(device)
     token_lp = torch.gather(F.log_softmax(logits, dim=-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return token_lp * (labels != IGNORE), labels, logits
 
 
-def sequence_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor],
-                      hits: bool = False) -> tuple[torch.Tensor, ...]:
+def sequence_logprobs(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], hits: bool = False
+) -> tuple[torch.Tensor, ...]:
     """Sum of log p(token | prefix) over labelled positions per row, and the number of those positions
     (with `hits`, also how many of them are the model's argmax: teacher-forced accuracy)."""
     token_lp, labels, logits = token_logprobs(model, batch)
@@ -66,10 +72,17 @@ def sequence_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor],
     return (*out, ((logits.argmax(-1) == labels) & valid).sum(-1)) if hits else out
 
 
-def preference_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-                    ref_rejected: torch.Tensor, method: str = "dpo", beta: float = 0.1,
-                    label_smoothing: float = 0.0, chosen_nll: torch.Tensor | None = None,
-                    nll_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+def preference_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    method: str = "dpo",
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    chosen_nll: torch.Tensor | None = None,
+    nll_weight: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean loss over pairs and its metrics; `chosen_nll` (per-token NLL of each chosen sequence) is rpo's extra term."""
     if method not in METHODS:
         raise ValueError(f"unknown preference method {method!r}; one of {METHODS}")
@@ -90,15 +103,17 @@ def preference_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, 
         loss = nll_weight * nll + (loss if method == "rpo" else 0.0)
         metrics["chosen_nll"] = float(nll.detach())
     with torch.no_grad():
-        metrics.update({
-            "loss": float(loss.detach()),
-            "reward_acc": float((margin > 0).float().mean()),
-            "reward_margin": float(beta * margin.mean()),
-            "chosen_reward": float(beta * chosen_reward.mean()),
-            "rejected_reward": float(beta * rejected_reward.mean()),
-            "policy_chosen_logp": float(policy_chosen.mean()),
-            "policy_rejected_logp": float(policy_rejected.mean()),
-        })
+        metrics.update(
+            {
+                "loss": float(loss.detach()),
+                "reward_acc": float((margin > 0).float().mean()),
+                "reward_margin": float(beta * margin.mean()),
+                "chosen_reward": float(beta * chosen_reward.mean()),
+                "rejected_reward": float(beta * rejected_reward.mean()),
+                "policy_chosen_logp": float(policy_chosen.mean()),
+                "policy_rejected_logp": float(policy_rejected.mean()),
+            }
+        )
     return loss, metrics
 
 

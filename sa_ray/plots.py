@@ -6,8 +6,14 @@ import math
 from pathlib import Path
 
 
-def metric_curves(table: list[dict], metric: str, path: str | Path, group_key: str = "run",
-                  x_key: str = "iteration", title: str | None = None) -> Path:
+def metric_curves(
+    table: list[dict],
+    metric: str,
+    path: str | Path,
+    group_key: str = "run",
+    x_key: str = "iteration",
+    title: str | None = None,
+) -> Path:
     """One line per `group_key` value (a run, a method) of `metric` against `x_key`, as a PNG.
 
     `table` holds one dict per (group, iteration); rows without the metric (or with NaN) are skipped,
@@ -34,12 +40,19 @@ def metric_curves(table: list[dict], metric: str, path: str | Path, group_key: s
     ax = fig.add_subplot()
     for label, points in lines.items():
         xs, ys, los, his = zip(*sorted(points))
-        line, = ax.plot(xs, ys, marker="o", label=label)
+        (line,) = ax.plot(xs, ys, marker="o", label=label)
         bars = [(x, y, lo, hi) for x, y, lo, hi in zip(xs, ys, los, his) if not math.isnan(lo)]
         if bars:
             bx, by, blo, bhi = (list(v) for v in zip(*bars))
-            ax.errorbar(bx, by, yerr=[[y - lo for y, lo in zip(by, blo)], [hi - y for y, hi in zip(by, bhi)]],
-                        fmt="none", ecolor=line.get_color(), capsize=4, alpha=0.7)
+            ax.errorbar(
+                bx,
+                by,
+                yerr=[[y - lo for y, lo in zip(by, blo)], [hi - y for y, hi in zip(by, bhi)]],
+                fmt="none",
+                ecolor=line.get_color(),
+                capsize=4,
+                alpha=0.7,
+            )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole numbers
     ax.set_xlabel(x_key)
     ax.set_ylabel(metric)

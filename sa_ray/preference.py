@@ -44,17 +44,36 @@ def split_example(row: dict, prompt: np.ndarray, vocab: Vocab, frame_rate: float
     return ids[:head], ids[head:]
 
 
-def rollout_requests(rows: list[dict], vocab: Vocab, bank: PromptBank, frame_rate: float, iteration: int,
-                     seed: int, samples: int, max_len: int) -> list[dict]:
+def rollout_requests(
+    rows: list[dict],
+    vocab: Vocab,
+    bank: PromptBank,
+    frame_rate: float,
+    iteration: int,
+    seed: int,
+    samples: int,
+    max_len: int,
+) -> list[dict]:
     """One request per (utterance, sample): its AR prompt, the golden target, a token budget and a seed."""
     out = []
     for row in rows:
         prompt_ids, golden = split_example(row, voice_prompt(bank, row, seed, iteration), vocab, frame_rate)
         budget = min(2 * len(golden) + 20, max_len - len(prompt_ids))  # room for a slow sample, never the context
         for k in range(samples):
-            out.append({"iteration": iteration, "utt_id": row["utt_id"], "sample_idx": k, "speaker": row["speaker"],
-                        "text": row["text"], "audio_path": row["audio_path"], "prompt_ids": prompt_ids, "chosen_ids": golden, "budget": budget,
-                        "seed": request_seed(seed, iteration, row["utt_id"], k)})
+            out.append(
+                {
+                    "iteration": iteration,
+                    "utt_id": row["utt_id"],
+                    "sample_idx": k,
+                    "speaker": row["speaker"],
+                    "text": row["text"],
+                    "audio_path": row["audio_path"],
+                    "prompt_ids": prompt_ids,
+                    "chosen_ids": golden,
+                    "budget": budget,
+                    "seed": request_seed(seed, iteration, row["utt_id"], k),
+                }
+            )
     return out
 
 
@@ -72,8 +91,11 @@ def select_prompts(utt_ids: list[str], n: int, seed: int, iteration: int) -> lis
 
 def golden_pairs(samples: list[dict]) -> list[dict]:
     """chosen = golden, rejected = sample; a sample equal to the golden target is no preference and is dropped."""
-    return [{**_pair_fields(s), "chosen_ids": list(s["chosen_ids"]), "rejected_ids": list(s["sample_ids"])}
-            for s in samples if list(s["sample_ids"]) != list(s["chosen_ids"])]
+    return [
+        {**_pair_fields(s), "chosen_ids": list(s["chosen_ids"]), "rejected_ids": list(s["sample_ids"])}
+        for s in samples
+        if list(s["sample_ids"]) != list(s["chosen_ids"])
+    ]
 
 
 def phone_reward(sample: dict, vocab: Vocab) -> float:
@@ -92,21 +114,33 @@ def ranked_pairs(samples: list[dict]) -> list[dict]:
         group = sorted(group, key=lambda s: (-s["reward"], s["sample_idx"]))
         best, worst = group[0], group[-1]
         if best["reward"] > worst["reward"] and list(best["sample_ids"]) != list(worst["sample_ids"]):
-            pairs.append({**_pair_fields(worst), "chosen_ids": list(best["sample_ids"]),
-                          "rejected_ids": list(worst["sample_ids"]), "chosen_reward": float(best["reward"]),
-                          "rejected_reward": float(worst["reward"]), "golden_ids": list(best["chosen_ids"])})
+            pairs.append(
+                {
+                    **_pair_fields(worst),
+                    "chosen_ids": list(best["sample_ids"]),
+                    "rejected_ids": list(worst["sample_ids"]),
+                    "chosen_reward": float(best["reward"]),
+                    "rejected_reward": float(worst["reward"]),
+                    "golden_ids": list(best["chosen_ids"]),
+                }
+            )
     return pairs
 
 
 def _pair_fields(s: dict) -> dict:
-    return {"iteration": int(s["iteration"]), "utt_id": s["utt_id"], "sample_idx": int(s["sample_idx"]),
-            "prompt_ids": list(s["prompt_ids"])}
+    return {
+        "iteration": int(s["iteration"]),
+        "utt_id": s["utt_id"],
+        "sample_idx": int(s["sample_idx"]),
+        "prompt_ids": list(s["prompt_ids"]),
+    }
 
 
 def probe_sequence(row: dict, vocab: Vocab, bank: PromptBank, frame_rate: float) -> dict:
     """The fixed sequence whose logprob proves which adapter version an engine serves."""
-    prompt_ids, golden = split_example(row, bank.draw(row["speaker"], row["utt_id"], random.Random(0)), vocab,
-                                       frame_rate)
+    prompt_ids, golden = split_example(
+        row, bank.draw(row["speaker"], row["utt_id"], random.Random(0)), vocab, frame_rate
+    )
     return {"utt_id": row["utt_id"], "prompt": prompt_ids, "continuation": golden}
 
 

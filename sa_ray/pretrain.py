@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 import random
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -74,27 +74,51 @@ class CodecLM(torch.nn.Module):
 
 
 class CodecLMTrainer:
-    def __init__(self, model_cfg: ModelConfig, train_cfg: PretrainConfig, vocab: Vocab, n_codebooks: int,
-                 frame_rate: float, rows: list[dict], bank: PromptBank, rank: int = 0,
-                 wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m):
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        train_cfg: PretrainConfig,
+        vocab: Vocab,
+        n_codebooks: int,
+        frame_rate: float,
+        rows: list[dict],
+        bank: PromptBank,
+        rank: int = 0,
+        wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
+    ):
         self.cfg, self.vocab, self.rank = train_cfg, vocab, rank
         self.n_codebooks, self.frame_rate, self.bank = n_codebooks, frame_rate, bank
         self.rows = sorted(rows, key=lambda r: r["utt_id"])
         torch.manual_seed(train_cfg.seed)  # same initial weights on every worker
         self.ar = build_ar_model(model_cfg, vocab)
-        self.nar = NARModel(NARConfig(n_codebooks=n_codebooks, codebook_size=vocab.codebook_size,
-                                      n_text_tokens=len(vocab.text_tokens), hidden=model_cfg.nar_hidden,
-                                      layers=model_cfg.nar_layers, heads=model_cfg.nar_heads,
-                                      ff=4 * model_cfg.nar_hidden))
+        self.nar = NARModel(
+            NARConfig(
+                n_codebooks=n_codebooks,
+                codebook_size=vocab.codebook_size,
+                n_text_tokens=len(vocab.text_tokens),
+                hidden=model_cfg.nar_hidden,
+                layers=model_cfg.nar_layers,
+                heads=model_cfg.nar_heads,
+                ff=4 * model_cfg.nar_hidden,
+            )
+        )
         self.model = CodecLM(self.ar, self.nar)
         torch.manual_seed(train_cfg.seed + 1000 * (rank + 1))  # dropout differs per worker
         schedule = warmup_cosine(train_cfg.warmup_steps, train_cfg.steps)
         if train_cfg.warm_start:
             schedule = rewarmed(schedule, train_cfg.warm_start_step, train_cfg.warmup_steps)
         # `wrap` (DDP) applies to the plain path only: a ZeRO engine reduces gradients itself
-        self.stepper = make_stepper(self.model, self.model.parameters(), lr=train_cfg.lr, betas=(0.9, 0.98),
-                                    weight_decay=train_cfg.weight_decay, schedule=schedule,
-                                    grad_clip=train_cfg.grad_clip, zero_stage=train_cfg.deepspeed, wrap=wrap)
+        self.stepper = make_stepper(
+            self.model,
+            self.model.parameters(),
+            lr=train_cfg.lr,
+            betas=(0.9, 0.98),
+            weight_decay=train_cfg.weight_decay,
+            schedule=schedule,
+            grad_clip=train_cfg.grad_clip,
+            zero_stage=train_cfg.deepspeed,
+            wrap=wrap,
+        )
         self.model_train = self.stepper.module
         self.optimizers = {"model": self.stepper.optimizer}
         self.schedulers = {"model": self.stepper.scheduler}
@@ -104,8 +128,11 @@ class CodecLMTrainer:
         self.device_type = self.device.type
         self.bf16 = train_cfg.bf16 and native_bf16(self.device_type)
         if train_cfg.bf16 and not self.bf16 and rank == 0:
-            warnings.warn(f"pretrain.bf16: this {self.device_type} has no bfloat16 matmuls, training in float32 "
-                          "(emulated bf16 is ~30x slower)", stacklevel=2)
+            warnings.warn(
+                f"pretrain.bf16: this {self.device_type} has no bfloat16 matmuls, training in float32 "
+                "(emulated bf16 is ~30x slower)",
+                stacklevel=2,
+            )
         self.step_count, self.epoch, self.position = 0, 0, 0
         self.nar_gen = torch.Generator().manual_seed(train_cfg.seed + rank)
 
@@ -175,9 +202,18 @@ class CodecLMTrainer:
             if self.cfg.deepspeed:
                 self.optimizers["model"].state_dict()  # this rank's share of the gather rank 0 writes
             return
-        save_state(directory, {"model": self.model}, self.optimizers, self.schedulers,
-                   {"step": self.step_count, "epoch": self.epoch, "position": self.position,
-                    "nar_gen": self.nar_gen.get_state().tolist()})
+        save_state(
+            directory,
+            {"model": self.model},
+            self.optimizers,
+            self.schedulers,
+            {
+                "step": self.step_count,
+                "epoch": self.epoch,
+                "position": self.position,
+                "nar_gen": self.nar_gen.get_state().tolist(),
+            },
+        )
 
     def warm_start(self, model_dir: str | Path, step: int) -> None:
         """Takes the weights of a saved base model (`export`'s or ship_base's layout) and goes on at `step`: the
@@ -185,14 +221,18 @@ class CodecLMTrainer:
         model_dir = Path(model_dir)
         ar, vocab = load_ar(model_dir / "ar")
         if vocab != self.vocab:
-            raise ValueError(f"{model_dir}/ar/vocab.json is not this run's vocabulary: pretrain.warm_start must be "
-                             "a model trained on the same data (prepared with its codec: codec.path=<model>/codec)")
+            raise ValueError(
+                f"{model_dir}/ar/vocab.json is not this run's vocabulary: pretrain.warm_start must be "
+                "a model trained on the same data (prepared with its codec: codec.path=<model>/codec)"
+            )
         try:
             self.ar.load_state_dict(ar.state_dict())
             self.nar.load_state_dict(NARModel.from_pretrained(model_dir / "nar").state_dict())
         except RuntimeError as exc:  # shapes or names differ
-            raise ValueError(f"pretrain.warm_start={model_dir} does not have this config's model shape "
-                             f"(model.*): {str(exc).splitlines()[0]}") from None
+            raise ValueError(
+                f"pretrain.warm_start={model_dir} does not have this config's model shape "
+                f"(model.*): {str(exc).splitlines()[0]}"
+            ) from None
         while self.step_count < step:
             self._advance()
             self.step_count += 1

@@ -101,8 +101,17 @@ def sample(
             for start in range(0, len(todo), cfg.batch_size):
                 batch = todo[start : start + cfg.batch_size]
                 script = None if forced is None else _Script([forced[i] for i in batch], forced_ids, allowed, eos_col)
-                outs = _decode_batch(model, [prompts[i] for i in batch], [budgets[i] for i in batch],
-                                     [seeds[i] for i in batch], allowed, eos_col, pad_id, cfg, script)
+                outs = _decode_batch(
+                    model,
+                    [prompts[i] for i in batch],
+                    [budgets[i] for i in batch],
+                    [seeds[i] for i in batch],
+                    allowed,
+                    eos_col,
+                    pad_id,
+                    cfg,
+                    script,
+                )
                 for i, out in zip(batch, outs):
                     results[i] = out
     finally:
@@ -125,8 +134,9 @@ class _Script:
     def __init__(self, forced: list[list[int]], forced_ids, allowed: torch.Tensor, eos_col: int):
         column = {int(v): c for c, v in enumerate(allowed.tolist())}
         self.columns = [[column[t] for t in f] + ([eos_col] if eos_col >= 0 else []) for f in forced]
-        self.constrained = torch.isin(allowed, torch.tensor(sorted(set(forced_ids)), dtype=torch.long,
-                                                                device=allowed.device))
+        self.constrained = torch.isin(
+            allowed, torch.tensor(sorted(set(forced_ids)), dtype=torch.long, device=allowed.device)
+        )
         if eos_col >= 0:
             self.constrained[eos_col] = True
         self.done = [0] * len(forced)
@@ -145,9 +155,17 @@ class _Script:
             self.done[r] += c == w
 
 
-def _decode_batch(model: torch.nn.Module, prompts: list[list[int]], budgets: list[int], seeds: list[int],
-                  allowed: torch.Tensor, eos_col: int, pad_id: int, cfg: SamplingConfig,
-                  script: _Script | None = None) -> list[list[int]]:
+def _decode_batch(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    budgets: list[int],
+    seeds: list[int],
+    allowed: torch.Tensor,
+    eos_col: int,
+    pad_id: int,
+    cfg: SamplingConfig,
+    script: _Script | None = None,
+) -> list[list[int]]:
     device = allowed.device
     b, n_allowed = len(prompts), allowed.numel()
     lens = [len(p) for p in prompts]
@@ -167,8 +185,14 @@ def _decode_batch(model: torch.nn.Module, prompts: list[list[int]], budgets: lis
     attend = mask.bool()[:, None, None, :] if ready_mask else mask
 
     cache = _make_cache(model, prompt_len + steps)
-    logits = model(input_ids=ids, attention_mask=mask[:, :prompt_len], position_ids=positions,
-                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    logits = model(
+        input_ids=ids,
+        attention_mask=mask[:, :prompt_len],
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits[:, -1]
 
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     rows = torch.arange(b, device=device)  # request (index in this batch) of each live row
@@ -201,8 +225,13 @@ def _decode_batch(model: torch.nn.Module, prompts: list[list[int]], budgets: lis
             rows, next_pos, budget, col, attend = rows[keep], next_pos[keep], budget[keep], col[keep], attend[keep]
             noise = None if noise is None else noise[keep]
             cache.batch_select_indices(keep)
-        logits = model(input_ids=allowed[col].unsqueeze(1), attention_mask=attend[..., : prompt_len + t + 1],
-                       position_ids=next_pos.unsqueeze(1), past_key_values=cache, use_cache=True).logits[:, -1]
+        logits = model(
+            input_ids=allowed[col].unsqueeze(1),
+            attention_mask=attend[..., : prompt_len + t + 1],
+            position_ids=next_pos.unsqueeze(1),
+            past_key_values=cache,
+            use_cache=True,
+        ).logits[:, -1]
         next_pos += 1
     tokens = allowed[chosen].tolist()
     return [tokens[r][: n_out[r]] for r in range(b)]
@@ -238,8 +267,9 @@ class _PreallocatedLayer(DynamicLayer):
         super().__init__()
         self.capacity, self.length = capacity, 0
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.dtype, self.device = key_states.dtype, key_states.device
             b, h, _, dk = key_states.shape

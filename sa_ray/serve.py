@@ -65,7 +65,9 @@ def parse_request(body: object, speakers: list[str], max_text_chars: int) -> Spe
     if unknown:
         raise BadRequest(unknown[0], f"unknown field; the fields are {', '.join(_FIELDS)}")
     if ("speaker" in body) == ("prompt_wav" in body):
-        raise BadRequest("speaker", "give one voice: a `speaker` of the health answer's list, or a `prompt_wav` to clone")
+        raise BadRequest(
+            "speaker", "give one voice: a `speaker` of the health answer's list, or a `prompt_wav` to clone"
+        )
     for name in ("text", "speaker", "prompt_wav"):
         if name == "text" and name not in body:
             raise BadRequest(name, "is required")
@@ -83,8 +85,12 @@ def parse_request(body: object, speakers: list[str], max_text_chars: int) -> Spe
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise BadRequest("seed", "must be an integer in [0, 2**63)")
     temperature = body.get("temperature", 1.0)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
-            or not 0 <= temperature <= MAX_TEMPERATURE:
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not math.isfinite(temperature)
+        or not 0 <= temperature <= MAX_TEMPERATURE
+    ):
         raise BadRequest("temperature", f"must be a number in [0, {MAX_TEMPERATURE}] (0 = greedy)")
     return SpeechRequest(text, body.get("speaker"), seed, float(temperature), prompt)
 
@@ -101,8 +107,10 @@ def _prompt_audio(encoded: str) -> tuple[np.ndarray, int]:
         raise BadRequest("prompt_wav", "is not an audio file soundfile reads (wav, flac, ogg, ...)") from None
     seconds = len(wav) / sample_rate
     if not PROMPT_SECONDS[0] <= seconds <= PROMPT_SECONDS[1]:
-        raise BadRequest("prompt_wav", f"lasts {seconds:.2f} s; a voice prompt lasts {PROMPT_SECONDS[0]} to "
-                         f"{PROMPT_SECONDS[1]:.0f} s")
+        raise BadRequest(
+            "prompt_wav",
+            f"lasts {seconds:.2f} s; a voice prompt lasts {PROMPT_SECONDS[0]} to {PROMPT_SECONDS[1]:.0f} s",
+        )
     return wav, sample_rate
 
 
@@ -118,8 +126,11 @@ class RegisteredPolicy:
     @classmethod
     def of_config(cls, cfg) -> RegisteredPolicy:
         """`serve.model` of a config, looked up in its tracking store, cached under <run_dir>/serve/adapters."""
-        return cls(cfg.serve.model_uri(cfg.name), tracking.resolve_uri(cfg.tracking.uri),
-                   Path(cfg.run_dir) / "serve" / "adapters")
+        return cls(
+            cfg.serve.model_uri(cfg.name),
+            tracking.resolve_uri(cfg.tracking.uri),
+            Path(cfg.run_dir) / "serve" / "adapters",
+        )
 
     def resolve(self) -> tuple[int | None, Path | None]:
         """(version, its adapter directory); (None, None) for the base."""
@@ -137,8 +148,15 @@ class RegisteredPolicy:
 class PolicyVoice:
     """Base AR + NAR + codec, loaded once; `use` swaps in a policy version; `speak` answers one request."""
 
-    def __init__(self, base_dir: str | Path, codec: Codec, data_dir: str | Path, prompt_frames: int,
-                 phone_voice: str, forced_phones: bool = False):
+    def __init__(
+        self,
+        base_dir: str | Path,
+        codec: Codec,
+        data_dir: str | Path,
+        prompt_frames: int,
+        phone_voice: str,
+        forced_phones: bool = False,
+    ):
         self.base, self.vocab = load_ar(Path(base_dir) / "ar")
         self.nar, self.codec = NARModel.from_pretrained(Path(base_dir) / "nar"), codec
         self.phone_voice, self.forced_phones = phone_voice, forced_phones
@@ -149,8 +167,9 @@ class PolicyVoice:
     def use(self, adapter_dir: str | Path | None) -> None:
         """base + the adapter (None: the base alone), merged into a copy; the base weights stay untouched."""
         self.tts = None  # the previous version's copy goes before the next is made
-        self.tts = CodecTTS(lora.policy(self.base, adapter_dir), self.vocab, self.nar, self.codec, self.phone_voice,
-                            self.forced_phones)
+        self.tts = CodecTTS(
+            lora.policy(self.base, adapter_dir), self.vocab, self.nar, self.codec, self.phone_voice, self.forced_phones
+        )
 
     def speak(self, requests: list[SpeechRequest]) -> list[Synthesis | BadRequest]:
         """Requests that arrived together, sampled as one batch per temperature; one whose text cannot be said
@@ -172,8 +191,9 @@ class PolicyVoice:
             groups.setdefault(r.temperature, []).append((i, request, prompted))
         for temperature, group in groups.items():
             prompted = tuple([p[k][0] for _, _, p in group] for k in range(3))  # (prompts, budgets, texts) of all
-            made = self.tts.synthesize([request for _, request, _ in group], SamplingConfig(temperature=temperature),
-                                       prompted=prompted)
+            made = self.tts.synthesize(
+                [request for _, request, _ in group], SamplingConfig(temperature=temperature), prompted=prompted
+            )
             for (i, _, _), synthesis in zip(group, made):
                 out[i] = synthesis
         return out

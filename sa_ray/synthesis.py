@@ -43,8 +43,15 @@ class Synthesis:
 
 
 class CodecTTS:
-    def __init__(self, ar, vocab: Vocab, nar: NARModel, codec: Codec, phone_voice: str = "mbrola-us1",
-                 forced_phones: bool = False):
+    def __init__(
+        self,
+        ar,
+        vocab: Vocab,
+        nar: NARModel,
+        codec: Codec,
+        phone_voice: str = "mbrola-us1",
+        forced_phones: bool = False,
+    ):
         if forced_phones and not vocab.aligned:
             raise ValueError("forced phones need an aligned model (targets that write their phones)")
         self.ar, self.vocab, self.nar, self.codec = ar.eval(), vocab, nar.eval(), codec
@@ -54,8 +61,9 @@ class CodecTTS:
         self.forced_phones = forced_phones
 
     @classmethod
-    def load(cls, model_dir: str | Path, codec: Codec, phone_voice: str = "mbrola-us1",
-             forced_phones: bool = False) -> "CodecTTS":
+    def load(
+        cls, model_dir: str | Path, codec: Codec, phone_voice: str = "mbrola-us1", forced_phones: bool = False
+    ) -> CodecTTS:
         ar, vocab = load_ar(Path(model_dir) / "ar")
         return cls(ar, vocab, NARModel.from_pretrained(Path(model_dir) / "nar"), codec, phone_voice, forced_phones)
 
@@ -71,8 +79,9 @@ class CodecTTS:
             raise TextError(f"nothing to say in {text[:40]!r}: it has no speakable words")
         return chars, len(chars) * 0.08 * self.codec.frame_rate  # ~80 ms a character
 
-    def prompts(self, requests: list[Request], fit_positions: bool = False
-                ) -> tuple[list[list[int]], list[int], list[list[int]]]:
+    def prompts(
+        self, requests: list[Request], fit_positions: bool = False
+    ) -> tuple[list[list[int]], list[int], list[list[int]]]:
         """AR prompts, max new tokens and text ids of each request. `fit_positions` refuses (TextError) a request
         whose prompt and speech budget exceed the positions the model was trained on (rope would run on past
         them, into speech nobody tested: what a server must refuse, not what an evaluation of a corpus meets)."""
@@ -89,21 +98,34 @@ class CodecTTS:
             texts.append(text_ids)
             positions = self.ar.config.max_position_embeddings
             if fit_positions and len(prompts[-1]) + budgets[-1] > positions:
-                raise TextError(f"text too long for this model: its prompt ({len(prompts[-1])} tokens) and speech "
-                                f"budget ({budgets[-1]}) exceed its {positions} positions; send one sentence at a time")
+                raise TextError(
+                    f"text too long for this model: its prompt ({len(prompts[-1])} tokens) and speech "
+                    f"budget ({budgets[-1]}) exceed its {positions} positions; send one sentence at a time"
+                )
         return prompts, budgets, texts
 
-    def generate(self, requests: list[Request], sampling: SamplingConfig = SamplingConfig(), fit_positions: bool = False,
-                 prompted: tuple[list, list, list] | None = None) -> tuple[list[list[int]], list[list[int]]]:
+    def generate(
+        self,
+        requests: list[Request],
+        sampling: SamplingConfig = SamplingConfig(),
+        fit_positions: bool = False,
+        prompted: tuple[list, list, list] | None = None,
+    ) -> tuple[list[list[int]], list[list[int]]]:
         """The AR stage alone: generated target tokens and the text ids asked for, per request. `prompted`:
         what `prompts(requests)` returned, when the caller has it already."""
         prompts, budgets, texts = prompted or self.prompts(requests, fit_positions)
         forced = {"forced": texts, "forced_ids": self.vocab.text_id_range} if self.forced_phones else {}
-        return sample(self.ar, prompts, self.vocab.generation_ids(), EOS, budgets, [r.seed for r in requests],
-                      sampling, **forced), texts
+        return sample(
+            self.ar, prompts, self.vocab.generation_ids(), EOS, budgets, [r.seed for r in requests], sampling, **forced
+        ), texts
 
-    def synthesize(self, requests: list[Request], sampling: SamplingConfig = SamplingConfig(),
-                   fit_positions: bool = False, prompted: tuple[list, list, list] | None = None) -> list[Synthesis]:
+    def synthesize(
+        self,
+        requests: list[Request],
+        sampling: SamplingConfig = SamplingConfig(),
+        fit_positions: bool = False,
+        prompted: tuple[list, list, list] | None = None,
+    ) -> list[Synthesis]:
         generated, texts = self.generate(requests, sampling, fit_positions, prompted)
         return [self.finish(r, ids, t) for r, ids, t in zip(requests, generated, texts)]
 
@@ -111,7 +133,9 @@ class CodecTTS:
         """Generated AR tokens -> all codec layers (NAR) -> waveform."""
         level0, owner, ended = self.vocab.parse_target(ar_tokens)
         if len(level0) == 0:
-            return Synthesis(np.zeros(0, np.float32), np.zeros((self.codec.n_codebooks, 0), np.int64), ar_tokens, ended, text_ids)
+            return Synthesis(
+                np.zeros(0, np.float32), np.zeros((self.codec.n_codebooks, 0), np.int64), ar_tokens, ended, text_ids
+            )
         text = [i - self.vocab.text_offset for i in text_ids]
         frame_text = owner if self.vocab.aligned else None  # -1 marks frames before the first phone
         with torch.inference_mode():

@@ -16,12 +16,21 @@ PHONEME_BACKENDS = ("espeak", "chars")
 # The token that separates words in `phonemize` output (phones themselves are separated by spaces).
 WORD_SEP = "|"
 
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-         "fifteen sixteen seventeen eighteen nineteen").split()
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen"
+).split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 _SCALES = ((10**12, "trillion"), (10**9, "billion"), (10**6, "million"), (1000, "thousand"))
-_ORDINAL_IRREGULAR = {"one": "first", "two": "second", "three": "third", "five": "fifth",
-                      "eight": "eighth", "nine": "ninth", "twelve": "twelfth"}
+_ORDINAL_IRREGULAR = {
+    "one": "first",
+    "two": "second",
+    "three": "third",
+    "five": "fifth",
+    "eight": "eighth",
+    "nine": "ninth",
+    "twelve": "twelfth",
+}
 # Longer digit strings (ids, phone numbers) are read digit by digit rather than as one huge number.
 _MAX_CARDINAL_DIGITS = 15
 
@@ -100,8 +109,12 @@ def _decimal(whole: str, frac: str) -> str:
 
 
 # Currency symbol -> (unit, units, subunit, subunits).
-_CURRENCIES = {"$": ("dollar", "dollars", "cent", "cents"), "£": ("pound", "pounds", "penny", "pence"),
-               "€": ("euro", "euros", "cent", "cents"), "¥": ("yen", "yen", "sen", "sen")}
+_CURRENCIES = {
+    "$": ("dollar", "dollars", "cent", "cents"),
+    "£": ("pound", "pounds", "penny", "pence"),
+    "€": ("euro", "euros", "cent", "cents"),
+    "¥": ("yen", "yen", "sen", "sen"),
+}
 
 
 def _money(m: re.Match) -> str:
@@ -121,21 +134,45 @@ def _money(m: re.Match) -> str:
 
 
 # Abbreviations expanded whether or not a period follows (none of them is also an English word).
-_ABBREV = {"mr": "mister", "mrs": "missus", "dr": "doctor", "jr": "junior", "sr": "senior",
-           "prof": "professor", "etc": "et cetera", "vs": "versus", "mt": "mount", "sgt": "sergeant",
-           "capt": "captain", "lt": "lieutenant", "ft": "feet", "approx": "approximately"}
+_ABBREV = {
+    "mr": "mister",
+    "mrs": "missus",
+    "dr": "doctor",
+    "jr": "junior",
+    "sr": "senior",
+    "prof": "professor",
+    "etc": "et cetera",
+    "vs": "versus",
+    "mt": "mount",
+    "sgt": "sergeant",
+    "capt": "captain",
+    "lt": "lieutenant",
+    "ft": "feet",
+    "approx": "approximately",
+}
 # These are also ordinary words or letter pairs, so they only expand with their period.
-_ABBREV_DOTTED = {"ms": "miss", "gen": "general", "col": "colonel", "co": "company", "ltd": "limited",
-                  "ave": "avenue", "rd": "road", "e.g": "for example", "i.e": "that is"}
+_ABBREV_DOTTED = {
+    "ms": "miss",
+    "gen": "general",
+    "col": "colonel",
+    "co": "company",
+    "ltd": "limited",
+    "ave": "avenue",
+    "rd": "road",
+    "e.g": "for example",
+    "i.e": "that is",
+}
 
 _RE_ST = re.compile(r"\b(?i:st)\b\.?(?=(\s+[A-Z])?)")  # case-sensitive lookahead: capitalised name
 # "no." is only "number" before a digit ("No. 5"); at the end of a sentence it is the word no.
 _RE_NUMBER_SIGN = re.compile(r"\b(no)\.\s*(?=[0-9])", re.IGNORECASE)
 _RE_ABBREV = re.compile(r"\b(" + "|".join(_ABBREV) + r")\b\.?", re.IGNORECASE)
-_RE_ABBREV_DOTTED = re.compile(r"(?<![\w.])(" + "|".join(re.escape(a) for a in _ABBREV_DOTTED) + r")\.",
-                               re.IGNORECASE)
-_RE_MONEY = re.compile(r"(?P<sym>[$£€¥])\s?(?P<whole>[0-9]*)(?:\.(?P<frac>[0-9]+))?"
-                       r"(?:\s?(?P<scale>thousand|million|billion|trillion)\b)?", re.IGNORECASE)
+_RE_ABBREV_DOTTED = re.compile(r"(?<![\w.])(" + "|".join(re.escape(a) for a in _ABBREV_DOTTED) + r")\.", re.IGNORECASE)
+_RE_MONEY = re.compile(
+    r"(?P<sym>[$£€¥])\s?(?P<whole>[0-9]*)(?:\.(?P<frac>[0-9]+))?"
+    r"(?:\s?(?P<scale>thousand|million|billion|trillion)\b)?",
+    re.IGNORECASE,
+)
 _RE_PERCENT = re.compile(r"([0-9]*)(?:\.([0-9]+))?\s?%")
 _RE_CLOCK = re.compile(r"\b([0-9]{1,2}):([0-9]{2})\b")
 _RE_THOUSANDS = re.compile(r"\b[0-9]{1,3}(?:,[0-9]{3})+\b")
@@ -170,8 +207,9 @@ def normalize_text(text: str) -> str:
     text = _RE_CLOCK.sub(lambda m: f" {_clock(m[1], m[2])} ", text)
     text = _RE_THOUSANDS.sub(lambda m: m.group(0).replace(",", ""), text)
     text = _RE_MONEY.sub(lambda m: _money(m) if m["whole"] or m["frac"] else m.group(0), text)
-    text = _RE_PERCENT.sub(lambda m: (f" {_decimal(m[1], m[2]) if m[2] else _integer(m[1])} percent "
-                                      if m[1] or m[2] else m.group(0)), text)
+    text = _RE_PERCENT.sub(
+        lambda m: f" {_decimal(m[1], m[2]) if m[2] else _integer(m[1])} percent " if m[1] or m[2] else m.group(0), text
+    )
     text = _RE_ORDINAL.sub(lambda m: f" {_ordinal(int(m[1]))} ", text)
     text = _RE_DECADES.sub(lambda m: f" {_plural(_year_or_integer(m[1]))} ", text)
     text = _RE_DECIMAL.sub(lambda m: f" {_decimal(m[1], m[2])} ", text)
@@ -217,7 +255,8 @@ def _espeak_binary() -> str:
     if exe is None:
         raise RuntimeError(
             "phoneme backend 'espeak' needs the espeak-ng program, which is not on PATH: install it "
-            "(e.g. `apt-get install espeak-ng`) or use the 'chars' phoneme backend")
+            "(e.g. `apt-get install espeak-ng`) or use the 'chars' phoneme backend"
+        )
     return exe
 
 
@@ -232,7 +271,10 @@ def _run_espeak(exe: str, lines: list[str], language: str) -> list[str]:
         raise ValueError(f"invalid espeak-ng language/voice name {language!r}")
     proc = subprocess.run(
         [exe, "-q", "--ipa", "--sep=_", "-v", language],
-        input="".join(f"{line}.\n" for line in lines), capture_output=True, text=True, encoding="utf-8",
+        input="".join(f"{line}.\n" for line in lines),
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
     )
     if proc.returncode != 0:
         raise RuntimeError(f"espeak-ng failed (exit {proc.returncode}): {proc.stderr.strip()[:500]}")

@@ -11,8 +11,9 @@ import numbers
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow
 import mlflow.artifacts
@@ -29,7 +30,7 @@ def resolve_uri(uri: str) -> str:
     """Makes a relative SQLite path absolute (and its folder exist) so every process finds one store."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        path = Path(uri[len(prefix):]).resolve()
+        path = Path(uri[len(prefix) :]).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         return prefix + str(path)
     return uri
@@ -37,8 +38,13 @@ def resolve_uri(uri: str) -> str:
 
 def _artifact_root(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
+        return (Path(uri[len("sqlite:///") :]).parent / "artifacts").as_uri()
     return None  # a server or managed store decides
+
+
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces: "no data"); these are training
+# runs, so it opens on the runs table and their metric charts.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def setup(cfg: Config) -> str:
@@ -51,6 +57,8 @@ def setup(cfg: Config) -> str:
         exp_id = exp.experiment_id
     else:
         exp_id = client.create_experiment(cfg.experiment, artifact_location=_artifact_root(uri))
+    if (exp and exp.tags.get(EXPERIMENT_KIND[0])) != EXPERIMENT_KIND[1]:  # also for stores made before the tag
+        client.set_experiment_tag(exp_id, *EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
@@ -111,12 +119,15 @@ def child_run(cfg: Config, parent_run_id: str, name: str) -> str:
     """A nested run under `parent_run_id` (e.g. one per learner), created without touching the active run."""
     c = client(cfg)
     parent = c.get_run(parent_run_id)
-    existing = c.search_runs([parent.info.experiment_id],
-                             filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.mlflow.runName = '{name}'")
+    existing = c.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.mlflow.runName = '{name}'",
+    )
     if existing:  # a resumed job continues its child run
         return existing[0].info.run_id
-    return c.create_run(parent.info.experiment_id, run_name=name,
-                        tags={"mlflow.parentRunId": parent_run_id}).info.run_id
+    return c.create_run(
+        parent.info.experiment_id, run_name=name, tags={"mlflow.parentRunId": parent_run_id}
+    ).info.run_id
 
 
 def client(cfg: Config) -> MlflowClient:
@@ -145,8 +156,14 @@ def _registry_client(tracking_uri: str | None) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def register_model(name: str, run_id: str, artifact_path: str, aliases: list[str] | tuple[str, ...] = (),
-                   tags: dict | None = None, tracking_uri: str | None = None) -> int:
+def register_model(
+    name: str,
+    run_id: str,
+    artifact_path: str,
+    aliases: list[str] | tuple[str, ...] = (),
+    tags: dict | None = None,
+    tracking_uri: str | None = None,
+) -> int:
     """Registers the directory already logged at `runs:/<run_id>/<artifact_path>` as a new version of
     registered model `name` (created if missing), points `aliases` at it and returns the version.
 
@@ -166,8 +183,7 @@ def register_model(name: str, run_id: str, artifact_path: str, aliases: list[str
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         client.create_registered_model(name)
-    mv = client.create_model_version(name, source, run_id=run_id,
-                                     tags={k: str(v) for k, v in (tags or {}).items()})
+    mv = client.create_model_version(name, source, run_id=run_id, tags={k: str(v) for k, v in (tags or {}).items()})
     version = int(mv.version)
     for alias in aliases:
         if alias.lower() != _LATEST:
@@ -215,12 +231,17 @@ def download_model(uri_or_name_alias: str, dst: str | Path, tracking_uri: str) -
     except MlflowException as exc:
         if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise
-        raise FileNotFoundError(f"{uri_or_name_alias}: no such registered model version in {client.tracking_uri}") from None
+        raise FileNotFoundError(
+            f"{uri_or_name_alias}: no such registered model version in {client.tracking_uri}"
+        ) from None
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=f".{dst.name}.") as staging:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=staging,
-                                                         tracking_uri=client.tracking_uri))
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=mv.source, dst_path=staging, tracking_uri=client.tracking_uri
+            )
+        )
         if not local.is_dir():
             raise NotADirectoryError(f"{name} version {mv.version} ({mv.source}) is not a directory")
         if dst.is_dir() and not any(dst.iterdir()):

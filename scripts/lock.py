@@ -21,9 +21,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import tomllib
 from importlib.metadata import version
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 LOCKS = REPO / "requirements"
@@ -47,16 +48,28 @@ def header(name: str) -> str:
     """The lock's first lines: what it is for and a fingerprint of what it was made from in pyproject.toml."""
     made_from = {"requires-python": pyproject()["project"]["requires-python"], "requirements": requirements(name)}
     digest = hashlib.sha256(json.dumps(made_from, sort_keys=True).encode()).hexdigest()[:16]
-    return (f"# sa-ray lock '{name}' for CPython {PYTHON} on {PLATFORM}: made by `make lock`, do not edit.\n"
-            f"# pyproject fingerprint: {digest}\n")
+    return (
+        f"# sa-ray lock '{name}' for CPython {PYTHON} on {PLATFORM}: made by `make lock`, do not edit.\n"
+        f"# pyproject fingerprint: {digest}\n"
+    )
 
 
 def resolve(name: str) -> list[tuple[str, str]]:
     """(name, version) of every package pip would install for the set on a fresh machine."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        cmd = [sys.executable, "-m", "pip", "install", "-qq", "--dry-run", "--ignore-installed",
-               "--report", str(report), *requirements(name)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-qq",
+            "--dry-run",
+            "--ignore-installed",
+            "--report",
+            str(report),
+            *requirements(name),
+        ]
         env = dict(os.environ)
         if name == "gpu":  # a CUDA machine: the package index's torch (CUDA), not this machine's CPU wheel or its cap
             env.update(PIP_CONFIG_FILE=os.devnull, PIP_FIND_LINKS="", PIP_CONSTRAINT="")
@@ -85,8 +98,10 @@ def main() -> int:
         parser.error(f"unknown lock {sorted(unknown)}; the locks are {names}")
     if args.check:
         if names := stale():
-            print(f"requirements/{{{','.join(names)}}}.txt do not match pyproject.toml's dependencies: run `make lock`",
-                  file=sys.stderr)
+            print(
+                f"requirements/{{{','.join(names)}}}.txt do not match pyproject.toml's dependencies: run `make lock`",
+                file=sys.stderr,
+            )
             return 1
         print("locks match pyproject.toml")
         return 0

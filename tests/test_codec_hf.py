@@ -12,11 +12,22 @@ from sa_ray.codec.hf_codec import HFCodec
 
 # Tiny but real architectures: full-size rates (24 kHz; 75 Hz / 12.5 Hz frames), few channels.
 TINY = {
-    "encodec": dict(num_filters=4, hidden_size=16, num_lstm_layers=1, codebook_size=64,
-                    target_bandwidths=[0.75, 1.5, 3.0]),  # 1, 3, 6 layers (6 bits at 75 Hz = 450 bps)
-    "mimi": dict(num_filters=4, hidden_size=16, codebook_dim=16, vector_quantization_hidden_dimension=16,
-                 num_hidden_layers=1, intermediate_size=32, num_attention_heads=2, num_key_value_heads=2,
-                 upsample_groups=16, num_quantizers=4, codebook_size=64),
+    "encodec": dict(
+        num_filters=4, hidden_size=16, num_lstm_layers=1, codebook_size=64, target_bandwidths=[0.75, 1.5, 3.0]
+    ),  # 1, 3, 6 layers (6 bits at 75 Hz = 450 bps)
+    "mimi": dict(
+        num_filters=4,
+        hidden_size=16,
+        codebook_dim=16,
+        vector_quantization_hidden_dimension=16,
+        num_hidden_layers=1,
+        intermediate_size=32,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        upsample_groups=16,
+        num_quantizers=4,
+        codebook_size=64,
+    ),
 }
 
 
@@ -96,7 +107,10 @@ def test_save_and_load_gives_identical_codes(codec: HFCodec, tmp_path):
     loaded = HFCodec.from_pretrained(tmp_path / "codec", n_codebooks=4)
     assert loaded.kind == codec.kind
     assert (loaded.sample_rate, loaded.frame_rate, loaded.codebook_size) == (
-        codec.sample_rate, codec.frame_rate, codec.codebook_size)
+        codec.sample_rate,
+        codec.frame_rate,
+        codec.codebook_size,
+    )
     wav = speechlike(24000)
     codes = codec.encode(wav, 24000)
     assert np.array_equal(loaded.encode(wav, 24000), codes)

@@ -51,7 +51,9 @@ def _synth(path, text: str, voice: str) -> tuple[np.ndarray, int]:
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("speech")
-    train = [_synth(root / f"train{i}_{v}.wav", s, v) for i, s in enumerate(TRAIN_SENTENCES) for v in ("mb-us1", "mb-us2")]
+    train = [
+        _synth(root / f"train{i}_{v}.wav", s, v) for i, s in enumerate(TRAIN_SENTENCES) for v in ("mb-us1", "mb-us2")
+    ]
     return {"train": train, "held_out": _synth(root / "held_out.wav", HELD_OUT, "mb-us1")}
 
 

@@ -6,14 +6,25 @@ import soundfile as sf
 
 from sa_ray.config import CorpusConfig
 from sa_ray.corpus.sentences import make_sentences
-from sa_ray.corpus.synthetic import (align_sentence_ids, build_synthetic_corpus, extra_train_sentence_ids,
-                                     heldout_sentence_ids, plan_synthetic_corpus)
+from sa_ray.corpus.synthetic import (
+    align_sentence_ids,
+    build_synthetic_corpus,
+    extra_train_sentence_ids,
+    heldout_sentence_ids,
+    plan_synthetic_corpus,
+)
 from sa_ray.corpus.voices import Voice, VoiceError
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(cache_dir=str(tmp_path), n_sentences=30, heldout_sentences=5, align_sentences=4,
-                voices=["mbrola-us1", "mbrola-us2", "mbrola-en1"], heldout_voices=["mbrola-en1"])
+    base = dict(
+        cache_dir=str(tmp_path),
+        n_sentences=30,
+        heldout_sentences=5,
+        align_sentences=4,
+        voices=["mbrola-us1", "mbrola-us2", "mbrola-en1"],
+        heldout_voices=["mbrola-en1"],
+    )
     cfg = CorpusConfig(**{**base, **kw})
     cfg.validate()
     return cfg
@@ -37,7 +48,9 @@ def test_align_sentences_are_new_sentences_of_the_training_voices_only(tmp_path)
     aligned = {(v.speaker, i) for v, i, _ in plan if i in align_sentence_ids(cfg)}
     assert aligned == {(s, i) for s in ("mbrola-us1", "mbrola-us2") for i in range(30, 34)}
     # adding align sentences leaves the corpus's own sentences (what the base model trains on) unchanged
-    assert [t for _, i, t in plan if i < 30] == [t for _, _, t in plan_synthetic_corpus(_cfg(tmp_path, align_sentences=0))]
+    assert [t for _, i, t in plan if i < 30] == [
+        t for _, _, t in plan_synthetic_corpus(_cfg(tmp_path, align_sentences=0))
+    ]
     assert make_sentences(34, cfg.seed)[:30] == make_sentences(30, cfg.seed)
 
 
@@ -47,7 +60,9 @@ def test_extra_train_sentences_add_training_utterances_and_move_nothing_else(tmp
     assert list(extra_train_sentence_ids(bigger)) == list(range(34, 40))
     added = set(more) - set(plan)
     assert set(plan) < set(more)  # every utterance of the smaller corpus, the same text at the same index
-    assert {(v.speaker, i) for v, i, _ in added} == {(s, i) for s in ("mbrola-us1", "mbrola-us2") for i in range(34, 40)}
+    assert {(v.speaker, i) for v, i, _ in added} == {
+        (s, i) for s in ("mbrola-us1", "mbrola-us2") for i in range(34, 40)
+    }
     assert heldout_sentence_ids(bigger) == heldout_sentence_ids(cfg)
     assert align_sentence_ids(bigger) == align_sentence_ids(cfg)
     texts = {t for _, _, t in plan}

@@ -24,17 +24,16 @@ pytest.importorskip("deepspeed")
 
 def _trainer(rows, zero: int | None, steps: int = 20, bf16: bool = False) -> CodecLMTrainer:
     """tests/test_pretrain.py's tiny trainer, with or without ZeRO."""
-    model_cfg = ModelConfig(hidden=64, layers=2, heads=2, intermediate=128, nar_hidden=64, nar_layers=1,
-                            nar_heads=2)
-    train_cfg = PretrainConfig(steps=steps, batch_size=4, warmup_steps=2, lr=3e-3, seed=0, bf16=bf16,
-                               deepspeed=zero)
-    return CodecLMTrainer(model_cfg, train_cfg, build_vocab(rows, 32), 2, 43.066, rows,
-                          PromptBank.from_rows(rows, 20, 2))
+    model_cfg = ModelConfig(hidden=64, layers=2, heads=2, intermediate=128, nar_hidden=64, nar_layers=1, nar_heads=2)
+    train_cfg = PretrainConfig(steps=steps, batch_size=4, warmup_steps=2, lr=3e-3, seed=0, bf16=bf16, deepspeed=zero)
+    return CodecLMTrainer(
+        model_cfg, train_cfg, build_vocab(rows, 32), 2, 43.066, rows, PromptBank.from_rows(rows, 20, 2)
+    )
 
 
 @pytest.fixture(scope="module")
-def train_rows(prepared_tiny):
-    cfg, _, _ = prepared_tiny
+def train_rows(prepared_in_process):
+    cfg, _, _ = prepared_in_process
     return pq.read_table(Path(cfg.run_dir) / "data" / "train").to_pylist()
 
 
@@ -68,8 +67,10 @@ def test_zero_trains_like_plain_adamw(train_rows, monkeypatch):
     z = [m["ar_loss"] for m in steps]
     p = _losses(_trainer(train_rows, None), 20)
     z1 = _losses(_trainer(train_rows, 1), 3)
-    print(f"\nZeRO-2 init {init_s:.1f} s; ar_loss ZeRO-2 {z[0]:.4f} -> {z[-1]:.4f}, plain {p[0]:.4f} -> {p[-1]:.4f}; "
-          f"max relative gap {max(abs(a - b) / b for a, b in zip(z, p)):.2e}")
+    print(
+        f"\nZeRO-2 init {init_s:.1f} s; ar_loss ZeRO-2 {z[0]:.4f} -> {z[-1]:.4f}, plain {p[0]:.4f} -> {p[-1]:.4f}; "
+        f"max relative gap {max(abs(a - b) / b for a, b in zip(z, p)):.2e}"
+    )
     # step 1 sees the same weights, batch and dropout: the same loss. Afterwards only rounding differs
     # (ZeRO sums the gradient norm in float64 and scales by 1 / (norm / clip) instead of clip / norm).
     # Measured here: at most 7e-8 relative over 20 steps.
@@ -126,8 +127,16 @@ def _toy(zero: int | None):
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(7, 13), torch.nn.Tanh(), torch.nn.Linear(13, 5))
-    return model, make_stepper(model, model.parameters(), lr=1e-2, betas=(0.9, 0.98), weight_decay=0.01,
-                               schedule=warmup_cosine(2, 10), grad_clip=0.5, zero_stage=zero)
+    return model, make_stepper(
+        model,
+        model.parameters(),
+        lr=1e-2,
+        betas=(0.9, 0.98),
+        weight_decay=0.01,
+        schedule=warmup_cosine(2, 10),
+        grad_clip=0.5,
+        zero_stage=zero,
+    )
 
 
 def _toy_steps(stepper, rank: int, start: int, n: int) -> list[float]:
@@ -149,8 +158,9 @@ def _toy_rank(rank: int, world: int, port: int, directory: str) -> None:
 
     from sa_ray.checkpoint import load_state, save_state
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     model, stepper = _toy(2)
@@ -164,8 +174,9 @@ def _toy_rank(rank: int, world: int, port: int, directory: str) -> None:
     model, stepper = _toy(2)
     load_state(directory, {"model": model}, {"opt": stepper.optimizer}, {"opt": stepper.scheduler})
     again = _toy_steps(stepper, rank, 3, 3)
-    Path(directory, f"rank{rank}.json").write_text(json.dumps({"straight": straight, "again": again,
-                                                               "state0": state["state"][0]["exp_avg"].tolist()}))
+    Path(directory, f"rank{rank}.json").write_text(
+        json.dumps({"straight": straight, "again": again, "state0": state["state"][0]["exp_avg"].tolist()})
+    )
     dist.destroy_process_group()
 
 
@@ -186,7 +197,8 @@ def test_zero2_checkpoint_across_two_ranks_gathers_and_resumes(tmp_path):
     saved = load(tmp_path / "optim_opt.safetensors")
     model, _ = _toy(None)
     assert {k: v.shape for k, v in saved.items() if not k.endswith("step")} == {
-        f"{i}.{key}": p.shape for i, p in enumerate(model.parameters()) for key in ("exp_avg", "exp_avg_sq")}
+        f"{i}.{key}": p.shape for i, p in enumerate(model.parameters()) for key in ("exp_avg", "exp_avg_sq")
+    }
     assert (saved["0.exp_avg"] == torch.tensor(ranks[0]["state0"])).all()
     # a different world size (this process: one rank) loads the two-rank checkpoint and gathers it back
     from sa_ray.checkpoint import load_state
@@ -210,16 +222,32 @@ def test_pretrain_job_with_zero2_on_ray_train(prepared_tiny, tmp_path):
     run_dir = tmp_path / "run"  # its own run dir: a shared one would hand this run's checkpoint to other tests
     shutil.copytree(Path(cfg0.run_dir) / "data", run_dir / "data")
     shutil.copytree(Path(cfg0.run_dir) / "codec", run_dir / "codec")
-    cfg = parse([*argv, f"run_dir={run_dir}", *TINY_MODEL, "pretrain.deepspeed=2", "pretrain.steps=12",
-                 "pretrain.batch_size=4", "pretrain.checkpoint_every=6", "pretrain.eval_every=12",
-                 "pretrain.warmup_steps=2", "pretrain.lr=3e-3", "pretrain.bf16=false"], "test")[0]
+    cfg = parse(
+        [
+            *argv,
+            f"run_dir={run_dir}",
+            *TINY_MODEL,
+            "pretrain.deepspeed=2",
+            "pretrain.steps=12",
+            "pretrain.batch_size=4",
+            "pretrain.checkpoint_every=6",
+            "pretrain.eval_every=12",
+            "pretrain.warmup_steps=2",
+            "pretrain.lr=3e-3",
+            "pretrain.bf16=false",
+        ],
+        "test",
+    )[0]
     assert cfg.pretrain.deepspeed == 2
     t0 = time.perf_counter()
     model_dir = pretrain.train(cfg, run_dir, read_summary(run_dir / "data"), run_id=None)
     print(f"\nRay Train + ZeRO-2, 12 steps: {time.perf_counter() - t0:.0f} s")
     ar, vocab = load_ar(model_dir / "ar")
     assert ar.config.vocab_size == vocab.size
-    ckpts = {json.loads((d / "state.json").read_text())["extra"]["step"]: d
-             for d in (run_dir / "pretrain" / "ray").glob("checkpoint_*") if d.is_dir()}
+    ckpts = {
+        json.loads((d / "state.json").read_text())["extra"]["step"]: d
+        for d in (run_dir / "pretrain" / "ray").glob("checkpoint_*")
+        if d.is_dir()
+    }
     assert sorted(ckpts) == [6, 12]  # every checkpoint_every steps and the last, num_to_keep=2
     assert load_file(ckpts[12] / "optim_model.safetensors")["0.step"].item() == 12.0  # gathered ZeRO moments

@@ -61,8 +61,15 @@ def tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    config = LlamaConfig(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -80,7 +87,7 @@ def test_mean_pooled_states_shape_and_padding(tiny_llama):
     # exactly the mean over positions start: of the last hidden layer
     with torch.inference_mode():
         hidden = tiny_llama(torch.tensor([seqs[1]]), output_hidden_states=True).hidden_states[-1][0]
-    np.testing.assert_allclose(pooled[1], hidden[starts[1]:].mean(0).numpy(), atol=1e-5)
+    np.testing.assert_allclose(pooled[1], hidden[starts[1] :].mean(0).numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="no target positions"):
         mean_pooled_states(tiny_llama, [[1, 2]], [2])
 

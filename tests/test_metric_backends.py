@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from sa_ray.config import CorpusConfig
-from sa_ray.metrics.backends import DomainPocketSphinxASR, make_asr, make_sim, resolve_model
+from sa_ray.metrics.backends import DomainPocketSphinxASR, make_asr, make_sim
+from sa_ray.metrics.hub import resolve_model
 
 
 def _sine(seconds: float, sr: int, freq: float = 220.0) -> np.ndarray:
@@ -42,14 +43,29 @@ def tiny_whisper(tmp_path_factory) -> Path:
     """
     import torch
     from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
-                              WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer)
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )
     from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
     vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}
     languages = [f"<|{code}|>" for code in LANGUAGES]
-    specials = ["<|endoftext|>", "<|startoftranscript|>", *languages, "<|translate|>", "<|transcribe|>",
-                "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
+    specials = [
+        "<|endoftext|>",
+        "<|startoftranscript|>",
+        *languages,
+        "<|translate|>",
+        "<|transcribe|>",
+        "<|startoflm|>",
+        "<|startofprev|>",
+        "<|nospeech|>",
+        "<|notimestamps|>",
+    ]
     stamps = ["<|%.2f|>" % (i * 0.02) for i in range(1501)]
     for token in specials + stamps:
         vocab[token] = len(vocab)
@@ -58,21 +74,40 @@ def tiny_whisper(tmp_path_factory) -> Path:
     tokenizer.add_tokens(stamps)
 
     eot, sot = vocab["<|endoftext|>"], vocab["<|startoftranscript|>"]
-    config = WhisperConfig(vocab_size=len(vocab), num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1,
-                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
-                           decoder_ffn_dim=64, max_source_positions=1500, max_target_positions=32,
-                           decoder_start_token_id=sot, pad_token_id=eot, bos_token_id=eot, eos_token_id=eot,
-                           begin_suppress_tokens=None)
+    config = WhisperConfig(
+        vocab_size=len(vocab),
+        num_mel_bins=80,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_source_positions=1500,
+        max_target_positions=32,
+        decoder_start_token_id=sot,
+        pad_token_id=eot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        begin_suppress_tokens=None,
+    )
     torch.manual_seed(0)
     model = WhisperForConditionalGeneration(config)
     # A random decoder would happily emit special and timestamp tokens, which a trained one does not do
     # after <|notimestamps|>: suppressing them makes it "say" byte tokens, so decoding yields real text.
     model.generation_config = GenerationConfig(
-        decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot, max_length=24,
-        is_multilingual=True, lang_to_id={t: vocab[t] for t in languages},
+        decoder_start_token_id=sot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        bos_token_id=eot,
+        max_length=24,
+        is_multilingual=True,
+        lang_to_id={t: vocab[t] for t in languages},
         task_to_id={"translate": vocab["<|translate|>"], "transcribe": vocab["<|transcribe|>"]},
         no_timestamps_token_id=vocab["<|notimestamps|>"],
-        suppress_tokens=[vocab[t] for t in specials + stamps if t != "<|endoftext|>"])
+        suppress_tokens=[vocab[t] for t in specials + stamps if t != "<|endoftext|>"],
+    )
     out = tmp_path_factory.mktemp("models") / "tiny-whisper"
     model.save_pretrained(out)
     WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer).save_pretrained(out)
@@ -85,15 +120,25 @@ def tiny_wavlm(tmp_path_factory) -> Path:
     import torch
     from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMForXVector
 
-    config = WavLMConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                         conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-                         num_buckets=32, max_bucket_distance=100, tdnn_dim=(16, 16, 16, 16, 32),
-                         xvector_output_dim=16)
+    config = WavLMConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        num_buckets=32,
+        max_bucket_distance=100,
+        tdnn_dim=(16, 16, 16, 16, 32),
+        xvector_output_dim=16,
+    )
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("models") / "tiny-wavlm-sv"
     WavLMForXVector(config).save_pretrained(out)
-    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
-                             return_attention_mask=True).save_pretrained(out)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=True
+    ).save_pretrained(out)
     return out
 
 
@@ -104,8 +149,7 @@ def tiny_wavlm(tmp_path_factory) -> Path:
 def test_pocketsphinx_default_is_the_domain_lm_recogniser(tmp_path):
     from sa_ray.metrics.asr import PocketSphinxASR
 
-    pq.write_table(pa.table({"text": ["the cat sat on the mat", "a dog ran to the red house"]}),
-                   tmp_path / "train")
+    pq.write_table(pa.table({"text": ["the cat sat on the mat", "a dog ran to the red house"]}), tmp_path / "train")
     corpus = CorpusConfig(kind="librispeech", root=str(tmp_path))  # recorded corpus: LM of the train text
     asr = make_asr("pocketsphinx", tmp_path, corpus)
     assert isinstance(asr, DomainPocketSphinxASR) and isinstance(asr.asr, PocketSphinxASR)
@@ -117,6 +161,41 @@ def test_pocketsphinx_default_is_the_domain_lm_recogniser(tmp_path):
     built = []
     asr = make_asr("pocketsphinx-domain-lm", tmp_path, corpus, domain_asr=lambda d, c: built.append(d) or "x")
     assert built == [tmp_path] and asr.asr == "x"
+
+
+def test_domain_lm_lands_whole_when_another_process_builds_it_too(tmp_path, monkeypatch):
+    """Roles starting together each build the LM: the first one in place is kept, no builder leaves a trace."""
+    from sa_ray.metrics import asr as asr_module
+
+    pq.write_table(pa.table({"text": ["the cat sat on the mat", "a dog ran to the red house"]}), tmp_path / "train")
+    build = asr_module.build_domain_lm
+
+    def racing(sentences, out_dir):
+        build(sentences, tmp_path / "asr_lm")  # another process finishes first
+        (tmp_path / "asr_lm" / "theirs").write_text("")
+        return build(sentences, out_dir)
+
+    monkeypatch.setattr(asr_module, "build_domain_lm", racing)
+    asr = asr_module.domain_asr(tmp_path, CorpusConfig(kind="librispeech", root=str(tmp_path)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["asr_lm", "train"]
+    assert sorted(p.name for p in (tmp_path / "asr_lm").iterdir()) == ["domain.dict", "domain.lm", "theirs"]
+    assert asr.backend == "pocketsphinx+lm:domain.lm"
+
+
+def test_metrics_import_nothing_above_them():
+    """The metrics are the bottom of evaluation: no module of the package imports evaluation or a role, and
+    the backends' model helpers live apart from the factory that imports the backends."""
+    import ast
+
+    import sa_ray.metrics
+
+    for path in Path(sa_ray.metrics.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {m for m in names if m.startswith(("sa_ray.evaluation", "actors", "jobs"))}, path.name
+        if path.stem != "backends":
+            assert "sa_ray.metrics.backends" not in names, path.name
 
 
 def test_resemblyzer_is_the_default_sim():
@@ -170,8 +249,12 @@ def test_whisper_transcribes_resampled_audio_and_batches_like_single_items(tiny_
 
     text = asr.transcribe(_sine(1.0, 22050), 22050)
     assert isinstance(text, str) and text  # the tiny model "says" bytes: some text comes out
-    items = [(_sine(1.0, 22050), 22050), (_noise(0.5, 16000, 1), 16000), (np.zeros(0, np.float32), 16000),
-             (_noise(31.0, 16000, 2), 16000)]  # over Whisper's 30 s window: long-form decoding
+    items = [
+        (_sine(1.0, 22050), 22050),
+        (_noise(0.5, 16000, 1), 16000),
+        (np.zeros(0, np.float32), 16000),
+        (_noise(31.0, 16000, 2), 16000),
+    ]  # over Whisper's 30 s window: long-form decoding
     asr.batch_size = 2
     batch = asr.transcribe_batch(items)
     assert batch == [asr.transcribe(w, sr) for w, sr in items]
@@ -202,13 +285,22 @@ def _tiny_audio_model(out: Path, num_labels: int) -> Path:
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
 
-    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                            conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-                            classifier_proj_size=16, num_labels=num_labels)
+    config = Wav2Vec2Config(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        classifier_proj_size=16,
+        num_labels=num_labels,
+    )
     torch.manual_seed(0)
     Wav2Vec2ForSequenceClassification(config).save_pretrained(out)
-    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
-                             return_attention_mask=True).save_pretrained(out)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=True
+    ).save_pretrained(out)
     return out
 
 

@@ -22,8 +22,12 @@ def _one_thread():
 
 
 def tiny_config(**kw) -> NARConfig:
-    return NARConfig(n_codebooks=L, codebook_size=C, n_text_tokens=N_TEXT,
-                     **{"hidden": 64, "layers": 2, "heads": 4, "ff": 128, "dropout": 0.0, **kw})
+    return NARConfig(
+        n_codebooks=L,
+        codebook_size=C,
+        n_text_tokens=N_TEXT,
+        **{"hidden": 64, "layers": 2, "heads": 4, "ff": 128, "dropout": 0.0, **kw},
+    )
 
 
 def utterance(rng: np.random.Generator, aligned: bool = True) -> tuple[list[int], np.ndarray, np.ndarray]:
@@ -61,8 +65,16 @@ def test_forward_loss_generate_shapes():
     model = NARModel(tiny_config(dropout=0.1))
     batch = collate_nar(examples(np.random.default_rng(0), 4))
     B, T = batch["code_mask"].shape
-    logits = model(batch["text"], batch["text_mask"], batch["prompt"], batch["prompt_mask"], batch["codes"],
-                   batch["frame_text"], batch["code_mask"], torch.tensor([1, 2, 1, 2]))
+    logits = model(
+        batch["text"],
+        batch["text_mask"],
+        batch["prompt"],
+        batch["prompt_mask"],
+        batch["codes"],
+        batch["frame_text"],
+        batch["code_mask"],
+        torch.tensor([1, 2, 1, 2]),
+    )
     assert logits.shape == (B, T, C) and torch.isfinite(logits).all()
     loss, stats = model.loss(batch, torch.Generator().manual_seed(0))
     assert loss.ndim == 0 and torch.isfinite(loss) and set(stats) == {"nar_loss", "nar_acc"}

@@ -33,8 +33,21 @@ def test_prepare_writes_every_split_with_the_documented_schema(prepared_tiny):
     assert summary["quarantined"] == 0 and summary["kept"] == summary["utterances"] == 118
 
     train = _table(cfg.run_dir, "train")
-    for col in ["utt_id", "speaker", "split", "text", "text_norm", "phonemes", "frames", "duration",
-                "codes_0", "codes_1", "source", "phones", "phone_ms"]:
+    for col in [
+        "utt_id",
+        "speaker",
+        "split",
+        "text",
+        "text_norm",
+        "phonemes",
+        "frames",
+        "duration",
+        "codes_0",
+        "codes_1",
+        "source",
+        "phones",
+        "phone_ms",
+    ]:
         assert col in train.column_names, col
     rows = train.to_pylist()
     assert [r["utt_id"] for r in rows] == sorted(r["utt_id"] for r in rows)
@@ -130,10 +143,21 @@ def bad_corpus(tmp_path):
 
 
 def _bad_argv(tmp, root, *extra):
-    return ["--config", str(REPO / "configs" / "tiny.yaml"), f"run_dir={tmp / 'run'}",
-            "corpus.kind=librispeech", f"corpus.root={root}", "corpus.heldout_sentences=0", "corpus.align_sentences=0",
-            f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}", "codec.n_codebooks=2", "codec.codebook_size=8",
-            "prepare.encoders=1", "prepare.batch_size=4", *extra]
+    return [
+        "--config",
+        str(REPO / "configs" / "tiny.yaml"),
+        f"run_dir={tmp / 'run'}",
+        "corpus.kind=librispeech",
+        f"corpus.root={root}",
+        "corpus.heldout_sentences=0",
+        "corpus.align_sentences=0",
+        f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+        "codec.n_codebooks=2",
+        "codec.codebook_size=8",
+        "prepare.encoders=1",
+        "prepare.batch_size=4",
+        *extra,
+    ]
 
 
 def test_bad_files_are_quarantined_with_their_reason(tmp_path, bad_corpus, ray_local):

@@ -15,13 +15,21 @@ from sa_ray.models.ar import IGNORE
 from sa_ray.models.vocab import SEP, SPEECH
 from tests.conftest import tiny_trainer
 
-TINY_MODEL = ["model.hidden=64", "model.layers=2", "model.heads=2", "model.intermediate=128",
-              "model.nar_hidden=64", "model.nar_layers=1", "model.nar_heads=2", "model.prompt_seconds=1.0"]
+TINY_MODEL = [
+    "model.hidden=64",
+    "model.layers=2",
+    "model.heads=2",
+    "model.intermediate=128",
+    "model.nar_hidden=64",
+    "model.nar_layers=1",
+    "model.nar_heads=2",
+    "model.prompt_seconds=1.0",
+]
 
 
 @pytest.fixture(scope="module")
-def train_rows(prepared_tiny):
-    cfg, _, _ = prepared_tiny
+def train_rows(prepared_in_process):
+    cfg, _, _ = prepared_in_process
     return pq.read_table(Path(cfg.run_dir) / "data" / "train").to_pylist()
 
 
@@ -115,6 +123,24 @@ def test_batches_follow_the_model_to_its_device(train_rows):
 
 
 @pytest.mark.slow
+def test_the_in_process_slice_is_what_the_prepare_job_writes(prepared_in_process, prepared_tiny):
+    """The unit tier trains on conftest's prepare_in_process (jobs.prepare's library calls without Ray Data):
+    it must be the job's slice, so that what the unit tests show holds for the job's data. The same summary
+    (fingerprint included), codec and rows, split by split."""
+    from sa_ray.codec.mel_kmeans import MelKMeansCodec
+    from sa_ray.data.prepare import SPLITS
+
+    (local, _, local_summary), (job, _, job_summary) = prepared_in_process, prepared_tiny
+    assert local_summary == job_summary
+    local_dir, job_dir = Path(local.run_dir), Path(job.run_dir)
+    assert MelKMeansCodec.load(local_dir / "codec").content_hash == MelKMeansCodec.load(job_dir / "codec").content_hash
+    for split in (*SPLITS, "quarantine"):
+        rows = pq.read_table(local_dir / "data" / split).to_pylist()
+        assert rows == pq.read_table(job_dir / "data" / split).to_pylist(), split
+        assert rows or split == "quarantine", split
+
+
+@pytest.mark.slow
 def test_pretrain_job_trains_on_ray_exports_and_evaluates(prepared_tiny, tmp_path, capsys):
     from jobs import pretrain
     from sa_ray import tracking
@@ -122,9 +148,17 @@ def test_pretrain_job_trains_on_ray_exports_and_evaluates(prepared_tiny, tmp_pat
     from sa_ray.models.nar import NARModel
 
     cfg, argv, _ = prepared_tiny
-    argv = [*argv, *TINY_MODEL, "pretrain.steps=40", "pretrain.batch_size=8", "pretrain.eval_every=20",
-            "pretrain.checkpoint_every=20", "pretrain.warmup_steps=5", "pretrain.lr=3e-3",
-            "pretrain.eval_utterances=3"]
+    argv = [
+        *argv,
+        *TINY_MODEL,
+        "pretrain.steps=40",
+        "pretrain.batch_size=8",
+        "pretrain.eval_every=20",
+        "pretrain.checkpoint_every=20",
+        "pretrain.warmup_steps=5",
+        "pretrain.lr=3e-3",
+        "pretrain.eval_utterances=3",
+    ]
     out = pretrain.main(argv)
     model_dir = Path(out["model_dir"])
     ar, vocab = load_ar(model_dir / "ar")
@@ -138,8 +172,9 @@ def test_pretrain_job_trains_on_ray_exports_and_evaluates(prepared_tiny, tmp_pat
 
     client = tracking.client(cfg)
     exp = client.get_experiment_by_name(cfg.experiment)
-    run = client.search_runs([exp.experiment_id], filter_string="tags.`sa_ray.job` = 'pretrain'",
-                             order_by=["start_time DESC"])[0]
+    run = client.search_runs(
+        [exp.experiment_id], filter_string="tags.`sa_ray.job` = 'pretrain'", order_by=["start_time DESC"]
+    )[0]
     heldout = [h.value for h in client.get_metric_history(run.info.run_id, "heldout_ar_loss")]
     assert len(heldout) == 2 and heldout[-1] < heldout[0]  # training lowers the held-out loss
     assert "heldout_sentences_wer" in run.data.metrics
@@ -148,8 +183,9 @@ def test_pretrain_job_trains_on_ray_exports_and_evaluates(prepared_tiny, tmp_pat
     # so nothing trains again and the exported model is the same
     weights = (model_dir / "ar" / "model.safetensors").read_bytes()
     pretrain.main(argv)
-    rerun = client.search_runs([exp.experiment_id], filter_string="tags.`sa_ray.job` = 'pretrain'",
-                               order_by=["start_time DESC"])[0]
+    rerun = client.search_runs(
+        [exp.experiment_id], filter_string="tags.`sa_ray.job` = 'pretrain'", order_by=["start_time DESC"]
+    )[0]
     assert rerun.info.run_id != run.info.run_id and "ar_loss" not in rerun.data.metrics
     assert (model_dir / "ar" / "model.safetensors").read_bytes() == weights
 
@@ -157,10 +193,19 @@ def test_pretrain_job_trains_on_ray_exports_and_evaluates(prepared_tiny, tmp_pat
     warm_dir = tmp_path / "warm"
     for part in ("data", "codec"):
         shutil.copytree(Path(cfg.run_dir) / part, warm_dir / part)
-    pretrain.main([*argv, f"run_dir={warm_dir}", "pretrain.steps=60", f"pretrain.warm_start={model_dir}",
-                   "pretrain.warm_start_step=40", "pretrain.eval_utterances=0"])
-    warm = client.search_runs([exp.experiment_id], filter_string="tags.`sa_ray.job` = 'pretrain'",
-                              order_by=["start_time DESC"])[0]
+    pretrain.main(
+        [
+            *argv,
+            f"run_dir={warm_dir}",
+            "pretrain.steps=60",
+            f"pretrain.warm_start={model_dir}",
+            "pretrain.warm_start_step=40",
+            "pretrain.eval_utterances=0",
+        ]
+    )
+    warm = client.search_runs(
+        [exp.experiment_id], filter_string="tags.`sa_ray.job` = 'pretrain'", order_by=["start_time DESC"]
+    )[0]
     curve = {h.step: h.value for h in client.get_metric_history(warm.info.run_id, "heldout_ar_loss")}
     assert sorted(curve) == [40, 60] and curve[40] == pytest.approx(heldout[-1], abs=1e-5)
 
@@ -170,8 +215,21 @@ def test_pretrain_job_trains_on_ray_exports_and_evaluates(prepared_tiny, tmp_pat
     from sa_ray.corpus.voices import Voice
 
     text = "The cat sat on the mat."
-    wav_path = synthesize.main(["--config", argv[1], "--text", text, "--speaker", "mbrola-us2",
-                                "--model", str(model_dir), "--out", str(tmp_path / "cat.wav"), *argv[2:]])
+    wav_path = synthesize.main(
+        [
+            "--config",
+            argv[1],
+            "--text",
+            text,
+            "--speaker",
+            "mbrola-us2",
+            "--model",
+            str(model_dir),
+            "--out",
+            str(tmp_path / "cat.wav"),
+            *argv[2:],
+        ]
+    )
     wav, sr = read_wav(wav_path)
     expected = sum(Voice.parse("mbrola-us1").phones(text)[1]) / 1000
     assert 0.05 < len(wav) / sr <= 2.5 * expected

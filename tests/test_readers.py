@@ -71,8 +71,11 @@ def test_libritts(tmp_path: Path):
     _audio(root / "652" / "130726" / "652_130726_000002_000000.wav", sr=24000)
 
     utts = read_libritts(root)
-    assert [u.utt_id for u in utts] == ["652_130726_000002_000000", "84_121123_000007_000001",
-                                        "84_121123_000008_000000"]
+    assert [u.utt_id for u in utts] == [
+        "652_130726_000002_000000",
+        "84_121123_000007_000001",
+        "84_121123_000008_000000",
+    ]
     assert [u.speaker for u in utts] == ["652", "84", "84"]
     assert [u.text for u in utts] == ["Second speaker.", "Only the original text.", "Go, do you hear?"]
     assert utts[2].audio_path == str(d.absolute() / "84_121123_000008_000000.wav")

@@ -7,8 +7,7 @@ import copy
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
-from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
-                                                    TopPLogitsWarper)
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from sa_ray.models.vocab import EOS, PAD, Vocab
 from sa_ray.sampling import SamplingConfig, sample
@@ -29,10 +28,19 @@ def one_thread():
 @pytest.fixture(scope="module")
 def model() -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB.size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=4, intermediate_size=128, max_position_embeddings=256,
-                         initializer_range=0.1,  # peakier distributions than the default 0.02
-                         bos_token_id=1, eos_token_id=EOS, pad_token_id=PAD)
+    config = LlamaConfig(
+        vocab_size=VOCAB.size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=256,
+        initializer_range=0.1,  # peakier distributions than the default 0.02
+        bos_token_id=1,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -72,18 +80,35 @@ def test_seeds_honoured(model):
     assert len({tuple(x) for x in same}) == 4
 
 
-@pytest.mark.parametrize("cfg", [SamplingConfig(temperature=1.0), SamplingConfig(temperature=0.8, top_k=5),
-                                 SamplingConfig(temperature=1.2, top_p=0.9), SamplingConfig(temperature=0)])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SamplingConfig(temperature=1.0),
+        SamplingConfig(temperature=0.8, top_k=5),
+        SamplingConfig(temperature=1.2, top_p=0.9),
+        SamplingConfig(temperature=0),
+    ],
+)
 def test_batch_composition_independence(model, cfg):
     n = 14
     prompts = make_prompts(n, seed=1)
     budgets = [5 + 3 * i for i in range(n)]
     seeds = [1000 + i for i in range(n)]
     ref = sample(model, prompts, ALLOWED, EOS, budgets, seeds, SamplingConfig(**{**cfg.__dict__, "batch_size": n}))
-    for batch_size, order in ((5, list(reversed(range(n)))), (1, list(range(n))), (4, [3, 11, 0, 7, 13, 1, 9, 2,
-                                                                                       12, 5, 8, 4, 10, 6])):
-        got = sample(model, [prompts[i] for i in order], ALLOWED, EOS, [budgets[i] for i in order],
-                     [seeds[i] for i in order], SamplingConfig(**{**cfg.__dict__, "batch_size": batch_size}))
+    for batch_size, order in (
+        (5, list(reversed(range(n)))),
+        (1, list(range(n))),
+        (4, [3, 11, 0, 7, 13, 1, 9, 2, 12, 5, 8, 4, 10, 6]),
+    ):
+        got = sample(
+            model,
+            [prompts[i] for i in order],
+            ALLOWED,
+            EOS,
+            [budgets[i] for i in order],
+            [seeds[i] for i in order],
+            SamplingConfig(**{**cfg.__dict__, "batch_size": batch_size}),
+        )
         assert [got[order.index(i)] for i in range(n)] == ref
     # A request sampled next to different neighbours, or with a larger budget, keeps its tokens.
     alone = sample(model, [prompts[3]], ALLOWED, EOS, 60, [seeds[3]], cfg)[0]
@@ -107,16 +132,23 @@ def test_variable_max_new_tokens(model):
     budgets = [0, 1, 4, 17, 9, 30]
     no_eos = sample(model, prompts, CODES, EOS, budgets, seeds=list(range(6)), cfg=SamplingConfig(batch_size=4))
     assert [len(o) for o in no_eos] == budgets
-    with_eos = sample(model, prompts, [EOS, *CODES[:3]], EOS, budgets, seeds=list(range(6)),
-                      cfg=SamplingConfig(batch_size=4))
+    with_eos = sample(
+        model, prompts, [EOS, *CODES[:3]], EOS, budgets, seeds=list(range(6)), cfg=SamplingConfig(batch_size=4)
+    )
     assert all(len(o) == b or (o and o[-1] == EOS and len(o) <= b) for o, b in zip(with_eos, budgets))
 
 
 def generate_greedy(model, prompt: list[int], allowed: list[int], n: int) -> list[int]:
     ids = torch.tensor([prompt])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
-                         eos_token_id=EOS, pad_token_id=PAD,
-                         suppress_tokens=[i for i in range(VOCAB.size) if i not in allowed])[0, len(prompt):].tolist()
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=n,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        suppress_tokens=[i for i in range(VOCAB.size) if i not in allowed],
+    )[0, len(prompt) :].tolist()
     return out[: out.index(EOS) + 1] if EOS in out else out
 
 
@@ -135,15 +167,24 @@ def test_greedy_matches_generate(model, allowed, attention):
 def test_top_k_1_and_tiny_top_p_are_greedy(model):
     prompts = make_prompts(10, seed=5)
     greedy = sample(model, prompts, ALLOWED, EOS, 25, seeds=0, cfg=SamplingConfig(temperature=0))
-    assert sample(model, prompts, ALLOWED, EOS, 25, seeds=list(range(10)),
-                  cfg=SamplingConfig(temperature=1.3, top_k=1)) == greedy
-    assert sample(model, prompts, ALLOWED, EOS, 25, seeds=list(range(10)),
-                  cfg=SamplingConfig(temperature=1.0, top_p=1e-6)) == greedy
+    assert (
+        sample(model, prompts, ALLOWED, EOS, 25, seeds=list(range(10)), cfg=SamplingConfig(temperature=1.3, top_k=1))
+        == greedy
+    )
+    assert (
+        sample(model, prompts, ALLOWED, EOS, 25, seeds=list(range(10)), cfg=SamplingConfig(temperature=1.0, top_p=1e-6))
+        == greedy
+    )
 
 
-@pytest.mark.parametrize("cfg", [SamplingConfig(temperature=0.7, batch_size=512),
-                                 SamplingConfig(temperature=1.0, top_k=6, batch_size=512),
-                                 SamplingConfig(temperature=1.5, top_p=0.5, batch_size=512)])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SamplingConfig(temperature=0.7, batch_size=512),
+        SamplingConfig(temperature=1.0, top_k=6, batch_size=512),
+        SamplingConfig(temperature=1.5, top_p=0.5, batch_size=512),
+    ],
+)
 def test_first_token_distribution_matches_warpers(model, cfg):
     """The empirical first-token distribution is transformers' warped softmax over the allowed ids."""
     prompt, allowed, n = make_prompts(1, seed=6)[0], [EOS, *CODES[:12]], 3000
@@ -151,8 +192,11 @@ def test_first_token_distribution_matches_warpers(model, cfg):
         logits = model(torch.tensor([prompt])).logits[:, -1]
     masked = torch.full_like(logits, float("-inf"))
     masked[:, allowed] = logits[:, allowed]
-    for warper in (TemperatureLogitsWarper(cfg.temperature), TopKLogitsWarper(cfg.top_k or VOCAB.size),
-                   TopPLogitsWarper(cfg.top_p)):
+    for warper in (
+        TemperatureLogitsWarper(cfg.temperature),
+        TopKLogitsWarper(cfg.top_k or VOCAB.size),
+        TopPLogitsWarper(cfg.top_p),
+    ):
         masked = warper(None, masked)
     expected = masked.softmax(-1)[0]
     outs = sample(model, [prompt] * n, allowed, EOS, 1, seeds=list(range(n)), cfg=cfg)

@@ -68,7 +68,7 @@ def test_no_two_sentences_share_more_than_60_percent_in_order():
     # Exhaustive over all pairs of a smaller sample (the filter is exact; this checks it).
     tokens = [_words(s) for s in make_sentences(400, seed=3)]
     for i, a in enumerate(tokens):
-        for b in tokens[i + 1:]:
+        for b in tokens[i + 1 :]:
             assert _lcs(a, b) <= 0.6 * max(len(a), len(b)), (a, b)
 
 

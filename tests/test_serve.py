@@ -48,8 +48,15 @@ def endpoint(prepared_tiny, tiny_base, corpus_cache, tmp_path_factory, ray_local
     _, prepared_argv, _ = prepared_tiny
     tmp = tmp_path_factory.mktemp("serve")
     copy_prepared(config_of(prepared_argv).run_dir, tmp)
-    argv = tiny_argv(tmp, corpus_cache, f"align.base_model={tiny_base}", f"serve.port={_free_port()}",
-                     "serve.refresh_seconds=0", "serve.num_cpus=0.5", "serve.batch_wait_seconds=0.5")
+    argv = tiny_argv(
+        tmp,
+        corpus_cache,
+        f"align.base_model={tiny_base}",
+        f"serve.port={_free_port()}",
+        "serve.refresh_seconds=0",
+        "serve.num_cpus=0.5",
+        "serve.batch_wait_seconds=0.5",
+    )
     url = serve_job.main([*argv, "--detach"])
     yield url, config_of(argv)
     serve.shutdown()
@@ -59,8 +66,15 @@ def test_a_version_that_is_not_registered_is_refused_before_deploying(endpoint, 
     from jobs import serve as serve_job
 
     url, cfg = endpoint
-    argv = ["--config", "configs/tiny.yaml", f"run_dir={cfg.run_dir}", f"tracking.uri={cfg.tracking.uri}",
-            f"align.base_model={tiny_base}", "serve.model=models:/tiny-policy/9", "--detach"]
+    argv = [
+        "--config",
+        "configs/tiny.yaml",
+        f"run_dir={cfg.run_dir}",
+        f"tracking.uri={cfg.tracking.uri}",
+        f"align.base_model={tiny_base}",
+        "serve.model=models:/tiny-policy/9",
+        "--detach",
+    ]
     with pytest.raises(FileNotFoundError, match="models:/tiny-policy/9: no such registered model version"):
         serve_job.main(argv)
     assert _call(f"{url}/health")[0] == 200  # the running endpoint is untouched
@@ -111,27 +125,34 @@ def test_requests_arriving_together_share_a_batch_and_a_bad_one_fails_alone(endp
     assert json.loads(_call(f"{url}/health")[2])["largest_batch"] >= 2
 
 
-@pytest.mark.parametrize("body, status, field", [
-    (b"{not json", 400, "body"),
-    ([1, 2], 422, "body"),
-    ({"speaker": "mbrola-us1"}, 422, "text"),
-    ({"text": 7, "speaker": "mbrola-us1"}, 422, "text"),
-    ({"text": "   ", "speaker": "mbrola-us1"}, 422, "text"),
-    ({"text": "Hello there. " * 40, "speaker": "mbrola-us1"}, 422, "text"),  # over serve.max_text_chars
-    ({"text": "Hello there, all of you. " * 15, "speaker": "mbrola-us1"}, 422, "text"),  # over the model's positions
-    ({"text": "... -- ...", "speaker": "mbrola-us1"}, 422, "text"),  # nothing to say
-    ({"text": "Hello.", "speaker": "nobody"}, 422, "speaker"),
-    ({"text": "Hello.", "speaker": "mbrola-us1", "seed": -1}, 422, "seed"),
-    ({"text": "Hello.", "speaker": "mbrola-us1", "seed": True}, 422, "seed"),
-    ({"text": "Hello.", "speaker": "mbrola-us1", "temperature": 9}, 422, "temperature"),
-    ({"text": "Hello.", "speaker": "mbrola-us1", "temperature": "hot"}, 422, "temperature"),
-    ({"text": "Hello.", "speaker": "mbrola-us1", "voice": "x"}, 422, "voice"),
-    ({"text": "Hello."}, 422, "speaker"),  # no voice
-    ({"text": "Hello.", "speaker": "mbrola-us1", "prompt_wav": _b64_wav(1.0)}, 422, "speaker"),  # two voices
-    ({"text": "Hello.", "prompt_wav": "not base64!"}, 422, "prompt_wav"),
-    ({"text": "Hello.", "prompt_wav": base64.b64encode(b"RIFF but not audio").decode()}, 422, "prompt_wav"),
-    ({"text": "Hello.", "prompt_wav": _b64_wav(0.1)}, 422, "prompt_wav"),  # too short to hear a voice in
-])
+@pytest.mark.parametrize(
+    "body, status, field",
+    [
+        (b"{not json", 400, "body"),
+        ([1, 2], 422, "body"),
+        ({"speaker": "mbrola-us1"}, 422, "text"),
+        ({"text": 7, "speaker": "mbrola-us1"}, 422, "text"),
+        ({"text": "   ", "speaker": "mbrola-us1"}, 422, "text"),
+        ({"text": "Hello there. " * 40, "speaker": "mbrola-us1"}, 422, "text"),  # over serve.max_text_chars
+        (
+            {"text": "Hello there, all of you. " * 15, "speaker": "mbrola-us1"},
+            422,
+            "text",
+        ),  # over the model's positions
+        ({"text": "... -- ...", "speaker": "mbrola-us1"}, 422, "text"),  # nothing to say
+        ({"text": "Hello.", "speaker": "nobody"}, 422, "speaker"),
+        ({"text": "Hello.", "speaker": "mbrola-us1", "seed": -1}, 422, "seed"),
+        ({"text": "Hello.", "speaker": "mbrola-us1", "seed": True}, 422, "seed"),
+        ({"text": "Hello.", "speaker": "mbrola-us1", "temperature": 9}, 422, "temperature"),
+        ({"text": "Hello.", "speaker": "mbrola-us1", "temperature": "hot"}, 422, "temperature"),
+        ({"text": "Hello.", "speaker": "mbrola-us1", "voice": "x"}, 422, "voice"),
+        ({"text": "Hello."}, 422, "speaker"),  # no voice
+        ({"text": "Hello.", "speaker": "mbrola-us1", "prompt_wav": _b64_wav(1.0)}, 422, "speaker"),  # two voices
+        ({"text": "Hello.", "prompt_wav": "not base64!"}, 422, "prompt_wav"),
+        ({"text": "Hello.", "prompt_wav": base64.b64encode(b"RIFF but not audio").decode()}, 422, "prompt_wav"),
+        ({"text": "Hello.", "prompt_wav": _b64_wav(0.1)}, 422, "prompt_wav"),  # too short to hear a voice in
+    ],
+)
 def test_bad_requests_get_a_4xx_json_error_naming_the_field(endpoint, body, status, field):
     url, _ = endpoint
     got, headers, content = _call(f"{url}/synthesize", body)
@@ -195,10 +216,18 @@ def test_the_listening_page_speaks_in_chromium(endpoint, tmp_path):
         page.fill("#text", "The cat sat on the mat.")
         page.click("#speak")
         audio = page.wait_for_selector("#takes li audio")
-        duration = audio.evaluate("a => new Promise(done => a.readyState >= 1 ? done(a.duration)"
-                                  " : a.addEventListener('loadedmetadata', () => done(a.duration)))")
-        same, sample_rate = sf.read(io.BytesIO(_call(f"{url}/synthesize", {
-            "text": "The cat sat on the mat.", "speaker": "mbrola-us2", "seed": 0, "temperature": 1.0})[2]))
+        duration = audio.evaluate(
+            "a => new Promise(done => a.readyState >= 1 ? done(a.duration)"
+            " : a.addEventListener('loadedmetadata', () => done(a.duration)))"
+        )
+        same, sample_rate = sf.read(
+            io.BytesIO(
+                _call(
+                    f"{url}/synthesize",
+                    {"text": "The cat sat on the mat.", "speaker": "mbrola-us2", "seed": 0, "temperature": 1.0},
+                )[2]
+            )
+        )
         assert duration == pytest.approx(len(same) / sample_rate, abs=1e-3) and duration > 0  # the endpoint's take
         assert "mbrola-us2 · seed 0 · version" in page.inner_text("#takes li .meta")
 

@@ -47,7 +47,7 @@ PROBE = textwrap.dedent("""
 def test_synthesize_reads_the_request_itself_once_serve_rewrote_the_handlers():
     done = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
+    out = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT ") :])
     # FastAPI's own validation error ({"detail": [...]}) would mean the handler never ran
     assert out["not_json"] == [400, {"error": "the body is not JSON", "field": "body"}]
     assert out["unknown_speaker"][1]["field"] == "speaker" and out["unknown_speaker"][0] in (400, 422)

@@ -51,10 +51,13 @@ def test_both_shipped_bases_speak_with_one_vocabulary_and_codec():
         assert f.read_bytes() == (SHIPPED[1] / "codec" / f.name).read_bytes(), f.name
 
 
-def test_ship_base_writes_bf16_that_loads_back_as_the_rounded_weights(tiny_base, prepared_tiny, tmp_path, monkeypatch):
+def test_ship_base_writes_bf16_that_loads_back_as_the_rounded_weights(
+    base_in_process, prepared_in_process, tmp_path, monkeypatch
+):
     from jobs import ship_base
 
-    cfg, _, _ = prepared_tiny
+    tiny_base = base_in_process
+    cfg, _, _ = prepared_in_process
     monkeypatch.setattr(ship_base, "SHARD_SIZE", "100KB")  # the tiny model is sharded like the shipped one
     out = ship_base.main(["--model", str(tiny_base), "--codec", f"{cfg.run_dir}/codec", "--out", str(tmp_path / "b")])
     for model in ("ar", "nar"):

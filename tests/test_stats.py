@@ -36,8 +36,11 @@ def test_records_without_per_utterance_errors_give_no_change():
     base = {"iteration": 0, "heldout_sentences_utt_errors": [1, 2], "heldout_sentences_utt_words": [5, 5]}
     record = {"iteration": 1, "heldout_sentences_utt_errors": [0, 1], "heldout_sentences_utt_words": [5, 5]}
     changes = record_wer_changes(base, record)
-    assert set(changes) == {"heldout_sentences_wer_change", "heldout_sentences_wer_change_lo",
-                            "heldout_sentences_wer_change_hi"}
+    assert set(changes) == {
+        "heldout_sentences_wer_change",
+        "heldout_sentences_wer_change_lo",
+        "heldout_sentences_wer_change_hi",
+    }
     assert changes["heldout_sentences_wer_change"] == pytest.approx(-0.2)
     assert "sentences -0.200 [" in format_changes({**record, **changes})
     assert record_wer_changes({"iteration": 0}, record) == {}
@@ -45,10 +48,20 @@ def test_records_without_per_utterance_errors_give_no_change():
 
 
 def test_pool_seeds_averages_numbers_concatenates_utterances_and_reports_the_spread():
-    seed0 = {"heldout_sentences_wer": 0.40, "heldout_sentences_sim": 0.80, "heldout_sentences_golden_wer": 0.2,
-             "heldout_sentences_utt_errors": [1, 3], "heldout_sentences_utt_words": [5, 5]}
-    seed1 = {"adapter": None, "heldout_sentences_wer": 0.50, "heldout_sentences_sim": 0.78,
-             "heldout_sentences_utt_errors": [2, 3], "heldout_sentences_utt_words": [5, 5]}
+    seed0 = {
+        "heldout_sentences_wer": 0.40,
+        "heldout_sentences_sim": 0.80,
+        "heldout_sentences_golden_wer": 0.2,
+        "heldout_sentences_utt_errors": [1, 3],
+        "heldout_sentences_utt_words": [5, 5],
+    }
+    seed1 = {
+        "adapter": None,
+        "heldout_sentences_wer": 0.50,
+        "heldout_sentences_sim": 0.78,
+        "heldout_sentences_utt_errors": [2, 3],
+        "heldout_sentences_utt_words": [5, 5],
+    }
     pooled = pool_seeds([seed0, seed1])
     assert pool_seeds([seed1, seed0]).keys() == pooled.keys()  # names and paths (the adapter) are not pooled
     assert pooled["heldout_sentences_wer"] == pytest.approx(0.45)
@@ -57,6 +70,10 @@ def test_pool_seeds_averages_numbers_concatenates_utterances_and_reports_the_spr
     assert pooled["heldout_sentences_golden_wer"] == 0.2 and "heldout_sentences_golden_wer_spread" not in pooled
     assert pooled["heldout_sentences_utt_errors"] == [1, 3, 2, 3] and pooled["heldout_sentences_utt_words"] == [5] * 4
     # pooled evaluations pair like single ones: the change of a policy against the base over utterance-seed pairs
-    change = record_wer_changes(pooled, pool_seeds([{**seed0, "heldout_sentences_utt_errors": [0, 1]},
-                                                    {**seed1, "heldout_sentences_utt_errors": [0, 1]}]))
+    change = record_wer_changes(
+        pooled,
+        pool_seeds(
+            [{**seed0, "heldout_sentences_utt_errors": [0, 1]}, {**seed1, "heldout_sentences_utt_errors": [0, 1]}]
+        ),
+    )
     assert change["heldout_sentences_wer_change"] == pytest.approx((2 - 9) / 20)

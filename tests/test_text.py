@@ -11,39 +11,42 @@ from sa_ray.text import PHONEME_BACKENDS, has_letters, normalize_text, phonemize
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 
 
-@pytest.mark.parametrize("raw, expected", [
-    # case, punctuation, whitespace
-    ("Hello,   World!", "hello world"),
-    ("  Well -- that's   it...  ", "well that's it"),
-    ("\u201cQuoted\u201d words; don\u2019t (really) care.", "quoted words don't really care"),
-    ("'Single quotes' and rock'n'roll", "single quotes and rock'n'roll"),
-    ("Tabs\tand\nnewlines", "tabs and newlines"),
-    ("\uff26\uff35\uff2c\uff2c width", "full width"),  # NFKC
-    # integers, ordinals, years, decimals, big numbers, digit strings
-    ("I have 3 cats and 21 dogs.", "i have three cats and twenty one dogs"),
-    ("105 and 1,000,000", "one hundred five and one million"),
-    ("the 1st, 2nd, 3rd, 11th, 12th and 40th", "the first second third eleventh twelfth and fortieth"),
-    ("In 1984 and 1905 and 1900", "in nineteen eighty four and nineteen oh five and nineteen hundred"),
-    ("from 2008 to 2019", "from two thousand eight to twenty nineteen"),
-    ("the 1990s", "the nineteen nineties"),
-    ("pi is 3.14", "pi is three point one four"),
-    ("call 007", "call zero zero seven"),
-    # currency and percent
-    ("It costs $5.", "it costs five dollars"),
-    ("$1 or $3.50 or $0.25", "one dollar or three dollars and fifty cents or twenty five cents"),
-    ("$2.5 million", "two point five million dollars"),
-    ("\u00a310", "ten pounds"),
-    ("50% off, 2.5% fee", "fifty percent off two point five percent fee"),
-    # abbreviations
-    ("Dr. Smith met Mr. and Mrs. Jones.", "doctor smith met mister and missus jones"),
-    ("St. Paul lives on Main St.", "saint paul lives on main street"),
-    ("MR BROWN", "mister brown"),
-    ("apples, pears, etc.", "apples pears et cetera"),
-    ("No. 5 said no.", "number five said no"),
-    ("Tom & Jerry", "tom and jerry"),
-    ("", ""),
-    ("?!...", ""),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        # case, punctuation, whitespace
+        ("Hello,   World!", "hello world"),
+        ("  Well -- that's   it...  ", "well that's it"),
+        ("\u201cQuoted\u201d words; don\u2019t (really) care.", "quoted words don't really care"),
+        ("'Single quotes' and rock'n'roll", "single quotes and rock'n'roll"),
+        ("Tabs\tand\nnewlines", "tabs and newlines"),
+        ("\uff26\uff35\uff2c\uff2c width", "full width"),  # NFKC
+        # integers, ordinals, years, decimals, big numbers, digit strings
+        ("I have 3 cats and 21 dogs.", "i have three cats and twenty one dogs"),
+        ("105 and 1,000,000", "one hundred five and one million"),
+        ("the 1st, 2nd, 3rd, 11th, 12th and 40th", "the first second third eleventh twelfth and fortieth"),
+        ("In 1984 and 1905 and 1900", "in nineteen eighty four and nineteen oh five and nineteen hundred"),
+        ("from 2008 to 2019", "from two thousand eight to twenty nineteen"),
+        ("the 1990s", "the nineteen nineties"),
+        ("pi is 3.14", "pi is three point one four"),
+        ("call 007", "call zero zero seven"),
+        # currency and percent
+        ("It costs $5.", "it costs five dollars"),
+        ("$1 or $3.50 or $0.25", "one dollar or three dollars and fifty cents or twenty five cents"),
+        ("$2.5 million", "two point five million dollars"),
+        ("\u00a310", "ten pounds"),
+        ("50% off, 2.5% fee", "fifty percent off two point five percent fee"),
+        # abbreviations
+        ("Dr. Smith met Mr. and Mrs. Jones.", "doctor smith met mister and missus jones"),
+        ("St. Paul lives on Main St.", "saint paul lives on main street"),
+        ("MR BROWN", "mister brown"),
+        ("apples, pears, etc.", "apples pears et cetera"),
+        ("No. 5 said no.", "number five said no"),
+        ("Tom & Jerry", "tom and jerry"),
+        ("", ""),
+        ("?!...", ""),
+    ],
+)
 def test_normalize_text(raw, expected):
     assert normalize_text(raw) == expected
 
@@ -91,8 +94,15 @@ def test_espeak_format():
 
 @needs_espeak
 def test_espeak_batch_equals_one_call_per_sentence():
-    texts = ["The cat sat on the mat.", "", "Dr. Smith paid $5, then left!", "Is it raining?",
-             "no punctuation here", "?!", "Could you help me carry these boxes, please?"]
+    texts = [
+        "The cat sat on the mat.",
+        "",
+        "Dr. Smith paid $5, then left!",
+        "Is it raining?",
+        "no punctuation here",
+        "?!",
+        "Could you help me carry these boxes, please?",
+    ]
     batch = phonemize(texts)
     assert len(batch) == len(texts)
     assert batch == [phonemize([t])[0] for t in texts]

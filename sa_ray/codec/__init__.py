@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -27,8 +27,9 @@ def load_codec(cfg: CodecConfig, codec_dir: str | Path) -> Codec:
     return HFCodec.from_config(cfg.kind, seed=0, init_codebooks=True, n_codebooks=cfg.n_codebooks)
 
 
-def load_or_fit_codec(cfg: CodecConfig, codec_dir: str | Path, seed: int,
-                      training_audio: Callable[[], Iterable[tuple[np.ndarray, int]]]) -> Codec:
+def load_or_fit_codec(
+    cfg: CodecConfig, codec_dir: str | Path, seed: int, training_audio: Callable[[], Iterable[tuple[np.ndarray, int]]]
+) -> Codec:
     """Loads the codec saved in `codec_dir`, fitting and saving it first when it is trained here.
 
     A fitted codec is never refitted while the config asks for the same shape: the codes already
@@ -45,8 +46,10 @@ def load_or_fit_codec(cfg: CodecConfig, codec_dir: str | Path, seed: int,
         codec = MelKMeansCodec.load(cfg.path)
         shape = (codec.n_codebooks, codec.codebook_size, codec.stack)
         if shape != (cfg.n_codebooks, cfg.codebook_size, cfg.stack):
-            raise ConfigError(f"codec.path={cfg.path} is a {shape[0]} x {shape[1]} codec with stack {shape[2]}; the config "
-                              f"asks for {cfg.n_codebooks} x {cfg.codebook_size} with stack {cfg.stack}")
+            raise ConfigError(
+                f"codec.path={cfg.path} is a {shape[0]} x {shape[1]} codec with stack {shape[2]}; the config "
+                f"asks for {cfg.n_codebooks} x {cfg.codebook_size} with stack {cfg.stack}"
+            )
         codec.save(codec_dir)
         return codec
     if (codec_dir / "codec.json").is_file():
@@ -55,7 +58,13 @@ def load_or_fit_codec(cfg: CodecConfig, codec_dir: str | Path, seed: int,
             return codec
         # The config asks for another codec: its data is re-prepared from scratch, so refit.
 
-    codec = MelKMeansCodec.fit(training_audio(), n_codebooks=cfg.n_codebooks, codebook_size=cfg.codebook_size,
-                               stack=cfg.stack, seed=seed, vocoder=cfg.vocoder)
+    codec = MelKMeansCodec.fit(
+        training_audio(),
+        n_codebooks=cfg.n_codebooks,
+        codebook_size=cfg.codebook_size,
+        stack=cfg.stack,
+        seed=seed,
+        vocoder=cfg.vocoder,
+    )
     codec.save(codec_dir)
     return codec

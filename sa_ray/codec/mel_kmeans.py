@@ -228,7 +228,9 @@ class MelKMeansCodec(Codec):
         config = json.loads((directory / CONFIG_FILE).read_text())
         if config.get("type") != "mel_kmeans":
             raise ValueError(f"{directory}: not a mel_kmeans codec ({config.get('type')!r})")
-        codec = cls(load_file(str(directory / CODEBOOKS_FILE))["codebooks"], int(config["stack"]), vocoder or config["vocoder"])
+        codec = cls(
+            load_file(str(directory / CODEBOOKS_FILE))["codebooks"], int(config["stack"]), vocoder or config["vocoder"]
+        )
         if codec.content_hash != config["content_hash"]:
             raise ValueError(f"{directory}: codebooks do not match the content hash in {CONFIG_FILE}")
         return codec

@@ -37,8 +37,13 @@ def _read_text(path: Path) -> str:
 def _finish(utts: list[Utterance], skipped: list[str], root: Path, source: str, expected: str) -> list[Utterance]:
     """Logs the utterances skipped for want of a transcript, refuses an empty corpus, sorts by utt_id."""
     if skipped:
-        log.warning("%s: skipped %d utterance(s) with audio but no transcript under %s (e.g. %s)",
-                    source, len(skipped), root, ", ".join(skipped[:3]))
+        log.warning(
+            "%s: skipped %d utterance(s) with audio but no transcript under %s (e.g. %s)",
+            source,
+            len(skipped),
+            root,
+            ", ".join(skipped[:3]),
+        )
     if not utts:
         raise FileNotFoundError(f"corpus root {str(root)!r} holds no {source} transcripts; expected {expected}")
     return sorted(utts, key=lambda u: (u.utt_id, u.audio_path))
@@ -58,11 +63,23 @@ def read_librispeech(root: str | Path) -> list[Utterance]:
             utt_id, _, text = line.strip().partition(" ")
             audio = trans.parent / f"{utt_id}.flac"
             listed.add(audio)
-            utts.append(Utterance(utt_id=utt_id, speaker=utt_id.split("-")[0], text=text.strip(),
-                                  audio_path=str(audio), source="librispeech"))
+            utts.append(
+                Utterance(
+                    utt_id=utt_id,
+                    speaker=utt_id.split("-")[0],
+                    text=text.strip(),
+                    audio_path=str(audio),
+                    source="librispeech",
+                )
+            )
     skipped = [p.stem for p in _files(base, ".flac") if p not in listed]
-    return _finish(utts, skipped, base, "librispeech",
-                   "<root>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt with <utt_id>.flac beside it")
+    return _finish(
+        utts,
+        skipped,
+        base,
+        "librispeech",
+        "<root>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt with <utt_id>.flac beside it",
+    )
 
 
 def read_libritts(root: str | Path) -> list[Utterance]:
@@ -77,13 +94,23 @@ def read_libritts(root: str | Path) -> list[Utterance]:
         if txt.name.endswith(".normalized.txt") or audio not in transcripts:
             transcripts[audio] = txt
     utts = [
-        Utterance(utt_id=audio.stem, speaker=audio.stem.split("_")[0], text=_read_text(txt),
-                  audio_path=str(audio), source="libritts")
+        Utterance(
+            utt_id=audio.stem,
+            speaker=audio.stem.split("_")[0],
+            text=_read_text(txt),
+            audio_path=str(audio),
+            source="libritts",
+        )
         for audio, txt in transcripts.items()
     ]
     skipped = [p.stem for p in _files(base, ".wav") if p not in transcripts]
-    return _finish(utts, skipped, base, "libritts",
-                   "<root>/<speaker>/<chapter>/<utt_id>.normalized.txt with <utt_id>.wav beside it")
+    return _finish(
+        utts,
+        skipped,
+        base,
+        "libritts",
+        "<root>/<speaker>/<chapter>/<utt_id>.normalized.txt with <utt_id>.wav beside it",
+    )
 
 
 # VCTK audio locations for one utterance, best first: release 0.92 (silence-trimmed FLAC, two
@@ -103,26 +130,36 @@ def read_vctk(root: str | Path) -> list[Utterance]:
     root uses (wav48 for a root that only has wav48/, else the mic1 FLAC).
     """
     base = _check_root(root)
-    fallback = _VCTK_AUDIO[2] if (base / "wav48").is_dir() and not (base / "wav48_silence_trimmed").is_dir() \
+    fallback = (
+        _VCTK_AUDIO[2]
+        if (base / "wav48").is_dir() and not (base / "wav48_silence_trimmed").is_dir()
         else _VCTK_AUDIO[0]
+    )
     utts = []
     transcribed: set[tuple[str, str]] = set()
     txt_dir = base / "txt"
     for txt in _files(txt_dir, ".txt") if txt_dir.is_dir() else []:
         spk, utt_id = txt.parent.name, txt.stem
-        audio = next((p for p in (f(base, spk, utt_id) for f in _VCTK_AUDIO) if p.is_file()),
-                     fallback(base, spk, utt_id))
+        audio = next(
+            (p for p in (f(base, spk, utt_id) for f in _VCTK_AUDIO) if p.is_file()), fallback(base, spk, utt_id)
+        )
         transcribed.add((spk, utt_id))
-        utts.append(Utterance(utt_id=utt_id, speaker=spk, text=_read_text(txt), audio_path=str(audio),
-                              source="vctk"))
+        utts.append(Utterance(utt_id=utt_id, speaker=spk, text=_read_text(txt), audio_path=str(audio), source="vctk"))
     audio_only = {
         (p.parent.name, p.stem.removesuffix("_mic1").removesuffix("_mic2"))
-        for d in ("wav48_silence_trimmed", "wav48") if (base / d).is_dir() for p in _files(base / d, ".flac", ".wav")
+        for d in ("wav48_silence_trimmed", "wav48")
+        if (base / d).is_dir()
+        for p in _files(base / d, ".flac", ".wav")
     }
     skipped = [utt for _, utt in sorted(audio_only - transcribed)]
-    return _finish(utts, skipped, base, "vctk",
-                   "<root>/txt/<spk>/<spk>_<nnn>.txt with <root>/wav48_silence_trimmed/<spk>/<spk>_<nnn>_mic1.flac "
-                   "or <root>/wav48/<spk>/<spk>_<nnn>.wav")
+    return _finish(
+        utts,
+        skipped,
+        base,
+        "vctk",
+        "<root>/txt/<spk>/<spk>_<nnn>.txt with <root>/wav48_silence_trimmed/<spk>/<spk>_<nnn>_mic1.flac "
+        "or <root>/wav48/<spk>/<spk>_<nnn>.wav",
+    )
 
 
 READERS: dict[str, Callable[[str | Path], list[Utterance]]] = {
@@ -135,6 +172,8 @@ READERS: dict[str, Callable[[str | Path], list[Utterance]]] = {
 def read_corpus(kind: str, root: str | Path) -> list[Utterance]:
     """Every utterance of a recorded corpus of the given kind, sorted by utt_id."""
     if kind not in READERS:
-        raise ValueError(f"unknown corpus kind {kind!r}; valid kinds: {', '.join(READERS)} "
-                         "(the synthetic corpus is built by sa_ray.corpus.synthetic, not read)")
+        raise ValueError(
+            f"unknown corpus kind {kind!r}; valid kinds: {', '.join(READERS)} "
+            "(the synthetic corpus is built by sa_ray.corpus.synthetic, not read)"
+        )
     return READERS[kind](root)

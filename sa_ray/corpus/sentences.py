@@ -97,6 +97,7 @@ def _nouns(spec: str) -> list[Noun]:
 # --------------------------------------------------------------------------------------------- #
 # Word lists. Nouns come in kinds, each with the adjectives that fit it.
 
+
 @dataclass(frozen=True)
 class Kind:
     nouns: list[Noun]
@@ -104,81 +105,127 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {
-    "fruit": Kind(_nouns("apple banana orange pear peach lemon plum cherry grape melon mango pineapple "
-                         "strawberry coconut"),
-                  _words("fresh ripe green red yellow sweet juicy small large big round soft")),
-    "veg": Kind(_nouns("tomato/tomatoes potato/potatoes carrot onion cucumber pumpkin cabbage pepper "
-                       "bean pea"),
-                _words("fresh ripe green red small large big raw")),
-    "baked": Kind(_nouns("cake pie cookie muffin pizza cupcake biscuit loaf/loaves bagel"),
-                  _words("fresh warm homemade sweet delicious small large chocolate lemon tiny huge")),
-    "meal": Kind(_nouns("sandwich pancake waffle burger omelet taco"),
-                 _words("fresh warm hot cold big small delicious homemade")),
-    "dish": Kind(_nouns("soup* rice* pasta* chicken* stew* fish* meat* porridge* popcorn* noodles/noodles"),
-                 _words("fresh warm hot cold spicy delicious homemade leftover salty tasty")),
-    "pantry": Kind(_nouns("bread* cheese* butter* honey* jam* chocolate* cereal* yogurt* sugar* flour*"),
-                   _words("fresh white brown sweet soft dark cheap expensive")),
-    "drink": Kind(_nouns("tea* coffee* milk* juice* water* lemonade* soda* cocoa*"),
-                  _words("hot cold warm fresh sweet strong iced")),
-    "kitchen": Kind(_nouns("knife/knives spoon fork plate tray dish cup mug bowl glass bottle jar pot "
-                           "kettle teapot pan"),
-                    _words("clean dirty empty old new heavy small large chipped blue white green "
-                           "red plastic metal wooden")),
-    "vessel": Kind(_nouns("cup mug bowl glass bottle jar pot kettle teapot bucket jug"),
-                   _words("big small clean empty old new plastic metal blue white")),
-    "clothes": Kind(_nouns("coat jacket sweater scarf/scarves shirt dress skirt tie raincoat uniform "
-                           "apron blouse vest"),
-                    _words("old new warm wet dry clean dirty red blue green black white brown gray "
-                           "yellow woolen cotton long short thick")),
-    "gear": Kind(_nouns("hat glove shoe boot sock belt helmet slipper sandal cap"),
-                 _words("old new wet dry muddy red blue green black white brown leather")),
-    "furniture": Kind(_nouns("chair table desk sofa bed shelf/shelves bench cabinet stool couch bookcase"),
-                      _words("old new wooden white broken small large heavy long narrow kitchen "
-                             "garden blue green comfortable")),
-    "fixture": Kind(_nouns("door window gate drawer cupboard closet"),
-                    _words("old new wooden white front back kitchen garden bedroom heavy narrow")),
-    "structure": Kind(_nouns("fence wall roof floor shed porch path"),
-                      _words("old new wooden stone white long low garden broken")),
-    "device": Kind(_nouns("radio computer printer heater fan toaster clock television lamp oven fridge "
-                          "stove"),
-                   _words("old new broken small expensive cheap noisy quiet silver black kitchen")),
-    "gadget": Kind(_nouns("phone laptop camera tablet speaker flashlight"),
-                   _words("old new broken small expensive cheap silver black spare")),
-    "motor": Kind(_nouns("car truck bus van tractor"),
-                  _words("old new red blue green white black yellow fast slow small big muddy "
-                         "dusty rusty shiny")),
-    "cycle": Kind(_nouns("bike bicycle scooter motorbike"),
-                  _words("old new red blue green black fast small rusty shiny")),
-    "text": Kind(_nouns("letter story poem report note card postcard recipe list email message "
-                        "article speech"),
-                 _words("short long funny sad strange interesting boring secret kind angry")),
-    "print": Kind(_nouns("book newspaper magazine map menu novel notebook diary comic guide"),
-                  _words("old new thick thin funny strange interesting boring famous")),
-    "art": Kind(_nouns("picture painting photo poster drawing calendar sign"),
-                _words("old new large small strange beautiful famous colorful funny")),
-    "small": Kind(_nouns("key wallet ticket umbrella ring watch purse passport pencil pen coin "
-                         "bracelet necklace badge whistle"),
-                  _words("old new small lost spare silver gold golden plastic lucky tiny")),
-    "toy": Kind(_nouns("doll puzzle toy balloon robot kite teddy_bear"),
-                _words("new old red blue green yellow bright colorful broken little favorite")),
-    "throwable": Kind(_nouns("ball stick stone frisbee snowball pebble"),
-                      _words("red blue small big round flat smooth tennis")),
-    "instrument": Kind(_nouns("guitar piano violin flute drum trumpet harp cello"),
-                       _words("old new small large beautiful borrowed")),
-    "flower": Kind(_nouns("flower rose tulip daisy sunflower lily"),
-                   _words("red yellow white pink purple wild fresh tall little")),
-    "plant": Kind(_nouns("tree bush seed vine hedge cactus/cacti herb plant"),
-                  _words("tall small young old dry green wild tiny")),
-    "pet": Kind(_nouns("dog cat puppy kitten rabbit hamster parrot turtle goldfish/goldfish"),
-                _words("old young little small big hungry sleepy lazy friendly noisy brown "
-                       "black white gray spotted playful")),
-    "farm": Kind(_nouns("horse cow sheep/sheep goat pig duck chicken hen goose/geese lamb donkey pony"),
-                 _words("old young little big hungry brown black white gray noisy")),
-    "wild": Kind(_nouns("fox owl frog bee squirrel deer/deer bird swan butterfly mouse/mice"),
-                 _words("little small big brown gray wild shy young")),
+    "fruit": Kind(
+        _nouns("apple banana orange pear peach lemon plum cherry grape melon mango pineapple strawberry coconut"),
+        _words("fresh ripe green red yellow sweet juicy small large big round soft"),
+    ),
+    "veg": Kind(
+        _nouns("tomato/tomatoes potato/potatoes carrot onion cucumber pumpkin cabbage pepper bean pea"),
+        _words("fresh ripe green red small large big raw"),
+    ),
+    "baked": Kind(
+        _nouns("cake pie cookie muffin pizza cupcake biscuit loaf/loaves bagel"),
+        _words("fresh warm homemade sweet delicious small large chocolate lemon tiny huge"),
+    ),
+    "meal": Kind(
+        _nouns("sandwich pancake waffle burger omelet taco"), _words("fresh warm hot cold big small delicious homemade")
+    ),
+    "dish": Kind(
+        _nouns("soup* rice* pasta* chicken* stew* fish* meat* porridge* popcorn* noodles/noodles"),
+        _words("fresh warm hot cold spicy delicious homemade leftover salty tasty"),
+    ),
+    "pantry": Kind(
+        _nouns("bread* cheese* butter* honey* jam* chocolate* cereal* yogurt* sugar* flour*"),
+        _words("fresh white brown sweet soft dark cheap expensive"),
+    ),
+    "drink": Kind(
+        _nouns("tea* coffee* milk* juice* water* lemonade* soda* cocoa*"),
+        _words("hot cold warm fresh sweet strong iced"),
+    ),
+    "kitchen": Kind(
+        _nouns("knife/knives spoon fork plate tray dish cup mug bowl glass bottle jar pot kettle teapot pan"),
+        _words("clean dirty empty old new heavy small large chipped blue white green red plastic metal wooden"),
+    ),
+    "vessel": Kind(
+        _nouns("cup mug bowl glass bottle jar pot kettle teapot bucket jug"),
+        _words("big small clean empty old new plastic metal blue white"),
+    ),
+    "clothes": Kind(
+        _nouns("coat jacket sweater scarf/scarves shirt dress skirt tie raincoat uniform apron blouse vest"),
+        _words(
+            "old new warm wet dry clean dirty red blue green black white brown gray "
+            "yellow woolen cotton long short thick"
+        ),
+    ),
+    "gear": Kind(
+        _nouns("hat glove shoe boot sock belt helmet slipper sandal cap"),
+        _words("old new wet dry muddy red blue green black white brown leather"),
+    ),
+    "furniture": Kind(
+        _nouns("chair table desk sofa bed shelf/shelves bench cabinet stool couch bookcase"),
+        _words("old new wooden white broken small large heavy long narrow kitchen garden blue green comfortable"),
+    ),
+    "fixture": Kind(
+        _nouns("door window gate drawer cupboard closet"),
+        _words("old new wooden white front back kitchen garden bedroom heavy narrow"),
+    ),
+    "structure": Kind(
+        _nouns("fence wall roof floor shed porch path"), _words("old new wooden stone white long low garden broken")
+    ),
+    "device": Kind(
+        _nouns("radio computer printer heater fan toaster clock television lamp oven fridge stove"),
+        _words("old new broken small expensive cheap noisy quiet silver black kitchen"),
+    ),
+    "gadget": Kind(
+        _nouns("phone laptop camera tablet speaker flashlight"),
+        _words("old new broken small expensive cheap silver black spare"),
+    ),
+    "motor": Kind(
+        _nouns("car truck bus van tractor"),
+        _words("old new red blue green white black yellow fast slow small big muddy dusty rusty shiny"),
+    ),
+    "cycle": Kind(
+        _nouns("bike bicycle scooter motorbike"), _words("old new red blue green black fast small rusty shiny")
+    ),
+    "text": Kind(
+        _nouns("letter story poem report note card postcard recipe list email message article speech"),
+        _words("short long funny sad strange interesting boring secret kind angry"),
+    ),
+    "print": Kind(
+        _nouns("book newspaper magazine map menu novel notebook diary comic guide"),
+        _words("old new thick thin funny strange interesting boring famous"),
+    ),
+    "art": Kind(
+        _nouns("picture painting photo poster drawing calendar sign"),
+        _words("old new large small strange beautiful famous colorful funny"),
+    ),
+    "small": Kind(
+        _nouns("key wallet ticket umbrella ring watch purse passport pencil pen coin bracelet necklace badge whistle"),
+        _words("old new small lost spare silver gold golden plastic lucky tiny"),
+    ),
+    "toy": Kind(
+        _nouns("doll puzzle toy balloon robot kite teddy_bear"),
+        _words("new old red blue green yellow bright colorful broken little favorite"),
+    ),
+    "throwable": Kind(
+        _nouns("ball stick stone frisbee snowball pebble"), _words("red blue small big round flat smooth tennis")
+    ),
+    "instrument": Kind(
+        _nouns("guitar piano violin flute drum trumpet harp cello"), _words("old new small large beautiful borrowed")
+    ),
+    "flower": Kind(
+        _nouns("flower rose tulip daisy sunflower lily"), _words("red yellow white pink purple wild fresh tall little")
+    ),
+    "plant": Kind(
+        _nouns("tree bush seed vine hedge cactus/cacti herb plant"), _words("tall small young old dry green wild tiny")
+    ),
+    "pet": Kind(
+        _nouns("dog cat puppy kitten rabbit hamster parrot turtle goldfish/goldfish"),
+        _words("old young little small big hungry sleepy lazy friendly noisy brown black white gray spotted playful"),
+    ),
+    "farm": Kind(
+        _nouns("horse cow sheep/sheep goat pig duck chicken hen goose/geese lamb donkey pony"),
+        _words("old young little big hungry brown black white gray noisy"),
+    ),
+    "wild": Kind(
+        _nouns("fox owl frog bee squirrel deer/deer bird swan butterfly mouse/mice"),
+        _words("little small big brown gray wild shy young"),
+    ),
     "mount": Kind(_nouns("horse pony donkey camel"), _words("old young brown white gray gentle tired")),
-    "container": Kind(_nouns("box bag suitcase backpack envelope parcel package present basket crate"),
-                      _words("big small heavy empty full brown paper cardboard old new wooden")),
+    "container": Kind(
+        _nouns("box bag suitcase backpack envelope parcel package present basket crate"),
+        _words("big small heavy empty full brown paper cardboard old new wooden"),
+    ),
 }
 
 # Verbs: base form (phrasal verbs too), past tense, and the kinds of object they take.
@@ -186,10 +233,34 @@ VERBS: list[tuple[str, str, tuple[str, ...]]] = [
     ("eat", "ate", ("fruit", "baked", "meal", "dish", "pantry")),
     ("cook", "cooked", ("dish", "veg")),
     ("bake", "baked", ("baked",)),
-    ("buy", "bought", ("fruit", "veg", "baked", "pantry", "drink", "kitchen", "clothes", "gear", "device",
-                       "gadget", "print", "small", "toy", "flower", "plant", "cycle", "art")),
-    ("sell", "sold", ("fruit", "veg", "baked", "clothes", "device", "motor", "cycle", "toy", "flower",
-                      "print", "art", "instrument")),
+    (
+        "buy",
+        "bought",
+        (
+            "fruit",
+            "veg",
+            "baked",
+            "pantry",
+            "drink",
+            "kitchen",
+            "clothes",
+            "gear",
+            "device",
+            "gadget",
+            "print",
+            "small",
+            "toy",
+            "flower",
+            "plant",
+            "cycle",
+            "art",
+        ),
+    ),
+    (
+        "sell",
+        "sold",
+        ("fruit", "veg", "baked", "clothes", "device", "motor", "cycle", "toy", "flower", "print", "art", "instrument"),
+    ),
     ("order", "ordered", ("baked", "meal", "dish", "drink", "gadget", "print")),
     ("drink", "drank", ("drink",)),
     ("pour", "poured", ("drink",)),
@@ -284,46 +355,83 @@ INTRANSITIVE: list[tuple[str, str, list[str] | None]] = [
     ("climb", "climbed", _words("park playground garden forest")),
     ("jump", "jumped", _words("pool garden playground")),
     ("skate", "skated", _words("park lake playground")),
-    ("sleep", "slept", None), ("wait", "waited", None), ("laugh", "laughed", None), ("smile", "smiled", None),
-    ("dance", "danced", None), ("sing", "sang", None), ("work", "worked", None), ("study", "studied", None),
-    ("rest", "rested", None), ("cry", "cried", None), ("shout", "shouted", None), ("whisper", "whispered", None),
-    ("read", "read", None), ("cook", "cooked", None), ("paint", "painted", None), ("sit", "sat", None),
-    ("stand", "stood", None), ("listen", "listened", None), ("write", "wrote", None), ("play", "played", None),
-    ("talk", "talked", None), ("argue", "argued", None), ("relax", "relaxed", None), ("practice", "practiced", None),
+    ("sleep", "slept", None),
+    ("wait", "waited", None),
+    ("laugh", "laughed", None),
+    ("smile", "smiled", None),
+    ("dance", "danced", None),
+    ("sing", "sang", None),
+    ("work", "worked", None),
+    ("study", "studied", None),
+    ("rest", "rested", None),
+    ("cry", "cried", None),
+    ("shout", "shouted", None),
+    ("whisper", "whispered", None),
+    ("read", "read", None),
+    ("cook", "cooked", None),
+    ("paint", "painted", None),
+    ("sit", "sat", None),
+    ("stand", "stood", None),
+    ("listen", "listened", None),
+    ("write", "wrote", None),
+    ("play", "played", None),
+    ("talk", "talked", None),
+    ("argue", "argued", None),
+    ("relax", "relaxed", None),
+    ("practice", "practiced", None),
 ]
-ADVERBS = _words("quietly slowly quickly happily patiently carefully loudly softly calmly "
-                 "politely nervously")
+ADVERBS = _words("quietly slowly quickly happily patiently carefully loudly softly calmly politely nervously")
 
-NAMES = _words("Anna Tom Maria James Sarah David Emma Peter Lucy Jack Kate Sam Ben Alice Mark Laura Paul "
-               "Rachel Henry Grace Mike Julia Nick Helen Chris Emily Daniel Jane Robert Linda Steve Amy "
-               "Frank Susan Oliver Rose Adam Nina Leo Clara Ella Max Ruth George Mary John Lisa Andrew "
-               "Kevin Sophie Harry Martha Simon Diana")
-FAMILY = _nouns("mother father brother sister aunt uncle cousin grandmother grandfather son daughter "
-                "wife/wives husband nephew niece parent")
+NAMES = _words(
+    "Anna Tom Maria James Sarah David Emma Peter Lucy Jack Kate Sam Ben Alice Mark Laura Paul "
+    "Rachel Henry Grace Mike Julia Nick Helen Chris Emily Daniel Jane Robert Linda Steve Amy "
+    "Frank Susan Oliver Rose Adam Nina Leo Clara Ella Max Ruth George Mary John Lisa Andrew "
+    "Kevin Sophie Harry Martha Simon Diana"
+)
+FAMILY = _nouns(
+    "mother father brother sister aunt uncle cousin grandmother grandfather son daughter "
+    "wife/wives husband nephew niece parent"
+)
 # People someone can have ("my doctor"); strangers only take the, a and numbers ("a tourist").
-ROLES = _nouns("teacher doctor nurse farmer baker driver pilot waiter neighbor manager student artist "
-               "writer painter singer dancer cook chef mechanic gardener librarian engineer scientist "
-               "lawyer soldier sailor fisherman/fishermen carpenter plumber guard coach captain "
-               "friend classmate boss")
-STRANGERS = _nouns("stranger visitor tourist customer boy girl man/men woman/women child/children baby kid "
-                   "passenger traveler")
-PEOPLE_ADJ = _words("old young tall kind tired busy friendly clever quiet happy nervous patient new "
-                    "little brave polite careful angry lonely cheerful sleepy hungry worried")
+ROLES = _nouns(
+    "teacher doctor nurse farmer baker driver pilot waiter neighbor manager student artist "
+    "writer painter singer dancer cook chef mechanic gardener librarian engineer scientist "
+    "lawyer soldier sailor fisherman/fishermen carpenter plumber guard coach captain "
+    "friend classmate boss"
+)
+STRANGERS = _nouns(
+    "stranger visitor tourist customer boy girl man/men woman/women child/children baby kid passenger traveler"
+)
+PEOPLE_ADJ = _words(
+    "old young tall kind tired busy friendly clever quiet happy nervous patient new "
+    "little brave polite careful angry lonely cheerful sleepy hungry worried"
+)
 
 # Places: the noun and the preposition that locates something there.
 PLACES: list[tuple[str, str]] = (
-    [(p, "in") for p in _words("kitchen garden park library office village city hotel restaurant cafe "
-                               "classroom basement attic garage bedroom bathroom hallway yard forest "
-                               "field museum hospital church shop store bakery playground hall barn "
-                               "cellar studio pool")]
-    + [(p, "at") for p in _words("station airport market bank zoo stadium gym farm harbor school theater "
-                                 "festival wedding concert party gate bus_stop corner")]
+    [
+        (p, "in")
+        for p in _words(
+            "kitchen garden park library office village city hotel restaurant cafe "
+            "classroom basement attic garage bedroom bathroom hallway yard forest "
+            "field museum hospital church shop store bakery playground hall barn "
+            "cellar studio pool"
+        )
+    ]
+    + [
+        (p, "at")
+        for p in _words(
+            "station airport market bank zoo stadium gym farm harbor school theater "
+            "festival wedding concert party gate bus_stop corner"
+        )
+    ]
     + [(p, "on") for p in _words("beach bridge hill island train bus balcony roof porch platform")]
     + [(p, "near") for p in _words("river lake mountain castle fountain lighthouse pond tree")]
 )
 PLACE_PREP = dict(PLACES)
-PLACE_ADJ = _words("busy quiet crowded empty old new small big little local beautiful famous dark cold "
-                   "warm sunny noisy peaceful")
+PLACE_ADJ = _words(
+    "busy quiet crowded empty old new small big little local beautiful famous dark cold warm sunny noisy peaceful"
+)
 PLACE_STATE = _words("busy quiet crowded empty cold warm dark noisy peaceful closed open full clean messy")
 FURNITURE_PREPS = _words("on under behind beside near next_to")
 
@@ -332,18 +440,22 @@ MONTHS = _words("January February March April May June July August September Oct
 SEASONS = _words("spring summer autumn winter")
 PARTS_OF_DAY = _words("morning afternoon evening")
 MEALS = _words("breakfast lunch dinner supper")
-EVENTS = _words("meeting concert class lesson show game match party film movie wedding race trip "
-                "holiday picnic festival parade interview exam")
+EVENTS = _words(
+    "meeting concert class lesson show game match party film movie wedding race trip "
+    "holiday picnic festival parade interview exam"
+)
 OPENING = _words("shop bakery museum library market bank pool cafe store zoo gym")
 LEAVING = _words("train bus ferry plane boat")
-NUMBERS = _words("two three four five six seven eight nine ten eleven twelve fifteen twenty thirty "
-                 "forty fifty")
+NUMBERS = _words("two three four five six seven eight nine ten eleven twelve fifteen twenty thirty forty fifty")
 CLOCK = _words("one two three four five six seven eight nine ten eleven twelve")
-FEELINGS = _words("tired happy hungry sleepy nervous excited bored proud cold sad lonely calm relieved "
-                  "surprised thirsty sick worried grateful")
+FEELINGS = _words(
+    "tired happy hungry sleepy nervous excited bored proud cold sad lonely calm relieved "
+    "surprised thirsty sick worried grateful"
+)
 WEATHER = _words("cold warm hot sunny rainy windy cloudy foggy stormy snowy chilly")
-JUDGEMENTS = _words("lovely wonderful beautiful strange funny terrible great perfect delightful awful "
-                    "clever surprising")
+JUDGEMENTS = _words(
+    "lovely wonderful beautiful strange funny terrible great perfect delightful awful clever surprising"
+)
 SPORTS = _words("tennis soccer football golf chess cards basketball baseball volleyball hockey")
 
 # --------------------------------------------------------------------------------------------- #
@@ -366,9 +478,14 @@ class Subject:
         return "does" if self.third_sg else "do"
 
 
-_PRONOUNS = [Subject("I", False, "am", "was"), Subject("you", False, "are", "were"),
-             Subject("we", False, "are", "were"), Subject("they", False, "are", "were"),
-             Subject("he", True, "is", "was"), Subject("she", True, "is", "was")]
+_PRONOUNS = [
+    Subject("I", False, "am", "was"),
+    Subject("you", False, "are", "were"),
+    Subject("we", False, "are", "were"),
+    Subject("they", False, "are", "were"),
+    Subject("he", True, "is", "was"),
+    Subject("she", True, "is", "was"),
+]
 
 
 def _subject(rng: random.Random) -> Subject:
@@ -448,31 +565,75 @@ def _destination(rng: random.Random) -> str:
 
 
 def _time_past(rng: random.Random) -> str:
-    return rng.choice([
-        "yesterday", "last night", "this morning", f"on {rng.choice(DAYS)}", f"last {rng.choice(DAYS)}",
-        f"in {rng.choice(MONTHS)}", f"last {rng.choice(SEASONS)}", f"{rng.choice(NUMBERS[:8])} days ago",
-        f"after {rng.choice(MEALS)}", f"before {rng.choice(MEALS)}", f"yesterday {rng.choice(PARTS_OF_DAY)}",
-        f"after the {rng.choice(EVENTS)}", f"during the {rng.choice(EVENTS)}", "last week", "a week ago",
-        f"at {rng.choice(CLOCK)} o'clock", "earlier today", "at noon", "at midnight", "last year",
-    ])
+    return rng.choice(
+        [
+            "yesterday",
+            "last night",
+            "this morning",
+            f"on {rng.choice(DAYS)}",
+            f"last {rng.choice(DAYS)}",
+            f"in {rng.choice(MONTHS)}",
+            f"last {rng.choice(SEASONS)}",
+            f"{rng.choice(NUMBERS[:8])} days ago",
+            f"after {rng.choice(MEALS)}",
+            f"before {rng.choice(MEALS)}",
+            f"yesterday {rng.choice(PARTS_OF_DAY)}",
+            f"after the {rng.choice(EVENTS)}",
+            f"during the {rng.choice(EVENTS)}",
+            "last week",
+            "a week ago",
+            f"at {rng.choice(CLOCK)} o'clock",
+            "earlier today",
+            "at noon",
+            "at midnight",
+            "last year",
+        ]
+    )
 
 
 def _time_future(rng: random.Random) -> str:
-    return rng.choice([
-        "tomorrow", "tonight", "later today", "next week", f"on {rng.choice(DAYS)}", f"next {rng.choice(DAYS)}",
-        f"in {rng.choice(MONTHS)}", f"next {rng.choice(SEASONS)}", f"after {rng.choice(MEALS)}",
-        f"before {rng.choice(MEALS)}", f"tomorrow {rng.choice(PARTS_OF_DAY)}", f"after the {rng.choice(EVENTS)}",
-        f"at {rng.choice(CLOCK)} o'clock", "soon", "this weekend", f"in {rng.choice(NUMBERS[:6])} days",
-        "next month", "at noon",
-    ])
+    return rng.choice(
+        [
+            "tomorrow",
+            "tonight",
+            "later today",
+            "next week",
+            f"on {rng.choice(DAYS)}",
+            f"next {rng.choice(DAYS)}",
+            f"in {rng.choice(MONTHS)}",
+            f"next {rng.choice(SEASONS)}",
+            f"after {rng.choice(MEALS)}",
+            f"before {rng.choice(MEALS)}",
+            f"tomorrow {rng.choice(PARTS_OF_DAY)}",
+            f"after the {rng.choice(EVENTS)}",
+            f"at {rng.choice(CLOCK)} o'clock",
+            "soon",
+            "this weekend",
+            f"in {rng.choice(NUMBERS[:6])} days",
+            "next month",
+            "at noon",
+        ]
+    )
 
 
 def _time_habit(rng: random.Random) -> str:
-    return rng.choice([
-        "every day", f"every {rng.choice(PARTS_OF_DAY)}", f"on {rng.choice(DAYS)}s", f"after {rng.choice(MEALS)}",
-        f"before {rng.choice(MEALS)}", f"in the {rng.choice(PARTS_OF_DAY)}", "on weekends", "every week",
-        f"in the {rng.choice(SEASONS)}", "twice a week", "once a month", "after work", "after school",
-    ])
+    return rng.choice(
+        [
+            "every day",
+            f"every {rng.choice(PARTS_OF_DAY)}",
+            f"on {rng.choice(DAYS)}s",
+            f"after {rng.choice(MEALS)}",
+            f"before {rng.choice(MEALS)}",
+            f"in the {rng.choice(PARTS_OF_DAY)}",
+            "on weekends",
+            "every week",
+            f"in the {rng.choice(SEASONS)}",
+            "twice a week",
+            "once a month",
+            "after work",
+            "after school",
+        ]
+    )
 
 
 def _maybe(rng: random.Random, p: float, text: str) -> str:
@@ -483,6 +644,7 @@ def _maybe(rng: random.Random, p: float, text: str) -> str:
 # Sentence shapes. Each returns one sentence, lower-case apart from names, days and months, with
 # its final punctuation; `make_sentences` checks the length and capitalises it.
 
+
 def _past_statement(rng: random.Random) -> str:
     s = _subject(rng)
     _, past, obj = _verb_phrase(rng)
@@ -492,11 +654,33 @@ def _past_statement(rng: random.Random) -> str:
 def _modal_statement(rng: random.Random) -> str:
     s = _subject(rng)
     base, _, obj = _verb_phrase(rng)
-    aux = rng.choice(["will", "is going to", "might", "should", "can", "wants to", "needs to", "has to",
-                      "would like to", "forgot to", "promised to", "plans to", "tried to", "hopes to"])
+    aux = rng.choice(
+        [
+            "will",
+            "is going to",
+            "might",
+            "should",
+            "can",
+            "wants to",
+            "needs to",
+            "has to",
+            "would like to",
+            "forgot to",
+            "promised to",
+            "plans to",
+            "tried to",
+            "hopes to",
+        ]
+    )
     if not s.third_sg:
-        aux = {"is going to": f"{s.be_present} going to", "wants to": "want to", "needs to": "need to",
-               "has to": "have to", "plans to": "plan to", "hopes to": "hope to"}.get(aux, aux)
+        aux = {
+            "is going to": f"{s.be_present} going to",
+            "wants to": "want to",
+            "needs to": "need to",
+            "has to": "have to",
+            "plans to": "plan to",
+            "hopes to": "hope to",
+        }.get(aux, aux)
     time = _time_past(rng) if aux in ("forgot to", "promised to", "tried to") else _time_future(rng)
     return f"{s.text} {aux} {base} {obj}{_maybe(rng, 0.6, time)}."
 
@@ -526,8 +710,22 @@ def _intransitive_statement(rng: random.Random) -> str:
 
 def _motion_statement(rng: random.Random) -> str:
     s = _subject(rng)
-    verb = rng.choice(["went to", "walked to", "drove to", "ran to", "hurried to", "came back from",
-                       "arrived at", "returned to", "left", "rode to", "cycled to", "stayed at"])
+    verb = rng.choice(
+        [
+            "went to",
+            "walked to",
+            "drove to",
+            "ran to",
+            "hurried to",
+            "came back from",
+            "arrived at",
+            "returned to",
+            "left",
+            "rode to",
+            "cycled to",
+            "stayed at",
+        ]
+    )
     company = _maybe(rng, 0.3, f"with {rng.choice(['her', 'his', 'my', 'their'])} {rng.choice(FAMILY).sg}")
     return f"{s.text} {verb} {_destination(rng)}{company}{_maybe(rng, 0.5, _time_past(rng))}."
 
@@ -569,30 +767,40 @@ def _wh_question(rng: random.Random) -> str:
 
 def _request(rng: random.Random) -> str:
     base, past, obj = _verb_phrase(rng)
-    return rng.choice([
-        f"can you {base} {obj}, please?", f"could you {base} {obj} for me?",
-        f"could you help me {base} {obj}?", f"would you mind if I {past} {obj}?",
-        f"shall we {base} {obj} {_time_future(rng)}?", f"do you want to {base} {obj}?",
-        f"would you like to {base} {obj}?", f"may I {base} {obj}?",
-        f"can we {base} {obj} {_place(rng)}?", f"is it okay to {base} {obj} {_time_future(rng)}?",
-    ])
+    return rng.choice(
+        [
+            f"can you {base} {obj}, please?",
+            f"could you {base} {obj} for me?",
+            f"could you help me {base} {obj}?",
+            f"would you mind if I {past} {obj}?",
+            f"shall we {base} {obj} {_time_future(rng)}?",
+            f"do you want to {base} {obj}?",
+            f"would you like to {base} {obj}?",
+            f"may I {base} {obj}?",
+            f"can we {base} {obj} {_place(rng)}?",
+            f"is it okay to {base} {obj} {_time_future(rng)}?",
+        ]
+    )
 
 
 def _command(rng: random.Random) -> str:
     base, _, obj = _verb_phrase(rng)
     furniture = rng.choice(KINDS["furniture"].nouns).sg
     thing = _object(rng, rng.choice(["small", "kitchen", "print", "container", "toy", "gadget"]), "definite")
-    return rng.choice([
-        f"please {base} {obj}{_maybe(rng, 0.4, _time_future(rng))}.",
-        f"don't forget to {base} {obj}{_maybe(rng, 0.4, _time_future(rng))}.",
-        f"{base} {obj} before {rng.choice(MEALS)}.", f"please don't {base} {obj}.",
-        f"put {thing} {rng.choice(FURNITURE_PREPS)} the {furniture}.",
-        f"let's {base} {obj}{_maybe(rng, 0.5, _time_future(rng))}.",
-        f"remember to {base} {obj} {_time_future(rng)}.",
-        f"take {_object(rng, 'pet', 'definite')} to {_destination(rng)}.",
-        f"bring {thing} {rng.choice(['to me', 'inside', 'upstairs', 'downstairs', 'here'])}, please.",
-        f"try to {base} {obj} {rng.choice(['quietly', 'slowly', 'quickly', 'carefully', 'gently'])}.",
-    ])
+    return rng.choice(
+        [
+            f"please {base} {obj}{_maybe(rng, 0.4, _time_future(rng))}.",
+            f"don't forget to {base} {obj}{_maybe(rng, 0.4, _time_future(rng))}.",
+            f"{base} {obj} before {rng.choice(MEALS)}.",
+            f"please don't {base} {obj}.",
+            f"put {thing} {rng.choice(FURNITURE_PREPS)} the {furniture}.",
+            f"let's {base} {obj}{_maybe(rng, 0.5, _time_future(rng))}.",
+            f"remember to {base} {obj} {_time_future(rng)}.",
+            f"take {_object(rng, 'pet', 'definite')} to {_destination(rng)}.",
+            f"bring {thing} {rng.choice(['to me', 'inside', 'upstairs', 'downstairs', 'here'])}, please.",
+            f"try to {base} {obj} {rng.choice(['quietly', 'slowly', 'quickly', 'carefully', 'gently'])}.",
+        ]
+    )
 
 
 def _exclamation(rng: random.Random) -> str:
@@ -602,15 +810,17 @@ def _exclamation(rng: random.Random) -> str:
     judge = rng.choice(JUDGEMENTS)
     s = _subject(rng)
     described = f"{rng.choice(k.adjectives)} {noun.sg}"
-    return rng.choice([
-        f"what {_a(judge + ' ' + noun.sg) if noun.pl else judge + ' ' + noun.sg} that is!",
-        f"what {_a(described) if noun.pl else described} {s.text} {s.has}!",
-        f"that {rng.choice(EVENTS)} was {rng.choice(['really', 'very', 'quite', 'so'])} {judge}!",
-        f"the {rng.choice(PLACES)[0]} looks {judge} {rng.choice(['today', 'tonight', 'this morning'])}!",
-        f"how {rng.choice(WEATHER + ['quiet', 'noisy', 'dark', 'busy', 'crowded', 'peaceful'])} it is "
-        f"{rng.choice(['today', 'outside', 'in here', 'tonight'])}!",
-        f"this {noun.sg} {'smells' if kind in ('dish', 'drink', 'baked', 'meal', 'flower') else 'looks'} {judge}!",
-    ])
+    return rng.choice(
+        [
+            f"what {_a(judge + ' ' + noun.sg) if noun.pl else judge + ' ' + noun.sg} that is!",
+            f"what {_a(described) if noun.pl else described} {s.text} {s.has}!",
+            f"that {rng.choice(EVENTS)} was {rng.choice(['really', 'very', 'quite', 'so'])} {judge}!",
+            f"the {rng.choice(PLACES)[0]} looks {judge} {rng.choice(['today', 'tonight', 'this morning'])}!",
+            f"how {rng.choice(WEATHER + ['quiet', 'noisy', 'dark', 'busy', 'crowded', 'peaceful'])} it is "
+            f"{rng.choice(['today', 'outside', 'in here', 'tonight'])}!",
+            f"this {noun.sg} {'smells' if kind in ('dish', 'drink', 'baked', 'meal', 'flower') else 'looks'} {judge}!",
+        ]
+    )
 
 
 def _description(rng: random.Random) -> str:
@@ -620,8 +830,23 @@ def _description(rng: random.Random) -> str:
         how = rng.choice(["very ", "really ", "quite ", "so ", "", "", ""])
         be = rng.choice([s.be_present, s.be_past])
         return f"{s.text} {be} {how}{rng.choice(FEELINGS)} after the {rng.choice(EVENTS)}."
-    kind = rng.choice(["pet", "wild", "container", "toy", "fruit", "flower", "small", "furniture", "print",
-                       "kitchen", "gear", "instrument", "gadget"])
+    kind = rng.choice(
+        [
+            "pet",
+            "wild",
+            "container",
+            "toy",
+            "fruit",
+            "flower",
+            "small",
+            "furniture",
+            "print",
+            "kitchen",
+            "gear",
+            "instrument",
+            "gadget",
+        ]
+    )
     noun = rng.choice(KINDS[kind].nouns)
     adj = rng.choice(KINDS[kind].adjectives)
     if r < 0.35:
@@ -650,24 +875,40 @@ def _schedule(rng: random.Random) -> str:
         thing, verbs = rng.choice(LEAVING), ["leaves", "arrives", "left", "arrived"]
     verb = rng.choice(verbs)
     clock = rng.choice(CLOCK)
-    when = rng.choice([f"at {clock}", f"at {clock} o'clock", f"at half past {clock}", f"at {clock} thirty",
-                       f"at a quarter past {clock}", "at noon", "at midnight", "early", "late"])
-    day = rng.choice([f"on {rng.choice(DAYS)}", "today", "every day", "on weekends"] if verb.endswith("s")
-                     else [f"on {rng.choice(DAYS)}", "yesterday", "last night"])
+    when = rng.choice(
+        [
+            f"at {clock}",
+            f"at {clock} o'clock",
+            f"at half past {clock}",
+            f"at {clock} thirty",
+            f"at a quarter past {clock}",
+            "at noon",
+            "at midnight",
+            "early",
+            "late",
+        ]
+    )
+    day = rng.choice(
+        [f"on {rng.choice(DAYS)}", "today", "every day", "on weekends"]
+        if verb.endswith("s")
+        else [f"on {rng.choice(DAYS)}", "yesterday", "last night"]
+    )
     return f"the {thing} {verb} {when}{_maybe(rng, 0.4, day)}."
 
 
 def _weather(rng: random.Random) -> str:
     w = rng.choice(WEATHER)
-    return rng.choice([
-        f"it was {rng.choice(['', 'very ', 'really ', 'quite '])}{w} {_time_past(rng)}.",
-        f"it will be {w} {_time_future(rng)}.",
-        f"it is often {w} in {rng.choice(MONTHS)}.",
-        f"the {rng.choice(['rain', 'wind', 'snow', 'fog', 'storm', 'heat'])} "
-        f"{rng.choice(['stopped', 'started', 'came back', 'got worse', 'ended'])} {_time_past(rng)}.",
-        f"{_subject(rng).text} stayed home because it was {w}.",
-        f"was it {w} {_place(rng)} {_time_past(rng)}?",
-    ])
+    return rng.choice(
+        [
+            f"it was {rng.choice(['', 'very ', 'really ', 'quite '])}{w} {_time_past(rng)}.",
+            f"it will be {w} {_time_future(rng)}.",
+            f"it is often {w} in {rng.choice(MONTHS)}.",
+            f"the {rng.choice(['rain', 'wind', 'snow', 'fog', 'storm', 'heat'])} "
+            f"{rng.choice(['stopped', 'started', 'came back', 'got worse', 'ended'])} {_time_past(rng)}.",
+            f"{_subject(rng).text} stayed home because it was {w}.",
+            f"was it {w} {_place(rng)} {_time_past(rng)}?",
+        ]
+    )
 
 
 def _sport(rng: random.Random) -> str:
@@ -685,8 +926,26 @@ def _sport(rng: random.Random) -> str:
 
 def _wants(rng: random.Random) -> str:
     s = _subject(rng)
-    kind = rng.choice(["fruit", "baked", "meal", "pantry", "drink", "clothes", "gear", "gadget", "print",
-                       "small", "toy", "instrument", "cycle", "pet", "flower", "art"])
+    kind = rng.choice(
+        [
+            "fruit",
+            "baked",
+            "meal",
+            "pantry",
+            "drink",
+            "clothes",
+            "gear",
+            "gadget",
+            "print",
+            "small",
+            "toy",
+            "instrument",
+            "cycle",
+            "pet",
+            "flower",
+            "art",
+        ]
+    )
     verb = rng.choice(["want", "need", "would like", "asked for", "got", "chose", "wanted", "needed"])
     if verb in ("want", "need") and s.third_sg:
         verb += "s"
@@ -696,18 +955,47 @@ def _wants(rng: random.Random) -> str:
 
 def _social(rng: random.Random) -> str:
     s = _subject(rng)
-    verb = rng.choice(["called", "met", "helped", "visited", "thanked", "invited", "greeted", "phoned",
-                       "waited for", "looked for", "talked to", "wrote to", "smiled at", "waved to"])
+    verb = rng.choice(
+        [
+            "called",
+            "met",
+            "helped",
+            "visited",
+            "thanked",
+            "invited",
+            "greeted",
+            "phoned",
+            "waited for",
+            "looked for",
+            "talked to",
+            "wrote to",
+            "smiled at",
+            "waved to",
+        ]
+    )
     where, when = _maybe(rng, 0.4, _place(rng)), _maybe(rng, 0.4, _time_past(rng))
     return f"{s.text} {verb} {_other_person(rng, s)}{where}{when}."
 
 
 # Weights favour the shapes with the most open slots, which carry most of the vocabulary.
 _SHAPES: list[tuple[Callable[[random.Random], str], int]] = [
-    (_past_statement, 14), (_modal_statement, 9), (_habit_statement, 6), (_progressive_statement, 6),
-    (_intransitive_statement, 6), (_motion_statement, 5), (_yes_no_question, 8), (_wh_question, 8),
-    (_request, 6), (_command, 7), (_exclamation, 4), (_description, 8), (_schedule, 3), (_weather, 3),
-    (_sport, 3), (_wants, 5), (_social, 5),
+    (_past_statement, 14),
+    (_modal_statement, 9),
+    (_habit_statement, 6),
+    (_progressive_statement, 6),
+    (_intransitive_statement, 6),
+    (_motion_statement, 5),
+    (_yes_no_question, 8),
+    (_wh_question, 8),
+    (_request, 6),
+    (_command, 7),
+    (_exclamation, 4),
+    (_description, 8),
+    (_schedule, 3),
+    (_weather, 3),
+    (_sport, 3),
+    (_wants, 5),
+    (_social, 5),
 ]
 
 
@@ -738,8 +1026,11 @@ class _SimilarityFilter:
         words = tuple(self._ids.setdefault(w, len(self._ids)) for w in re.findall(r"[a-z']+", sentence.lower()))
         num, den = self.MAX_SHARED
         shortest = num * len(words) // den + 1
-        keys = {hash(tuple(words[i] for i in idx))
-                for m in range(shortest, len(words) + 1) for idx in combinations(range(len(words)), m)}
+        keys = {
+            hash(tuple(words[i] for i in idx))
+            for m in range(shortest, len(words) + 1)
+            for idx in combinations(range(len(words)), m)
+        }
         if not keys.isdisjoint(self._keys):
             return False
         self._keys |= keys

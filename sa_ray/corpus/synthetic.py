@@ -88,7 +88,11 @@ def build_synthetic_corpus(cfg: CorpusConfig, workers: int | None = None, progre
             meta.write_text(json.dumps(align))
             tmp.replace(wav)  # the wav appears only when complete: a killed build never leaves half a file
         return Utterance(
-            utt_id=utt_id, speaker=voice.speaker, text=text, audio_path=str(wav), source=voice.engine,
+            utt_id=utt_id,
+            speaker=voice.speaker,
+            text=text,
+            audio_path=str(wav),
+            source=voice.engine,
             phones=tuple(align["phones"]) if align["phones"] else None,
             phone_ms=tuple(align["phone_ms"]) if align["phone_ms"] else None,
         )
@@ -98,5 +102,6 @@ def build_synthetic_corpus(cfg: CorpusConfig, workers: int | None = None, progre
         it = pool.map(one, plan)
         # Redraw rarely when the output is a log file rather than a terminal.
         redraw = 0.1 if sys.stderr.isatty() else 15.0
-        return list(tqdm(it, total=len(plan), desc="corpus: synthesise", unit="utt", disable=not progress,
-                         mininterval=redraw))
+        return list(
+            tqdm(it, total=len(plan), desc="corpus: synthesise", unit="utt", disable=not progress, mininterval=redraw)
+        )

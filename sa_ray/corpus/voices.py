@@ -29,11 +29,13 @@ class Voice:
     name: str
 
     @classmethod
-    def parse(cls, spec: str) -> "Voice":
+    def parse(cls, spec: str) -> Voice:
         engine, sep, name = spec.partition("-")
         if not sep or engine not in ENGINES or not name:
-            raise VoiceError(f"voice {spec!r} must look like <engine>-<name> with engine one of {ENGINES}, "
-                             "e.g. mbrola-us1, festival-kal_diphone, espeak-en-us+m3")
+            raise VoiceError(
+                f"voice {spec!r} must look like <engine>-<name> with engine one of {ENGINES}, "
+                "e.g. mbrola-us1, festival-kal_diphone, espeak-en-us+m3"
+            )
         return cls(engine, name)
 
     @property

@@ -47,8 +47,14 @@ ZERO_STAGES = (1, 2)  # tested on CPU/gloo (tests/test_deepspeed.py); stage 3 sh
 class Stepper:
     """Forward through `module`; then `backward(loss)` and `step()` (returns the pre-clip grad norm)."""
 
-    def __init__(self, module: torch.nn.Module, params: list[torch.nn.Parameter], optimizer,
-                 scheduler: torch.optim.lr_scheduler.LambdaLR, grad_clip: float):
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        params: list[torch.nn.Parameter],
+        optimizer,
+        scheduler: torch.optim.lr_scheduler.LambdaLR,
+        grad_clip: float,
+    ):
         self.module, self.params, self.optimizer, self.scheduler = module, params, optimizer, scheduler
         self.grad_clip = grad_clip
 
@@ -108,15 +114,18 @@ class _GatheredZeroState:
                 state[i] = {"step": flat_state["step"].clone()} if "step" in flat_state else {}
                 for key in keys:  # collective: every rank contributes its slice
                     state[i][key] = safe_get_full_optimizer_state(self.params[i], key).detach().clone()
-        groups = [{**{k: v for k, v in group.items() if k != "params"}, "params": members}
-                  for group, members in zip(self.base.param_groups, self.groups)]
+        groups = [
+            {**{k: v for k, v in group.items() if k != "params"}, "params": members}
+            for group, members in zip(self.base.param_groups, self.groups)
+        ]
         return {"state": {i: s for i, s in state.items() if s}, "param_groups": groups}
 
     def load_state_dict(self, sd: dict) -> None:
         from deepspeed.utils import safe_set_full_optimizer_state
 
         if len(sd["param_groups"]) != len(self.groups) or any(
-                saved["params"] != members for saved, members in zip(sd["param_groups"], self.groups)):
+            saved["params"] != members for saved, members in zip(sd["param_groups"], self.groups)
+        ):
             raise ValueError("optimizer checkpoint does not match the parameters being trained")
         self.zero.refresh_fp32_params()  # fp32 master weights <- the (just loaded) model weights
         for group, saved in zip(self.base.param_groups, sd["param_groups"]):
@@ -129,8 +138,9 @@ class _GatheredZeroState:
             # does that itself after its first step)
             for g, members in enumerate(self.groups):
                 first = state[members[0]]
-                self.base.state[self._flat(g)] = {k: torch.zeros_like(self._flat(g)) if k != "step" else v.clone()
-                                                  for k, v in first.items()}
+                self.base.state[self._flat(g)] = {
+                    k: torch.zeros_like(self._flat(g)) if k != "step" else v.clone() for k, v in first.items()
+                }
             self.zero._hp_optimizer_states_linked = False
             self.zero._lazy_init_hp_params_optimizer_state()
         for g, members in enumerate(self.groups):
@@ -160,10 +170,17 @@ def ensure_process_group() -> None:
         os.environ["LOCAL_RANK"] = "0"
 
 
-def make_stepper(model: torch.nn.Module, params: Iterable[torch.nn.Parameter], lr: float,
-                 betas: tuple[float, float], weight_decay: float, schedule: Callable[[int], float],
-                 grad_clip: float, zero_stage: int | None = None,
-                 wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m) -> Stepper:
+def make_stepper(
+    model: torch.nn.Module,
+    params: Iterable[torch.nn.Parameter],
+    lr: float,
+    betas: tuple[float, float],
+    weight_decay: float,
+    schedule: Callable[[int], float],
+    grad_clip: float,
+    zero_stage: int | None = None,
+    wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
+) -> Stepper:
     """AdamW(params) with LambdaLR(schedule) and clipping at `grad_clip`.
 
     zero_stage None: plain torch; `wrap` (e.g. DDP) gives the module to call. zero_stage 1 or 2: a
@@ -190,6 +207,7 @@ def make_stepper(model: torch.nn.Module, params: Iterable[torch.nn.Parameter], l
         "zero_optimization": {"stage": zero_stage, "reduce_bucket_size": bucket, "allgather_bucket_size": bucket},
         "steps_per_print": 2**62,
     }
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=params, config=config,
-                                           dist_init_required=False)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, model_parameters=params, config=config, dist_init_required=False
+    )
     return ZeroStepper(engine, params, scheduler, grad_clip)

@@ -39,21 +39,33 @@ class TorchEngine:
             self._lora_id = int(int_id)
         return self._lora_model
 
-    def generate(self, prompts: list[list[int]], allowed_ids: list[int], eos_id: int,
-                 max_new_tokens: list[int] | int, seeds: list[int] | int, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, lora: LoRA | None = None, forced: list[list[int]] | None = None,
-                 forced_ids: Sequence[int] = ()) -> list[list[int]]:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        allowed_ids: list[int],
+        eos_id: int,
+        max_new_tokens: list[int] | int,
+        seeds: list[int] | int,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        lora: LoRA | None = None,
+        forced: list[list[int]] | None = None,
+        forced_ids: Sequence[int] = (),
+    ) -> list[list[int]]:
         cfg = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, batch_size=self.batch_size)
         return sample(self._model(lora), prompts, allowed_ids, eos_id, max_new_tokens, seeds, cfg, forced, forced_ids)
 
-    def sequence_logprobs(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]],
-                          lora: LoRA | None = None) -> list[float]:
+    def sequence_logprobs(
+        self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], lora: LoRA | None = None
+    ) -> list[float]:
         model = self._model(lora)
         out: list[float] = []
         with torch.inference_mode():
             for start in range(0, len(prompts), self.batch_size):
-                batch = pack(list(prompts[start : start + self.batch_size]),
-                             list(continuations[start : start + self.batch_size]))
+                batch = pack(
+                    list(prompts[start : start + self.batch_size]), list(continuations[start : start + self.batch_size])
+                )
                 out += sequence_logprobs(model, batch)[0].tolist()
         return out
 

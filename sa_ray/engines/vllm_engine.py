@@ -160,8 +160,10 @@ class VLLMEngine:
         too_long = [i for i in range(n) if len(prompts[i]) + budgets[i] > self.max_model_len]
         if too_long:
             i = too_long[0]
-            raise ValueError(f"prompt {i}: {len(prompts[i])} + {budgets[i]} new tokens exceed max_model_len "
-                             f"{self.max_model_len} ({len(too_long)} such requests)")
+            raise ValueError(
+                f"prompt {i}: {len(prompts[i])} + {budgets[i]} new tokens exceed max_model_len "
+                f"{self.max_model_len} ({len(too_long)} such requests)"
+            )
 
         todo = [i for i in range(n) if budgets[i] > 0]  # vLLM rejects max_tokens=0
         greedy = temperature == 0
@@ -177,16 +179,21 @@ class VLLMEngine:
                 stop_token_ids=[int(eos_id)],
                 ignore_eos=True,  # stop at OUR eos_id only, not at the model config's eos ids
                 detokenize=False,
-                extra_args=None if forced is None else {
-                    FORCED: [*map(int, forced[i]), int(eos_id)], CONSTRAINED: constrained},
+                extra_args=None
+                if forced is None
+                else {FORCED: [*map(int, forced[i]), int(eos_id)], CONSTRAINED: constrained},
             )
             for i in todo
         ]
         results: list[list[int]] = [[] for _ in range(n)]
         if not todo:
             return results
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(map(int, prompts[i]))) for i in todo],
-                                    params, use_tqdm=False, lora_request=self._lora_request(lora))
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(map(int, prompts[i]))) for i in todo],
+            params,
+            use_tqdm=False,
+            lora_request=self._lora_request(lora),
+        )
         for i, out in zip(todo, outputs):
             ids = [int(t) for t in out.outputs[0].token_ids]
             if eos_id in ids:  # stop at EOS, include it (vLLM already does; kept as the contract)
@@ -196,8 +203,9 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------------------------- scoring
 
-    def sequence_logprobs(self, prompts: Sequence[list[int]], continuations: Sequence[list[int]],
-                          lora: LoRA | None = None) -> list[float]:
+    def sequence_logprobs(
+        self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], lora: LoRA | None = None
+    ) -> list[float]:
         """Sum of log p(continuation token | everything before it) per pair, over the FULL vocabulary
         (the model's raw log-softmax, no allowed-id restriction or temperature)."""
         from vllm import SamplingParams
@@ -212,8 +220,12 @@ class VLLMEngine:
         if any(len(s) >= self.max_model_len for s in seqs):
             raise ValueError(f"prompt + continuation must be shorter than max_model_len {self.max_model_len}")
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs], params, use_tqdm=False,
-                                    lora_request=self._lora_request(lora))
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=s) for s in seqs],
+            params,
+            use_tqdm=False,
+            lora_request=self._lora_request(lora),
+        )
         totals = []
         for p, s, out in zip(prompts, seqs, outputs):
             lps = out.prompt_logprobs  # position j: {token id: Logprob} incl. the actual token s[j]; j=0 is None
@@ -253,7 +265,7 @@ class VLLMEngine:
             core.shutdown()
         del llm
 
-    def __enter__(self) -> "VLLMEngine":
+    def __enter__(self) -> VLLMEngine:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -320,8 +332,10 @@ def _check_head_dim(model_dir: str | Path) -> None:
     except Exception:  # another vLLM layout or config: let vLLM itself decide
         return
     if head_dim not in supported:
-        raise ValueError(f"{model_dir}: head_dim {head_dim} (hidden_size / num_attention_heads) is not supported by "
-                         f"vLLM's CPU attention; supported: {supported}")
+        raise ValueError(
+            f"{model_dir}: head_dim {head_dim} (hidden_size / num_attention_heads) is not supported by "
+            f"vLLM's CPU attention; supported: {supported}"
+        )
 
 
 def _request_seeds(seeds: list[int] | int, n: int) -> list[int]:

@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
+import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from sa_ray.audio import resample
+from sa_ray.config import CorpusConfig
+from sa_ray.corpus.sentences import make_sentences
 from sa_ray.text import normalize_text
 
 log = logging.getLogger(__name__)
@@ -66,6 +71,39 @@ class PocketSphinxASR:
 # Domain language model
 
 
+def domain_asr(data_dir: str | Path, corpus: CorpusConfig) -> PocketSphinxASR:
+    """pocketsphinx with an n-gram LM of the domain's text (built once, kept beside the data).
+
+    The generic LM's prior fights the corpus's unusual sentences (original audio of held-out
+    sentences: WER 0.44 generic vs 0.24 with an LM of the 1,520 training sentences), so a domain LM
+    lets WER measure the speech, not the prior. Its text is the training transcripts; for the built-in
+    corpus, the grammar's sentences (8,000 of them, which makes a better LM), and never a held-out one.
+    """
+    lm_dir = Path(data_dir) / "asr_lm"
+    if not (lm_dir / "domain.lm").is_file():
+        texts = pq.read_table(Path(data_dir) / "train", columns=["text"]).column("text").to_pylist()
+        if corpus.kind == "synthetic":
+            held = {
+                normalize_text(t)
+                for split in ("heldout_sentences", "heldout_voices")
+                for t in pq.read_table(Path(data_dir) / split, columns=["text"]).column("text").to_pylist()
+            }
+            texts = [
+                t for t in make_sentences(max(8000, corpus.n_sentences), corpus.seed) if normalize_text(t) not in held
+            ]
+        # Built aside and renamed into place whole: roles that start together (an evaluator and its reward
+        # scorers) each build it, and none may read another's half-written LM.
+        staging = lm_dir.parent / f".{lm_dir.name}.staging-{uuid.uuid4().hex[:8]}"
+        build_domain_lm(sorted(set(texts)), staging)
+        try:
+            staging.rename(lm_dir)
+        except OSError:  # another process's LM is in place (of the same text, so the same LM)
+            shutil.rmtree(staging)
+            if not (lm_dir / "domain.lm").is_file():
+                raise
+    return PocketSphinxASR(str(lm_dir / "domain.lm"), str(lm_dir / "domain.dict"))
+
+
 def build_domain_lm(sentences: list[str], out_dir: str | Path, order: int = 3) -> tuple[Path, Path]:
     """Writes `domain.lm` (ARPA, `order`-gram) and `domain.dict` under `out_dir`; returns their paths.
 
@@ -101,8 +139,13 @@ def build_domain_lm(sentences: list[str], out_dir: str | Path, order: int = 3) -
     if missing:
         before = len(sents)
         sents = [s for s in sents if missing.isdisjoint(s)]
-        log.warning("build_domain_lm: %d words not in cmudict, dropped %d of %d sentences: %s",
-                    len(missing), before - len(sents), before, " ".join(sorted(missing)))
+        log.warning(
+            "build_domain_lm: %d words not in cmudict, dropped %d of %d sentences: %s",
+            len(missing),
+            before - len(sents),
+            before,
+            " ".join(sorted(missing)),
+        )
     if not sents:
         raise ValueError("no sentence left to train the domain LM on")
     vocab = sorted({w for s in sents for w in s})
@@ -166,7 +209,7 @@ def _arpa(sents: list[list[str]], order: int) -> str:
         toks = [BOS, *s, EOS]
         for n in range(1, order + 1):
             for i in range(len(toks) - n + 1):
-                counts[n - 1][tuple(toks[i:i + n])] += 1
+                counts[n - 1][tuple(toks[i : i + n])] += 1
     del counts[0][(BOS,)]  # <s> only ever starts a context; it is never predicted
 
     # Per history: how many n-gram tokens follow it (c) and how many distinct words (t).

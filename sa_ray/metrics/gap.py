@@ -48,8 +48,12 @@ def mean_pooled_states(model, sequences: list[list[int]], starts: list[int], bat
                 ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
                 mask[row, : len(seq)] = 1
                 target[row, starts[i] : len(seq)] = 1.0
-            hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           output_hidden_states=True).hidden_states[-1].float().cpu()
+            hidden = (
+                model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+                .hidden_states[-1]
+                .float()
+                .cpu()
+            )
             pooled = (hidden * target[..., None]).sum(1) / target.sum(1, keepdim=True)
             if out is None:
                 out = np.empty((len(sequences), pooled.shape[1]), dtype=np.float32)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from sa_ray.audio import resample
-from sa_ray.metrics.backends import load_audio_model, model_label
+from sa_ray.metrics.hub import load_audio_model, model_label
 
 
 class HFMOS:
@@ -17,8 +17,10 @@ class HFMOS:
         self.device = device
         self._features, self._model = load_audio_model(model, "AutoModelForAudioClassification")
         if self._model.config.num_labels != 1:
-            raise ValueError(f"MOS model {model!r} must predict one score (a regression head); it has "
-                             f"{self._model.config.num_labels} outputs")
+            raise ValueError(
+                f"MOS model {model!r} must predict one score (a regression head); it has "
+                f"{self._model.config.num_labels} outputs"
+            )
         self._model = self._model.to(device).eval()
         self.sample_rate = self._features.sampling_rate
 

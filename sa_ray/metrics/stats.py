@@ -11,8 +11,15 @@ from __future__ import annotations
 import numpy as np
 
 
-def wer_change(base_errors: list[int], base_words: list[int], errors: list[int], words: list[int],
-               samples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+def wer_change(
+    base_errors: list[int],
+    base_words: list[int],
+    errors: list[int],
+    words: list[int],
+    samples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
     """(WER - base WER, lower, upper bound of its `level` interval) for paired per-utterance errors."""
     b_err, b_words, err, n_words = (np.asarray(x, dtype=np.float64) for x in (base_errors, base_words, errors, words))
     if not len(err) == len(b_err) == len(n_words) == len(b_words) or len(err) == 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from sa_ray.audio import resample
-from sa_ray.metrics.backends import load_audio_model, model_label
+from sa_ray.metrics.hub import load_audio_model, model_label
 
 
 class WavLMSIM:

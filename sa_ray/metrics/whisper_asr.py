@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from sa_ray.audio import resample
-from sa_ray.metrics.backends import model_label, resolve_model
+from sa_ray.metrics.hub import model_label, resolve_model
 
 
 class WhisperASR:
@@ -31,8 +31,11 @@ class WhisperASR:
         self.device, self.batch_size = device, batch_size
         self.dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
         self.processor = WhisperProcessor.from_pretrained(source, local_files_only=local_only)
-        self.model = WhisperForConditionalGeneration.from_pretrained(
-            source, local_files_only=local_only, dtype=self.dtype).to(device).eval()
+        self.model = (
+            WhisperForConditionalGeneration.from_pretrained(source, local_files_only=local_only, dtype=self.dtype)
+            .to(device)
+            .eval()
+        )
         self.sample_rate = self.processor.feature_extractor.sampling_rate
         gen = self.model.generation_config
         # Multilingual checkpoints are told the language and task (otherwise they may translate, or guess
@@ -70,11 +73,16 @@ class WhisperASR:
         # Short-form input is padded to the 30 s window Whisper was trained on; long-form input is
         # padded only to the longest item, and the attention mask tells generate where each one ends.
         extra = {"truncation": False, "padding": "longest"} if long_form else {}
-        feats = self.processor.feature_extractor(wavs, sampling_rate=self.sample_rate, return_tensors="pt",
-                                                 return_attention_mask=True, **extra)
+        feats = self.processor.feature_extractor(
+            wavs, sampling_rate=self.sample_rate, return_tensors="pt", return_attention_mask=True, **extra
+        )
         with torch.inference_mode():
-            ids = self.model.generate(feats.input_features.to(self.device, self.dtype),
-                                      attention_mask=feats.attention_mask.to(self.device),
-                                      do_sample=False, num_beams=1, **self._prompt)
+            ids = self.model.generate(
+                feats.input_features.to(self.device, self.dtype),
+                attention_mask=feats.attention_mask.to(self.device),
+                do_sample=False,
+                num_beams=1,
+                **self._prompt,
+            )
         # Whisper's text starts with the space of its first word token; nothing else is touched.
         return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]

@@ -26,9 +26,16 @@ def build_ar_model(cfg: ModelConfig, vocab: Vocab) -> PreTrainedModel:
             model.resize_token_embeddings(vocab.size)
         return model
     common = dict(
-        vocab_size=vocab.size, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
-        num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads, intermediate_size=cfg.intermediate,
-        max_position_embeddings=cfg.max_positions, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
+        vocab_size=vocab.size,
+        hidden_size=cfg.hidden,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.heads,
+        intermediate_size=cfg.intermediate,
+        max_position_embeddings=cfg.max_positions,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
         tie_word_embeddings=False,
     )
     hf_cfg = LlamaConfig(**common) if cfg.arch == "llama" else Qwen2Config(**common)
@@ -63,8 +70,9 @@ def ar_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[tor
     """Mean next-token cross-entropy over target positions, and the accuracy of codes among them."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     labels = batch["labels"][:, 1:]
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                             ignore_index=IGNORE)
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE
+    )
     with torch.no_grad():
         valid = labels != IGNORE
         acc = (logits.argmax(-1)[valid] == labels[valid]).float().mean()

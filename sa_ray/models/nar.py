@@ -79,8 +79,9 @@ class NARModel(nn.Module):
         self.segment_emb = nn.Embedding(3, H)
         self.register_buffer("positions", sinusoids(cfg.max_len, H), persistent=False)
         self.register_buffer("layer_offsets", torch.arange(L) * C, persistent=False)
-        layer = nn.TransformerEncoderLayer(H, cfg.heads, cfg.ff, cfg.dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            H, cfg.heads, cfg.ff, cfg.dropout, activation="gelu", batch_first=True, norm_first=True
+        )
         # Pre-LN needs a final norm; nested tensors do not support norm_first, so ask for none.
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, norm=nn.LayerNorm(H), enable_nested_tensor=False)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -108,8 +109,17 @@ class NARModel(nn.Module):
             raise ValueError(f"a segment of {length} positions exceeds max_len={self.cfg.max_len}")
         return self.positions[:length]
 
-    def forward(self, text: Tensor, text_mask: Tensor, prompt: Tensor, prompt_mask: Tensor, codes: Tensor,
-                frame_text: Tensor, code_mask: Tensor, level: Tensor) -> Tensor:
+    def forward(
+        self,
+        text: Tensor,
+        text_mask: Tensor,
+        prompt: Tensor,
+        prompt_mask: Tensor,
+        codes: Tensor,
+        frame_text: Tensor,
+        code_mask: Tensor,
+        level: Tensor,
+    ) -> Tensor:
         """Logits [B, T, codebook_size] for codec layer `level[b]` of every target frame.
 
         text [B, Tt] + text_mask [B, Tt]; prompt [B, L, Tp] + prompt_mask [B, Tp]; codes [B, L, T] (only
@@ -142,7 +152,7 @@ class NARModel(nn.Module):
 
         x = torch.cat([x_text, x_prompt, x_target], dim=1) + self.level_emb(level - 1)[:, None, :]
         pad = ~torch.cat([text_mask, prompt_mask, code_mask], dim=1)
-        h = self.encoder(self.dropout(x), src_key_padding_mask=pad)[:, -codes.shape[2]:]
+        h = self.encoder(self.dropout(x), src_key_padding_mask=pad)[:, -codes.shape[2] :]
         w, b = self.head_weight[level - 1], self.head_bias[level - 1]  # [B, C, H], [B, C]
         return torch.einsum("bth,bch->btc", h, w) + b[:, None, :]
 
@@ -154,8 +164,16 @@ class NARModel(nn.Module):
         codes = batch["codes"]
         B = codes.shape[0]
         level = torch.randint(1, self.cfg.n_codebooks, (B,), generator=generator).to(codes.device)
-        logits = self(batch["text"], batch["text_mask"], batch["prompt"], batch["prompt_mask"], codes,
-                      batch["frame_text"], batch["code_mask"], level)
+        logits = self(
+            batch["text"],
+            batch["text_mask"],
+            batch["prompt"],
+            batch["prompt_mask"],
+            codes,
+            batch["frame_text"],
+            batch["code_mask"],
+            level,
+        )
         target = codes[torch.arange(B, device=codes.device), level]  # [B, T]
         mask = batch["code_mask"].bool()
         loss = F.cross_entropy(logits[mask].float(), target[mask])
@@ -166,8 +184,9 @@ class NARModel(nn.Module):
     # --------------------------------------------------------------------------------- inference
 
     @torch.inference_mode()
-    def generate(self, text: list[int], prompt: np.ndarray, level0: np.ndarray,
-                 frame_text: np.ndarray | None = None) -> np.ndarray:
+    def generate(
+        self, text: list[int], prompt: np.ndarray, level0: np.ndarray, frame_text: np.ndarray | None = None
+    ) -> np.ndarray:
         """Layers 1..L-1 for the frames of `level0`, greedily, each layer conditioned on those below.
 
         text: text-token indices; prompt [L, Tp]; level0 [T]; frame_text [T] or None (plain mode).
@@ -178,15 +197,26 @@ class NARModel(nn.Module):
         codes[0] = np.asarray(level0, dtype=np.int64)
         if T == 0:
             return codes
-        batch = {k: v.to(self.device) for k, v in collate_nar(
-            [{"text": text, "prompt": prompt, "codes": codes, "frame_text": frame_text}]).items()}
+        batch = {
+            k: v.to(self.device)
+            for k, v in collate_nar(
+                [{"text": text, "prompt": prompt, "codes": codes, "frame_text": frame_text}]
+            ).items()
+        }
         was_training = self.training
         self.eval()
         try:
             for level in range(1, L):
-                logits = self(batch["text"], batch["text_mask"], batch["prompt"], batch["prompt_mask"],
-                              batch["codes"], batch["frame_text"], batch["code_mask"],
-                              torch.tensor([level], device=self.device))
+                logits = self(
+                    batch["text"],
+                    batch["text_mask"],
+                    batch["prompt"],
+                    batch["prompt_mask"],
+                    batch["codes"],
+                    batch["frame_text"],
+                    batch["code_mask"],
+                    torch.tensor([level], device=self.device),
+                )
                 batch["codes"][0, level] = logits[0].argmax(-1)
         finally:
             self.train(was_training)
@@ -204,11 +234,14 @@ class NARModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CONFIG_NAME).write_text(json.dumps({"model_type": "sa_ray.nar", **asdict(self.cfg)}, indent=1))
         # clone: a tensor must own its storage (DeepSpeed's gathered parameters are views into one flat buffer)
-        save_torch_state_dict({k: v.detach().cpu().clone() for k, v in self.state_dict().items()}, directory,
-                              max_shard_size=max_shard_size)
+        save_torch_state_dict(
+            {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
+            directory,
+            max_shard_size=max_shard_size,
+        )
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "NARModel":
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> NARModel:
         """The saved model (either weights layout), in eval mode (call .train() to go on training it)."""
         from huggingface_hub import load_torch_model
 
@@ -238,9 +271,12 @@ def collate_nar(examples: list[dict]) -> dict[str, Tensor]:
     Tp = max(p.shape[1] for p in prompts)
     T = max(c.shape[1] for c in codes)
     out = {
-        "text": torch.zeros(B, Tt, dtype=torch.long), "text_mask": torch.zeros(B, Tt, dtype=torch.bool),
-        "prompt": torch.zeros(B, L, Tp, dtype=torch.long), "prompt_mask": torch.zeros(B, Tp, dtype=torch.bool),
-        "codes": torch.zeros(B, L, T, dtype=torch.long), "code_mask": torch.zeros(B, T, dtype=torch.bool),
+        "text": torch.zeros(B, Tt, dtype=torch.long),
+        "text_mask": torch.zeros(B, Tt, dtype=torch.bool),
+        "prompt": torch.zeros(B, L, Tp, dtype=torch.long),
+        "prompt_mask": torch.zeros(B, Tp, dtype=torch.bool),
+        "codes": torch.zeros(B, L, T, dtype=torch.long),
+        "code_mask": torch.zeros(B, T, dtype=torch.bool),
         "frame_text": torch.full((B, T), -1, dtype=torch.long),
     }
     for i, (e, p, c) in enumerate(zip(examples, prompts, codes)):

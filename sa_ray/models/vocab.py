@@ -137,7 +137,7 @@ class Vocab:
         (Path(directory) / "vocab.json").write_text(json.dumps(data, indent=1))
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Vocab":
+    def load(cls, directory: str | Path) -> Vocab:
         data = json.loads((Path(directory) / "vocab.json").read_text())
         if tuple(data.pop("specials")) != SPECIALS:
             raise ValueError(f"{directory}/vocab.json was written with other special tokens")

@@ -4,13 +4,13 @@ seconds a version instead of minutes and free of the recogniser's noise. The req
 `jobs.evaluate` / the align loop's evaluation at the same seeds, so the figures match their
 `<split>_phone_error_rate`.
 
-    python -m benchmarks.phone_errors --base checkpoints/base --adapters runs/p/align/adapters/v* \\
+    python -m analysis.phone_errors --base checkpoints/base --adapters runs/p/align/adapters/v* \\
         --n 160 --seeds 0,1000 run_dir=runs/p codec.path=checkpoints/base/codec
 
 `--out FILE` also writes every figure printed (and each sample's phone errors) as JSON.
 `--record FILE` (once per policy: the base first, then the adapters) joins the samples with the word errors of the
 evaluation that made them (an align record `align/records/iter_<k>.json` or a `jobs.evaluate --out` file,
-evaluated at `--seeds` in that order, with `align.eval_utterances` = `--n`) and prints the WER of the samples
+evaluated at `--seeds` in that order, with `eval.utterances` = `--n`) and prints the WER of the samples
 without and with phone errors, and for each adapter the same (utterance, seed) compared with the base's: a
 WER change where neither sample has phone errors is acoustic, not a different choice of sentences.
 """
@@ -37,8 +37,9 @@ from sa_ray.sampling import SamplingConfig
 from sa_ray.synthesis import CodecTTS
 
 
-def phone_error_rates(tts: CodecTTS, tables: dict, banks: dict, n: int, seed: int, sampling: SamplingConfig,
-                      batch_size: int = 16) -> dict[str, float]:
+def phone_error_rates(
+    tts: CodecTTS, tables: dict, banks: dict, n: int, seed: int, sampling: SamplingConfig, batch_size: int = 16
+) -> dict[str, float]:
     out = {}
     for split, rows in tables.items():
         requests = heldout_requests(pick_heldout(rows, n), banks[split], random.Random(seed), seed)
@@ -61,8 +62,9 @@ def wer_by_phone_errors(edits: list[int], errors: list[int], words: list[int]) -
     return out
 
 
-def paired_by_phone_errors(base_edits: list[int], edits: list[int], base_errors: list[int], errors: list[int],
-                           words: list[int]) -> dict[str, float]:
+def paired_by_phone_errors(
+    base_edits: list[int], edits: list[int], base_errors: list[int], errors: list[int], words: list[int]
+) -> dict[str, float]:
     """The same (utterance, seed) under the base and a policy, grouped by whether each sample has phone errors:
     `both_clean` (neither: a change of WER there is acoustic), `fixed`, `broken`, `both_bad`; each group's
     WER under the base and under the policy."""
@@ -76,7 +78,8 @@ def paired_by_phone_errors(base_edits: list[int], edits: list[int], base_errors:
         out[f"{name}_wer"] = sum(errors[i] for i in picked) / n_words
         if name == "both_clean" and picked:  # is the acoustic change beyond the noise? (paired bootstrap)
             _, out["both_clean_change_lo"], out["both_clean_change_hi"] = wer_change(
-                *([x[i] for i in picked] for x in (base_errors, words, errors, words)))
+                *([x[i] for i in picked] for x in (base_errors, words, errors, words))
+            )
     return out
 
 
@@ -86,10 +89,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--base", required=True, help="base model directory (ar/ + nar/)")
     ap.add_argument("--adapters", nargs="*", default=[], help="adapter directories (the base is always measured)")
     ap.add_argument("--n", type=int, default=160, help="utterances per held-out set")
-    ap.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0],
-                    help="sampling seeds, comma-separated (0,1000: align.eval_seeds=2 at align.seed=0)")
-    ap.add_argument("--record", dest="records", action="append", default=[],
-                    help="the evaluation that made a policy's samples; once per policy, the base first")
+    ap.add_argument(
+        "--seeds",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[0],
+        help="sampling seeds, comma-separated (0,1000: eval.seeds=2 at eval.seed=0)",
+    )
+    ap.add_argument(
+        "--record",
+        dest="records",
+        action="append",
+        default=[],
+        help="the evaluation that made a policy's samples; once per policy, the base first",
+    )
     ap.add_argument("--out", default=None, help="also write the results (per-sample phone errors included) as JSON")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
@@ -109,8 +121,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         runs = [phone_error_rates(tts, tables, banks, args.n, seed, sampling) for seed in args.seeds]
         for seed, rates in zip(args.seeds, runs):
             results.append({"adapter": adapter or "base", "seed": seed, **rates})
-            print(f"{adapter or 'base'}  seed {seed}:  phone error rate " + "  ".join(
-                f"{split} {rates[split]:.4f}" for split in tables), flush=True)
+            print(
+                f"{adapter or 'base'}  seed {seed}:  phone error rate "
+                + "  ".join(f"{split} {rates[split]:.4f}" for split in tables),
+                flush=True,
+            )
         if args.records:
             record = json.loads(Path(args.records[p]).read_text())
             for split in tables:
@@ -119,21 +134,36 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 if p == 0:
                     base_samples[split] = edits, errors
                 if len(errors) != len(edits):
-                    raise SystemExit(f"error: {args.records[p]}: {len(errors)} {split} utterances, but --n {args.n} x "
-                                     f"{len(args.seeds)} seeds made {len(edits)} samples")
+                    raise SystemExit(
+                        f"error: {args.records[p]}: {len(errors)} {split} utterances, but --n {args.n} x "
+                        f"{len(args.seeds)} seeds made {len(edits)} samples"
+                    )
                 split_wer = wer_by_phone_errors(edits, errors, words)
                 results[-1][f"{split}_wer_by_phone_errors"] = split_wer
-                print(f"  {split}: WER {split_wer['no_phone_errors_wer']:.3f} over {split_wer['no_phone_errors_n']} "
-                      f"samples without phone errors, {split_wer['phone_errors_wer']:.3f} over "
-                      f"{split_wer['phone_errors_n']} with some")
+                print(
+                    f"  {split}: WER {split_wer['no_phone_errors_wer']:.3f} over {split_wer['no_phone_errors_n']} "
+                    f"samples without phone errors, {split_wer['phone_errors_wer']:.3f} over "
+                    f"{split_wer['phone_errors_n']} with some"
+                )
                 if p > 0:  # the same samples' keys as the base's: (utterance, seed) in the same order
-                    paired = paired_by_phone_errors(base_samples[split][0], edits, base_samples[split][1], errors, words)
+                    paired = paired_by_phone_errors(
+                        base_samples[split][0], edits, base_samples[split][1], errors, words
+                    )
                     results[-1][f"{split}_paired_with_base"] = paired
-                    print(f"  {split} vs the base, same utterance and seed: " + "; ".join(
-                        f"{g.replace('_', ' ')} {paired[f'{g}_n']}: WER {paired[f'{g}_base_wer']:.3f} -> "
-                        f"{paired[f'{g}_wer']:.3f}" for g in ("both_clean", "fixed", "broken", "both_bad"))
-                        + (f" (both clean: change 95% interval [{paired['both_clean_change_lo']:+.3f}, "
-                           f"{paired['both_clean_change_hi']:+.3f}])" if "both_clean_change_lo" in paired else ""))
+                    print(
+                        f"  {split} vs the base, same utterance and seed: "
+                        + "; ".join(
+                            f"{g.replace('_', ' ')} {paired[f'{g}_n']}: WER {paired[f'{g}_base_wer']:.3f} -> "
+                            f"{paired[f'{g}_wer']:.3f}"
+                            for g in ("both_clean", "fixed", "broken", "both_bad")
+                        )
+                        + (
+                            f" (both clean: change 95% interval [{paired['both_clean_change_lo']:+.3f}, "
+                            f"{paired['both_clean_change_hi']:+.3f}])"
+                            if "both_clean_change_lo" in paired
+                            else ""
+                        )
+                    )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1))

@@ -3,7 +3,7 @@ samples (ranked pairs), their lengths, and for aligned models how many phones ea
 prompt's (negative: phones skipped), its frames per phone written, each side's phone error rate and how often it agrees with the ranking -
 the numbers behind README's phone-error section.
 
-    python -m benchmarks.pair_stats --run runs/phones --model checkpoints/base
+    python -m analysis.pair_stats --run runs/phones --model checkpoints/base
 """
 
 from __future__ import annotations
@@ -22,8 +22,12 @@ from sa_ray.models.vocab import Vocab
 def pair_stats(pairs: list[dict], vocab: Vocab) -> dict[str, float]:
     chosen = np.array([len(p["chosen_ids"]) for p in pairs])
     rejected = np.array([len(p["rejected_ids"]) for p in pairs])
-    out = {"pairs": len(pairs), "chosen_tokens": float(chosen.mean()), "rejected_tokens": float(rejected.mean()),
-           "rejected_shorter": float((rejected < chosen).mean())}
+    out = {
+        "pairs": len(pairs),
+        "chosen_tokens": float(chosen.mean()),
+        "rejected_tokens": float(rejected.mean()),
+        "rejected_shorter": float((rejected < chosen).mean()),
+    }
     per = {}
     asked = [vocab.prompt_text_ids(p["prompt_ids"]) for p in pairs] if vocab.aligned else []
     for side in ("chosen", "rejected"):

@@ -1,0 +1,110 @@
+"""The align loop's stages, each a function of the loop's long-lived state (`Loop`) with its inputs and outputs in
+the open; jobs/align.py composes them into policy versions:
+
+    roll_out(i)  pairs sampled from policy version i, scored by the reference       -> pair set i (committed)
+    learn(k)     version k from version k-1 and pair set k-1, on Ray Train          -> adapter v_k (committed)
+    evaluate(k)  held-out metrics of version k, paired with the base's, gap, wavs   -> metrics
+    publish(k)   metrics to MLflow; v_k registered as <name>-policy (latest, best)  -> registry version
+
+A new method is another composition of these (and of new stages), not a branch inside the loop.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+from actors.learner import fit_learner
+from actors.pipeline import make_pairs
+from sa_ray import tracking
+from sa_ray.align_run import AlignRun
+from sa_ray.config import Config
+from sa_ray.metrics.stats import record_wer_changes
+from sa_ray.models.vocab import Vocab
+
+
+@dataclass
+class Loop:
+    """What every stage reads, made once per job."""
+
+    cfg: Config
+    run: AlignRun
+    base_dir: Path
+    vocab: Vocab
+    frame_rate: float
+    roles: dict  # the long-lived actors (actors.pipeline.start_roles)
+    bank_ref: object  # the training voices' prompts, in Ray's object store
+    probe: dict  # the fixed sequence whose logprob proves which adapter an engine serves
+    tags: dict  # the run's MLflow tags: method, pairs, rollout engine, metric backends
+    run_id: str = ""  # the MLflow parent run (set once it is open)
+
+
+def roll_out(loop: Loop, i: int) -> dict:
+    """Iteration i's pair set, sampled from policy version i and scored by the reference (committed once)."""
+    run, start = loop.run, time.perf_counter()
+    policy = {
+        "version": i,
+        "adapter_dir": str(run.adapter(i)) if i else None,
+        "probe": run.probe(i) or {**loop.probe, "logprob": ray.get(loop.roles["reference"].probe.remote(loop.probe))},
+        "tolerance": loop.cfg.align.probe_tolerance,
+    }
+    manifest = run.pairs_done(i) or make_pairs(
+        i,
+        loop.cfg,
+        Path(loop.cfg.run_dir) / "data",
+        run.pairs(i),
+        loop.vocab,
+        loop.bank_ref,
+        loop.frame_rate,
+        loop.roles,
+        policy,
+    )
+    return {
+        "pairs": manifest["pairs"],
+        "prompts": manifest["prompts"],
+        "rollout_tokens_per_s": manifest.get("rollout_tokens_per_s"),
+        "rollout_seconds": time.perf_counter() - start,
+        **{f"pairs_{key}": manifest[key] for key in ("chosen_reward", "rejected_reward") if key in manifest},
+    }
+
+
+def learn(loop: Loop, k: int) -> dict:
+    """Policy version k from version k-1 and its pairs, on Ray Train (a v_k committed before a kill is kept)."""
+    start = time.perf_counter()
+    learned = loop.run.learned(k) or fit_learner(loop.cfg, loop.run, k - 1, loop.base_dir, loop.probe, loop.run_id)
+    return {**learned, "learn_seconds": time.perf_counter() - start}
+
+
+def evaluate(loop: Loop, k: int, base: dict | None) -> dict:
+    """Held-out metrics of version k (paired with the base's: same utterances, prompts and seeds), its
+    distribution gap and sample wavs (logged to MLflow)."""
+    evaluator, adapter, start = loop.roles["evaluator"], str(loop.run.adapter(k)) if k else None, time.perf_counter()
+    out = ray.get(evaluator.evaluate.remote(adapter, ceiling=k == 0))
+    if base is not None:
+        out.update(record_wer_changes(base, out))
+    out["eval_seconds"] = time.perf_counter() - start
+    if loop.cfg.eval.gap_utterances:
+        gap, png = ray.get(evaluator.gap.remote(adapter, f"golden vs synthetic, iteration {k}"))
+        out.update(gap)
+        tracking.log_bytes(png, f"gap/iter_{k}.png")
+    for name, wav, sr in ray.get(evaluator.samples.remote(adapter)):
+        tracking.log_wav(wav, sr, f"samples/iter_{k}/{name}")
+    return out
+
+
+def publish(loop: Loop, k: int, record: dict, records: list[dict]) -> None:
+    """Version k's metrics to MLflow; an adapter is registered as `<name>-policy` (aliases latest, and best when
+    no earlier adapter had a lower held-out WER)."""
+    tracking.log_metrics({key: v for key, v in record.items() if key != "iteration"}, step=k)
+    if k == 0:
+        return
+    adapter = loop.run.adapter(k)
+    tracking.log_artifact(adapter, f"adapters/v{k}")
+    best = min(r["heldout_sentences_wer"] for r in [*records[1:], record])
+    aliases = ["latest"] + (["best"] if record["heldout_sentences_wer"] <= best else [])
+    record["registered_version"] = tracking.register_model(
+        f"{loop.cfg.name}-policy", loop.run_id, f"adapters/v{k}", aliases
+    )

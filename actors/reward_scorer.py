@@ -1,0 +1,30 @@
+"""RewardScorer role: loads the base's NAR model, the codec, the ASR and the speaker encoder ONCE, then rewards
+rollout samples for ranked pairs (`align.reward=asr`, `sa_ray.rewards`). The pipeline runs
+`align.reward_workers` of them side by side: every sample goes through NAR, vocoder and ASR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from sa_ray.codec import load_codec
+from sa_ray.config import Config
+from sa_ray.metrics.backends import make_asr, make_sim
+from sa_ray.rewards import AsrSimReward, train_prompt_bank
+from sa_ray.synthesis import CodecTTS
+
+
+class RewardScorer:
+    def __init__(self, cfg: Config, base_dir: str):
+        run_dir = Path(cfg.run_dir)
+        codec = load_codec(cfg.codec, run_dir / "codec")
+        tts = CodecTTS.load(base_dir, codec, cfg.model.phone_voice)  # holds the base AR too; rendering never runs it
+        bank = train_prompt_bank(run_dir / "data", cfg.model.prompt_frames(codec.frame_rate), codec.n_codebooks)
+        self.scorer = AsrSimReward(
+            tts, make_asr(cfg.eval.asr, run_dir / "data", cfg.corpus), make_sim(cfg.eval.sim), bank, cfg.align.seed
+        )
+
+    def reward(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """`batch` with each sample's `sample_wer`, `sample_sim` and `reward`."""
+        return batch.assign(**self.scorer.rewards(batch.to_dict("records")))
