@@ -26,7 +26,7 @@ demo: install  ## prepare -> base model (the shipped checkpoint) -> 3 SpeechAlig
 	$(PY) -m jobs.pretrain --config $(CONFIG) codec.path=$(BASE)/codec pretrain.init_from=$(BASE) pretrain.eval_utterances=0 $(ARGS)
 	$(PY) -m jobs.align --config $(CONFIG) codec.path=$(BASE)/codec $(ARGS)
 	$(PY) -m jobs.compare --config $(CONFIG) $(ARGS)
-	@echo "Hear the latest policy: make serve, then curl -s localhost:8000/synthesize -d '{\"text\": \"Hello there.\", \"speaker\": \"mbrola-us1\"}' -o hello.wav (docs/serve.md)"
+	@echo "Hear the champion policy (the base until a version beats it beyond noise): make serve, then curl -s localhost:8000/synthesize -d '{\"text\": \"Hello there.\", \"speaker\": \"mbrola-us1\"}' -o hello.wav (docs/serve.md)"
 
 prepare: install
 	$(PY) -m jobs.prepare --config $(CONFIG) $(ARGS)
@@ -48,7 +48,7 @@ pretrain-base-big: install  ## reproduce checkpoints/base-big: checkpoints/base 
 align: install  ## the SpeechAlign loop on an existing base model (resumes when re-run)
 	$(PY) -m jobs.align --config $(CONFIG) $(ARGS)
 
-serve: install  ## after `make demo`: a Ray Serve endpoint for the latest registered policy (docs/serve.md); Ctrl-C stops it
+serve: install  ## after `make demo`: a Ray Serve endpoint for the champion policy (docs/serve.md); Ctrl-C stops it
 	$(PY) -m jobs.serve --config $(CONFIG) $(ARGS)
 
 test: install lint  ## the whole suite, after the formatter and linter checks

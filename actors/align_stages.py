@@ -19,11 +19,13 @@ import ray
 
 from actors.learner import fit_learner
 from actors.pipeline import make_pairs
-from sa_ray import tracking
+from sa_ray import lineage, tracking
 from sa_ray.align_run import AlignRun
 from sa_ray.config import Config
 from sa_ray.metrics.stats import record_wer_changes
 from sa_ray.models.vocab import Vocab
+
+WER_TAG = "sa_ray.heldout_sentences_wer"
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Loop:
     bank_ref: object  # the training voices' prompts, in Ray's object store
     probe: dict  # the fixed sequence whose logprob proves which adapter an engine serves
     tags: dict  # the run's MLflow tags: method, pairs, rollout engine, metric backends
+    lineage: dict  # what every adapter of the run is made from (sa_ray.lineage): base fingerprint, config, protocol
     run_id: str = ""  # the MLflow parent run (set once it is open)
 
 
@@ -96,15 +99,29 @@ def evaluate(loop: Loop, k: int, base: dict | None) -> dict:
 
 
 def publish(loop: Loop, k: int, record: dict, records: list[dict]) -> None:
-    """Version k's metrics to MLflow; an adapter is registered as `<name>-policy` (aliases latest, and best when
-    no earlier adapter had a lower held-out WER)."""
+    """Version k's metrics to MLflow; its adapter registered once as `<name>-policy`, tagged with its lineage, as
+    `latest`; `best` when no version of the same base and protocol has a lower held-out WER; `champion` (what the
+    endpoint serves by default) when it beats the base, and the champion, beyond the noise (`lineage.beats`)."""
     tracking.log_metrics({key: v for key, v in record.items() if key != "iteration"}, step=k)
     if k == 0:
         return
-    adapter = loop.run.adapter(k)
-    tracking.log_artifact(adapter, f"adapters/v{k}")
-    best = min(r["heldout_sentences_wer"] for r in [*records[1:], record])
-    aliases = ["latest"] + (["best"] if record["heldout_sentences_wer"] <= best else [])
-    record["registered_version"] = tracking.register_model(
-        f"{loop.cfg.name}-policy", loop.run_id, f"adapters/v{k}", aliases
-    )
+    name, wer = f"{loop.cfg.name}-policy", record["heldout_sentences_wer"]
+    tracking.log_artifact(loop.run.adapter(k), f"adapters/v{k}")
+    tags = {**lineage.tags({**loop.lineage, "run_id": loop.run_id, "policy_version": k}), WER_TAG: wer}
+    version = tracking.register_model(name, loop.run_id, f"adapters/v{k}", ["latest"], tags, key=f"{loop.run_id}/v{k}")
+    record["registered_version"], record["aliases"] = version, ["latest"]
+    same = {key: tags[key] for key in (lineage.TAG + "base_fingerprint", lineage.TAG + "eval_protocol")}
+    peers = {v: tracking.version_tags(name, v) for v in tracking.find_versions(name, same) if v != version}
+    if all(wer <= float(t[WER_TAG]) for t in peers.values()):
+        tracking.set_alias(name, "best", version)
+        record["aliases"].append("best")
+    champion = tracking.alias_version(name, "champion", tracking.resolve_uri(loop.cfg.tracking.uri))
+    held = peers.get(champion)  # a champion of another base or protocol is no yardstick
+    versus = None
+    if held and held.get(lineage.TAG + "run_id") == loop.run_id:  # evaluated by this run: a paired comparison
+        versus = record_wer_changes(records[int(held[lineage.TAG + "policy_version"])], record)
+    promoted, why = lineage.beats(record, held and {"heldout_sentences_wer": float(held[WER_TAG])}, versus)
+    if promoted:
+        tracking.set_alias(name, "champion", version)
+        record["aliases"].append("champion")
+    record["champion_note"] = f"{'champion' if promoted else 'not champion'}: {why}"

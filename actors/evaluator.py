@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from actors.placement import role_device
 from sa_ray import lora
 from sa_ray.codec import load_codec
 from sa_ray.config import Config
@@ -28,8 +29,10 @@ class Evaluator:
         run_dir = Path(cfg.run_dir)
         self.cfg, self.data_dir = cfg, run_dir / "data"
         self.codec = load_codec(cfg.codec, run_dir / "codec")
+        device = role_device("evaluator", cfg.resources.evaluator.num_gpus)  # the AR and NAR; the codec stays on CPU
         self.base, self.vocab = load_ar(Path(base_dir) / "ar")
-        self.nar = NARModel.from_pretrained(Path(base_dir) / "nar")
+        self.base.to(device)
+        self.nar = NARModel.from_pretrained(Path(base_dir) / "nar", device=device)
         self.asr = make_asr(cfg.eval.asr, self.data_dir, cfg.corpus)
         self.sim = make_sim(cfg.eval.sim)
         self.mos = make_mos(cfg.eval.mos)

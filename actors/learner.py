@@ -1,15 +1,17 @@
 """Learner role: the Ray Train per-worker loop of the LoRA preference learner (`TorchTrainer`).
 
-Each worker reads the iteration's pair set from its Ray Data shard and keeps the pairs whose utterance id
-hashes to its rank (deterministic, so a resumed learner sees the same data). Checkpoints go through
+Every worker reads the iteration's whole pair set (small: token ids and two reference logprobs per pair) and
+takes its block of each step's pairs (`DPOLearner`): `align.batch_size` pairs per step for any number of
+workers, DDP (or ZeRO with `align.deepspeed`) averaging their gradients. Checkpoints go through
 `ray.train.report` every `align.checkpoint_every` steps; the last one also holds the exported adapter
 (PEFT layout + probe.json), which becomes the next policy version.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
-import zlib
+from functools import partial
 from pathlib import Path
 
 import ray
@@ -17,9 +19,11 @@ import ray.data
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
 
+from actors import failpoints
+from actors.placement import role_device, train_backend
 from sa_ray import tracking
 from sa_ray.config import AlignConfig
 from sa_ray.dpo import DPOLearner
@@ -27,16 +31,25 @@ from sa_ray.tracking import RunLogger
 
 
 def learn_loop(config: dict) -> None:
+    os.environ.update(config["failpoints"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["threads"])
     cfg = AlignConfig(**config["align"])
-    rows = [
-        r for r in ray.train.get_dataset_shard("pairs").iter_rows() if zlib.crc32(r["utt_id"].encode()) % world == rank
-    ]
-    # prepare_model: onto the worker's device (its GPU with align.use_gpu), DDP when world > 1
+    pairs = list(ray.train.get_dataset_shard("pairs").iter_rows())
+    # prepare_model for the plain path: onto the worker's device (its GPU with resources.learner.num_gpus), DDP
+    # when world > 1. With align.deepspeed the learner builds a ZeRO engine on the process group Ray Train set up
+    # (gloo on CPU, also for one worker), which places the model and reduces gradients itself.
     learner = DPOLearner(
-        config["base_dir"], config["adapter_dir"], cfg, rows, rank=rank, wrap=ray.train.torch.prepare_model
+        config["base_dir"],
+        config["adapter_dir"],
+        cfg,
+        pairs,
+        rank=rank,
+        world=world,
+        wrap=(lambda m: m)
+        if cfg.deepspeed
+        else partial(ray.train.torch.prepare_model, move_to_device=role_device("learner", config["num_gpus"])),
     )
     logger = RunLogger(config["tracking_uri"], config["run_id"]) if rank == 0 and config.get("run_id") else None
 
@@ -52,12 +65,12 @@ def learn_loop(config: dict) -> None:
             logger.log(metrics, step)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             with tempfile.TemporaryDirectory() as d:
-                if rank == 0:
-                    learner.save(d)
-                    if step == cfg.steps:
-                        learner.export(f"{d}/adapter", config["probe"])
+                learner.save(d)  # every rank (ZeRO gathers the optimiser state collectively); rank 0 writes
+                if rank == 0 and step == cfg.steps:
+                    learner.export(f"{d}/adapter", config["probe"])
                 # only with a checkpoint: every step's metrics are in MLflow already, and Ray Train logs each report
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
+            failpoints.hit("learner.after_checkpoint")  # tests: a worker dies; Ray Train restores the checkpoint
 
 
 def fit_learner(cfg, run, i: int, base_dir: Path, probe: dict, parent_run_id: str) -> dict:
@@ -70,6 +83,7 @@ def fit_learner(cfg, run, i: int, base_dir: Path, probe: dict, parent_run_id: st
     # The workers read the pairs with this dataset's own DataContext (a copy), not their current one: a progress
     # bar there repeats in the job's log for as long as the worker lives.
     pairs.context.enable_progress_bars = False
+    res = cfg.resources.learner
     trainer = TorchTrainer(
         learn_loop,
         train_loop_config={
@@ -80,13 +94,21 @@ def fit_learner(cfg, run, i: int, base_dir: Path, probe: dict, parent_run_id: st
             "run_id": child,
             "tracking_uri": tracking.resolve_uri(cfg.tracking.uri),
             "threads": max(1, int(ray.available_resources().get("CPU", 1)) // a.workers),
+            "num_gpus": res.num_gpus,
+            "failpoints": failpoints.environment(),
         },
-        scaling_config=ScalingConfig(num_workers=a.workers, use_gpu=a.use_gpu),
+        scaling_config=ScalingConfig(
+            num_workers=a.workers, use_gpu=res.num_gpus > 0, resources_per_worker=res.per_worker()
+        ),
+        torch_config=TorchConfig(backend=train_backend(res)),
         run_config=RunConfig(
-            name=f"iter_{i}", storage_path=str(run.learner_storage()), checkpoint_config=CheckpointConfig(num_to_keep=2)
+            name=f"iter_{i}",
+            storage_path=str(run.learner_storage()),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=a.max_failures),
         ),
         datasets={"pairs": pairs},
-        dataset_config=DataConfig(datasets_to_split=[]),  # each worker takes its pairs by id hash
+        dataset_config=DataConfig(datasets_to_split=[]),  # every worker reads all pairs: a step's batch is global
     )
     result = trainer.fit()
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and k != "step"}

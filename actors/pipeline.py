@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import ray
 
 from actors.evaluator import Evaluator
+from actors.placement import actor_options
 from actors.reference import ReferenceScorer
 from actors.reward_scorer import RewardScorer
 from actors.rollout import RolloutEngine
@@ -149,27 +150,33 @@ def make_pairs(
 
 
 def start_roles(cfg, base_dir: Path) -> dict:
-    a = cfg.align
-    opts = dict(
-        num_cpus=0, max_restarts=1, max_task_retries=1, runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
-    )  # idle engines must not spin on cores
+    """The loop's long-lived roles, each placed by its `resources.<role>` (actors/placement.py)."""
+    a, res = cfg.align, cfg.resources
     sampling = {"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p}
     roles = {
         "rollout": ray.remote(RolloutEngine)
-        .options(**opts)
+        .options(**actor_options(res.rollout))
         .remote(
-            a.backend, str(base_dir / "ar"), sampling, a.lora_rank, cfg.model.max_positions, a.seed, a.forced_phones
+            a.backend,
+            str(base_dir / "ar"),
+            sampling,
+            a.lora_rank,
+            cfg.model.max_positions,
+            a.seed,
+            a.forced_phones,
+            resources=res.rollout,
+            vllm=cfg.vllm,
         ),
         "reference": ray.remote(ReferenceScorer)
-        .options(**opts)
-        .remote(str(base_dir / "ar"), margin_tokens=a.margin_tokens),
-        "evaluator": ray.remote(Evaluator).options(**opts).remote(cfg, str(base_dir)),
+        .options(**actor_options(res.reference))
+        .remote(str(base_dir / "ar"), margin_tokens=a.margin_tokens, num_gpus=res.reference.num_gpus),
+        "evaluator": ray.remote(Evaluator).options(**actor_options(res.evaluator)).remote(cfg, str(base_dir)),
     }
     # ranked pairs rewarded by ASR and SIM: reward_workers scorers side by side (the costly stage: every sample goes
     # through NAR, vocoder and ASR); they score while the evaluator waits for its next version, so no core is shared
     scoring = a.pairs == "ranked" and a.reward == "asr"
     roles["scorers"] = [
-        ray.remote(RewardScorer).options(**opts).remote(cfg, str(base_dir))
+        ray.remote(RewardScorer).options(**actor_options(res.reward)).remote(cfg, str(base_dir))
         for _ in range(a.reward_workers if scoring else 0)
     ]
     return roles

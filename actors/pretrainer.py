@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import tempfile
 import zlib
+from functools import partial
 
 import ray.train
-import ray.train.torch
 import torch
+from ray.train.torch import prepare_model
 
+from actors.placement import role_device
 from sa_ray.config import ModelConfig, PretrainConfig
 from sa_ray.data.examples import PromptBank
 from sa_ray.models.vocab import Vocab
@@ -33,9 +35,10 @@ def train_loop(config: dict) -> None:
     all_rows = _rows("train")
     mine = [r for r in all_rows if zlib.crc32(r["utt_id"].encode()) % world == rank]
     bank = PromptBank.from_rows(all_rows, config["prompt_frames"], config["n_codebooks"])
-    # prepare_model for the plain path: onto the worker's device (its GPU with pretrain.use_gpu), DDP when world > 1.
-    # With pretrain.deepspeed the trainer builds a ZeRO engine on the process group Ray Train set up (gloo on CPU,
-    # also for one worker), which places the model and reduces gradients itself.
+    # prepare_model for the plain path: onto the worker's device (its GPU, resources.pretrain.num_gpus), DDP when
+    # world > 1. With pretrain.deepspeed the trainer builds a ZeRO engine on the process group Ray Train set up
+    # (gloo on CPU, also for one worker), which places the model and reduces gradients itself.
+    device = role_device("pretrain", config["num_gpus"])
     trainer = CodecLMTrainer(
         model_cfg,
         train_cfg,
@@ -45,7 +48,7 @@ def train_loop(config: dict) -> None:
         mine,
         bank,
         rank=rank,
-        wrap=(lambda m: m) if train_cfg.deepspeed else ray.train.torch.prepare_model,
+        wrap=(lambda m: m) if train_cfg.deepspeed else partial(prepare_model, move_to_device=device),
     )
     heldout = _rows("heldout") if rank == 0 else []
     heldout_bank = PromptBank.from_rows(heldout, config["prompt_frames"], config["n_codebooks"]) if heldout else None

@@ -6,15 +6,18 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from actors import failpoints
+from actors.placement import role_device
 from sa_ray import lora
 from sa_ray.dpo import MarginTokens, pair_logprobs, probe_logprob
 from sa_ray.models.ar import load_ar
 
 
 class ReferenceScorer:
-    def __init__(self, model_dir: str, batch_size: int = 16, margin_tokens: str = "all"):
+    def __init__(self, model_dir: str, batch_size: int = 16, margin_tokens: str = "all", num_gpus: float = 0.0):
         base, vocab = load_ar(model_dir)
-        self.model, self.batch_size = base.requires_grad_(False).eval(), batch_size
+        device = role_device("reference", num_gpus)
+        self.model, self.batch_size = base.requires_grad_(False).eval().to(device), batch_size
         self.margin = MarginTokens(vocab, margin_tokens)  # as the learner's margin counts
         self.version, self.adapter_dir = 0, None
 
@@ -38,6 +41,7 @@ class ReferenceScorer:
                 c, r, _ = pair_logprobs(self.model, rows[start : start + self.batch_size], self.margin)
                 chosen += c.tolist()
                 rejected += r.tolist()
+        failpoints.hit("reference.after_score")  # tests: the process dies with the call's scores unreturned
         batch = batch.copy()
         batch["ref_chosen_logp"], batch["ref_rejected_logp"] = chosen, rejected
         batch["reference_version"] = self.version

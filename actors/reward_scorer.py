@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from actors.placement import role_device
 from sa_ray.codec import load_codec
 from sa_ray.config import Config
 from sa_ray.metrics.backends import make_asr, make_sim
@@ -19,7 +20,9 @@ class RewardScorer:
     def __init__(self, cfg: Config, base_dir: str):
         run_dir = Path(cfg.run_dir)
         codec = load_codec(cfg.codec, run_dir / "codec")
-        tts = CodecTTS.load(base_dir, codec, cfg.model.phone_voice)  # holds the base AR too; rendering never runs it
+        device = role_device("reward", cfg.resources.reward.num_gpus)
+        # holds the base AR too; rendering never runs it
+        tts = CodecTTS.load(base_dir, codec, cfg.model.phone_voice, device=device)
         bank = train_prompt_bank(run_dir / "data", cfg.model.prompt_frames(codec.frame_rate), codec.n_codebooks)
         self.scorer = AsrSimReward(
             tts, make_asr(cfg.eval.asr, run_dir / "data", cfg.corpus), make_sim(cfg.eval.sim), bank, cfg.align.seed

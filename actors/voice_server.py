@@ -8,10 +8,19 @@
 Bad input is answered with a 4xx JSON error {"error", "field"}. A replica looks its alias up again at most every
 `serve.refresh_seconds` and merges in a version it has not served yet, so each version an align job registers is
 heard without a redeploy; the response's X-Policy-Version header says which version spoke.
+
+What an attacker can send is bounded (docs/serve.md, "Limits"): a body over `serve.max_body_bytes` is answered 413
+before more of it is read; a `prompt_wav` is measured by its header before it is decoded, and decoded off the
+event loop; with `serve.auth_token` set, /health and /synthesize answer 401 without `Authorization: Bearer <token>`;
+a request not answered within `serve.request_timeout_seconds` is answered 503 with Retry-After, and beyond
+`serve.max_ongoing_requests` + `serve.max_queued_requests` Serve's proxy answers 503 with Retry-After at once.
+
+`app_builder` builds the application from a config file, for a KubeRay RayService (serveConfigV2's import_path);
+`voice_app` does it from a Config (jobs/serve.py).
 """
 
 import asyncio
-import json
+import hmac
 import logging
 import math
 import threading
@@ -21,24 +30,78 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
+from ray.serve.config import BackpressureConfig
+from starlette.requests import ClientDisconnect
 
 from sa_ray.audio import wav_bytes
 from sa_ray.codec import load_codec
-from sa_ray.config import Config
+from sa_ray.config import Config, ConfigError, ServeConfig, load_config
 from sa_ray.serve import (
     PAGE,
     BadRequest,
     PolicyVoice,
     RegisteredPolicy,
     SpeechRequest,
-    parse_request,
+    parse_body,
+    served_model,
 )
 
 app = FastAPI(title="sa-ray voice", docs_url=None, redoc_url=None)
 log = logging.getLogger("ray.serve")
+RETRY_AFTER_SECONDS = 5  # what a 503 (a full queue, a request that timed out) tells the client to wait
+_DEFAULTS = ServeConfig()
 
 
-@serve.deployment(max_ongoing_requests=8)
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused (413) as soon as it is known to be over `limit` bytes: by its Content-Length before a
+    byte is read, else (chunked) by counting while it streams in. Never holds more than `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not (declared.strip().isascii() and declared.strip().isdigit()):  # '²' is a digit to str.isdigit
+            raise BadRequest("body", f"Content-Length {declared[:20]!r} is not a number of bytes", 400)
+        if int(declared) > limit:
+            raise BadRequest("body", _too_large(f"is {int(declared)} bytes", limit), 413)
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            if len(body) + len(chunk) > limit:
+                raise BadRequest("body", _too_large(f"is over {limit} bytes", limit), 413)
+            body += chunk
+    except ClientDisconnect:
+        raise BadRequest("body", "the client left before its body arrived", 400) from None
+    return bytes(body)
+
+
+def _too_large(what: str, limit: int) -> str:
+    return f"{what}; at most {limit} (serve.max_body_bytes): a prompt_wav of a few seconds of speech is enough"
+
+
+def _unauthorized(request: Request, token: str) -> JSONResponse | None:
+    """None when no token is set or the request carries it (`Authorization: Bearer <token>`, compared in constant
+    time); else the 401 answer."""
+    if not token:
+        return None
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    # headers arrive as latin-1 text; compare bytes, so that a non-ASCII header is a mismatch, not a TypeError
+    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("latin-1"), token.encode("utf-8")):
+        return None
+    return JSONResponse(
+        {"error": "this endpoint needs `Authorization: Bearer <serve.auth_token>`", "field": "authorization"},
+        status_code=401,
+        headers={"WWW-Authenticate": 'Bearer realm="sa-ray voice"'},
+    )
+
+
+def _refusal(exc: BadRequest) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+@serve.deployment(
+    max_ongoing_requests=_DEFAULTS.max_ongoing_requests,
+    max_queued_requests=_DEFAULTS.max_queued_requests,
+    # beyond the queue the proxy answers at once, itself: 503 with Retry-After
+    backpressure_config=BackpressureConfig(status_code=503, retry_after_s=RETRY_AFTER_SECONDS),
+)
 @serve.ingress(app)
 class VoiceServer:
     def __init__(self, cfg: Config, base_dir: str):
@@ -53,7 +116,7 @@ class VoiceServer:
             cfg.model.phone_voice,
             cfg.eval.forced_phones,
         )
-        self.policy = RegisteredPolicy.of_config(cfg)
+        self.policy = RegisteredPolicy.of_config(cfg, base_dir)
         self.page = PAGE.read_text()
         self._speak.set_max_batch_size(cfg.serve.max_batch)
         self._speak.set_batch_wait_timeout_s(cfg.serve.batch_wait_seconds)
@@ -106,8 +169,14 @@ class VoiceServer:
         """A page to type a sentence, pick a voice (or upload one) and hear each version's take."""
         return self.page
 
+    def _parse(self, raw: bytes) -> SpeechRequest:
+        """A body -> SpeechRequest (a prompt_wav decoded): run in a worker thread, off the event loop."""
+        return parse_body(raw, self.voice.speakers, self.settings.max_text_chars)
+
     @app.get("/health")
-    def health(self) -> dict:
+    def health(self, request: Request) -> Response:
+        if (refused := _unauthorized(request, self.settings.auth_token)) is not None:
+            return refused
         # a readiness probe must not wait for a running batch (seconds): it follows the alias only when idle,
         # and otherwise reports the version that batch is spoken by
         if self.lock.acquire(blocking=False):
@@ -115,28 +184,88 @@ class VoiceServer:
                 self._refresh()
             finally:
                 self.lock.release()
-        return {
-            "model": self.policy.uri,
-            "version": self._version_label(),
-            "speakers": self.voice.speakers,
-            "sample_rate": self.voice.codec.sample_rate,
-            "max_text_chars": self.settings.max_text_chars,
-            "largest_batch": self.largest_batch,
-        }
+        return JSONResponse(
+            {
+                "model": self.policy.uri,
+                "version": self._version_label(),
+                "speakers": self.voice.speakers,
+                "sample_rate": self.voice.codec.sample_rate,
+                "max_text_chars": self.settings.max_text_chars,
+                "largest_batch": self.largest_batch,
+            }
+        )
 
     @app.post("/synthesize")
     async def synthesize(self, request: Request) -> Response:
+        settings = self.settings
+        if (refused := _unauthorized(request, settings.auth_token)) is not None:
+            return refused
+        deadline = time.monotonic() + settings.request_timeout_seconds
         try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
-            return JSONResponse({"error": "the body is not JSON", "field": "body"}, status_code=400)
-        try:
-            result = await self._speak(parse_request(body, self.voice.speakers, self.settings.max_text_chars))
+            raw = await asyncio.wait_for(read_body(request, settings.max_body_bytes), settings.request_timeout_seconds)
+        except asyncio.TimeoutError:
+            return JSONResponse(
+                {"error": f"the body did not arrive within {settings.request_timeout_seconds:g} s", "field": "body"},
+                status_code=408,
+            )
+        except BadRequest as exc:
+            return _refusal(exc)
+
+        async def answer() -> tuple[bytes, str, bool]:
+            # parsing decodes a prompt_wav (up to 30 s of audio): in a thread, so that /health answers meanwhile
+            result = await self._speak(await asyncio.to_thread(self._parse, raw))
             if isinstance(result, BadRequest):
                 raise result
+            return result
+
+        try:
+            result = await asyncio.wait_for(answer(), max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:  # a batch not begun drops this request; one begun finishes unheard
+            return JSONResponse(
+                {
+                    "error": f"not answered within serve.request_timeout_seconds ({settings.request_timeout_seconds:g}"
+                    " s): the endpoint is busy; try again later",
+                    "field": None,
+                },
+                status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
         except BadRequest as exc:
-            return JSONResponse(exc.body(), status_code=exc.status)
+            return _refusal(exc)
         wav, version, ended = result
         return Response(
             wav, media_type="audio/wav", headers={"X-Policy-Version": version, "X-Ended": "true" if ended else "false"}
         )
+
+
+def voice_app(cfg: Config) -> serve.Application:
+    """The endpoint of a config as a Serve application (not yet run): its checks first (served_model: prepared
+    data, a base model, a token off loopback), then the deployment with the config's replicas, Ray resources
+    (resources.serve) and bounds (serve.max_ongoing_requests, serve.max_queued_requests). The version it is to
+    follow must be registered: one that is not fails here, named, not in a replica."""
+    base_dir = served_model(cfg)
+    RegisteredPolicy.of_config(cfg, base_dir).resolve()
+    return VoiceServer.options(
+        num_replicas=cfg.serve.replicas,
+        ray_actor_options=cfg.resources.serve.ray_options(),
+        max_ongoing_requests=cfg.serve.max_ongoing_requests,
+        max_queued_requests=cfg.serve.max_queued_requests,
+    ).bind(cfg, str(base_dir))
+
+
+def app_builder(args: dict) -> serve.Application:
+    """A KubeRay RayService's (or `serve run`'s) application builder:
+
+        import_path: actors.voice_server:app_builder
+        args: {config: /app/configs/librispeech-encodec.yaml, overrides: ["serve.replicas=2", ...]}
+
+    `config` is the config file's path (absolute: the build runs as a task of its own; default configs/tiny.yaml)
+    and `overrides` the dotted.key=value list a job takes. The same checks as `python -m jobs.serve`; an empty
+    serve.auth_token is taken from $SA_RAY_SERVE_TOKEN, so that the Serve config holds no secret."""
+    unknown = sorted(set(args) - {"config", "overrides"})
+    if unknown:
+        raise ConfigError(f"application args {', '.join(unknown)}: unknown; the args are config and overrides")
+    overrides = args.get("overrides") or []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise ConfigError("application arg overrides must be a list of dotted.key=value strings")
+    return voice_app(load_config(args.get("config", "configs/tiny.yaml"), overrides))

@@ -88,24 +88,6 @@ def parse(argv: list[str] | None, description: str) -> tuple[Config, argparse.Na
     return load_config(args.config, args.overrides), args
 
 
-def prepared(run_dir: Path) -> dict:
-    """The summary of <run_dir>/data, which every job after `prepare` starts from."""
-    from sa_ray.data.prepare import read_summary
-
-    summary = read_summary(run_dir / "data")
-    if summary is None:
-        raise FileNotFoundError(f"no prepared data in {run_dir / 'data'}: run `python -m jobs.prepare` first")
-    return summary
-
-
-def base_model(cfg: Config, given: str | None = None, how: str = "set align.base_model") -> Path:
-    """The base model a job builds on: `given`, else align.base_model, else <run_dir>/pretrain/model."""
-    base_dir = Path(given or cfg.align.base_model or Path(cfg.run_dir) / "pretrain" / "model").resolve()
-    if not (base_dir / "ar" / "vocab.json").is_file():
-        raise FileNotFoundError(f"no base model in {base_dir}: run `python -m jobs.pretrain` or {how}")
-    return base_dir
-
-
 def verbose() -> bool:
     return os.environ.get(VERBOSE, "0") not in ("", "0")
 
@@ -131,6 +113,9 @@ def init_ray(cfg: Config) -> None:
         context = start_local_ray(
             num_cpus=cfg.ray.num_cpus, env=None if verbose() else QUIET_WORKERS, log_to_driver=True, **quiet
         )
+    from actors.placement import check_shared
+
+    check_shared(cfg.run_dir)
     if quiet:
         log_libraries_to(log_file)  # again: ray.init gave the driver's Ray logger a terminal handler of its own
         node = getattr(ray._private.worker, "_global_node", None)  # where the workers' output went
@@ -198,12 +183,13 @@ def _user_error(exc: BaseException) -> str | None:
     """The message of a foreseeable mistake, also when Ray wrapped it on its way from a worker."""
     from sa_ray.corpus.voices import VoiceError
     from sa_ray.data.validate import BadInputError
+    from sa_ray.lineage import LineageError
     from sa_ray.synthesis import TextError
 
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, (ConfigError, BadInputError, VoiceError, TextError, FileNotFoundError)):
+        if isinstance(exc, (ConfigError, BadInputError, VoiceError, TextError, FileNotFoundError, LineageError)):
             return str(exc)
         exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
     return None

@@ -19,11 +19,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from jobs import _cli
-from sa_ray import tracking
+from sa_ray import lineage, tracking
 from sa_ray.align_run import AlignRun, format_changes, format_summary, format_table, settings_changes
 from sa_ray.config import Config
 from sa_ray.data.examples import PromptBank
+from sa_ray.data.prepare import require_prepared
 from sa_ray.evaluation import check_heldout_audio
+from sa_ray.models import base_model_dir
 from sa_ray.models.vocab import Vocab
 from sa_ray.preference import probe_sequence
 
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(format_table(records[-1:]) if k else format_table(records), flush=True)
             if k:
                 print(format_changes(record), flush=True)
+            if "champion_note" in record:
+                aliases = ", ".join(record["aliases"])
+                print(f"registered as version {record['registered_version']} ({aliases}); {record['champion_note']}")
             if (best_k := stalled_since(records, cfg.align.early_stopping)) is not None:
                 print(f"early stop: no better held-out WER since iteration {best_k}")
                 break
@@ -58,9 +63,15 @@ def main(argv: list[str] | None = None) -> dict:
 def setup(cfg: Config) -> Loop:
     """Checks the prepared data and the base model, starts Ray and the roles, fixes the probe."""
     run_dir = Path(cfg.run_dir)
-    summary, base_dir = _cli.prepared(run_dir), _cli.base_model(cfg)
+    summary, base_dir = require_prepared(run_dir), base_model_dir(cfg)
     check_heldout_audio(run_dir / "data")
-    run = AlignRun(run_dir)
+    made_from = {
+        "base_fingerprint": lineage.fingerprint(base_dir, run_dir / "codec", cfg.codec.kind),
+        "base_dir": str(base_dir),
+        "config": cfg.name,
+        "eval_protocol": lineage.protocol_key(dataclasses.asdict(cfg.eval)),
+    }
+    run = AlignRun(run_dir, made_from)
     vocab, frame_rate = Vocab.load(base_dir / "ar"), summary["codec"]["frame_rate"]
     cfg.align.check_model(vocab.aligned)
     cfg.eval.check_model(vocab.aligned)
@@ -88,7 +99,7 @@ def setup(cfg: Config) -> Loop:
         min(heldout, key=lambda r: r["utt_id"]), vocab, PromptBank.from_rows(heldout, prompt_frames, 1), frame_rate
     )
     run.save("probe.json", probe)
-    return Loop(cfg, run, base_dir, vocab, frame_rate, roles, bank_ref, probe, tags)
+    return Loop(cfg, run, base_dir, vocab, frame_rate, roles, bank_ref, probe, tags, made_from)
 
 
 def make_version(loop: Loop, k: int, records: list[dict]) -> dict:

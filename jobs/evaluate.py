@@ -17,9 +17,10 @@ import tempfile
 from pathlib import Path
 
 from jobs import _cli
-from sa_ray import tracking
+from sa_ray import lineage, tracking
 from sa_ray.config import load_config
 from sa_ray.evaluation import check_heldout_audio
+from sa_ray.models import base_model_dir
 from sa_ray.models.vocab import Vocab
 
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(cfg.run_dir)
-    base_dir = _cli.base_model(cfg, args.base, "pass --base")
+    base_dir = base_model_dir(cfg, args.base, "pass --base")
     cfg.eval.check_model(Vocab.load(base_dir / "ar").aligned)
     check_heldout_audio(run_dir / "data")
 
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
 
     from actors.evaluator import Evaluator
+    from actors.placement import actor_options
 
     with tempfile.TemporaryDirectory() as tmp, tracking.job_run(cfg, "evaluate") as run:
         adapter = args.adapter
@@ -59,7 +61,11 @@ def main(argv: list[str] | None = None) -> dict:
             )
         if adapter and not (Path(adapter) / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{adapter} is not a LoRA adapter directory (adapter_config.json)")
-        evaluator = ray.remote(Evaluator).options(num_cpus=0).remote(cfg, str(base_dir))
+        if adapter:  # only on the base it was trained on
+            lineage.check(
+                adapter, lineage.fingerprint(base_dir, run_dir / "codec", cfg.codec.kind), base_dir, args.adapter
+            )
+        evaluator = ray.remote(Evaluator).options(**actor_options(cfg.resources.evaluator)).remote(cfg, str(base_dir))
         backends = ray.get(evaluator.backends.remote())
         tracking.set_tags({**backends, "sa_ray.adapter": args.adapter or "none", "sa_ray.base": str(base_dir)})
         metrics = ray.get(evaluator.evaluate.remote(adapter, ceiling=not args.no_ceiling))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from jobs import _cli
-from sa_ray import tracking
+from sa_ray import atomic, tracking
 from sa_ray.codec import load_or_fit_codec
 from sa_ray.config import Config, save_config
 from sa_ray.data.prepare import SPLITS, fingerprint, load_corpus, manifest_rows, read_summary, summarize
@@ -87,11 +87,12 @@ def main(argv: list[str] | None = None) -> dict:
                 "prepare": cfg.prepare.__dict__,
                 "phonemes": cfg.corpus.phonemes,
                 "encode": encode,
+                "num_gpus": cfg.resources.tokenizer.num_gpus,
             },
             compute=ray.data.ActorPoolStrategy(size=cfg.prepare.encoders),
             batch_size=cfg.prepare.batch_size,
             batch_format="pyarrow",
-            num_cpus=1,
+            **cfg.resources.tokenizer.ray_options(),
         )
 
     if cfg.prepare.strict:  # a validation-only pass that stops streaming at the first bad file
@@ -116,8 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = summarize(meta, fp, codec)
     (staging / "summary.json").write_text(json.dumps(summary, indent=2))
     save_config(cfg, staging / "config.yaml")  # what made this dataset, for later stages and people
-    shutil.rmtree(data_dir, ignore_errors=True)
-    staging.rename(data_dir)
+    atomic.swap_in(staging, data_dir)  # the old dataset stays readable until the new one is in place
 
     # Save: the record of this preparation in MLflow.
     with tracking.job_run(cfg, "prepare", args.run_id):

@@ -20,16 +20,19 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from jobs import _cli
-from sa_ray import tracking
+from sa_ray import atomic, tracking
 from sa_ray.data.examples import build_vocab
+from sa_ray.data.prepare import require_prepared
+from sa_ray.models import base_model_dir
 
 
 def train(cfg, run_dir: Path, summary: dict, run_id: str) -> Path:
     """Fits the models on Ray Train; returns the exported model directory of the final checkpoint."""
     import ray
-    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
 
+    from actors.placement import train_backend
     from actors.pretrainer import train_loop
 
     data = run_dir / "data"
@@ -42,6 +45,7 @@ def train(cfg, run_dir: Path, summary: dict, run_id: str) -> Path:
     }
     for ds in datasets.values():  # workers read them with the dataset's own DataContext: no bar per worker
         ds.context.enable_progress_bars = False
+    res = cfg.resources.pretrain
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
@@ -54,22 +58,24 @@ def train(cfg, run_dir: Path, summary: dict, run_id: str) -> Path:
             "tracking_uri": tracking.resolve_uri(cfg.tracking.uri),
             "run_id": run_id,
             "threads": max(1, int(ray.available_resources().get("CPU", 1)) // workers),
+            "num_gpus": res.num_gpus,
         },
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=cfg.pretrain.use_gpu),
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=res.num_gpus > 0, resources_per_worker=res.per_worker()
+        ),
+        torch_config=TorchConfig(backend=train_backend(res)),
         run_config=RunConfig(
             name="ray",
             storage_path=str((run_dir / "pretrain").resolve()),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=cfg.pretrain.max_failures),
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=[]),  # each worker takes its rows by id hash
     )
     result = trainer.fit()
-    out = run_dir / "pretrain" / "model"
-    shutil.rmtree(out, ignore_errors=True)
-    with result.checkpoint.as_directory() as d:
-        shutil.copytree(Path(d) / "model", out)
-    return out
+    with result.checkpoint.as_directory() as d:  # the previous export stays until this one is whole
+        return atomic.copy_in(Path(d) / "model", run_dir / "pretrain" / "model")
 
 
 def evaluate(cfg, run_dir: Path, model_dir: Path) -> dict[str, dict]:
@@ -90,17 +96,16 @@ def evaluate(cfg, run_dir: Path, model_dir: Path) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> dict:
     cfg, args = _cli.parse(argv, __doc__.splitlines()[0])
     run_dir = Path(cfg.run_dir)
-    summary = _cli.prepared(run_dir)
+    summary = require_prepared(run_dir)
     if cfg.pretrain.warm_start:  # absolute: the Ray Train workers read it
-        cfg.pretrain.warm_start = str(_cli.base_model(cfg, cfg.pretrain.warm_start, "set pretrain.warm_start to one"))
+        cfg.pretrain.warm_start = str(base_model_dir(cfg, cfg.pretrain.warm_start, "set pretrain.warm_start to one"))
 
     _cli.init_ray(cfg)
     with tracking.job_run(cfg, "pretrain", args.run_id) as run:
         if cfg.pretrain.init_from:  # e.g. the shipped base model: it becomes this run's model, untrained further
             model_dir = run_dir / "pretrain" / "model"
             if Path(cfg.pretrain.init_from).resolve() != model_dir.resolve():
-                shutil.rmtree(model_dir, ignore_errors=True)
-                shutil.copytree(cfg.pretrain.init_from, model_dir, ignore=shutil.ignore_patterns("codec"))
+                atomic.copy_in(cfg.pretrain.init_from, model_dir, ignore=shutil.ignore_patterns("codec"))
         else:
             model_dir = train(cfg, run_dir, summary, run.info.run_id)
         tracking.log_artifact(model_dir, "model")

@@ -1,6 +1,6 @@
-"""serve: a Ray Serve HTTP endpoint that speaks with the latest aligned policy (or a named version, or the base).
+"""serve: a Ray Serve HTTP endpoint that speaks with the champion policy (or a named version or alias, or the base).
 
-    python -m jobs.serve --config configs/tiny.yaml                       # models:/tiny-policy@latest, port 8000
+    python -m jobs.serve --config configs/tiny.yaml                       # models:/tiny-policy@champion, port 8000
     python -m jobs.serve --config configs/tiny.yaml serve.model=models:/tiny-policy@best serve.port=8001
     ray job submit --working-dir . -- python -m jobs.serve --detach run_dir=/abs/runs/tiny
 
@@ -8,6 +8,8 @@
 
 The base model is align.base_model (else <run_dir>/pretrain/model), the voices those of <run_dir>/data. Without
 --detach the job holds the endpoint until Ctrl-C; with it (on a running cluster) the endpoint outlives the job.
+A serve.host beyond loopback needs serve.auth_token (or $SA_RAY_SERVE_TOKEN). The application itself is actors.voice_server.voice_app's
+(what a KubeRay RayService builds with actors.voice_server:app_builder).
 """
 
 from __future__ import annotations
@@ -16,12 +18,9 @@ import argparse
 import json
 import time
 import urllib.request
-from pathlib import Path
 
 from jobs import _cli
 from sa_ray.config import load_config
-from sa_ray.models.vocab import Vocab
-from sa_ray.serve import RegisteredPolicy
 
 APP = "sa-ray-voice"
 
@@ -34,28 +33,26 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("overrides", nargs="*", help="dotted.key=value")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    run_dir = Path(cfg.run_dir).resolve()
-    cfg.run_dir = str(run_dir)  # replicas may start in another working directory
-    _cli.prepared(run_dir)
-    base_dir = _cli.base_model(cfg)
-    cfg.eval.check_model(Vocab.load(base_dir / "ar").aligned)
-    RegisteredPolicy.of_config(cfg).resolve()  # a version that is not registered fails here, named, not in a replica
+    from actors.voice_server import voice_app
+
+    application = voice_app(cfg)  # checks first (data, base model, version, a token off loopback), before Ray
 
     _cli.init_ray(cfg)
     from ray import serve
 
-    from actors.voice_server import VoiceServer
-
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-    voice = VoiceServer.options(num_replicas=cfg.serve.replicas, ray_actor_options={"num_cpus": cfg.serve.num_cpus})
-    serve.run(voice.bind(cfg, str(base_dir)), name=APP, route_prefix="/")
+    serve.run(application, name=APP, route_prefix="/")
     url = f"http://{cfg.serve.host}:{cfg.serve.port}"
-    with urllib.request.urlopen(f"{url}/health", timeout=60) as response:
+    auth = {"Authorization": f"Bearer {cfg.serve.auth_token}"} if cfg.serve.auth_token else {}
+    with urllib.request.urlopen(urllib.request.Request(f"{url}/health", headers=auth), timeout=60) as response:
         health = json.load(response)
     waiting = health["version"] == "base" and cfg.serve.model != "base"
+    why = ": no version has beaten the base beyond noise yet" if health["model"].endswith("@champion") else ""
+    header = "-H 'Authorization: Bearer <serve.auth_token>' " if auth else ""  # the token is not printed
     print(
-        f"serving {health['model']} (version {health['version']}{': none registered yet' if waiting else ''}) "
-        f"at {url}\nvoices: {', '.join(health['speakers'])}\ntry: curl -s {url}/synthesize -d "
+        f"serving {health['model']} (version {health['version']}{(why or ': none registered yet') if waiting else ''}) "
+        f"at {url}{' (the page: ' + url + '/#token=<serve.auth_token>)' if auth else ''}\nvoices: {', '.join(health['speakers'])}\n"
+        f"try: curl -s {url}/synthesize {header}-d "
         f'\'{{"text": "The cat sat on the mat.", "speaker": "{health["speakers"][0]}"}}\' -o cat.wav',
         flush=True,
     )

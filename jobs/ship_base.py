@@ -21,6 +21,7 @@ from huggingface_hub import save_torch_state_dict
 from safetensors.torch import load_file
 
 from jobs import _cli
+from sa_ray import atomic
 
 SHARD_SIZE = "4MB"  # per weights file (4 * 10**6 bytes of tensors): git's limit here is 5 MB a file
 SINGLE, INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -50,17 +51,18 @@ def main(argv: list[str] | None = None) -> Path:
         raise FileNotFoundError(f"{args.codec} holds no fitted codec (codec.json)")
     if not has_weights(src / "ar") or not has_weights(src / "nar"):
         raise FileNotFoundError(f"{src} is not a base model directory (ar/ and nar/): run `python -m jobs.pretrain`")
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(src, out)
-    shutil.copytree(args.codec, out / "codec")  # the model's codes mean something only with these codebooks
+    staging = atomic.aside(out)  # made beside it, then swapped in whole
+    shutil.copytree(src, staging)
+    shutil.copytree(args.codec, staging / "codec")  # the model's codes mean something only with these codebooks
     for model in ("ar", "nar"):
-        tensors = read_weights(out / model)
+        tensors = read_weights(staging / model)
         # replaces the copied weight files (single or sharded) with the bf16 shards
         save_torch_state_dict(
             {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tensors.items()},
-            out / model,
+            staging / model,
             max_shard_size=SHARD_SIZE,
         )
+    atomic.swap_in(staging, out)
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{out}: {total / 2**20:.1f} MiB (bfloat16)")
     return out

@@ -3,16 +3,19 @@
     python -m jobs.synthesize --text "The cat sat on the mat." --speaker mbrola-us2 --out cat.wav
     python -m jobs.synthesize --text "Hello there." --prompt-wav me.wav --out hello.wav model_dir=...
 
-The model is <run_dir>/pretrain/model unless `--model DIR` names another (e.g. an aligned policy).
+The model is <run_dir>/pretrain/model unless `--model DIR` names another; `--adapter` puts a policy version on it
+(a directory or models:/<name>@<alias>), only if that adapter was trained on this very base (sa_ray.lineage).
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import tempfile
 from pathlib import Path
 
 from jobs import _cli
+from sa_ray import lineage, lora, tracking
 from sa_ray.audio import read_wav, write_wav
 from sa_ray.codec import load_codec
 from sa_ray.config import load_config
@@ -31,6 +34,9 @@ def main(argv: list[str] | None = None) -> Path:
     voice.add_argument("--speaker", help="a speaker id of the prepared corpus")
     voice.add_argument("--prompt-wav", help="~3 s of the voice to clone")
     ap.add_argument("--model", default=None, help="model directory (ar/ + nar/)")
+    ap.add_argument(
+        "--adapter", default=None, help="a policy version on it: a LoRA adapter directory or models:/<name>@<alias>"
+    )
     ap.add_argument("--out", default="synth.wav")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperature", type=float, default=1.0)
@@ -45,6 +51,16 @@ def main(argv: list[str] | None = None) -> Path:
         raise FileNotFoundError(f"no model in {model_dir}: run `python -m jobs.pretrain` or pass --model")
     cfg.eval.check_model(Vocab.load(model_dir / "ar").aligned)
     tts = CodecTTS.load(model_dir, codec, cfg.model.phone_voice, cfg.eval.forced_phones)
+    if args.adapter:
+        with tempfile.TemporaryDirectory() as tmp:
+            adapter = args.adapter
+            if adapter.startswith("models:/"):
+                adapter = tracking.download_model(
+                    adapter, Path(tmp) / "adapter", tracking.resolve_uri(cfg.tracking.uri)
+                )
+            fingerprint = lineage.fingerprint(model_dir, run_dir / "codec", cfg.codec.kind)
+            lineage.check(adapter, fingerprint, model_dir.resolve(), args.adapter)  # only on its own base
+            tts.ar = lora.policy(tts.ar, adapter).eval()
     frames = cfg.model.prompt_frames(codec.frame_rate)
     if args.prompt_wav:
         prompt = codec.encode(*read_wav(args.prompt_wav))[:, :frames]

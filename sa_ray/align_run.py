@@ -3,10 +3,12 @@
     <run_dir>/align/
       state.json              the MLflow parent run id (a resubmitted job continues that run)
       probe.json              the fixed probe sequence (prompt + continuation)
-      pairs/iter_<i>/         the pair set of iteration i (Parquet + _manifest.json; committed atomically)
+      pairs/iter_<i>/         the pair set of iteration i (Parquet + _manifest.json with each file's sha256;
+                              committed atomically; a file changed since is detected and the set made again)
       learner/iter_<i>/       Ray Train checkpoints of iteration i's learner (resumed when present)
       adapters/v<k>/          policy version k (PEFT layout + probe.json with the learner's probe logprob
-                              + learner.json, the final metrics of the learner that made it)
+                              + learner.json, the final metrics of the learner that made it
+                              + lineage.json, the base it was trained on: sa_ray.lineage)
       records/iter_<k>.json   metrics of policy version k (k = 0 is the base), written when k is evaluated,
                               with the align settings it was made with (`align_settings`)
       summary.json            the per-iteration table
@@ -17,20 +19,31 @@ A stage is done when its output exists, so a killed job resumes after the last c
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 
-from sa_ray.preference import read_manifest
+from sa_ray import atomic, lineage
+from sa_ray.preference import damaged_files, read_manifest
+
+log = logging.getLogger(__name__)
 
 
 class AlignRun:
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, made_from: dict | None = None):
+        """`made_from`: the lineage every adapter of this run carries (sa_ray.lineage); the adapters a resumed run
+        finds must carry the same base, or it stops, naming both."""
         self.root = Path(run_dir).resolve() / "align"
+        self.made_from = made_from
         for sub in ("pairs", "learner", "adapters", "records"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        for stale in (self.root / "pairs").glob(".*.staging-*"):  # a pair set a killed job never committed
+        # a pair set or an adapter a killed job never committed (hidden siblings: atomic.aside)
+        for stale in [*(self.root / "pairs").glob(".*.staging-*"), *(self.root / "adapters").glob(".v*.*")]:
             shutil.rmtree(stale, ignore_errors=True)
+        if made_from:
+            for adapter in sorted((self.root / "adapters").glob("v*")):
+                lineage.check(adapter, made_from["base_fingerprint"], made_from["base_dir"], f"{adapter} (resumed)")
 
     # ------------------------------------------------------------------------------------------ paths
 
@@ -46,7 +59,13 @@ class AlignRun:
     # ------------------------------------------------------------------------------------------ state
 
     def pairs_done(self, i: int) -> dict | None:
-        return read_manifest(self.pairs(i))
+        """The committed pair set's manifest; None when it is not committed, or is damaged (then it is made again:
+        a pair file that changed on disk is never trained on)."""
+        manifest = read_manifest(self.pairs(i))
+        if manifest and (damaged := damaged_files(self.pairs(i), manifest)):
+            log.warning("pair set %s: %s changed since it was committed; rolling it out again", i, ", ".join(damaged))
+            return None
+        return manifest
 
     def learned(self, k: int) -> dict | None:
         """The final metrics of the learner that made version k, once v_k is committed (None before)."""
@@ -55,12 +74,12 @@ class AlignRun:
 
     def commit_adapter(self, source: Path, k: int, metrics: dict) -> Path:
         """v_k and its learner's metrics appear together, whole, or not at all."""
-        tmp = self.root / "adapters" / f".v{k}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = atomic.aside(self.adapter(k))
         shutil.copytree(source, tmp)
         (tmp / "learner.json").write_text(json.dumps(metrics, indent=1))
-        os.replace(tmp, self.adapter(k))
-        return self.adapter(k)
+        if self.made_from:
+            lineage.write(tmp, self.made_from)
+        return atomic.swap_in(tmp, self.adapter(k))
 
     def probe(self, k: int) -> dict | None:
         """Probe sequence and the learner's logprob for version k (None for the base: the reference computes it)."""

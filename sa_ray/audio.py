@@ -28,6 +28,21 @@ def read_wav(source: str | Path | BinaryIO) -> tuple[np.ndarray, int]:
     return wav.mean(axis=1), int(sr)
 
 
+def read_mono(sound: sf.SoundFile, frames: int, block_samples: int = 2**18) -> np.ndarray:
+    """At most `frames` frames of an open file, mixed down to mono float32 block by block: memory is the mono
+    result plus one block (`block_samples` samples of all channels), whatever the channel count. Fewer frames
+    come back when the file ends first (a header that promised more than the file holds)."""
+    out = np.empty(max(0, frames), np.float32)
+    block, n = max(1, block_samples // max(1, sound.channels)), 0
+    while n < len(out):
+        chunk = sound.read(min(block, len(out) - n), dtype="float32", always_2d=True)
+        if not len(chunk):
+            break
+        out[n : n + len(chunk)] = chunk.mean(axis=1)
+        n += len(chunk)
+    return out[:n]
+
+
 def wav_bytes(wav: np.ndarray, sr: int) -> bytes:
     """A 16-bit PCM WAV file's bytes (samples clipped to [-1, 1])."""
     buffer = io.BytesIO()

@@ -31,10 +31,10 @@ def _require(ok: bool, msg: str) -> None:
 
 
 def setting(default: Any, help: str) -> Any:
-    """A config field and its description, in metadata["help"] as HfArgumentParser and TRL keep it; a list
-    default is copied for each instance."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
+    """A config field and its description, in metadata["help"] as HfArgumentParser and TRL keep it; a list or
+    dict default is copied for each instance."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
 
 
@@ -221,8 +221,10 @@ class PretrainConfig:
     eval_every: int = setting(500, "steps between held-out loss evaluations")
     checkpoint_every: int = setting(250, "steps between checkpoints (a stopped run resumes from the last)")
     eval_utterances: int = setting(40, "held-out utterances synthesised and scored at the end (0: skip)")
-    workers: int = setting(1, "Ray Train workers (DDP over gloo on CPU, NCCL on GPU)")
-    use_gpu: bool = setting(False, "one GPU per worker")
+    workers: int = setting(1, "Ray Train workers (DDP over gloo on CPU, NCCL on GPU; each asks resources.pretrain)")
+    max_failures: int = setting(
+        2, "times Ray Train restarts the workers from the last checkpoint after a worker or its node dies (-1: always)"
+    )
     bf16: bool = setting(
         True,
         "bfloat16 autocast where the device has bf16 matmuls (3x faster with AVX512-BF16; "
@@ -256,6 +258,7 @@ class PretrainConfig:
             "pretrain.stop_after must be in [1, pretrain.steps] or null",
         )
         _require(self.deepspeed in (None, 1, 2), "pretrain.deepspeed must be a ZeRO stage (1 or 2) or null")
+        _require(self.max_failures >= -1, "pretrain.max_failures must be >= -1 (-1: restart without limit)")
         _require(
             not (self.warm_start and self.init_from),
             "pretrain.warm_start (train on from a model) and pretrain.init_from (use a model as it is) exclude each other",
@@ -327,12 +330,19 @@ class AlignConfig:
     # learner
     lr: float = setting(2.0e-4, "peak AdamW learning rate of the adapter")
     steps: int = setting(32, "optimiser steps per iteration")
-    batch_size: int = setting(16, "pairs per step per worker")
+    batch_size: int = setting(
+        16, "pairs per optimiser step, split evenly over align.workers (the same adapter for any number of workers)"
+    )
     warmup_steps: int = setting(4, "linear warmup before the cosine decay, per iteration")
     grad_clip: float = setting(1.0, "gradient norm clipping")
     checkpoint_every: int = setting(16, "learner steps between checkpoints")
-    workers: int = setting(1, "Ray Train workers of the learner")
-    use_gpu: bool = setting(False, "one GPU per learner worker")
+    workers: int = setting(
+        1, "Ray Train workers of the learner (DDP, or ZeRO with align.deepspeed; each asks resources.learner)"
+    )
+    deepspeed: int | None = setting(None, "ZeRO stage (1 or 2): the learner under DeepSpeed instead of DDP; null: DDP")
+    max_failures: int = setting(
+        2, "times Ray Train restarts the learner from its last checkpoint after a worker or its node dies (-1: always)"
+    )
     lora_rank: int = setting(16, "LoRA rank")
     lora_alpha: int = setting(32, "LoRA alpha (the update is scaled by alpha / rank)")
     lora_targets: list[str] = setting(
@@ -404,6 +414,13 @@ class AlignConfig:
             "align.warmup_steps and align.early_stopping must be >= 0, align.probe_tolerance > 0",
         )
         _require(len(self.lora_targets) > 0, "align.lora_targets must name at least one module")
+        _require(
+            self.batch_size % self.workers == 0,
+            f"align.batch_size ({self.batch_size}) must be a multiple of align.workers ({self.workers}): "
+            "each worker takes an equal share of every step's pairs",
+        )
+        _require(self.deepspeed in (None, 1, 2), "align.deepspeed must be a ZeRO stage (1 or 2) or null")
+        _require(self.max_failures >= -1, "align.max_failures must be >= -1 (-1: restart without limit)")
 
     def check_model(self, aligned: bool) -> None:
         """Options that read the phones a target writes need a model whose targets write them (aligned)."""
@@ -500,12 +517,21 @@ class ServeConfig:
     model: str = setting(
         "",
         "a registered policy: models:/<name>@<alias> or models:/<name>/<version> "
-        '("" = models:/<config name>-policy@latest), or `base` (the base model, no adapter)',
+        '("" = models:/<config name>-policy@champion: the version that beat the base beyond the noise of its '
+        "evaluation; the base until one has), or `base` (the base model, no adapter)",
     )
     host: str = setting("127.0.0.1", "0.0.0.0 exposes it beyond this machine")
     port: int = setting(8000, "HTTP port")
-    replicas: int = setting(1, "Ray Serve replicas of the endpoint")
-    num_cpus: float = setting(1.0, "per replica (a fraction leaves a laptop's cores to an align job beside it)")
+    replicas: int = setting(1, "Ray Serve replicas of the endpoint (each asks resources.serve)")
+    auth_token: str = setting(
+        "", "a bearer token every request must carry (Authorization: Bearer ...); required off loopback"
+    )
+    max_ongoing_requests: int = setting(8, "requests a replica works on at once (Ray Serve)")
+    max_queued_requests: int = setting(
+        16, "requests waiting for a replica beyond those; more are answered 503 with Retry-After at once"
+    )
+    request_timeout_seconds: float = setting(60.0, "a request not answered by then is answered 503")
+    max_body_bytes: int = setting(2**20, "largest request body (bytes); larger is answered 413 before it is read whole")
     max_batch: int = setting(8, "requests sampled together (Ray Serve batching)")
     batch_wait_seconds: float = setting(0.05, "how long a request waits for others to share its batch")
     refresh_seconds: float = setting(
@@ -520,7 +546,12 @@ class ServeConfig:
         )
         _require(1 <= self.port <= 65535, "serve.port must be in [1, 65535]")
         _require(self.replicas >= 1, "serve.replicas must be >= 1")
-        _require(self.num_cpus > 0, "serve.num_cpus must be > 0")
+        _require(
+            self.max_ongoing_requests >= 1 and self.max_queued_requests >= 0,
+            "serve.max_ongoing_requests must be >= 1 and serve.max_queued_requests >= 0",
+        )
+        _require(self.request_timeout_seconds > 0, "serve.request_timeout_seconds must be > 0")
+        _require(self.max_body_bytes >= 1024, "serve.max_body_bytes must be >= 1024")
         _require(
             self.max_batch >= 1 and self.batch_wait_seconds >= 0,
             "serve.max_batch must be >= 1 and serve.batch_wait_seconds >= 0",
@@ -529,7 +560,98 @@ class ServeConfig:
         _require(self.max_text_chars >= 1, "serve.max_text_chars must be >= 1")
 
     def model_uri(self, config_name: str) -> str:
-        return self.model or f"models:/{config_name}-policy@latest"
+        return self.model or f"models:/{config_name}-policy@champion"
+
+
+@dataclass
+class RoleResources:
+    """The Ray resources one role asks for, per actor (or per Ray Train worker)."""
+
+    num_cpus: float = setting(0.0, "CPUs (logical: what the scheduler counts, not threads)")
+    num_gpus: float = setting(0.0, "GPUs (a fraction shares one); the role's models go on the GPU Ray assigns it")
+    resources: dict[str, float] = setting(
+        {}, "custom resources, e.g. a node type's {gpu_node: 0.01} (ray_cluster.yaml declares them per node type)"
+    )
+
+    def validate(self, role: str) -> None:
+        _require(self.num_cpus >= 0 and self.num_gpus >= 0, f"resources.{role}.num_cpus and .num_gpus must be >= 0")
+        _require(
+            self.num_gpus <= 1 or self.num_gpus == int(self.num_gpus),
+            f"resources.{role}.num_gpus must be a fraction <= 1 or a whole number; got {self.num_gpus}",
+        )
+        for name, amount in self.resources.items():
+            _require(
+                name not in ("CPU", "GPU", "memory"), f"resources.{role}.resources: ask {name} by num_cpus/num_gpus"
+            )
+            _require(amount > 0, f"resources.{role}.resources.{name} must be > 0")
+
+    def ray_options(self) -> dict[str, Any]:
+        """As `ray.remote(...).options(**...)` takes them."""
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "resources": dict(self.resources)}
+
+    def per_worker(self) -> dict[str, float]:
+        """As Ray Train's `ScalingConfig(resources_per_worker=...)` takes them."""
+        return {"CPU": self.num_cpus, **({"GPU": self.num_gpus} if self.num_gpus else {}), **self.resources}
+
+
+def _role(num_cpus: float, help: str) -> Any:
+    return field(default_factory=lambda: RoleResources(num_cpus=num_cpus), metadata={"help": help})
+
+
+@dataclass
+class ResourcesConfig:
+    """What each role asks the Ray scheduler for: num_cpus (logical CPUs), num_gpus (a fraction shares one; the
+    role's models go on the GPU Ray assigns it) and resources (custom ones, e.g. a node type's {gpu_node: 0.01}). A
+    GPU cluster sets them per role (configs/librispeech-encodec.yaml); a role that asks for a GPU and finds no CUDA
+    runs on the CPU, and says so once."""
+
+    rollout: RoleResources = _role(0.0, "the rollout engine (vLLM, or the torch sampler)")
+    reference: RoleResources = _role(0.0, "the frozen reference: base + the adapter that sampled the rejected")
+    reward: RoleResources = _role(0.0, "each reward scorer (align.pairs=ranked with align.reward=asr)")
+    evaluator: RoleResources = _role(0.0, "the evaluator: NAR + codec + ASR + speaker model over the held-out sets")
+    learner: RoleResources = _role(1.0, "each Ray Train worker of the LoRA preference learner")
+    pretrain: RoleResources = _role(1.0, "each Ray Train worker of the base model's training")
+    tokenizer: RoleResources = _role(1.0, "each codec encoder of prepare (prepare.encoders of them)")
+    serve: RoleResources = _role(
+        1.0, "each Serve replica (a fraction of a CPU leaves a laptop's cores to an align job beside it)"
+    )
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate(f.name)
+
+    def names(self) -> set[str]:
+        """Every custom resource some role asks for (a cluster must declare each on some node type)."""
+        return {name for f in dataclasses.fields(self) for name in getattr(self, f.name).resources}
+
+
+@dataclass
+class VLLMConfig:
+    """vLLM engines (the rollout engine with align.backend=vllm): how much of their device they take."""
+
+    gpu_memory_utilization: float = setting(
+        0.9, "GPU: the share of its memory vLLM takes (weights + KV cache); CPU: unused (kv_cache_gib is)"
+    )
+    tensor_parallel_size: int = setting(
+        1, "GPUs one engine shards the model over (resources.rollout.num_gpus must equal it)"
+    )
+    kv_cache_gib: float | None = setting(
+        None, "KV cache size (GiB); null: 0.25 on CPU, what gpu_memory_utilization leaves on a GPU"
+    )
+    dtype: str = setting(
+        "float32",
+        "float32 (as trained; the probe matches the learner to 1e-3 nats) | bfloat16 | float16 (GPUs; widen "
+        "align.probe_tolerance)",
+    )
+
+    def validate(self) -> None:
+        _require(0 < self.gpu_memory_utilization <= 1, "vllm.gpu_memory_utilization must be in (0, 1]")
+        _require(self.tensor_parallel_size >= 1, "vllm.tensor_parallel_size must be >= 1")
+        _require(self.kv_cache_gib is None or self.kv_cache_gib > 0, "vllm.kv_cache_gib must be > 0 or null")
+        _require(
+            self.dtype in ("float32", "bfloat16", "float16"),
+            f"vllm.dtype must be float32, bfloat16 or float16; got {self.dtype!r}",
+        )
 
 
 @dataclass
@@ -552,6 +674,8 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
     def validate(self) -> None:
         _require(bool(self.name), "name must not be empty")
@@ -559,6 +683,12 @@ class Config:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 value.validate()
+        tp, gpus = self.vllm.tensor_parallel_size, self.resources.rollout.num_gpus
+        _require(
+            tp == 1 or gpus == tp,
+            f"vllm.tensor_parallel_size={tp} shards the engine over {tp} GPUs: resources.rollout.num_gpus must be {tp}"
+            f"; got {gpus}",
+        )
 
     @property
     def experiment(self) -> str:
@@ -588,6 +718,8 @@ def _default(f: dataclasses.Field) -> Any:
 
 def _as_yaml(value: Any) -> str:
     """A value as it is written in a config file or an override."""
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
     return yaml.safe_dump(value, default_flow_style=True, width=1 << 16).removesuffix("...\n").strip()
 
 
@@ -609,7 +741,13 @@ def describe_settings() -> str:
     for title, prefix, fields in groups:
         lines.append(title)
         for f in fields:
-            lines.append(f"  {prefix}{f.name}  {f.type} = {_as_yaml(_default(f))}")
+            default = _default(f)
+            if dataclasses.is_dataclass(default):  # a role of `resources`: its help, then its own settings
+                lines.append(f"  {prefix}{f.name}: {f.metadata.get('help', '')}")
+                for sub in dataclasses.fields(default):
+                    lines.append(f"  {prefix}{f.name}.{sub.name}  {sub.type} = {_as_yaml(getattr(default, sub.name))}")
+                continue
+            lines.append(f"  {prefix}{f.name}  {f.type} = {_as_yaml(default)}")
             lines.append(
                 textwrap.fill(
                     f.metadata.get("help", ""),
@@ -648,6 +786,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key or 'config'} must be a mapping, got {type(value).__name__}")
         return _build(tp, value, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {type(value).__name__} {value!r}")
+        _, value_tp = typing.get_args(tp)
+        return {str(k): _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key} must be a list, got {type(value).__name__} {value!r}")
@@ -673,6 +816,15 @@ MOVED = {
     "align.eval_utterances": "eval.utterances",
     "align.eval_seeds": "eval.seeds",
     "align.gap_utterances": "eval.gap_utterances",
+    "align.use_gpu": "resources.learner.num_gpus",
+    "pretrain.use_gpu": "resources.pretrain.num_gpus",
+    "serve.num_cpus": "resources.serve.num_cpus",
+}
+
+
+_WHY_MOVED = {
+    "eval": "the evaluation protocol lives under eval.*",
+    "resources": "what each role asks Ray for lives under resources.<role>.*",
 }
 
 
@@ -682,7 +834,7 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     unknown = sorted(set(data) - set(names))
     if moved := [f"{prefix}.{k}" for k in unknown if f"{prefix}.{k}" in MOVED]:
         raise ConfigError(
-            "; ".join(f"{old} has moved to {MOVED[old]} (the evaluation protocol lives under eval.*)" for old in moved)
+            "; ".join(f"{old} has moved to {MOVED[old]} ({_WHY_MOVED[MOVED[old].split('.')[0]]})" for old in moved)
         )
     if unknown:
         where = prefix or "the top level"
@@ -690,6 +842,10 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
             f"unknown config key(s) {', '.join(f'{prefix}.{k}' if prefix else k for k in unknown)} "
             f"(valid keys at {where}: {', '.join(names)})"
         )
+    defaults = {f.name: _default(f) for f in dataclasses.fields(cls) if f.name in data}
+    for k, default in defaults.items():  # a part of a section given: the rest keeps the field's own defaults
+        if dataclasses.is_dataclass(default) and isinstance(data[k], dict):  # (resources.learner: num_cpus 1)
+            data = {**data, k: _merge(dataclasses.asdict(default), data[k])}
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     return cls(**kwargs)
 

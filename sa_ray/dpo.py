@@ -4,9 +4,19 @@ The policy is base + LoRA; it starts from the adapter that produced the iteratio
 fresh, zero adapter at iteration 0), which is also the iteration's reference, so step 0 has policy ==
 reference. Reference logprobs come precomputed with each pair (the ReferenceScorer used `pair_logprobs`,
 as the learner does): the learner never holds a reference model. Chosen and rejected sequences of a batch
-go through ONE concatenated forward. Data order is a pure function of (seed, epoch, rank) and the
-checkpoint holds adapter, optimiser, scheduler, RNG and data position: a resumed run reproduces the
-uninterrupted one step for step.
+go through ONE concatenated forward. The checkpoint holds adapter, optimiser, scheduler, RNG and data
+position: a resumed run reproduces the uninterrupted one step for step.
+
+Workers. `align.batch_size` is the pairs of one optimiser step, whatever the number of workers: every
+worker holds ALL pairs and draws the same order (seeded by seed and epoch, not rank); a step takes the next
+`batch_size` pairs of it and worker r of `world` computes the loss on the r-th of `world` equal blocks. The
+loss is a mean over pairs (`preference_loss`), so DDP's average of the workers' gradients (or ZeRO's
+reduce-scatter, which averages too) is the gradient of the whole step's mean loss: `world` workers train the
+adapter one worker trains on the same batch, up to float32 summation order (tests/test_learner_scale.py).
+
+The optimiser step is a `Stepper` (`sa_ray/engines/deepspeed_engine.py`): plain torch AdamW, or DeepSpeed
+ZeRO stage 1/2 with `align.deepspeed`. Both checkpoint the adapter and torch AdamW's per-parameter layout,
+so a run resumes with or without ZeRO, on any number of workers.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from sa_ray import lora
 from sa_ray.checkpoint import load_state, save_state
 from sa_ray.config import AlignConfig
+from sa_ray.engines.deepspeed_engine import make_stepper
 from sa_ray.losses import pack, preference_loss, sequence_logprobs, token_logprobs
 from sa_ray.metrics.phones import wrong_phone_positions
 from sa_ray.models.ar import IGNORE, load_ar
@@ -94,12 +105,21 @@ class DPOLearner:
         cfg: AlignConfig,
         pairs: list[dict],
         rank: int = 0,
+        world: int = 1,
         wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
     ):
-        self.cfg, self.rank = cfg, rank
+        """`pairs`: ALL the iteration's pairs, on every worker. `wrap` (Ray Train's prepare_model: the worker's
+        device, DDP when world > 1) is for the plain path; a ZeRO engine places the model and reduces itself."""
+        self.cfg, self.rank, self.world = cfg, rank, world
         self.pairs = sorted(pairs, key=lambda p: (p["utt_id"], p["sample_idx"]))
         if not self.pairs:
             raise ValueError("no preference pairs to learn from")
+        if cfg.batch_size % world:
+            raise ValueError(f"align.batch_size ({cfg.batch_size}) must be a multiple of the workers ({world})")
+        # fewer pairs than a batch: a step takes them all, as many as split evenly over the workers
+        self.step_pairs = min(cfg.batch_size, len(self.pairs) - len(self.pairs) % world)
+        if self.step_pairs == 0:
+            raise ValueError(f"{len(self.pairs)} preference pairs cannot be split over {world} learner workers")
         # a golden pair's chosen IS its golden target; dpo, cdpo and ipo have no NLL term
         self.nll_target = cfg.nll_target if cfg.pairs == "ranked" and cfg.method in ("rpo", "sft") else "chosen"
         if self.nll_target == "golden" and "golden_ids" not in self.pairs[0]:
@@ -112,27 +132,37 @@ class DPOLearner:
         base.requires_grad_(False)
         self.margin = MarginTokens(vocab, cfg.margin_tokens)
         self.model = lora.attach(base, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, adapter_dir)
-        self.model_train = wrap(self.model)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizers = {"adapter": torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)}
-        self.schedulers = {
-            "adapter": torch.optim.lr_scheduler.LambdaLR(
-                self.optimizers["adapter"], warmup_cosine(cfg.warmup_steps, cfg.steps)
-            )
-        }
+        self.stepper = make_stepper(
+            self.model,
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=cfg.lr,
+            betas=(0.9, 0.95),
+            weight_decay=0.0,
+            schedule=warmup_cosine(cfg.warmup_steps, cfg.steps),
+            grad_clip=cfg.grad_clip,
+            zero_stage=cfg.deepspeed,
+            wrap=wrap,
+        )
+        self.model_train = self.stepper.module  # DDP / the ZeRO engine around self.model, or self.model itself
+        self.device = next(self.model.parameters()).device
+        self.optimizers = {"adapter": self.stepper.optimizer}
+        self.schedulers = {"adapter": self.stepper.scheduler}
         self.step_count, self.epoch, self.position = 0, 0, 0
 
     # ----------------------------------------------------------------------------------------- data
 
     def next_batch(self) -> list[dict]:
-        bs = min(self.cfg.batch_size, len(self.pairs))
-        if self.position + bs > len(self.pairs):
+        """This worker's block of the step's pairs; `position` counts the pairs of all workers."""
+        if self.position + self.step_pairs > len(self.pairs):
             self.epoch, self.position = self.epoch + 1, 0
         order = list(range(len(self.pairs)))
-        random.Random(f"{self.cfg.seed}:{self.epoch}:{self.rank}").shuffle(order)
-        batch = [self.pairs[i] for i in order[self.position : self.position + bs]]
-        self.position += bs
-        return batch
+        # the same order on every worker; ":0" is the rank the seed named when each worker drew its own order,
+        # so one worker still draws the order it drew then (earlier single-worker runs reproduce)
+        random.Random(f"{self.cfg.seed}:{self.epoch}:0").shuffle(order)
+        share = self.step_pairs // self.world
+        start = self.position + self.rank * share
+        self.position += self.step_pairs
+        return [self.pairs[i] for i in order[start : start + share]]
 
     # ---------------------------------------------------------------------------------------- steps
 
@@ -158,20 +188,31 @@ class DPOLearner:
     def train_step(self) -> dict[str, float]:
         self.model_train.train()
         loss, metrics = self.loss(self.next_batch())
-        opt, sched = self.optimizers["adapter"], self.schedulers["adapter"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip))
-        opt.step()
-        sched.step()
+        self.stepper.backward(loss)
+        grad_norm = self.stepper.step()  # of the step's averaged gradient: the same on every worker
         self.step_count += 1
-        metrics["lr"] = sched.get_last_lr()[0]
-        return metrics
+        return {**self._mean_over_workers(metrics), "grad_norm": grad_norm, "lr": self.stepper.lr}
+
+    def _mean_over_workers(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The step's metrics over all its pairs, not this worker's block: each is a mean over pairs and the
+        blocks are equal, so the mean of the workers' values (every worker computes the same keys)."""
+        if self.world == 1:
+            return metrics
+        import torch.distributed as dist
+
+        keys = sorted(metrics)
+        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.device)  # NCCL: on GPU
+        dist.all_reduce(values)
+        return dict(zip(keys, (values / self.world).tolist()))
 
     # ---------------------------------------------------------------------------------- checkpoints
 
     def save(self, directory: str | Path) -> None:
+        """Rank 0 writes. Under ZeRO every rank must call it: gathering the optimiser state is collective."""
+        if self.rank != 0:
+            if self.cfg.deepspeed:
+                self.optimizers["adapter"].state_dict()  # this rank's share of the gather rank 0 writes
+            return
         d = Path(directory)
         save_state(
             d,
@@ -183,6 +224,7 @@ class DPOLearner:
         save_file(lora.adapter_tensors(self.model), d / "adapter_state.safetensors")
 
     def load(self, directory: str | Path) -> None:
+        """Every rank loads; the adapter first, since ZeRO refreshes its fp32 master weights from the model."""
         d = Path(directory)
         lora.load_adapter_tensors(self.model, load_file(d / "adapter_state.safetensors"))
         extra = load_state(d, {}, self.optimizers, self.schedulers)

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from sa_ray import atomic
 from sa_ray.data.examples import PromptBank, ar_example
 from sa_ray.metrics.phones import phone_error_rate
 from sa_ray.models.vocab import SPEECH, Vocab
@@ -159,15 +158,38 @@ def commit_pairs(staging: str | Path, final: str | Path, stats: dict) -> dict:
     tuples = sorted((k["iteration"], k["utt_id"], k["sample_idx"]) for k in keys)
     if len(set(tuples)) != len(tuples):
         raise RuntimeError(f"{staging}: duplicate pair keys; refusing to commit")
-    manifest = {**stats, "pairs": len(tuples), "keys_sha256": hashlib.sha256(json.dumps(tuples).encode()).hexdigest()}
+    manifest = {
+        **stats,
+        "pairs": len(tuples),
+        "keys_sha256": hashlib.sha256(json.dumps(tuples).encode()).hexdigest(),
+        "files_sha256": {p.name: _sha256(p) for p in sorted(staging.glob("*.parquet"))},
+    }
     for side in ("chosen", "rejected"):  # ranked pairs: how good the policy's best and worst samples were
         if table is not None and f"{side}_reward" in table.column_names and len(table):
             manifest[f"{side}_reward"] = float(np.mean(table.column(f"{side}_reward").to_numpy()))
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    if final.exists():  # only a dangling directory without a manifest can be here (read_manifest returned None)
-        shutil.rmtree(final)
-    os.replace(staging, final)
+    # only a dangling directory without a manifest can be at `final` (read_manifest returned None)
+    atomic.swap_in(staging, final)
     return manifest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def damaged_files(final: str | Path, manifest: dict) -> list[str]:
+    """The files of a committed pair set that are missing or differ from their checksum in the manifest (a disk
+    or a hand that changed them since); a manifest of an older version, without checksums, vouches for none."""
+    final = Path(final)
+    return [
+        name
+        for name, digest in manifest.get("files_sha256", {}).items()
+        if not (final / name).is_file() or _sha256(final / name) != digest
+    ]
 
 
 def read_manifest(final: str | Path) -> dict | None:

@@ -1,27 +1,33 @@
 """The voice behind the Serve endpoint: a JSON request, validated, -> speech of the current policy, as WAV.
 
-No Ray here (actors/voice_server.py makes it a Ray Serve deployment). `parse_request` turns a body into a
+No Ray here (actors/voice_server.py makes it a Ray Serve deployment). `parse_body` turns a body into a
 `SpeechRequest` or a `BadRequest` naming the field and the rule (the endpoint answers it with a 4xx JSON
-error); `PolicyVoice` loads the base AR + NAR + codec once and merges one policy version (a LoRA adapter)
-into a copy of the AR when told to, as the evaluator does, so a served version speaks as it was evaluated.
+error); a `prompt_wav`'s length is read from its header and refused before a sample is decoded. `PolicyVoice`
+loads the base AR + NAR + codec once and merges one policy version (a LoRA adapter) into a copy of the AR when
+told to, as the evaluator does, so a served version speaks as it was evaluated. `served_model` and
+`check_exposure` are the checks made before a deployment is built (jobs.serve and the RayService builder).
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import io
+import ipaddress
+import json
 import math
+import os
 import random
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from sa_ray import lora, tracking
-from sa_ray.audio import read_wav
+from sa_ray import lineage, lora, tracking
+from sa_ray.audio import read_mono
 from sa_ray.codec import Codec
+from sa_ray.config import Config, ConfigError, ServeConfig
 from sa_ray.data.examples import PromptBank
 from sa_ray.models.ar import load_ar
 from sa_ray.models.nar import NARModel
@@ -31,7 +37,10 @@ from sa_ray.synthesis import CodecTTS, Request, Synthesis, TextError
 PAGE = Path(__file__).parent / "web" / "voice.html"  # the listening page the endpoint serves at /
 MAX_TEMPERATURE = 2.0
 PROMPT_SECONDS = (0.5, 30.0)  # a voice to clone: long enough to hear, short enough to read in one go
-MAX_PROMPT_BYTES = 8 * 2**20
+PROMPT_RATES = (8_000, 192_000)  # Hz: from the telephone to the studio
+PROMPT_CHANNELS = 8
+MAX_PROMPT_BYTES = 8 * 2**20  # the file itself (serve.max_body_bytes, 1 MiB by default, bounds it first)
+TOKEN_ENV = "SA_RAY_SERVE_TOKEN"  # serve.auth_token when the config leaves it empty: no secret on a command line
 
 
 class BadRequest(ValueError):
@@ -42,7 +51,13 @@ class BadRequest(ValueError):
         self.field, self.message, self.status = field, message, status
 
     def body(self) -> dict:
-        return {"error": self.message, "field": self.field}
+        """The JSON answer; a field named by the client (an unknown one) is cut short and escaped, so that a lone
+        surrogate or a megabyte-long key is not echoed back (nor breaks the JSON encoder: a 500)."""
+        return {"error": _printable(self.message, 2000), "field": _printable(self.field, 60)}
+
+
+def _printable(text: str, limit: int) -> str:
+    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,15 @@ class SpeechRequest:
 
 
 _FIELDS = ("text", "speaker", "prompt_wav", "seed", "temperature")
+
+
+def parse_body(raw: bytes, speakers: list[str], max_text_chars: int) -> SpeechRequest:
+    """A request's body (bytes) -> SpeechRequest; not JSON is a BadRequest of status 400 (field `body`)."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[... nested past the C stack
+        raise BadRequest("body", "the body is not JSON", 400) from None
+    return parse_request(body, speakers, max_text_chars)
 
 
 def parse_request(body: object, speakers: list[str], max_text_chars: int) -> SpeechRequest:
@@ -78,6 +102,8 @@ def parse_request(body: object, speakers: list[str], max_text_chars: int) -> Spe
         raise BadRequest("text", "must not be empty")
     if len(text) > max_text_chars:
         raise BadRequest("text", f"is {len(text)} characters; at most {max_text_chars} (send one sentence at a time)")
+    if odd := next((c for c in text if _control(c)), None):
+        raise BadRequest("text", f"holds a control character or a lone surrogate ({ascii(odd)}): send plain text")
     if "speaker" in body and body["speaker"] not in speakers:
         raise BadRequest("speaker", f"unknown speaker {body['speaker'][:60]!r}; the voices are {', '.join(speakers)}")
     prompt = _prompt_audio(body["prompt_wav"]) if "prompt_wav" in body else None
@@ -95,41 +121,122 @@ def parse_request(body: object, speakers: list[str], max_text_chars: int) -> Spe
     return SpeechRequest(text, body.get("speaker"), seed, float(temperature), prompt)
 
 
+def _control(c: str) -> bool:
+    """A character no text to say holds: C0/C1 controls (but tab and newlines) and lone surrogates (which JSON's
+    \\ud800 escapes can carry and UTF-8 cannot encode)."""
+    return unicodedata.category(c) in ("Cc", "Cs") and c not in "\t\n\r"
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:.2f} s" if seconds < 1e5 else f"{seconds:.3g} s"
+
+
 def _prompt_audio(encoded: str) -> tuple[np.ndarray, int]:
-    """base64 of an audio file (wav, flac, ...) -> (mono wav, rate), within PROMPT_SECONDS."""
+    """base64 of an audio file (wav, flac, ...) -> (mono wav, rate), within PROMPT_SECONDS.
+
+    The length is read from the file's header (frames / rate) and refused before any sample is decoded: 600 s of
+    silence is a ~90 KB FLAC that would decode to 115 MB of float32 at 48 kHz. Then at most the frames the header
+    promised are decoded, mixed to mono block by block (a header that lies about its length cannot make it decode
+    more; one that promised more than the file holds is measured again after). NaN or infinite samples are
+    refused; samples beyond full scale (a float file's) are clipped to [-1, 1]."""
     if len(encoded) > MAX_PROMPT_BYTES * 4 // 3 + 4:
         raise BadRequest("prompt_wav", f"is over {MAX_PROMPT_BYTES // 2**20} MB; a few seconds of speech are enough")
-    try:
-        wav, sample_rate = read_wav(io.BytesIO(base64.b64decode(encoded, validate=True)))
-    except binascii.Error:
+    try:  # line breaks (`base64` without -w0) are no error; anything else outside the alphabet is
+        data = base64.b64decode("".join(encoded.split()), validate=True)
+    except ValueError:  # binascii.Error, or a character outside ASCII
         raise BadRequest("prompt_wav", "is not base64") from None
-    except sf.LibsndfileError:
-        raise BadRequest("prompt_wav", "is not an audio file soundfile reads (wav, flac, ogg, ...)") from None
-    seconds = len(wav) / sample_rate
+    try:
+        sound = sf.SoundFile(io.BytesIO(data))
+    except (RuntimeError, ValueError, TypeError):  # sf.LibsndfileError is a RuntimeError
+        raise BadRequest("prompt_wav", "is not an audio file soundfile reads (wav, flac, ogg, mp3, ...)") from None
+    with sound:
+        rate, channels, frames = sound.samplerate, sound.channels, sound.frames
+        if not PROMPT_RATES[0] <= rate <= PROMPT_RATES[1]:
+            raise BadRequest("prompt_wav", f"is sampled at {rate} Hz; at {PROMPT_RATES[0]} to {PROMPT_RATES[1]} Hz")
+        if not 1 <= channels <= PROMPT_CHANNELS:
+            raise BadRequest("prompt_wav", f"has {channels} channels; at most {PROMPT_CHANNELS}")
+        if frames / rate > PROMPT_SECONDS[1]:  # refused on its header's word, before a sample is decoded
+            raise BadRequest(
+                "prompt_wav",
+                f"lasts {_seconds(frames / rate)} (its header says); a voice prompt lasts at most "
+                f"{PROMPT_SECONDS[1]:.0f} s (and at least {PROMPT_SECONDS[0]} s)",
+            )
+        try:
+            wav = read_mono(sound, frames)
+        except (RuntimeError, ValueError, TypeError):
+            raise BadRequest("prompt_wav", "could not be decoded: a damaged or truncated audio file") from None
+    seconds = len(wav) / rate
     if not PROMPT_SECONDS[0] <= seconds <= PROMPT_SECONDS[1]:
         raise BadRequest(
             "prompt_wav",
-            f"lasts {seconds:.2f} s; a voice prompt lasts {PROMPT_SECONDS[0]} to {PROMPT_SECONDS[1]:.0f} s",
+            f"lasts {_seconds(seconds)}; a voice prompt lasts {PROMPT_SECONDS[0]} to {PROMPT_SECONDS[1]:.0f} s",
         )
-    return wav, sample_rate
+    if not np.isfinite(wav).all():
+        raise BadRequest("prompt_wav", "holds samples that are not numbers (NaN or infinite)")
+    return np.clip(wav, -1.0, 1.0, out=wav), rate  # a float file may hold any number: full scale is +-1
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listening address is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def check_exposure(settings: ServeConfig) -> None:
+    """An endpoint that listens beyond this machine must ask for a token."""
+    if not is_loopback(settings.host) and not settings.auth_token:
+        raise ConfigError(
+            f"serve.host={settings.host} listens beyond this machine, and serve.auth_token is empty: set "
+            f"serve.auth_token (or ${TOKEN_ENV}) to a secret every request then carries as `Authorization: Bearer "
+            "<token>`, or serve.host=127.0.0.1"
+        )
+
+
+def served_model(cfg: Config) -> Path:
+    """The checks before a deployment is built: the run's prepared data, its base model (align.base_model, else
+    <run_dir>/pretrain/model, as the align job), options that fit that model, a token off loopback. Sets what the
+    replicas are given: cfg.run_dir made absolute (they may start in another working directory), an empty
+    serve.auth_token taken from $SA_RAY_SERVE_TOKEN (a Kubernetes Secret's, in clusters/kuberay/rayservice.yaml).
+    Returns the base model's directory."""
+    from sa_ray.data.prepare import require_prepared
+    from sa_ray.models import base_model_dir
+    from sa_ray.models.vocab import Vocab
+
+    cfg.serve.auth_token = cfg.serve.auth_token or os.environ.get(TOKEN_ENV, "")
+    check_exposure(cfg.serve)
+    cfg.run_dir = str(Path(cfg.run_dir).resolve())
+    require_prepared(cfg.run_dir)
+    base_dir = base_model_dir(cfg)
+    cfg.eval.check_model(Vocab.load(base_dir / "ar").aligned)
+    return base_dir
 
 
 class RegisteredPolicy:
     """Which policy version to serve: `base`, a fixed `models:/<name>/<version>`, or `models:/<name>@<alias>`,
     followed: `resolve` looks the alias up again and downloads a version it has not seen (into `cache_dir`).
-    An alias with no version yet (no align iteration registered) serves the base until one appears."""
+    An alias with no version yet (`champion` before any version beat the base beyond noise) serves the base until
+    one appears. A version trained on another base than `base_dir` is refused (sa_ray.lineage), naming both."""
 
-    def __init__(self, uri: str, tracking_uri: str, cache_dir: str | Path):
+    def __init__(self, uri: str, tracking_uri: str, cache_dir: str | Path, base_dir: Path, base_fingerprint: str):
         self.uri, self.tracking_uri, self.cache_dir = uri, tracking_uri, Path(cache_dir)
         self.name, self.alias, self.version = (None, None, None) if uri == "base" else tracking.model_ref(uri)
+        self.base_dir, self.base_fingerprint = base_dir, base_fingerprint
 
     @classmethod
-    def of_config(cls, cfg) -> RegisteredPolicy:
-        """`serve.model` of a config, looked up in its tracking store, cached under <run_dir>/serve/adapters."""
+    def of_config(cls, cfg, base_dir: str | Path) -> RegisteredPolicy:
+        """`serve.model` of a config, looked up in its tracking store, cached under <run_dir>/serve/adapters, for
+        the base in `base_dir` with the codec of <run_dir>/codec."""
+        base_dir = Path(base_dir)
         return cls(
             cfg.serve.model_uri(cfg.name),
             tracking.resolve_uri(cfg.tracking.uri),
             Path(cfg.run_dir) / "serve" / "adapters",
+            base_dir,
+            lineage.fingerprint(base_dir, Path(cfg.run_dir) / "codec", cfg.codec.kind),
         )
 
     def resolve(self) -> tuple[int | None, Path | None]:
@@ -142,6 +249,7 @@ class RegisteredPolicy:
         local = self.cache_dir / self.name / f"v{version}"
         if not (local / "adapter_config.json").is_file():
             tracking.download_model(f"models:/{self.name}/{version}", local, self.tracking_uri)
+        lineage.check(local, self.base_fingerprint, self.base_dir, f"models:/{self.name}/{version} ({self.uri})")
         return version, local
 
 

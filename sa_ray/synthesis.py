@@ -62,10 +62,17 @@ class CodecTTS:
 
     @classmethod
     def load(
-        cls, model_dir: str | Path, codec: Codec, phone_voice: str = "mbrola-us1", forced_phones: bool = False
+        cls,
+        model_dir: str | Path,
+        codec: Codec,
+        phone_voice: str = "mbrola-us1",
+        forced_phones: bool = False,
+        device: str | torch.device = "cpu",
     ) -> CodecTTS:
+        """The AR and NAR on `device`; the codec is the caller's (it stays where it was made)."""
         ar, vocab = load_ar(Path(model_dir) / "ar")
-        return cls(ar, vocab, NARModel.from_pretrained(Path(model_dir) / "nar"), codec, phone_voice, forced_phones)
+        nar = NARModel.from_pretrained(Path(model_dir) / "nar", device=device)
+        return cls(ar.to(device), vocab, nar, codec, phone_voice, forced_phones)
 
     def text_tokens(self, text: str) -> tuple[list[str], float]:
         """Text tokens for new text and the expected number of frames (a length guide for sampling)."""

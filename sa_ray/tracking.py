@@ -149,6 +149,7 @@ class RunLogger:
 # ---- Model registry: versions of artifact directories (base models, LoRA adapters) under a name ----
 
 _LATEST = "latest"  # MLflow reserves this alias: it always means the highest version, never set by hand
+KEY_TAG = "sa_ray.key"  # what a registered version IS (run + policy version): registered once
 
 
 def _registry_client(tracking_uri: str | None) -> MlflowClient:
@@ -163,9 +164,13 @@ def register_model(
     aliases: list[str] | tuple[str, ...] = (),
     tags: dict | None = None,
     tracking_uri: str | None = None,
+    key: str | None = None,
 ) -> int:
     """Registers the directory already logged at `runs:/<run_id>/<artifact_path>` as a new version of
     registered model `name` (created if missing), points `aliases` at it and returns the version.
+
+    `key` (tag `sa_ray.key`) makes it idempotent: a version already registered under the same key is the one
+    returned (a job killed between registering and recording it registers nothing twice on resume).
 
     The version's source is the run's concrete artifact location (not a `runs:/` URI), so readers need
     only the artifact store. `latest` is MLflow's reserved alias for the highest version: a new version
@@ -183,12 +188,27 @@ def register_model(
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         client.create_registered_model(name)
-    mv = client.create_model_version(name, source, run_id=run_id, tags={k: str(v) for k, v in (tags or {}).items()})
-    version = int(mv.version)
+    tags = {**{k: str(v) for k, v in (tags or {}).items()}, **({KEY_TAG: key} if key else {})}
+    done = find_versions(name, {KEY_TAG: key}, tracking_uri) if key else []
+    version = done[0] if done else int(client.create_model_version(name, source, run_id=run_id, tags=tags).version)
     for alias in aliases:
         if alias.lower() != _LATEST:
             client.set_registered_model_alias(name, alias, version)
     return version
+
+
+def find_versions(name: str, tags: dict[str, str], tracking_uri: str | None = None) -> list[int]:
+    """Versions of registered model `name` carrying all of `tags`, oldest first (none: no such model)."""
+    where = " and ".join([f"name = '{name}'", *(f"tags.`{k}` = '{v}'" for k, v in tags.items())])
+    return sorted(int(v.version) for v in _registry_client(tracking_uri).search_model_versions(where))
+
+
+def version_tags(name: str, version: int, tracking_uri: str | None = None) -> dict[str, str]:
+    return dict(_registry_client(tracking_uri).get_model_version(name, str(version)).tags)
+
+
+def set_alias(name: str, alias: str, version: int, tracking_uri: str | None = None) -> None:
+    _registry_client(tracking_uri).set_registered_model_alias(name, alias, version)
 
 
 def alias_version(name: str, alias: str, tracking_uri: str) -> int | None:

@@ -44,6 +44,21 @@ ROLLOUT_BACKENDS = [
     ),
 ]
 
+# One short align iteration on the tiny slice (the cluster tests: where roles run matters, not what they learn).
+ONE_ITERATION = [
+    "align.backend=torch",
+    "align.iterations=1",
+    "align.prompts_per_iteration=4",
+    "align.steps=2",
+    "align.batch_size=4",
+    "align.warmup_steps=1",
+    "align.checkpoint_every=2",
+    "align.lora_rank=8",
+    "align.lora_alpha=16",
+    "eval.utterances=2",
+    "eval.gap_utterances=0",
+]
+
 # A small but real slice: 3 MBROLA voices (one held out), 48 sentences (6 held out).
 TINY_OVERRIDES = [
     "corpus.n_sentences=48",

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: `ray`, and the `python` a submitted job runs
@@ -144,7 +145,10 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def start_head(num_cpus: int = 2, timeout: float = 240) -> RayHead:
+def start_head(num_cpus: int = 2, timeout: float = 240, autoscaling: dict | None = None) -> RayHead:
+    """A head with token auth on free ports. `autoscaling`: a cluster launcher config of Ray's fake multi-node
+    provider (clusters/fake-autoscaler.yaml), whose nodes then join this head (its GCS) as the autoscaler adds them;
+    started as Ray's own AutoscalingCluster starts one (RAY_FAKE_CLUSTER=1, a 1 s autoscaler update)."""
     temp_dir = Path(tempfile.mkdtemp(prefix="rjs-", dir="/tmp"))
     token_path = temp_dir / "token"
     token_path.write_text(secrets.token_hex(32))
@@ -158,6 +162,12 @@ def start_head(num_cpus: int = 2, timeout: float = 240) -> RayHead:
         RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="5",  # else a detached actor (Ray Data's) holds it 30 s
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
     )  # a job's `python` is this venv's
+    extra = []
+    if autoscaling is not None:
+        config = {**autoscaling, "provider": {**autoscaling["provider"], "gcs_address": f"127.0.0.1:{gcs}"}}
+        (temp_dir / "autoscaler.yaml").write_text(yaml.safe_dump(config))
+        env.update(RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
+        extra = [f"--autoscaling-config={temp_dir / 'autoscaler.yaml'}"]
     cmd = [
         sys.executable,
         "-c",
@@ -178,6 +188,7 @@ def start_head(num_cpus: int = 2, timeout: float = 240) -> RayHead:
         f"--temp-dir={temp_dir}",
         "--object-store-memory=200000000",
         "--disable-usage-stats",
+        *extra,
     ]
     log = temp_dir / "head.log"
     with open(log, "wb") as out:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,37 +148,68 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(
         )
         assert client.get_run(out["run_id"]).data.tags["sa_ray.settings_changed.v2"] == changed
 
+        # v2 was registered before the kill: the resumed job registers nothing twice, and every version carries
+        # the base it was trained on
+        versions = client.search_model_versions("name = 'tiny-policy'")
+        assert sorted(int(v.version) for v in versions) == [1, 2]
+        base = {v.tags["sa_ray.base_fingerprint"] for v in versions}
+        assert len(base) == 1 and {v.tags["sa_ray.run_id"] for v in versions} == {out["run_id"]}
+        assert (
+            json.loads((run_dir / "align" / "adapters" / "v2" / "lineage.json").read_text())["base_fingerprint"] in base
+        )
 
-def test_killed_after_rollout_resubmitted_completes_with_the_expected_pairs(prepared_tiny, tiny_base, tmp_path):
-    argv, run_dir = _argv(prepared_tiny, tiny_base, tmp_path, "align.backend=torch")
+        # an adapter of this base is refused on another base, naming both
+        from sa_ray.lineage import LineageError
+
+        other = tmp_path / "other-base"
+        shutil.copytree(tiny_base, other)
+        (other / "ar" / "README").write_text("another base")  # its files differ: another fingerprint
+        with pytest.raises(LineageError, match="was trained on base .* not on the base loaded here"):
+            evaluate.main(
+                ["--config", argv[1], "--base", str(other), "--adapter", "models:/tiny-policy@latest", *argv[2:]]
+            )
+
+
+def test_killed_after_rollout_and_mid_learner_resubmitted_completes_with_the_expected_pairs(
+    prepared_tiny, tiny_base, tmp_path
+):
+    """SIGKILLed (driver and its local cluster) once its pair set is committed, resubmitted, SIGKILLed again in the
+    middle of its learner, resubmitted: the pairs are never rolled out again, the learner goes on from its
+    checkpoint, and one MLflow run holds it all."""
+    argv, run_dir = _argv(prepared_tiny, tiny_base, tmp_path, "align.backend=torch", "align.iterations=1")
     cmd = [sys.executable, "-m", "jobs.align", *argv]
     env = {**os.environ, "RAY_ADDRESS": ""}  # its own local cluster, like a fresh submission
     env.pop("RAY_ADDRESS")
     pairs0 = run_dir / "align" / "pairs" / "iter_0"
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.time() + 600
-        while read_manifest(pairs0) is None:  # the rollout stage of iteration 0 is committed...
-            assert proc.poll() is None and time.time() < deadline, "the job ended before committing its pairs"
-            time.sleep(0.5)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # ...and the job dies right after, driver and local cluster alike
-        proc.wait()
+    learner0 = run_dir / "align" / "learner" / "iter_0"
+
+    def kill_when(reached, moment: str) -> None:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            deadline = time.time() + 600
+            while not reached():
+                assert proc.poll() is None and time.time() < deadline, f"the job ended before {moment}"
+                time.sleep(0.5)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)  # ...and the job dies right then, driver and local cluster alike
+            proc.wait()
+
+    kill_when(lambda: read_manifest(pairs0) is not None, "committing its pairs")
     committed = read_manifest(pairs0)
-    assert not (run_dir / "align" / "adapters" / "v1").exists()
+    kill_when(lambda: any(learner0.glob("checkpoint_*")), "its learner's first checkpoint")
+    assert read_manifest(pairs0) == committed and not (run_dir / "align" / "adapters" / "v1").exists()
 
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert read_manifest(pairs0) == committed  # not rolled out again
-    for i in (0, 1):
-        keys = _keys(run_dir / "align" / "pairs" / f"iter_{i}")
-        assert len(keys) == len(set(keys)) and set(keys) == _expected_keys(run_dir, i)  # none lost or duplicated
+    assert read_manifest(pairs0) == committed  # never rolled out again
+    keys = _keys(pairs0)
+    assert len(keys) == len(set(keys)) and set(keys) == _expected_keys(run_dir, 0)  # none lost or duplicated
     assert not list((run_dir / "align" / "pairs").glob(".*staging*"))
     state = json.loads((run_dir / "align" / "state.json").read_text())
     summary = json.loads((run_dir / "align" / "summary.json").read_text())
-    assert summary["run_id"] == state["run_id"] and len(summary["iterations"]) == 3  # one MLflow run, resumed
+    assert summary["run_id"] == state["run_id"] and len(summary["iterations"]) == 2  # one MLflow run, resumed
 
 
 def test_ranked_pairs_run_end_to_end(prepared_tiny, tiny_base, tmp_path, ray_local):

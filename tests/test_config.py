@@ -84,6 +84,20 @@ def test_overrides_are_typed_by_yaml_and_applied():
         ("align.eval_utterances=80", "align.eval_utterances has moved to eval.utterances"),
         ("align.eval_seeds=2", "align.eval_seeds has moved to eval.seeds"),
         ("align.gap_utterances=0", "align.gap_utterances has moved to eval.gap_utterances"),
+        # what a role asks Ray for lives under resources.<role>
+        ("align.use_gpu=true", "align.use_gpu has moved to resources.learner.num_gpus"),
+        ("pretrain.use_gpu=true", "pretrain.use_gpu has moved to resources.pretrain.num_gpus"),
+        ("serve.num_cpus=0.5", "serve.num_cpus has moved to resources.serve.num_cpus"),
+        ("resources.rollout.num_gpus=-1", "resources.rollout.num_cpus and .num_gpus must be >= 0"),
+        ("resources.learner.num_gpus=1.5", "resources.learner.num_gpus must be a fraction <= 1 or a whole number"),
+        ("resources.evaluator.resources={GPU: 1}", "resources.evaluator.resources: ask GPU by num_cpus/num_gpus"),
+        ("resources.evaluator.resources={cpu_node: 0}", "resources.evaluator.resources.cpu_node must be > 0"),
+        ("resources.evaluator.resources=[cpu_node]", "resources.evaluator.resources must be a mapping"),
+        ("resources.gpu={num_gpus: 1}", "unknown config key(s) resources.gpu"),
+        ("vllm.tensor_parallel_size=2", "resources.rollout.num_gpus must be 2"),
+        ("vllm.dtype=int8", "vllm.dtype must be float32, bfloat16 or float16"),
+        ("align.workers=3", "align.batch_size (16) must be a multiple of align.workers (3)"),
+        ("align.deepspeed=3", "align.deepspeed must be a ZeRO stage (1 or 2) or null"),
     ],
 )
 def test_bad_values_fail_before_any_work_naming_the_field(override, needle):
@@ -109,3 +123,19 @@ def test_save_and_reload_round_trip(tmp_path):
     save_config(cfg, tmp_path / "resolved.yaml")
     assert load_config(tmp_path / "resolved.yaml") == cfg
     assert cfg.flat()["codec.stack"] == 1
+
+
+def test_roles_take_their_ray_resources_from_config():
+    cfg = load_config(
+        TINY,
+        [
+            "resources.rollout={num_gpus: 1, resources: {gpu_node: 0.01}}",
+            "resources.learner.num_gpus=1",
+            "vllm.tensor_parallel_size=1",
+        ],
+    )
+    assert cfg.resources.rollout.ray_options() == {"num_cpus": 0.0, "num_gpus": 1.0, "resources": {"gpu_node": 0.01}}
+    assert cfg.resources.learner.per_worker() == {"CPU": 1.0, "GPU": 1.0}
+    assert cfg.resources.pretrain.per_worker() == {"CPU": 1.0}  # today's CPU default: no GPU key at all
+    assert cfg.resources.names() == {"gpu_node"}
+    assert cfg.flat()["resources.rollout.resources.gpu_node"] == 0.01

@@ -104,6 +104,7 @@ def test_align_job_succeeds_is_tracked_and_its_policy_served(ray_head, prepared_
     assert rc == 0, logs
     assert ray_head.job_status("align") == "SUCCEEDED"
     assert "WER sent" in logs, logs  # the per-iteration table
+    assert "registered as version 1 (latest, best" in logs and "champion: " in logs, logs  # and why (not) champion
 
     client = MlflowClient(uri)
     exp_ids = [e.experiment_id for e in client.search_experiments()]
@@ -117,7 +118,15 @@ def test_align_job_succeeds_is_tracked_and_its_policy_served(ray_head, prepared_
     from .test_serve import _call, _free_port
 
     port = _free_port()
-    serve_argv = ["python", "-m", "jobs.serve", "--detach", *argv[3:], f"serve.port={port}"]
+    serve_argv = [  # the run's newest version (the default, @champion, moves only for a gain beyond the noise)
+        "python",
+        "-m",
+        "jobs.serve",
+        "--detach",
+        *argv[3:],
+        f"serve.port={port}",
+        "serve.model=models:/tiny-policy@latest",
+    ]
     rc, logs = submit(ray_head, serve_argv, submission_id="serve")
     assert rc == 0 and ray_head.job_status("serve") == "SUCCEEDED", logs
     assert "serving models:/tiny-policy@latest (version 1)" in logs, logs

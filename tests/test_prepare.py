@@ -125,6 +125,15 @@ def _write_bad_librispeech(root: Path, speech: Path) -> dict[str, str]:
     add("11-22-0006", "SO SILENT", "silent_audio", np.zeros(sr, np.float32))
     add("11-22-0007", "TOO SHORT", "too_short", wav[: sr // 10])
     add("11-22-0008", "TOO LONG", "too_long", np.tile(wav, 16))
+    add("11-22-0010", "HOURS OF SILENCE", "too_long", raw=(root.parent / "hours.flac").read_bytes())
+    sf.write(chapter / "cut.flac", wav, sr, format="FLAC")
+    add("11-22-0011", "CUT SHORT", "unreadable_audio", raw=(chapter / "cut.flac").read_bytes()[:2000])
+    (chapter / "cut.flac").unlink()
+    (chapter / "._11-22-0000.flac").write_bytes(bytes(64))  # a macOS resource fork: not the corpus's
+    binary = root / "33" / "44"
+    binary.mkdir(parents=True)
+    (binary / "33-44.trans.txt").write_bytes(bytes(range(256)) * 8)  # one entry, not 8 "utterances"
+    expected["33-44.trans.txt"] = "unreadable_transcript"
     lines.append("11-22-0000 HELLO AGAIN")  # a repeated id: the first one is kept
     (chapter / "11-22.trans.txt").write_text("\n".join(lines) + "\n")
     # an empty audio file: a valid header and no samples (libsndfile reads by content, not by name)
@@ -138,6 +147,9 @@ def _write_bad_librispeech(root: Path, speech: Path) -> dict[str, str]:
 def bad_corpus(tmp_path):
     speech = tmp_path / "speech.wav"
     Voice.parse("mbrola-us1").synthesize("Hello there, my old friend.", speech)
+    with sf.SoundFile(tmp_path / "hours.flac", "w", samplerate=8000, channels=1, format="FLAC") as f:
+        for _ in range(180):  # three hours of silence: 0.3 MB of FLAC, refused from its header
+            f.write(np.zeros(8000 * 60, np.float32))
     root = tmp_path / "LibriSpeech"
     return root, _write_bad_librispeech(root, speech)
 
@@ -174,7 +186,8 @@ def test_bad_files_are_quarantined_with_their_reason(tmp_path, bad_corpus, ray_l
     assert kept["11-22-0001"]["orig_sample_rate"] == 8000
     assert summary["resampled"] == 2  # 16 kHz and 8 kHz sources, both resampled to the codec's rate
     assert summary["quarantined"] == len(want_bad) + 1
-    assert summary["quarantine_reasons"]["unreadable_audio"] == 2
+    assert summary["quarantine_reasons"]["unreadable_audio"] == 3
+    assert "from the header, not decoded" in quarantine["11-22-0010"]["detail"]
 
 
 def test_strict_mode_stops_naming_the_file_and_rule(tmp_path, bad_corpus, ray_local, capsys):

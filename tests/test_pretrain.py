@@ -114,7 +114,7 @@ def test_bf16_autocast_only_where_the_device_multiplies_bf16(train_rows, monkeyp
 
 
 def test_batches_follow_the_model_to_its_device(train_rows):
-    """Ray Train's prepare_model moves the model to the worker's GPU (pretrain.use_gpu); the batches, collated on
+    """Ray Train's prepare_model moves the model to the worker's GPU (resources.pretrain.num_gpus); the batches, collated on
     the CPU, must follow it. No GPU here: the meta device stands in for "not where collate made them"."""
     trainer = tiny_trainer(train_rows, steps=2, batch_size=4, wrap=lambda m: m.to("meta"))
     ar_batch, nar_batch = trainer.next_batch()

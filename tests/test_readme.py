@@ -1,6 +1,7 @@
 """README's command blocks run as written, pasted into a fresh shell at the repository root after `make install`.
 
-Every ```bash block of README.md (and of clusters/local/README.md, which it links for the cluster steps) is read
+Every ```bash block of README.md (and of clusters/local/README.md and docs/cluster.md, which it links for the
+cluster steps) is read
 as a shell would read it. For each command:
 - `python -m jobs.X ...`: the job's own argument parser accepts the arguments and every `dotted.key=value`
   validates against the config (the parser runs, then stops: no Ray, no work);
@@ -34,7 +35,11 @@ import pytest
 from .ray_head import _free_ports, _ours
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = {"README.md": REPO / "README.md", "clusters/local/README.md": REPO / "clusters" / "local" / "README.md"}
+DOCS = {
+    "README.md": REPO / "README.md",
+    "clusters/local/README.md": REPO / "clusters" / "local" / "README.md",
+    "docs/cluster.md": REPO / "docs" / "cluster.md",
+}
 OPERATORS = {"&&", "||", ";", "|", "&", ";;", "(", ")"}
 OUTPUTS = {"runs", "mlruns", "data", "logs"}  # what the jobs write: not there before they run
 

@@ -54,7 +54,7 @@ def endpoint(prepared_tiny, tiny_base, corpus_cache, tmp_path_factory, ray_local
         f"align.base_model={tiny_base}",
         f"serve.port={_free_port()}",
         "serve.refresh_seconds=0",
-        "serve.num_cpus=0.5",
+        "resources.serve.num_cpus=0.5",
         "serve.batch_wait_seconds=0.5",
     )
     url = serve_job.main([*argv, "--detach"])
@@ -161,11 +161,12 @@ def test_bad_requests_get_a_4xx_json_error_naming_the_field(endpoint, body, stat
     assert headers["content-type"] == "application/json" and error["error"]
 
 
-def _register_adapter(cfg, base_dir) -> int:
-    """A LoRA adapter that changes the policy (B != 0), registered as the next version, as the align job does."""
+def _register_adapter(cfg, base_dir, fingerprint: str | None = None) -> int:
+    """A LoRA adapter that changes the policy (B != 0), registered as the next version and champion, as the align
+    job does; trained on `base_dir` (its lineage) unless another base `fingerprint` is given."""
     import mlflow
 
-    from sa_ray import lora, tracking
+    from sa_ray import lineage, lora, tracking
     from sa_ray.models.ar import load_ar
 
     model = lora.attach(load_ar(base_dir / "ar")[0], 4, 8, ["q_proj", "v_proj"])
@@ -175,24 +176,40 @@ def _register_adapter(cfg, base_dir) -> int:
                 p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
     folder = f"{cfg.run_dir}/made_adapter"
     lora.save(model, folder)
+    fingerprint = fingerprint or lineage.fingerprint(base_dir, f"{cfg.run_dir}/codec", cfg.codec.kind)
+    lineage.write(folder, {"base_fingerprint": fingerprint, "base_dir": str(base_dir)})
     tracking.setup(cfg)
     with mlflow.start_run() as run:
         tracking.log_artifact(folder, "adapters/v1")
-    return tracking.register_model(f"{cfg.name}-policy", run.info.run_id, "adapters/v1", ["latest"])
+    return tracking.register_model(f"{cfg.name}-policy", run.info.run_id, "adapters/v1", ["latest", "champion"])
 
 
 def test_a_newly_registered_version_speaks_without_a_redeploy(endpoint, tiny_base):
     url, cfg = endpoint
     request = {"text": "The cat sat on the mat.", "speaker": "mbrola-us2", "seed": 0}
-    assert json.loads(_call(f"{url}/health")[2])["version"] == "base"  # models:/tiny-policy@latest: nothing yet
+    assert json.loads(_call(f"{url}/health")[2])["version"] == "base"  # models:/tiny-policy@champion: none yet
     _, headers, base_wav = _call(f"{url}/synthesize", request)
     assert headers["x-policy-version"] == "base"
 
     version = _register_adapter(cfg, tiny_base)
     health = json.loads(_call(f"{url}/health")[2])
-    assert (health["model"], health["version"]) == (f"models:/{cfg.name}-policy@latest", str(version))
+    assert (health["model"], health["version"]) == (f"models:/{cfg.name}-policy@champion", str(version))
     _, headers, wav = _call(f"{url}/synthesize", request)
     assert headers["x-policy-version"] == str(version) and wav != base_wav
+
+    # the champion moved to an adapter trained on another base: never merged into this one, the endpoint keeps
+    # speaking with the version it has, and a new deployment of it is refused, naming both bases
+    other = _register_adapter(cfg, tiny_base, fingerprint="0123456789abcdef")
+    assert json.loads(_call(f"{url}/health")[2])["version"] == str(version)
+    _, headers, _ = _call(f"{url}/synthesize", request)
+    assert headers["x-policy-version"] == str(version)
+    from sa_ray.lineage import LineageError
+    from sa_ray.serve import RegisteredPolicy
+
+    with pytest.raises(
+        LineageError, match=f"models:/{cfg.name}-policy/{other} .* was trained on base 0123456789abcdef"
+    ):
+        RegisteredPolicy.of_config(cfg, tiny_base).resolve()
 
 
 def test_the_listening_page_speaks_in_chromium(endpoint, tmp_path):

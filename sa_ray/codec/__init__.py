@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sa_ray.codec.base import Codec
 from sa_ray.config import CodecConfig, ConfigError
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["Codec", "load_or_fit_codec", "load_codec"]
 
 
-def load_codec(cfg: CodecConfig, codec_dir: str | Path) -> Codec:
-    """The codec a prepared dataset was made with (mel_kmeans: its saved codebooks)."""
+def load_codec(cfg: CodecConfig, codec_dir: str | Path, device: str | torch.device = "cpu") -> Codec:
+    """The codec a prepared dataset was made with (mel_kmeans: its saved codebooks, on the CPU; the neural codecs
+    on `device`)."""
     if cfg.kind == "mel_kmeans":
         from sa_ray.codec.mel_kmeans import MelKMeansCodec
 
@@ -22,9 +27,9 @@ def load_codec(cfg: CodecConfig, codec_dir: str | Path) -> Codec:
     from sa_ray.codec.hf_codec import HFCodec
 
     if cfg.path:
-        return HFCodec.from_pretrained(cfg.path, n_codebooks=cfg.n_codebooks)
+        return HFCodec.from_pretrained(cfg.path, n_codebooks=cfg.n_codebooks, device=device)
     # No weights given: a seeded random model with filled codebooks (smoke runs; its audio is noise).
-    return HFCodec.from_config(cfg.kind, seed=0, init_codebooks=True, n_codebooks=cfg.n_codebooks)
+    return HFCodec.from_config(cfg.kind, seed=0, init_codebooks=True, n_codebooks=cfg.n_codebooks, device=device)
 
 
 def load_or_fit_codec(

@@ -26,12 +26,36 @@ def _check_root(root: str | Path) -> Path:
 
 
 def _files(root: Path, *suffixes: str) -> list[Path]:
-    """Every file under root whose name ends with one of the suffixes, in a stable order."""
-    return sorted(p for p in root.rglob("*") if p.name.endswith(suffixes) and p.is_file())
+    """Every file under root whose name ends with one of the suffixes, in a stable order. Hidden files are not
+    the corpus's (macOS leaves `._<name>.flac` resource forks and .DS_Store beside every file it copies)."""
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.name.endswith(suffixes)
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and p.is_file()
+    )
+
+
+class NotText(ValueError):
+    """A transcript file that is not UTF-8 text (binary bytes, NUL characters)."""
 
 
 def _read_text(path: Path) -> str:
-    return path.read_text(encoding="utf-8", errors="replace").strip()
+    """A transcript file's text; NotText when it holds something else (no guessing at a binary file's lines)."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise NotText(f"{path} is not UTF-8 text (byte {e.start}: {data[e.start : e.start + 4]!r})") from None
+    if "\x00" in text:
+        raise NotText(f"{path} is not text (it holds NUL bytes)")
+    return text.strip()
+
+
+def _unreadable(path: Path, utt_id: str, speaker: str, source: str, why: str) -> Utterance:
+    """One quarantine entry for a transcript file that could not be read: named, never silently dropped."""
+    return Utterance(utt_id, speaker, "", str(path), source, rule="unreadable_transcript", detail=why)
 
 
 def _finish(utts: list[Utterance], skipped: list[str], root: Path, source: str, expected: str) -> list[Utterance]:
@@ -57,7 +81,12 @@ def read_librispeech(root: str | Path) -> list[Utterance]:
     base = _check_root(root)
     utts, listed = [], set()
     for trans in _files(base, ".trans.txt"):
-        for line in trans.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            lines = _read_text(trans).splitlines()
+        except NotText as e:  # one entry for the file: its bytes are no utterance ids
+            utts.append(_unreadable(trans, trans.name, trans.name.split("-")[0], "librispeech", str(e)))
+            continue
+        for line in lines:
             if not line.strip():
                 continue
             utt_id, _, text = line.strip().partition(" ")
@@ -93,16 +122,14 @@ def read_libritts(root: str | Path) -> list[Utterance]:
         audio = txt.parent / f"{stem}.wav"
         if txt.name.endswith(".normalized.txt") or audio not in transcripts:
             transcripts[audio] = txt
-    utts = [
-        Utterance(
-            utt_id=audio.stem,
-            speaker=audio.stem.split("_")[0],
-            text=_read_text(txt),
-            audio_path=str(audio),
-            source="libritts",
-        )
-        for audio, txt in transcripts.items()
-    ]
+    utts = []
+    for audio, txt in transcripts.items():
+        try:
+            text = _read_text(txt)
+        except NotText as e:
+            utts.append(_unreadable(txt, audio.stem, audio.stem.split("_")[0], "libritts", str(e)))
+            continue
+        utts.append(Utterance(audio.stem, audio.stem.split("_")[0], text, str(audio), "libritts"))
     skipped = [p.stem for p in _files(base, ".wav") if p not in transcripts]
     return _finish(
         utts,
@@ -144,7 +171,10 @@ def read_vctk(root: str | Path) -> list[Utterance]:
             (p for p in (f(base, spk, utt_id) for f in _VCTK_AUDIO) if p.is_file()), fallback(base, spk, utt_id)
         )
         transcribed.add((spk, utt_id))
-        utts.append(Utterance(utt_id=utt_id, speaker=spk, text=_read_text(txt), audio_path=str(audio), source="vctk"))
+        try:
+            utts.append(Utterance(utt_id, spk, _read_text(txt), str(audio), "vctk"))
+        except NotText as e:
+            utts.append(_unreadable(txt, utt_id, spk, "vctk", str(e)))
     audio_only = {
         (p.parent.name, p.stem.removesuffix("_mic1").removesuffix("_mic2"))
         for d in ("wav48_silence_trimmed", "wav48")

@@ -16,6 +16,9 @@ class Utterance:
     # symbols and durations in milliseconds, covering the audio file from its first sample.
     phones: tuple[str, ...] | None = None
     phone_ms: tuple[int, ...] | None = None
+    # A problem the reader found (quarantined later, with this rule and detail), e.g. a transcript that is not text
+    rule: str | None = None
+    detail: str | None = None
 
     def to_row(self) -> dict:
         row = asdict(self)

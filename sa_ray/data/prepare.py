@@ -19,8 +19,8 @@ import hashlib
 import json
 import random
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -65,8 +65,10 @@ def load_corpus(corpus: CorpusConfig, progress: bool = True) -> tuple[list[Utter
         from sa_ray.corpus.synthetic import align_sentence_ids, build_synthetic_corpus, heldout_sentence_ids
 
         sentences = make_sentences(corpus.n_sentences + corpus.align_sentences, corpus.seed)
-        reserved = {"heldout_sentences": {normalize_text(sentences[i]) for i in heldout_sentence_ids(corpus)},
-                    "align": {normalize_text(sentences[i]) for i in align_sentence_ids(corpus)}}
+        reserved = {
+            "heldout_sentences": {normalize_text(sentences[i]) for i in heldout_sentence_ids(corpus)},
+            "align": {normalize_text(sentences[i]) for i in align_sentence_ids(corpus)},
+        }
         return build_synthetic_corpus(corpus, progress=progress), reserved
     from sa_ray.corpus.readers import read_corpus
 
@@ -87,7 +89,9 @@ def manifest_rows(utts: list[Utterance], corpus: CorpusConfig, reserved: dict[st
             row["split"] = "heldout_voices"
         else:
             row["split"] = next((split for split, texts in reserved.items() if text in texts), "train")
-        row["pre_rule"] = "duplicate_id" if u.utt_id in seen else None
+        if u.utt_id in seen:
+            row["rule"], row["detail"] = "duplicate_id", "utt_id already seen in this corpus"
+        row["pre_rule"], row["pre_detail"] = row.pop("rule"), row.pop("detail")
         seen.add(u.utt_id)
         rows.append(row)
     return rows
@@ -114,8 +118,7 @@ def fingerprint(cfg: Config, rows: list[dict]) -> str:
     return h.hexdigest()[:16]
 
 
-def tokenize_rows(rows: list[dict], codec: Codec, rules: PrepareConfig, phonemes: str,
-                  encode: bool = True) -> pa.Table:
+def tokenize_rows(rows: list[dict], codec: Codec, rules: PrepareConfig, phonemes: str, encode: bool = True) -> pa.Table:
     """Validates, phonemises and encodes a batch of manifest rows; broken rows come back quarantined.
 
     With `encode=False` it only validates (status, rule, detail): the cheap pass of strict mode.
@@ -124,20 +127,33 @@ def tokenize_rows(rows: list[dict], codec: Codec, rules: PrepareConfig, phonemes
     ok_texts: list[str] = []
     for row in rows:
         text_norm = normalize_text(row["text"] or "")
-        rejection = Rejection(row["pre_rule"], "utt_id already seen in this corpus") if row.get("pre_rule") else None
+        rejection = Rejection(row["pre_rule"], row.get("pre_detail") or "") if row.get("pre_rule") else None
         rejection = rejection or check_transcript(row["text"])
         wav, orig_sr = None, 0
         if rejection is None:
             wav, orig_sr, rejection = load_checked_audio(row["audio_path"], codec.sample_rate, rules)
         rec = {
-            "utt_id": row["utt_id"], "speaker": row["speaker"], "split": row["split"], "source": row["source"],
-            "text": row["text"], "text_norm": text_norm, "audio_path": row["audio_path"],
-            "orig_sample_rate": orig_sr, "phones": row.get("phones"), "phone_ms": row.get("phone_ms"),
+            "utt_id": row["utt_id"],
+            "speaker": row["speaker"],
+            "split": row["split"],
+            "source": row["source"],
+            "text": row["text"],
+            "text_norm": text_norm,
+            "audio_path": row["audio_path"],
+            "orig_sample_rate": orig_sr,
+            "phones": row.get("phones"),
+            "phone_ms": row.get("phone_ms"),
             "status": "ok" if rejection is None else "quarantined",
-            "rule": rejection.rule if rejection else None, "detail": rejection.detail if rejection else None,
+            "rule": rejection.rule if rejection else None,
+            "detail": rejection.detail if rejection else None,
         }
         if wav is not None and encode:
-            codes = codec.encode(wav, codec.sample_rate)
+            try:
+                codes = codec.encode(wav, codec.sample_rate)
+            except Exception as e:  # noqa: BLE001 - one utterance the codec cannot take must not end the job
+                rec.update(status="quarantined", rule="codec_failed", detail=f"{type(e).__name__}: {str(e)[:200]}")
+                out.append(rec)
+                continue
             rec["duration"] = len(wav) / codec.sample_rate
             rec["frames"] = int(codes.shape[1])
             rec.update({f"codes_{k}": codes[k].astype(np.int32) for k in range(codes.shape[0])})
@@ -167,14 +183,25 @@ def summarize(rows: Iterable[dict], fp: str, codec: Codec) -> dict:
         "quarantined": sum(rules.values()),
         "quarantine_reasons": dict(sorted(rules.items())),
         "resampled": resampled,
-        "splits": {s: {"utterances": counts.get(s, 0), "hours": round(seconds.get(s, 0.0) / 3600, 4)}
-                   for s in SPLITS},
-        "codec": {"kind": type(codec).__name__, "sample_rate": codec.sample_rate,
-                  "frame_rate": round(float(codec.frame_rate), 3), "n_codebooks": codec.n_codebooks,
-                  "codebook_size": codec.codebook_size},
+        "splits": {s: {"utterances": counts.get(s, 0), "hours": round(seconds.get(s, 0.0) / 3600, 4)} for s in SPLITS},
+        "codec": {
+            "kind": type(codec).__name__,
+            "sample_rate": codec.sample_rate,
+            "frame_rate": round(float(codec.frame_rate), 3),
+            "n_codebooks": codec.n_codebooks,
+            "codebook_size": codec.codebook_size,
+        },
     }
 
 
 def read_summary(data_dir: str | Path) -> dict | None:
     path = Path(data_dir) / "summary.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def require_prepared(run_dir: str | Path) -> dict:
+    """The summary of <run_dir>/data, which every job after `prepare` starts from; FileNotFoundError without it."""
+    summary = read_summary(Path(run_dir) / "data")
+    if summary is None:
+        raise FileNotFoundError(f"no prepared data in {Path(run_dir) / 'data'}: run `python -m jobs.prepare` first")
+    return summary

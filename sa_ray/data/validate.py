@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import soundfile as sf
 
 from sa_ray.audio import read_wav, resample, rms_db
 from sa_ray.config import PrepareConfig
@@ -16,6 +17,7 @@ from sa_ray.text import has_letters
 # Every rule the validation stage applies, in the order it applies them.
 RULES = (
     "duplicate_id",
+    "unreadable_transcript",  # found by the corpus reader: a transcript file that is not text
     "empty_transcript",
     "non_text_transcript",
     "unreadable_audio",
@@ -23,6 +25,7 @@ RULES = (
     "too_short",
     "too_long",
     "silent_audio",
+    "codec_failed",  # the codec's encode raised on audio that passed every rule before it
 )
 
 
@@ -51,8 +54,26 @@ def check_transcript(text: str | None) -> Rejection | None:
     return None
 
 
-def load_checked_audio(path: str, target_sr: int, rules: PrepareConfig) -> tuple[np.ndarray | None, int, Rejection | None]:
-    """Reads, resamples to `target_sr` and checks one file; returns (wav, original rate, rejection)."""
+def load_checked_audio(
+    path: str, target_sr: int, rules: PrepareConfig
+) -> tuple[np.ndarray | None, int, Rejection | None]:
+    """Reads, resamples to `target_sr` and checks one file; returns (wav, original rate, rejection).
+
+    The duration is read from the header first: a file longer than prepare.max_seconds is refused before it is
+    decoded (hours of silence compress to a few kilobytes of FLAC and decode to gigabytes)."""
+    try:
+        info = sf.info(path)
+    except Exception as e:  # libsndfile raises several types for missing, truncated or foreign files
+        return None, 0, Rejection("unreadable_audio", f"{type(e).__name__}: {str(e)[:200]}")
+    if info.samplerate > 0 and info.frames / info.samplerate > rules.max_seconds:
+        seconds = info.frames / info.samplerate
+        return (
+            None,
+            info.samplerate,
+            Rejection(
+                "too_long", f"{seconds:.2f} s (from the header, not decoded) > prepare.max_seconds={rules.max_seconds}"
+            ),
+        )
     try:
         wav, sr = read_wav(path)
     except Exception as e:  # libsndfile raises several types for missing, truncated or foreign files

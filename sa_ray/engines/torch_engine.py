@@ -20,9 +20,16 @@ from sa_ray.sampling import SamplingConfig, sample
 
 
 class TorchEngine:
-    def __init__(self, model_dir: str | Path, batch_size: int = 32, max_model_len: int = 1024, **_ignored) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        batch_size: int = 32,
+        max_model_len: int = 1024,
+        device: str | torch.device = "cpu",
+        **_ignored,
+    ) -> None:
         self.base, self.vocab = load_ar(model_dir)
-        self.base.requires_grad_(False)
+        self.base.requires_grad_(False).to(device)
         self.model_dir, self.batch_size, self.max_model_len = str(model_dir), batch_size, max_model_len
         self._lora_id: int | None = None
         self._lora_model: torch.nn.Module | None = None

