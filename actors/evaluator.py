@@ -13,7 +13,7 @@ from actors.placement import role_device
 from sa_ray import lora
 from sa_ray.codec import load_codec
 from sa_ray.config import Config
-from sa_ray.evaluation import distribution_gap, evaluate_heldout, heldout_tables, prompt_banks
+from sa_ray.evaluation import dev_test, distribution_gap, evaluate_heldout, heldout_tables, prompt_banks
 from sa_ray.losses import pack, sequence_logprobs
 from sa_ray.metrics.backends import MOS_SKIPPED, make_asr, make_mos, make_sim
 from sa_ray.metrics.stats import pool_seeds
@@ -21,7 +21,7 @@ from sa_ray.models.ar import load_ar
 from sa_ray.models.nar import NARModel
 from sa_ray.preference import split_example, voice_prompt
 from sa_ray.sampling import SamplingConfig
-from sa_ray.synthesis import CodecTTS, Request
+from sa_ray.synthesis import CodecTTS, Request, Spelling
 
 
 class Evaluator:
@@ -39,8 +39,12 @@ class Evaluator:
         self.tables = heldout_tables(self.data_dir)
         self.prompt_frames = cfg.model.prompt_frames(self.codec.frame_rate)
         self.banks = prompt_banks(self.tables, self.prompt_frames, self.codec.n_codebooks)
-        self.sampling = SamplingConfig(temperature=cfg.eval.temperature, top_k=cfg.eval.top_k)
+        self.sampling = SamplingConfig(temperature=cfg.eval.temperature, top_k=cfg.eval.top_k, top_p=cfg.eval.top_p)
         self._policy: tuple[str | None, CodecTTS] | None = None
+
+    def _rows(self) -> list[dict]:
+        """The held-out sentences of `eval.split`: what every figure of a version is measured on."""
+        return dev_test(self.tables["heldout_sentences"], self.cfg.eval.split)
 
     def backends(self) -> dict[str, str]:
         """Tags naming what produced the numbers: every WER names its ASR, every SIM its speaker model."""
@@ -57,7 +61,9 @@ class Evaluator:
             ar = lora.policy(self.base, adapter_dir)
             self._policy = (
                 adapter_dir,
-                CodecTTS(ar, self.vocab, self.nar, self.codec, self.cfg.model.phone_voice, self.cfg.eval.forced_phones),
+                CodecTTS(
+                    ar, self.vocab, self.nar, self.codec, Spelling.of_config(self.cfg), self.cfg.eval.forced_phones
+                ),
             )
         return self._policy[1]
 
@@ -80,6 +86,7 @@ class Evaluator:
                 sampling=self.sampling,
                 ceiling=ceiling and s == 0,
                 mos=self.mos,
+                split=e.split,
             )
             for s in range(e.seeds)
         ]
@@ -93,7 +100,7 @@ class Evaluator:
     def golden_nll(self, model, n: int = 80, batch_size: int = 16) -> tuple[float, float]:
         """Teacher-forced NLL per target token, and next-token accuracy, of the golden held-out sentences under
         `model` (fixed prompts; over the full vocabulary, like every logprob of the loop)."""
-        rows, bank = self.tables["heldout_sentences"][:n], self.banks["heldout_sentences"]
+        rows, bank = self._rows()[:n], self.banks["heldout_sentences"]
         pairs = [split_example(r, voice_prompt(bank, r, 0, 0), self.vocab, self.codec.frame_rate) for r in rows]
         logp, tokens, hits = 0.0, 0, 0
         with torch.inference_mode():
@@ -106,7 +113,7 @@ class Evaluator:
     def gap(self, adapter_dir: str | None, plot_title: str) -> tuple[dict[str, float], bytes]:
         """The distribution gap (`sa_ray.evaluation.distribution_gap`) of policy base + adapter on
         `eval.gap_utterances` held-out sentences, embedded by the fixed base: (metrics, t-SNE PNG)."""
-        rows = self.tables["heldout_sentences"][: self.cfg.eval.gap_utterances]
+        rows = self._rows()[: self.cfg.eval.gap_utterances]
         return distribution_gap(
             self._tts(adapter_dir),
             self.base,
@@ -120,10 +127,13 @@ class Evaluator:
 
     def samples(self, adapter_dir: str | None, n: int = 2) -> list[tuple[str, np.ndarray, int]]:
         """A few held-out sentences spoken by the policy: (name, wav, sample rate), to listen to in MLflow."""
-        tts, rows, bank = self._tts(adapter_dir), self.tables["heldout_sentences"][:n], self.banks["heldout_sentences"]
+        tts, rows, bank = self._tts(adapter_dir), self._rows()[:n], self.banks["heldout_sentences"]
         rng = random.Random(0)
         outs = tts.synthesize(
-            [Request(r["text"], bank.draw(r["speaker"], r["utt_id"], rng), i) for i, r in enumerate(rows)],
+            [
+                Request(r["text"], bank.draw(r["speaker"], r["utt_id"], rng), i, r["speaker"])
+                for i, r in enumerate(rows)
+            ],
             self.sampling,
         )
         return [(f"{r['utt_id']}.wav", o.wav, self.codec.sample_rate) for r, o in zip(rows, outs)]

@@ -13,7 +13,7 @@ from sa_ray.codec import load_codec
 from sa_ray.config import Config
 from sa_ray.metrics.backends import make_asr, make_sim
 from sa_ray.rewards import AsrSimReward, train_prompt_bank
-from sa_ray.synthesis import CodecTTS
+from sa_ray.synthesis import CodecTTS, Spelling
 
 
 class RewardScorer:
@@ -22,7 +22,7 @@ class RewardScorer:
         codec = load_codec(cfg.codec, run_dir / "codec")
         device = role_device("reward", cfg.resources.reward.num_gpus)
         # holds the base AR too; rendering never runs it
-        tts = CodecTTS.load(base_dir, codec, cfg.model.phone_voice, device=device)
+        tts = CodecTTS.load(base_dir, codec, Spelling.of_config(cfg), device=device)
         bank = train_prompt_bank(run_dir / "data", cfg.model.prompt_frames(codec.frame_rate), codec.n_codebooks)
         self.scorer = AsrSimReward(
             tts, make_asr(cfg.eval.asr, run_dir / "data", cfg.corpus), make_sim(cfg.eval.sim), bank, cfg.align.seed

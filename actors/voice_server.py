@@ -45,6 +45,7 @@ from sa_ray.serve import (
     parse_body,
     served_model,
 )
+from sa_ray.synthesis import Spelling
 
 app = FastAPI(title="sa-ray voice", docs_url=None, redoc_url=None)
 log = logging.getLogger("ray.serve")
@@ -113,7 +114,7 @@ class VoiceServer:
             codec,
             run_dir / "data",
             cfg.model.prompt_frames(codec.frame_rate),
-            cfg.model.phone_voice,
+            Spelling.of_config(cfg),
             cfg.eval.forced_phones,
         )
         self.policy = RegisteredPolicy.of_config(cfg, base_dir)

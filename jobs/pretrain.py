@@ -83,10 +83,10 @@ def evaluate(cfg, run_dir: Path, model_dir: Path) -> dict[str, dict]:
     from sa_ray.codec import load_codec
     from sa_ray.evaluation import evaluate_heldout, heldout_tables, prompt_banks
     from sa_ray.metrics.backends import make_asr, make_sim
-    from sa_ray.synthesis import CodecTTS
+    from sa_ray.synthesis import CodecTTS, Spelling
 
     codec = load_codec(cfg.codec, run_dir / "codec")
-    tts = CodecTTS.load(model_dir, codec, cfg.model.phone_voice)
+    tts = CodecTTS.load(model_dir, codec, Spelling.of_config(cfg))
     asr, sim = make_asr(cfg.eval.asr, run_dir / "data", cfg.corpus), make_sim(cfg.eval.sim)
     tables = heldout_tables(run_dir / "data")
     banks = prompt_banks(tables, cfg.model.prompt_frames(codec.frame_rate), codec.n_codebooks)

@@ -22,7 +22,7 @@ from sa_ray.config import load_config
 from sa_ray.data.examples import PromptBank
 from sa_ray.models.vocab import Vocab
 from sa_ray.sampling import SamplingConfig
-from sa_ray.synthesis import CodecTTS, Request
+from sa_ray.synthesis import CodecTTS, Request, Spelling
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> Path:
     if not (model_dir / "ar").is_dir():
         raise FileNotFoundError(f"no model in {model_dir}: run `python -m jobs.pretrain` or pass --model")
     cfg.eval.check_model(Vocab.load(model_dir / "ar").aligned)
-    tts = CodecTTS.load(model_dir, codec, cfg.model.phone_voice, cfg.eval.forced_phones)
+    tts = CodecTTS.load(model_dir, codec, Spelling.of_config(cfg), cfg.eval.forced_phones)
     if args.adapter:
         with tempfile.TemporaryDirectory() as tmp:
             adapter = args.adapter
@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> Path:
             )
         prompt = bank.draw(args.speaker, "", random.Random(args.seed))
     out = tts.synthesize(
-        [Request(args.text, prompt, args.seed)], SamplingConfig(temperature=args.temperature), fit_positions=True
+        [Request(args.text, prompt, args.seed, args.speaker)],
+        SamplingConfig(temperature=args.temperature),
+        fit_positions=True,
     )[0]
     write_wav(args.out, out.wav, codec.sample_rate)
     print(

@@ -4,7 +4,9 @@ Reports, per set of utterances: WER of the synthesised speech against its text, 
 synthesised speech and the speaker's real utterance of the same sentence (and, as a floor, real speech
 of another speaker from `others`), the duration ratio (generated / golden frames), the phone error rate
 of aligned targets (the phones the AR model wrote against the ones it was asked to say: content errors
-without the recogniser's noise) and the share of samples that hit the length limit before EOS. The
+without the recogniser's noise) and the share of samples with any phone error, the duration error (mean
+|log| of the duration ratio: too long and too short both count) and the share of samples that hit the length
+limit before EOS. The
 ceiling (golden codes of all layers decoded by the same codec) is reported beside them.
 """
 
@@ -26,6 +28,7 @@ from sa_ray.metrics.wer import wer, word_errors
 from sa_ray.preference import split_example, voice_prompt
 from sa_ray.sampling import SamplingConfig
 from sa_ray.synthesis import CodecTTS, Request
+from sa_ray.text import normalize_text
 
 
 def evaluate_tts(
@@ -45,7 +48,7 @@ def evaluate_tts(
     rng = random.Random(seed)
     requests = heldout_requests(rows, bank, rng, seed)
     hyps, sims, sims_other, ratios, ended, gold_hyps, repeats, scores = [], [], [], [], [], [], [], []
-    phone_edits, phones = 0, 0
+    phone_edits, phones, samples_with_phone_errors = 0, 0, 0
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
         chunk = rows[start : start + batch_size]
         for row, out in zip(chunk, tts.synthesize(requests[start : start + batch_size], sampling)):
@@ -59,8 +62,9 @@ def evaluate_tts(
             repeats.append(repetition_rate(out.codes[0]))
             ended.append(out.ended)
             if tts.vocab.aligned:
-                phone_edits += phone_errors(out.ar_tokens, out.text_ids, tts.vocab)
-                phones += len(out.text_ids)
+                edits = phone_errors(out.ar_tokens, out.text_ids, tts.vocab)
+                phone_edits, phones = phone_edits + edits, phones + len(out.text_ids)
+                samples_with_phone_errors += edits > 0
             if mos is not None and len(out.wav):
                 scores.append(mos.score(out.wav, tts.codec.sample_rate))
             if ceiling:
@@ -73,14 +77,17 @@ def evaluate_tts(
         "wer": sum(errors) / sum(words),
         "utt_errors": errors,
         "utt_words": words,  # corpus WER, from its parts
+        "utt_sentences": [sentence_key(r) for r in rows],  # the bootstrap's clusters
         "sim": float(np.mean(sims)),
         "duration_ratio": float(np.mean(ratios)),
+        "duration_error": float(np.mean(np.abs(np.log(np.maximum(ratios, 1e-3))))),
         "eos_failure_rate": 1.0 - float(np.mean(ended)),
         "repetition_rate": float(np.mean(repeats)),
         "n": len(rows),
     }
     if phones:
         result["phone_error_rate"] = phone_edits / phones
+        result["phone_error_samples"] = samples_with_phone_errors / len(rows)
     if sims_other:  # the same synthesised speech against real speech of ANOTHER speaker: the SIM floor
         result["sim_other_speaker"] = float(np.mean(sims_other))
     if scores:
@@ -92,12 +99,38 @@ def evaluate_tts(
 
 def heldout_requests(rows: list[dict], bank: PromptBank, rng: random.Random, seed: int) -> list[Request]:
     """What `evaluate_tts` synthesises at `seed`: a voice prompt of each row's speaker and a sampling seed."""
-    return [Request(r["text"], bank.draw(r["speaker"], r["utt_id"], rng), seed + i) for i, r in enumerate(rows)]
+    return [
+        Request(r["text"], bank.draw(r["speaker"], r["utt_id"], rng), seed + i, r["speaker"])
+        for i, r in enumerate(rows)
+    ]
 
 
 def pick_heldout(rows: list[dict], n: int) -> list[dict]:
-    """An even spread of `n` utterances of a held-out set: the same ones every time."""
-    return rows[:: max(1, len(rows) // n)][:n]
+    """An even spread of `n` utterances of a held-out set (every voice of it): the same ones every time."""
+    return [rows[i * len(rows) // n] for i in range(n)] if n < len(rows) else list(rows)
+
+
+SPLITS = ("dev", "test", "all")
+
+
+def sentence_key(row: dict) -> str:
+    """What utterances of one sentence share (its voices and sampling seeds): the bootstrap's cluster."""
+    return normalize_text(row["text"])
+
+
+def dev_test(rows: list[dict], split: str) -> list[dict]:
+    """The `dev` or `test` half of held-out rows, split by SENTENCE (a sentence and all its voices fall in one
+    half; both halves are never trained on): settings are chosen on dev, and a claim is confirmed once on test.
+    The halves depend only on the set of sentences, so both held-out sets (which speak the same sentences) split
+    alike and every run of a corpus splits the same way. `all`: every row."""
+    if split not in SPLITS:
+        raise ValueError(f"eval.split must be one of {SPLITS}; got {split!r}")
+    if split == "all":
+        return list(rows)
+    sentences = sorted({sentence_key(r) for r in rows})
+    random.Random("sa-ray dev/test").shuffle(sentences)
+    half = set(sentences[: (len(sentences) + 1) // 2] if split == "dev" else sentences[(len(sentences) + 1) // 2 :])
+    return [r for r in rows if sentence_key(r) in half]
 
 
 def repetition_rate(level0: np.ndarray) -> float:
@@ -142,23 +175,25 @@ def evaluate_heldout(
     sampling: SamplingConfig = SamplingConfig(),
     ceiling: bool = True,
     mos=None,
+    split: str = "all",
 ) -> dict[str, dict[str, float]]:
-    """`evaluate_tts` on an even spread of `n` utterances of each held-out set (the same ones every time),
-    voice prompts drawn from `banks[split]` (the set's own utterances of the same speaker)."""
+    """`evaluate_tts` on an even spread of `n` utterances of the `split` half (`dev_test`) of each held-out set
+    (the same ones every time), voice prompts drawn from `banks[name]` (the set's own utterances of the same
+    speaker, either half: a prompt is the voice, not the sentence)."""
     out = {}
-    for split, rows in tables.items():
+    for name, rows in tables.items():
         if not rows:
             continue
-        picked = pick_heldout(rows, n)
-        out[split] = evaluate_tts(
+        picked = pick_heldout(dev_test(rows, split), n)
+        out[name] = evaluate_tts(
             tts,
             picked,
-            banks[split],
+            banks[name],
             asr,
             sim,
             seed=seed,
             sampling=sampling,
-            desc=split,
+            desc=f"{name} ({split})",
             ceiling=ceiling,
             others=tables["heldout_sentences"],
             mos=mos,
@@ -174,7 +209,7 @@ def distribution_gap(
     - token gap: golden vs synthetic targets embedded by the FIXED `base` AR model (mean-pooled last layer,
       one space for every policy), as a linear probe's accuracy (0.5 = no gap), the same probe on
       pair-centred embeddings (a consistent shift the sentence would hide), MMD and a t-SNE PNG."""
-    requests = [Request(r["text"], voice_prompt(bank, r, 0, 0), 7919 + i) for i, r in enumerate(rows)]
+    requests = [Request(r["text"], voice_prompt(bank, r, 0, 0), 7919 + i, r["speaker"]) for i, r in enumerate(rows)]
     synthetic = tts.synthesize(requests, sampling)
     sr = tts.codec.sample_rate
     golden_seqs, synth_seqs, starts = [], [], []

@@ -32,7 +32,7 @@ from sa_ray.data.examples import PromptBank
 from sa_ray.models.ar import load_ar
 from sa_ray.models.nar import NARModel
 from sa_ray.sampling import SamplingConfig
-from sa_ray.synthesis import CodecTTS, Request, Synthesis, TextError
+from sa_ray.synthesis import CodecTTS, Request, Spelling, Synthesis, TextError
 
 PAGE = Path(__file__).parent / "web" / "voice.html"  # the listening page the endpoint serves at /
 MAX_TEMPERATURE = 2.0
@@ -262,12 +262,12 @@ class PolicyVoice:
         codec: Codec,
         data_dir: str | Path,
         prompt_frames: int,
-        phone_voice: str,
+        spelling: Spelling,
         forced_phones: bool = False,
     ):
         self.base, self.vocab = load_ar(Path(base_dir) / "ar")
         self.nar, self.codec = NARModel.from_pretrained(Path(base_dir) / "nar"), codec
-        self.phone_voice, self.forced_phones = phone_voice, forced_phones
+        self.spelling, self.forced_phones = spelling, forced_phones
         self.bank, self.prompt_frames = PromptBank.of_voices(data_dir, prompt_frames, codec.n_codebooks), prompt_frames
         self.speakers = sorted(self.bank.by_speaker)
         self.tts: CodecTTS | None = None
@@ -276,7 +276,7 @@ class PolicyVoice:
         """base + the adapter (None: the base alone), merged into a copy; the base weights stay untouched."""
         self.tts = None  # the previous version's copy goes before the next is made
         self.tts = CodecTTS(
-            lora.policy(self.base, adapter_dir), self.vocab, self.nar, self.codec, self.phone_voice, self.forced_phones
+            lora.policy(self.base, adapter_dir), self.vocab, self.nar, self.codec, self.spelling, self.forced_phones
         )
 
     def speak(self, requests: list[SpeechRequest]) -> list[Synthesis | BadRequest]:
@@ -290,7 +290,7 @@ class PolicyVoice:
                 prompt = self.bank.draw(r.speaker, "", random.Random(r.seed))
             else:  # the first prompt_frames of the voice given, as `jobs.synthesize --prompt-wav`
                 prompt = self.codec.encode(*r.prompt)[:, : self.prompt_frames]
-            request = Request(r.text, prompt, r.seed)
+            request = Request(r.text, prompt, r.seed, r.speaker if r.prompt is None else None)
             try:
                 prompted = self.tts.prompts([request], fit_positions=True)  # alone: its error is its own
             except TextError as exc:

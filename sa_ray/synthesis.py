@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from sa_ray.codec import Codec
+from sa_ray.config import Config
 from sa_ray.corpus.voices import Voice
 from sa_ray.data.examples import char_tokens
 from sa_ray.models.ar import load_ar
@@ -31,6 +32,30 @@ class Request:
     text: str
     prompt_codes: np.ndarray  # [L, frames] of another utterance of the target voice
     seed: int = 0
+    speaker: str | None = None  # the voice's speaker id when known (it picks the phone set: `Spelling`)
+
+
+@dataclass(frozen=True)
+class Spelling:
+    """How an aligned model's new text becomes phones. Training spelled each voice's text with that voice's own
+    phonemiser (MBROLA voices differ: mbrola-us3 has no aspirated stops), so a voice the model was trained on
+    is spelled the same way at inference (`own`); any other voice (a prompt wav, an unseen speaker) with the
+    phones of `default`, a training voice."""
+
+    default: str = "mbrola-us1"
+    own: frozenset[str] = frozenset()
+
+    @classmethod
+    def of_config(cls, cfg: Config) -> Spelling:
+        """`model.phone_voice` as the default; with `model.own_phones`, the synthetic corpus's training voices
+        (MBROLA voices not held out) spelled as trained."""
+        corpus, own = cfg.corpus, ()
+        if cfg.model.own_phones and corpus.kind == "synthetic":
+            own = [v for v in corpus.voices if v not in corpus.heldout_voices and v.startswith("mbrola-")]
+        return cls(cfg.model.phone_voice, frozenset(own))
+
+    def voice(self, speaker: str | None) -> Voice:
+        return Voice.parse(speaker if speaker in self.own else self.default)
 
 
 @dataclass
@@ -49,13 +74,14 @@ class CodecTTS:
         vocab: Vocab,
         nar: NARModel,
         codec: Codec,
-        phone_voice: str = "mbrola-us1",
+        spelling: Spelling | str = Spelling(),
         forced_phones: bool = False,
     ):
         if forced_phones and not vocab.aligned:
             raise ValueError("forced phones need an aligned model (targets that write their phones)")
         self.ar, self.vocab, self.nar, self.codec = ar.eval(), vocab, nar.eval(), codec
-        self.phone_voice = Voice.parse(phone_voice)
+        self.spelling = Spelling(spelling) if isinstance(spelling, str) else spelling
+        self.spelling.voice(None)  # a bad default voice fails here, not at the first request
         # decode with the asked phones forced in order (`eval.forced_phones`): no phone errors by construction,
         # the model still chooses when each phone starts and every frame
         self.forced_phones = forced_phones
@@ -65,19 +91,19 @@ class CodecTTS:
         cls,
         model_dir: str | Path,
         codec: Codec,
-        phone_voice: str = "mbrola-us1",
+        spelling: Spelling | str = Spelling(),
         forced_phones: bool = False,
         device: str | torch.device = "cpu",
     ) -> CodecTTS:
         """The AR and NAR on `device`; the codec is the caller's (it stays where it was made)."""
         ar, vocab = load_ar(Path(model_dir) / "ar")
         nar = NARModel.from_pretrained(Path(model_dir) / "nar", device=device)
-        return cls(ar.to(device), vocab, nar, codec, phone_voice, forced_phones)
+        return cls(ar.to(device), vocab, nar, codec, spelling, forced_phones)
 
-    def text_tokens(self, text: str) -> tuple[list[str], float]:
-        """Text tokens for new text and the expected number of frames (a length guide for sampling)."""
+    def text_tokens(self, text: str, speaker: str | None = None) -> tuple[list[str], float]:
+        """Text tokens for new text in `speaker`'s voice and the expected number of frames (a length guide)."""
         if self.vocab.aligned:
-            phones, ms = self.phone_voice.phones(text)
+            phones, ms = self.spelling.voice(speaker).phones(text)
             if all(p == "_" for p in phones):  # only the pauses every sentence gets at its ends
                 raise TextError(f"nothing to say in {text[:40]!r}: it has no speakable words")
             return phones, sum(ms) / 1000 * self.codec.frame_rate
@@ -94,7 +120,7 @@ class CodecTTS:
         them, into speech nobody tested: what a server must refuse, not what an evaluation of a corpus meets)."""
         prompts, budgets, texts = [], [], []
         for r in requests:
-            tokens, expected = self.text_tokens(r.text)
+            tokens, expected = self.text_tokens(r.text, r.speaker)
             try:
                 text_ids = self.vocab.text_ids(tokens)
             except ValueError as exc:
