@@ -67,10 +67,13 @@ class Evaluator:
             )
         return self._policy[1]
 
-    def evaluate(self, adapter_dir: str | None, ceiling: bool = False) -> dict[str, float]:
+    def evaluate(
+        self, adapter_dir: str | None, ceiling: bool = False, sampling: SamplingConfig | None = None
+    ) -> dict[str, float]:
         """Held-out metrics, flat (`heldout_sentences_wer`, ...), averaged over `eval.seeds` sampling seeds,
         with the seed-to-seed spread (`..._wer_spread`: half the range) when there are several, and the
-        per-utterance word errors (`..._utt_errors`, `..._utt_words`: lists) behind the WERs."""
+        per-utterance word errors (`..._utt_errors`, `..._utt_words`: lists) behind the WERs. `sampling`: another
+        decoding than the protocol's (a decoding search: `jobs.tune_decoding`)."""
         tts, e = self._tts(adapter_dir), self.cfg.eval
         nll, acc = self.golden_nll(tts.ar)
         flat = {"heldout_sentences_golden_nll": nll, "heldout_sentences_golden_acc": acc}
@@ -83,7 +86,7 @@ class Evaluator:
                 self.asr,
                 self.sim,
                 seed=e.seed + 1000 * s,
-                sampling=self.sampling,
+                sampling=sampling or self.sampling,
                 ceiling=ceiling and s == 0,
                 mos=self.mos,
                 split=e.split,

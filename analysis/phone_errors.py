@@ -28,21 +28,29 @@ from jobs._cli import DEFAULT_CONFIG
 from sa_ray import lora
 from sa_ray.codec import load_codec
 from sa_ray.config import load_config
-from sa_ray.evaluation import heldout_requests, heldout_tables, pick_heldout, prompt_banks
+from sa_ray.evaluation import dev_test, heldout_requests, heldout_tables, pick_heldout, prompt_banks
 from sa_ray.metrics.phones import phone_errors
-from sa_ray.metrics.stats import wer_change
+from sa_ray.metrics.stats import sentence_clusters, wer_change_stats
 from sa_ray.models.ar import load_ar
 from sa_ray.models.nar import NARModel
 from sa_ray.sampling import SamplingConfig
-from sa_ray.synthesis import CodecTTS
+from sa_ray.synthesis import CodecTTS, Spelling
 
 
 def phone_error_rates(
-    tts: CodecTTS, tables: dict, banks: dict, n: int, seed: int, sampling: SamplingConfig, batch_size: int = 16
+    tts: CodecTTS,
+    tables: dict,
+    banks: dict,
+    n: int,
+    seed: int,
+    sampling: SamplingConfig,
+    batch_size: int = 16,
+    half: str = "all",
 ) -> dict[str, float]:
+    """Per held-out set, the phone error rate of the `half` (`eval.split`) an evaluation at `seed` scores."""
     out = {}
     for split, rows in tables.items():
-        requests = heldout_requests(pick_heldout(rows, n), banks[split], random.Random(seed), seed)
+        requests = heldout_requests(pick_heldout(dev_test(rows, half), n), banks[split], random.Random(seed), seed)
         edits, phones = [], 0
         for start in range(0, len(requests), batch_size):
             generated, texts = tts.generate(requests[start : start + batch_size], sampling)
@@ -63,11 +71,17 @@ def wer_by_phone_errors(edits: list[int], errors: list[int], words: list[int]) -
 
 
 def paired_by_phone_errors(
-    base_edits: list[int], edits: list[int], base_errors: list[int], errors: list[int], words: list[int]
+    base_edits: list[int],
+    edits: list[int],
+    base_errors: list[int],
+    errors: list[int],
+    words: list[int],
+    sentences: list | None = None,
 ) -> dict[str, float]:
     """The same (utterance, seed) under the base and a policy, grouped by whether each sample has phone errors:
     `both_clean` (neither: a change of WER there is acoustic), `fixed`, `broken`, `both_bad`; each group's
-    WER under the base and under the policy."""
+    WER under the base and under the policy. `sentences` (each sample's, if recorded) makes the both-clean
+    interval resample sentences, with all their seeds and voices, instead of samples."""
     out = {}
     groups = {"both_clean": (False, False), "fixed": (True, False), "broken": (False, True), "both_bad": (True, True)}
     for name, (was_bad, is_bad) in groups.items():
@@ -77,9 +91,9 @@ def paired_by_phone_errors(
         out[f"{name}_base_wer"] = sum(base_errors[i] for i in picked) / n_words
         out[f"{name}_wer"] = sum(errors[i] for i in picked) / n_words
         if name == "both_clean" and picked:  # is the acoustic change beyond the noise? (paired bootstrap)
-            _, out["both_clean_change_lo"], out["both_clean_change_hi"] = wer_change(
-                *([x[i] for i in picked] for x in (base_errors, words, errors, words))
-            )
+            clusters = None if sentences is None else [sentences[i] for i in picked]
+            change = wer_change_stats(*([x[i] for i in picked] for x in (base_errors, words, errors, words)), clusters)
+            out.update(both_clean_change_lo=change.lo, both_clean_change_hi=change.hi, both_clean_change_mde=change.mde)
     return out
 
 
@@ -114,11 +128,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     nar = NARModel.from_pretrained(Path(args.base) / "nar")
     tables = heldout_tables(Path(cfg.run_dir) / "data")
     banks = prompt_banks(tables, cfg.model.prompt_frames(codec.frame_rate), codec.n_codebooks)
-    sampling = SamplingConfig(temperature=cfg.eval.temperature, top_k=cfg.eval.top_k)
+    sampling = SamplingConfig(temperature=cfg.eval.temperature, top_k=cfg.eval.top_k, top_p=cfg.eval.top_p)
     results, base_samples = [], {}
     for p, adapter in enumerate([None, *args.adapters]):
-        tts = CodecTTS(lora.policy(base, adapter), vocab, nar, codec, cfg.model.phone_voice)
-        runs = [phone_error_rates(tts, tables, banks, args.n, seed, sampling) for seed in args.seeds]
+        tts = CodecTTS(lora.policy(base, adapter), vocab, nar, codec, Spelling.of_config(cfg))
+        runs = [
+            phone_error_rates(tts, tables, banks, args.n, seed, sampling, half=cfg.eval.split) for seed in args.seeds
+        ]
         for seed, rates in zip(args.seeds, runs):
             results.append({"adapter": adapter or "base", "seed": seed, **rates})
             print(
@@ -132,7 +148,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 edits = [e for rates in runs for e in rates[f"{split}_utt_phone_errors"]]
                 errors, words = record[f"{split}_utt_errors"], record[f"{split}_utt_words"]
                 if p == 0:
-                    base_samples[split] = edits, errors
+                    base_samples[split] = edits, errors, record
                 if len(errors) != len(edits):
                     raise SystemExit(
                         f"error: {args.records[p]}: {len(errors)} {split} utterances, but --n {args.n} x "
@@ -146,9 +162,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     f"{split_wer['phone_errors_n']} with some"
                 )
                 if p > 0:  # the same samples' keys as the base's: (utterance, seed) in the same order
-                    paired = paired_by_phone_errors(
-                        base_samples[split][0], edits, base_samples[split][1], errors, words
-                    )
+                    base_edits, base_errors, base_record = base_samples[split]
+                    try:  # the samples' sentences, where the records hold them: the interval resamples those
+                        sentences = sentence_clusters(base_record, record, split)
+                    except ValueError as e:
+                        raise SystemExit(f"error: {args.records[p]} vs {args.records[0]}: {e}") from None
+                    paired = paired_by_phone_errors(base_edits, edits, base_errors, errors, words, sentences)
                     results[-1][f"{split}_paired_with_base"] = paired
                     print(
                         f"  {split} vs the base, same utterance and seed: "
@@ -159,7 +178,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         )
                         + (
                             f" (both clean: change 95% interval [{paired['both_clean_change_lo']:+.3f}, "
-                            f"{paired['both_clean_change_hi']:+.3f}])"
+                            f"{paired['both_clean_change_hi']:+.3f}], MDE {paired['both_clean_change_mde']:.3f})"
                             if "both_clean_change_lo" in paired
                             else ""
                         )

@@ -1,5 +1,7 @@
 """Held-out WER of policy versions and each one's change against the base, with the 95% paired bootstrap
-interval over the samples both were evaluated on (the same utterances, voice prompts and sampling seeds).
+interval over the samples both were evaluated on (the same utterances, voice prompts and sampling seeds; all
+samples of a sentence drawn together where the evaluations record `<split>_utt_sentences`) and its minimum
+detectable change (MDE: the change the comparison detects 80% of the time at alpha 0.05).
 
 Files side by side: `jobs.evaluate --out` files, each one's WER, SIM and phone error rate and its WER change
 against the first file's (evaluate each version with the same overrides):
@@ -35,7 +37,7 @@ SPLITS = ("heldout_sentences", "heldout_voices")
 def paired_row(evaluations: list[dict], base_evaluations: list[dict] | None) -> dict:
     """One policy's evaluations (one per sampling seed) pooled into its figures and, given the base's evaluations
     at the same seeds in the same order, its WER change against the base pooled alike (the bootstrap then
-    resamples utterance-seed pairs)."""
+    resamples sentences, each with all its seeds; utterance-seed pairs for evaluations without sentences)."""
     policy = pool_seeds(evaluations)
     row = {key: value for key, value in policy.items() if not isinstance(value, list)}
     if base_evaluations is not None:
@@ -108,13 +110,19 @@ def pooled(run_dir: str | Path, extra: list[str | Path], run_seed: int = 0) -> l
     return rows
 
 
+def change(row: dict, split: str) -> str:
+    """`+0.012 [-0.020, +0.044] MDE 0.045`: a split's WER change, its interval and minimum detectable change."""
+    d, lo, hi, mde = (row[f"{split}_wer_change{end}"] for end in ("", "_lo", "_hi", "_mde"))
+    return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}] MDE {mde:.3f}"
+
+
 def print_side_by_side(rows: list[dict]) -> None:
     for r in rows:
         cells = []
         for s, name in zip(SPLITS, ("sentences", "voice")):
             cell = f"{name}: WER {r[f'{s}_wer']:.3f} SIM {r[f'{s}_sim']:.3f} PER {r.get(f'{s}_phone_error_rate', float('nan')):.3f}"
             if f"{s}_wer_change" in r:
-                cell += f" (change {r[f'{s}_wer_change']:+.3f} [{r[f'{s}_wer_change_lo']:+.3f}, {r[f'{s}_wer_change_hi']:+.3f}])"
+                cell += f" (change {change(r, s)})"
             cells.append(cell)
         print(f"{r['file']}:  " + ";  ".join(cells))
 
@@ -124,12 +132,8 @@ def print_pooled(rows: list[dict], splits: list[str]) -> None:
     for r in rows:
         cells = []
         for s in splits:
-            change = (
-                f" {r[f'{s}_wer_change']:+.3f} [{r[f'{s}_wer_change_lo']:+.3f}, {r[f'{s}_wer_change_hi']:+.3f}]"
-                if f"{s}_wer_change" in r
-                else ""
-            )
-            cells.append(f"WER {r[f'{s}_wer']:.3f}±{r.get(f'{s}_wer_spread', 0):.3f}{change} SIM {r[f'{s}_sim']:.3f}")
+            delta = f" {change(r, s)}" if f"{s}_wer_change" in r else ""
+            cells.append(f"WER {r[f'{s}_wer']:.3f}±{r.get(f'{s}_wer_spread', 0):.3f}{delta} SIM {r[f'{s}_sim']:.3f}")
         print(f"{r['version']:>7} {','.join(map(str, r['seeds'])):<12} " + " | ".join(cells))
 
 

@@ -24,13 +24,16 @@ from sa_ray import tracking
 from sa_ray.config import load_config
 from sa_ray.plots import metric_curves
 
-# the table's columns, in this order, when a run logged them; the CSV keeps every metric
+# the table's columns, in this order, when a run logged them; the CSV keeps every metric. A WER change's `_mde`
+# is the change that evaluation detects 80% of the time: a change below it that shows no effect is no evidence
 KEY_METRICS = (
     "heldout_sentences_wer",
     "heldout_sentences_wer_change",
+    "heldout_sentences_wer_change_mde",
     "heldout_sentences_sim",
     "heldout_voices_wer",
     "heldout_voices_wer_change",
+    "heldout_voices_wer_change_mde",
     "heldout_voices_sim",
     "heldout_sentences_mos",
     "heldout_voices_mos",

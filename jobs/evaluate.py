@@ -18,7 +18,7 @@ from pathlib import Path
 
 from jobs import _cli
 from sa_ray import lineage, tracking
-from sa_ray.config import load_config
+from sa_ray.config import Config, load_config
 from sa_ray.evaluation import check_heldout_audio
 from sa_ray.models import base_model_dir
 from sa_ray.models.vocab import Vocab
@@ -54,17 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     from actors.placement import actor_options
 
     with tempfile.TemporaryDirectory() as tmp, tracking.job_run(cfg, "evaluate") as run:
-        adapter = args.adapter
-        if adapter and adapter.startswith("models:/"):
-            adapter = str(
-                tracking.download_model(adapter, Path(tmp) / "adapter", tracking.resolve_uri(cfg.tracking.uri))
-            )
-        if adapter and not (Path(adapter) / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"{adapter} is not a LoRA adapter directory (adapter_config.json)")
-        if adapter:  # only on the base it was trained on
-            lineage.check(
-                adapter, lineage.fingerprint(base_dir, run_dir / "codec", cfg.codec.kind), base_dir, args.adapter
-            )
+        adapter = resolve_adapter(cfg, args.adapter, base_dir, Path(tmp))
         evaluator = ray.remote(Evaluator).options(**actor_options(cfg.resources.evaluator)).remote(cfg, str(base_dir))
         backends = ray.get(evaluator.backends.remote())
         tracking.set_tags({**backends, "sa_ray.adapter": args.adapter or "none", "sa_ray.base": str(base_dir)})
@@ -95,6 +85,21 @@ def main(argv: list[str] | None = None) -> dict:
     for key in sorted(k for k, v in metrics.items() if isinstance(v, (int, float))):
         print(f"  {key:<40} {metrics[key]:.4f}")
     return {"run_id": run.info.run_id, "metrics": metrics}
+
+
+def resolve_adapter(cfg: Config, spec: str | None, base_dir: Path, tmp: Path) -> str | None:
+    """`--adapter` (a directory or models:/<name>@<alias>, downloaded into `tmp`) as a local directory, checked
+    to have been trained on `base_dir` (sa_ray.lineage); None: the base alone."""
+    if not spec:
+        return None
+    adapter = spec
+    if adapter.startswith("models:/"):
+        adapter = str(tracking.download_model(adapter, tmp / "adapter", tracking.resolve_uri(cfg.tracking.uri)))
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter} is not a LoRA adapter directory (adapter_config.json)")
+    codec_dir = Path(cfg.run_dir) / "codec"
+    lineage.check(adapter, lineage.fingerprint(base_dir, codec_dir, cfg.codec.kind), base_dir, spec)
+    return adapter
 
 
 if __name__ == "__main__":

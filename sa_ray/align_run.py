@@ -164,14 +164,17 @@ def settings_changes(before: dict, now: dict) -> list[str]:
 
 
 def format_changes(record: dict) -> str:
-    """The held-out WER change of a policy version against the base, with its 95% paired-bootstrap interval:
-    a change whose interval holds 0 is within the evaluation's noise."""
+    """The held-out WER change of a policy version against the base, with its 95% paired-bootstrap interval (a
+    change whose interval holds 0 is within the evaluation's noise) and its minimum detectable change (MDE: the
+    change this evaluation detects 80% of the time; a smaller true one it mostly misses). Records of older runs
+    have no MDE."""
     cells = []
     for split, name in (("heldout_sentences", "sentences"), ("heldout_voices", "voice")):
         if f"{split}_wer_change" in record:
             d, lo, hi = (record[f"{split}_wer_change{s}"] for s in ("", "_lo", "_hi"))
-            cells.append(f"{name} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
-    label = f"iter {record['iteration']}: WER change vs base (95% interval over utterances)"
+            mde = record.get(f"{split}_wer_change_mde")
+            cells.append(f"{name} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (f" MDE {mde:.3f}" if mde is not None else ""))
+    label = f"iter {record['iteration']}: WER change vs base (95% interval over sentences, MDE at 80% power)"
     return f"{label}: {', '.join(cells)}" if cells else f"{label}: - (no per-utterance errors recorded)"
 
 

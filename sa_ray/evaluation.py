@@ -184,7 +184,12 @@ def evaluate_heldout(
     for name, rows in tables.items():
         if not rows:
             continue
-        picked = pick_heldout(dev_test(rows, split), n)
+        half = dev_test(rows, split)
+        if not half:
+            raise ValueError(
+                f"eval.split={split}: {name} has {len(rows)} utterances, none in that half; use eval.split=all"
+            )
+        picked = pick_heldout(half, n)
         out[name] = evaluate_tts(
             tts,
             picked,

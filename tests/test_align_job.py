@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from sa_ray.config import ConfigError
 from sa_ray.preference import read_manifest, select_prompts
 from tests.conftest import REPO, ROLLOUT_BACKENDS, copy_prepared
 
@@ -134,6 +135,17 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(
         ev_run = client.get_run(ev["run_id"])
         assert ev_run.data.tags["sa_ray.asr_backend"] == "pocketsphinx-domain-lm"
         assert "heldout_voices_wer" in ev_run.data.metrics
+
+        # its best decoding, searched on dev (never on test)
+        from jobs import tune_decoding
+
+        tune = ["--config", argv[1], "--adapter", "models:/tiny-policy@latest", "--temperature", "0,1"]
+        tuned = tune_decoding.main([*tune, *argv[2:]])
+        assert [d["temperature"] for d in tuned["decodings"]] == [0.0, 1.0]
+        assert tuned["best"]["heldout_sentences_wer"] == min(d["heldout_sentences_wer"] for d in tuned["decodings"])
+        assert "best on dev: eval.temperature=" in capsys.readouterr().out
+        with pytest.raises(ConfigError, match="decoding is chosen on dev"):
+            tune_decoding.main([*tune, *argv[2:], "eval.split=test"])
 
         # killed after v2 was committed but before its record: the resumed job evaluates v2, never retrains it
         (run_dir / "align" / "records" / "iter_2.json").unlink()

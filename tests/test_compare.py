@@ -138,3 +138,9 @@ def test_metric_curves_draw_intervals_where_rows_have_them(tmp_path):
         row.update(wer_change_lo=row["wer_change"] - 0.05, wer_change_hi=row["wer_change"] + 0.05)
     bars = matplotlib.image.imread(metric_curves(table, "wer_change", tmp_path / "bars.png"))
     assert plain.shape == bars.shape and (plain != bars).any()  # the error bars are drawn
+
+
+def test_each_wer_change_is_shown_beside_its_minimum_detectable_change():
+    for split in ("heldout_sentences", "heldout_voices"):
+        at = compare.KEY_METRICS.index(f"{split}_wer_change")
+        assert compare.KEY_METRICS[at + 1] == f"{split}_wer_change_mde"

@@ -4,6 +4,7 @@ and an align run's versions pooled with evaluations at other seeds."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -40,10 +41,10 @@ def test_files_side_by_side_change_against_the_first_with_intervals(tmp_path, ca
     assert rows[2]["heldout_voices_wer_change"] == 0
     assert capsys.readouterr().out.splitlines() == [
         f"{base}:  sentences: WER 0.300 SIM 0.800 PER 0.000;  voice: WER 0.300 SIM 0.800 PER 0.000",
-        f"{worse}:  sentences: WER 0.500 SIM 0.800 PER 0.000 (change +0.200 [+0.200, +0.200]);  "
-        "voice: WER 0.500 SIM 0.800 PER 0.000 (change +0.200 [+0.200, +0.200])",
-        f"{same}:  sentences: WER 0.300 SIM 0.800 PER 0.000 (change +0.000 [+0.000, +0.000]);  "
-        "voice: WER 0.300 SIM 0.800 PER 0.000 (change +0.000 [+0.000, +0.000])",
+        f"{worse}:  sentences: WER 0.500 SIM 0.800 PER 0.000 (change +0.200 [+0.200, +0.200] MDE 0.000);  "
+        "voice: WER 0.500 SIM 0.800 PER 0.000 (change +0.200 [+0.200, +0.200] MDE 0.000)",
+        f"{same}:  sentences: WER 0.300 SIM 0.800 PER 0.000 (change +0.000 [+0.000, +0.000] MDE 0.000);  "
+        "voice: WER 0.300 SIM 0.800 PER 0.000 (change +0.000 [+0.000, +0.000] MDE 0.000)",
     ]
     free = _evaluation(tmp_path / "free.json", [3] * 40, words, {**PROTOCOL, "forced_phones": False})
     with pytest.raises(SystemExit, match="not comparable"):
@@ -51,6 +52,23 @@ def test_files_side_by_side_change_against_the_first_with_intervals(tmp_path, ca
     short = _evaluation(tmp_path / "short.json", [3] * 20, words[:20])
     with pytest.raises(SystemExit, match="not the same held-out samples"):
         main([base, short])
+    # files that record their samples' sentences: resampled by sentence, and refused when the sentences differ
+    said = [f"sentence {i % 10}" for i in range(40)]  # ten sentences, four samples each
+
+    def saying(path, sentences, out):
+        e = json.loads(Path(path).read_text())
+        e.update({f"{split}_utt_sentences": sentences for split in ("heldout_sentences", "heldout_voices")})
+        (tmp_path / out).write_text(json.dumps(e))
+        return str(tmp_path / out)
+
+    base, worse, other = (
+        saying(base, said, "b.json"),
+        saying(worse, said, "w.json"),
+        saying(worse, said[::-1], "o.json"),
+    )
+    assert main([base, worse])[1]["heldout_sentences_wer_change_clusters"] == 10
+    with pytest.raises(SystemExit, match="different sentences"):
+        main([base, other])
 
 
 def _eval(errors: list[int], **extra) -> dict:
@@ -82,7 +100,7 @@ def test_versions_pool_over_their_seeds_and_pair_with_the_base_at_the_same_seeds
     assert capsys.readouterr().out.splitlines() == [
         "version seeds        " + f"{'sentences':<50}",
         "      0 0,1000       WER 0.750±0.250 SIM 0.800",
-        "      1 0,1000       WER 0.500±0.250 -0.250 [-0.250, -0.250] SIM 0.800",
+        "      1 0,1000       WER 0.500±0.250 -0.250 [-0.250, -0.250] MDE 0.000 SIM 0.800",
     ]
 
     with pytest.raises(FileNotFoundError, match="no align run"):

@@ -1,55 +1,113 @@
-"""How sure a change in WER is: a paired bootstrap over utterances.
+"""How sure a change in WER is: a paired cluster bootstrap over sentences.
 
-Two evaluations of the same utterances (same sentences, prompts and sampling seeds; e.g. the base and an
-aligned policy) give per-utterance word errors. Resampling utterances, with each utterance's pair kept
-together, gives an interval for the change of the corpus WER that includes the sampling noise of
-generation (each utterance's sample is one draw) and the choice of sentences, without running more seeds.
+Two evaluations of the same samples (same sentences, prompts and sampling seeds; e.g. the base and an
+aligned policy) give per-sample word errors. Resampling with each sample's pair kept together gives an
+interval for the change of the corpus WER that includes the sampling noise of generation (each sample is one
+draw) and the choice of sentences, without running more seeds. The samples of one sentence (its sampling seeds
+and, in the held-out sentence set, its several voices) are correlated, so they are drawn together, as one
+cluster: resampling them one by one would count them as independent evidence and narrow the interval.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from statistics import NormalDist
+
 import numpy as np
 
+# the minimum detectable change is this many standard errors: 80% power at two-sided alpha 0.05 (~2.80)
+MDE_Z = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.80)
 
-def wer_change(
+
+@dataclass(frozen=True)
+class WERChange:
+    """A WER change and how sure it is: `delta` = WER - base WER, [`lo`, `hi`] its bootstrap interval, `se` the
+    bootstrap standard deviation, `mde` the change this comparison detects 80% of the time at alpha 0.05
+    (`MDE_Z` * `se`), `clusters` the number of independent units (sentences) resampled."""
+
+    delta: float
+    lo: float
+    hi: float
+    se: float
+    mde: float
+    clusters: int
+
+
+def wer_change_stats(
     base_errors: list[int],
     base_words: list[int],
     errors: list[int],
     words: list[int],
+    clusters: list | None = None,
     samples: int = 2000,
     level: float = 0.95,
     seed: int = 0,
-) -> tuple[float, float, float]:
-    """(WER - base WER, lower, upper bound of its `level` interval) for paired per-utterance errors."""
+) -> WERChange:
+    """The change of corpus WER between two evaluations of the same samples, by a paired bootstrap that draws
+    `clusters` (one hashable key per sample, e.g. its sentence; None = every sample its own cluster, as for
+    records of older runs) with replacement, all samples of a drawn cluster together."""
     b_err, b_words, err, n_words = (np.asarray(x, dtype=np.float64) for x in (base_errors, base_words, errors, words))
     if not len(err) == len(b_err) == len(n_words) == len(b_words) or len(err) == 0:
         raise ValueError(f"paired evaluations of the same utterances needed: {len(b_err)} vs {len(err)} utterances")
     if not np.array_equal(b_words, n_words):
         raise ValueError("the two evaluations scored different reference texts")
+    if clusters is not None:
+        if len(clusters) != len(err):
+            raise ValueError(f"one cluster key per sample needed: {len(clusters)} keys for {len(err)} samples")
+        # clusters numbered in order of first appearance, so distinct keys give the per-sample draw exactly
+        number: dict = {}
+        which = np.fromiter((number.setdefault(key, len(number)) for key in clusters), dtype=np.int64, count=len(err))
+        err, b_err, n_words = (np.bincount(which, weights=x, minlength=len(number)) for x in (err, b_err, n_words))
     delta = err.sum() / n_words.sum() - b_err.sum() / b_words.sum()
     idx = np.random.default_rng(seed).integers(0, len(err), size=(samples, len(err)))
     deltas = (err[idx].sum(1) - b_err[idx].sum(1)) / n_words[idx].sum(1)
     lo, hi = np.quantile(deltas, [(1 - level) / 2, (1 + level) / 2])
-    return float(delta), float(lo), float(hi)
+    se = float(deltas.std(ddof=1)) if samples > 1 else 0.0
+    return WERChange(float(delta), float(lo), float(hi), se, MDE_Z * se, len(err))
+
+
+def wer_change(*args, **kwargs) -> tuple[float, float, float]:
+    """(WER - base WER, lower, upper bound of its `level` interval): `wer_change_stats` without the rest."""
+    change = wer_change_stats(*args, **kwargs)
+    return change.delta, change.lo, change.hi
+
+
+def sentence_clusters(base: dict, record: dict, split: str) -> list | None:
+    """The cluster keys of a split's samples (`<split>_utt_sentences`) for a paired comparison of two
+    evaluations: None where neither records them (older runs); one record's where only it does (the pairing
+    already holds the samples the same); an error where both do and they differ (not the same samples)."""
+    key = f"{split}_utt_sentences"
+    ours, theirs = base.get(key), record.get(key)
+    if ours is not None and theirs is not None and list(ours) != list(theirs):
+        where = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+        raise ValueError(
+            f"{key}: the two evaluations scored different sentences (first difference at sample {where} of "
+            f"{len(ours)} vs {len(theirs)}): not a paired comparison"
+        )
+    return ours if ours is not None else theirs
 
 
 def record_wer_changes(base: dict, record: dict, splits=("heldout_sentences", "heldout_voices")) -> dict[str, float]:
-    """`<split>_wer_change` (and `_lo`, `_hi`) of an evaluation record against the base's, for the splits whose
-    per-utterance errors both records hold (records of older runs have none: nothing is returned for them)."""
+    """`<split>_wer_change` (and `_lo`, `_hi`, `_mde` and the number of sentence `_clusters`) of an evaluation
+    record against the base's, for the splits whose per-utterance errors both records hold (records of older
+    runs have none: nothing is returned for them). Samples are resampled by sentence where it is recorded."""
     out = {}
     for split in splits:
         keys = (f"{split}_utt_errors", f"{split}_utt_words")
         if all(k in base and k in record for k in keys):
-            delta, lo, hi = wer_change(base[keys[0]], base[keys[1]], record[keys[0]], record[keys[1]])
-            out.update({f"{split}_wer_change": delta, f"{split}_wer_change_lo": lo, f"{split}_wer_change_hi": hi})
+            clusters = sentence_clusters(base, record, split)
+            c = wer_change_stats(base[keys[0]], base[keys[1]], record[keys[0]], record[keys[1]], clusters)
+            out.update({f"{split}_wer_change{end}": v for end, v in (("", c.delta), ("_lo", c.lo), ("_hi", c.hi))})
+            out.update({f"{split}_wer_change_mde": c.mde, f"{split}_wer_change_clusters": c.clusters})
     return out
 
 
 def pool_seeds(evaluations: list[dict]) -> dict:
     """Flat evaluations of the same utterances at several sampling seeds -> one: numbers averaged (a key only
     some hold, like the golden ceiling of the first seed, from those), per-utterance lists concatenated
-    (utterance-seed pairs, what `wer_change` then resamples), and `<key>_spread` (half the range across
-    seeds) for every WER and SIM measured at more than one seed. Other values (names, paths) are left out."""
+    (`<split>_utt_sentences` too, so `wer_change` draws all seeds of a sentence together), and `<key>_spread`
+    (half the range across seeds) for every WER and SIM measured at more than one seed. Other values (names,
+    paths) are left out."""
     out = {}
     for key in dict.fromkeys(k for e in evaluations for k in e):  # every key any seed holds, in order
         values = [e[key] for e in evaluations if key in e]
