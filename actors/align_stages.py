@@ -19,7 +19,7 @@ import ray
 
 from actors.learner import fit_learner
 from actors.pipeline import make_pairs
-from sa_ray import lineage, tracking
+from sa_ray import guards, lineage, tracking
 from sa_ray.align_run import AlignRun
 from sa_ray.config import Config
 from sa_ray.metrics.stats import record_wer_changes
@@ -70,8 +70,29 @@ def roll_out(loop: Loop, i: int) -> dict:
         "prompts": manifest["prompts"],
         "rollout_tokens_per_s": manifest.get("rollout_tokens_per_s"),
         "rollout_seconds": time.perf_counter() - start,
-        **{f"pairs_{key}": manifest[key] for key in ("chosen_reward", "rejected_reward") if key in manifest},
+        **{
+            f"pairs_{key}": manifest[key]
+            for key in ("chosen_reward", "rejected_reward", "error_kinds")
+            if key in manifest
+        },
+        **{key: manifest[key] for key in ("rollout_duration_ratio", "rollout_nll_per_token") if key in manifest},
+        **length_guard(loop, i, manifest),
     }
+
+
+def length_guard(loop: Loop, i: int, manifest: dict) -> dict:
+    """Flags policy version i when its rollouts' duration ratio leaves the guard's band or jumps from version
+    i-1's (`sa_ray.guards.length_exploit`): a warning line, an MLflow tag and the record's `length_exploit`."""
+    ratio = manifest.get("rollout_duration_ratio")
+    if ratio is None:  # a pair set rolled out before the guards existed
+        return {}
+    previous = (loop.run.pairs_done(i - 1) or {}).get("rollout_duration_ratio") if i else None
+    note = guards.length_exploit(ratio, previous)
+    if note is None:
+        return {"length_exploit": 0}
+    print(f"warning: policy version {i}'s rollouts look like a length exploit: {note}", flush=True)
+    tracking.set_tags({f"sa_ray.length_exploit.v{i}": note})
+    return {"length_exploit": 1, "length_exploit_note": f"version {i}: {note}"}
 
 
 def learn(loop: Loop, k: int) -> dict:

@@ -57,6 +57,13 @@ def _golden(batch: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(preference.golden_pairs(batch.to_dict("records")), columns=PAIR_COLUMNS)
 
 
+def _corrections(batch: pd.DataFrame, vocab) -> pd.DataFrame:
+    return pd.DataFrame(
+        preference.correction_pairs(batch.to_dict("records"), vocab),
+        columns=PAIR_COLUMNS + ["error_kind", "error_position"],
+    )
+
+
 def _ranked(group: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         preference.ranked_pairs(group.to_dict("records")),
@@ -112,6 +119,8 @@ def make_pairs(
     )
     if a.pairs == "golden":
         pairs = samples.map_batches(_golden, batch_format="pandas")
+    elif a.pairs == "corrections":  # each sample alone: its first wrong decision, if any
+        pairs = samples.map_batches(_corrections, batch_format="pandas", fn_kwargs=dict(vocab=vocab))
     else:
         if a.reward == "phones":
             rewarded = samples.map_batches(_phone_reward, batch_format="pandas", fn_kwargs=dict(vocab=vocab))

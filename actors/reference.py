@@ -35,14 +35,21 @@ class ReferenceScorer:
         if version != self.version or adapter_dir != self.adapter_dir:  # e.g. after a restart
             self.load_adapter(version, adapter_dir)
         rows = batch.to_dict("records")
-        chosen, rejected = [], []
+        chosen, rejected, n_chosen, n_rejected = [], [], [], []
         with torch.inference_mode():
             for start in range(0, len(rows), self.batch_size):
-                c, r, _ = pair_logprobs(self.model, rows[start : start + self.batch_size], self.margin)
+                c, r, _, nc, nr = pair_logprobs(
+                    self.model, rows[start : start + self.batch_size], self.margin, counts=True
+                )
                 chosen += c.tolist()
                 rejected += r.tolist()
+                n_chosen += nc.tolist()
+                n_rejected += nr.tolist()
         failpoints.hit("reference.after_score")  # tests: the process dies with the call's scores unreturned
         batch = batch.copy()
         batch["ref_chosen_logp"], batch["ref_rejected_logp"] = chosen, rejected
+        # sums, and the tokens they are over: align.length_normalize divides both sides by them, and the learner
+        # checks its margin counts the same tokens
+        batch["ref_chosen_tokens"], batch["ref_rejected_tokens"] = n_chosen, n_rejected
         batch["reference_version"] = self.version
         return batch

@@ -77,6 +77,21 @@ class CorpusConfig:
     phonemes: str = setting(
         "espeak", "how text is spelled for the model: espeak (espeak-ng phonemes) | chars (letters)"
     )
+    prosody: float = setting(
+        0.0,
+        (
+            "synthetic, MBROLA voices: per-utterance prosody variation; 0 = each voice speaks a sentence one way "
+            "(deterministic); e.g. 0.15 = speaking rate and pitch drawn within +-15%, pauses inside the sentence within "
+            "+-30%, seeded per utterance (reproducible); the same phones either way"
+        ),
+    )
+    renditions: int = setting(
+        1,
+        (
+            "synthetic: takes of each train and align sentence in each training voice, each with its own prosody "
+            "draw (needs corpus.prosody > 0): more than one right answer per prompt; >1 suffixes utt_ids with _r<k>"
+        ),
+    )
     seed: int = setting(0, "draws the synthetic sentences, the held-out and align splits, and the codec's k-means fit")
 
     def validate(self) -> None:
@@ -106,6 +121,19 @@ class CorpusConfig:
         for name in ("utterances_per_voice", "max_utterances"):
             value = getattr(self, name)
             _require(value is None or value > 0, f"corpus.{name} must be > 0 or null")
+        # beyond +-40% MBROLA's diphones turn unnatural, and a pause scale (1 +- 2 * prosody) would reach 0
+        _require(0.0 <= self.prosody <= 0.4, f"corpus.prosody must be in [0, 0.4]; got {self.prosody!r}")
+        _require(self.renditions >= 1, f"corpus.renditions must be >= 1; got {self.renditions!r}")
+        _require(
+            self.renditions == 1 or self.prosody > 0,
+            "corpus.renditions > 1 needs corpus.prosody > 0 (without it every take would be the same audio)",
+        )
+        if self.prosody > 0 or self.renditions > 1:
+            _require(
+                self.kind == "synthetic", "corpus.prosody and corpus.renditions apply to corpus.kind=synthetic only"
+            )
+            others = [v for v in self.voices if not v.startswith("mbrola-")]
+            _require(not others, f"corpus.prosody varies MBROLA voices only (it rescales their .pho); not: {others}")
 
 
 @dataclass
@@ -177,7 +205,14 @@ class ModelConfig:
     nar_layers: int = setting(3, "NAR transformer layers")
     nar_heads: int = setting(4, "NAR attention heads")
     prompt_seconds: float = setting(3.0, "voice prompt: a crop of another utterance of the same speaker")
-    phone_voice: str = setting("mbrola-us1", "aligned models: the voice whose phone set spells new text")
+    phone_voice: str = setting(
+        "mbrola-us1", "aligned models: the voice whose phones spell new text for a voice the model never trained on"
+    )
+    own_phones: bool = setting(
+        True,
+        "aligned models: spell a training voice's text with that voice's own phones, as its training data was "
+        "(false: every voice with model.phone_voice's)",
+    )
 
     def validate(self) -> None:
         _require(self.arch in ("llama", "qwen2"), f"model.arch must be llama or qwen2; got {self.arch!r}")
@@ -245,6 +280,13 @@ class PretrainConfig:
     )
     warm_start_step: int = setting(0, "the schedule step a warm_start run starts at (2500 for checkpoints/base)")
     deepspeed: int | None = setting(None, "ZeRO stage (1 or 2): DeepSpeed instead of DDP; null: plain DDP")
+    cond_dropout: float = setting(
+        0.0,
+        (
+            "probability that an AR training example loses its text (classifier-free guidance's unconditional form: "
+            "voice prompt and target kept; drawn per seed, utterance and epoch); 0 = off; eval.cfg_scale uses it"
+        ),
+    )
     seed: int = setting(0, "initial weights, data order and voice prompts")
 
     def validate(self) -> None:
@@ -268,6 +310,7 @@ class PretrainConfig:
             "pretrain.warm_start_step must be in [0, pretrain.stop_after or pretrain.steps)",
         )
         _require(self.warm_start or not self.warm_start_step, "pretrain.warm_start_step needs pretrain.warm_start")
+        _require(0 <= self.cond_dropout < 1, f"pretrain.cond_dropout must be in [0, 1); got {self.cond_dropout}")
 
 
 @dataclass
@@ -279,7 +322,12 @@ class AlignConfig:
     backend: str = setting("auto", "rollout engine: vllm | torch | auto (vllm when installed, else the torch sampler)")
     # pairs
     pairs: str = setting(
-        "golden", "golden: chosen = golden, rejected = own sample (the paper) | ranked: best vs worst sample"
+        "golden",
+        (
+            "golden: chosen = golden, rejected = own sample (the paper) | ranked: best vs worst sample | corrections "
+            "(aligned vocabularies): each sample's first wrong phone or EOS decision, chosen = the due token, "
+            "rejected = the written one, prompt = everything before it"
+        ),
     )
     prompt_split: str = setting(
         "align", "where prompts come from: align (sentences the base never saw, corpus.align_sentences) | train"
@@ -287,7 +335,9 @@ class AlignConfig:
     prompts_per_iteration: int = setting(
         256, "utterances of prompt_split rolled out per iteration (a fresh draw each time)"
     )
-    samples_per_prompt: int = setting(1, "rollouts per prompt (ranked pairs: >= 2, best vs worst)")
+    samples_per_prompt: int = setting(
+        1, "rollouts per prompt (ranked pairs: >= 2, best vs worst; corrections: a pair per sample with an error)"
+    )
     reward: str = setting(
         "asr",
         (
@@ -317,6 +367,13 @@ class AlignConfig:
     nll_weight: float = setting(1.0, "rpo: weight of the NLL term")
     nll_target: str = setting(
         "chosen", "rpo/sft's NLL on: chosen (CosyVoice) | golden (ranked pairs: the prompt's recording)"
+    )
+    length_normalize: bool = setting(
+        False,
+        (
+            "the margin on each side's per-token MEAN logprob (policy and reference) instead of its sum (TRL's ipo, "
+            "SimPO); with method=rpo and beta=0.01 the SFT-dominant regime of CosyVoice's and Magpie-TTS's recipes"
+        ),
     )
     margin_tokens: str = setting(
         "all",
@@ -364,7 +421,10 @@ class AlignConfig:
             self.backend in ("auto", "vllm", "torch"),
             f"align.backend must be auto, vllm or torch; got {self.backend!r}",
         )
-        _require(self.pairs in ("golden", "ranked"), f"align.pairs must be golden or ranked; got {self.pairs!r}")
+        _require(
+            self.pairs in ("golden", "ranked", "corrections"),
+            f"align.pairs must be golden, ranked or corrections; got {self.pairs!r}",
+        )
         _require(self.reward in ("asr", "phones"), f"align.reward must be asr or phones; got {self.reward!r}")
         _require(
             self.nll_target in ("chosen", "golden"),
@@ -403,6 +463,21 @@ class AlignConfig:
             "align.forced_phones=true with align.reward=phones: every sample writes its phones right, so every "
             "reward ties and no pair is made; use align.reward=asr",
         )
+        _require(
+            not (self.forced_phones and self.pairs == "corrections"),
+            "align.forced_phones=true with align.pairs=corrections: forced samples write every phone right, so "
+            "there is no wrong decision to correct; use align.forced_phones=false",
+        )
+        _require(
+            self.pairs != "corrections" or self.margin_tokens == "all",
+            f"align.pairs=corrections puts the margin on one decision already (one chosen and one rejected token); "
+            f"align.margin_tokens={self.margin_tokens} would count other tokens: use align.margin_tokens=all",
+        )
+        _require(
+            self.pairs != "corrections" or self.nll_target == "chosen",
+            "align.nll_target=golden: a correction's prompt holds the sample up to its wrong decision, which the "
+            "golden target does not continue; use align.nll_target=chosen",
+        )
         _require(self.temperature > 0, "align.temperature must be > 0 (rollouts sample)")
         _require(0 < self.top_p <= 1 and self.top_k >= 0, "align.top_p must be in (0, 1] and align.top_k >= 0")
         _require(self.beta > 0, "align.beta must be > 0")
@@ -428,9 +503,10 @@ class AlignConfig:
             ("reward", self.reward if self.pairs == "ranked" else "", "asr"),
             ("margin_tokens", self.margin_tokens, "all"),
             ("forced_phones", "true" if self.forced_phones else "", "false"),
+            ("pairs", self.pairs, "golden"),
         ):
             _require(
-                aligned or value not in ("phones", "errors", "true"),
+                aligned or value not in ("phones", "errors", "true", "corrections"),
                 f"align.{name}={value} needs a model whose "
                 f"targets write their phones (an aligned corpus); this one speaks plain codes: use align.{name}={other}",
             )
@@ -443,6 +519,11 @@ class EvalConfig:
     protocols are never compared."""
 
     utterances: int = setting(80, "held-out utterances scored per held-out set and policy version")
+    split: str = setting(
+        "dev",
+        "which half of the held-out sentences is scored: dev (choose settings on it) | test (confirm a chosen "
+        "setting once) | all; both halves are never trained on (docs/evaluation.md)",
+    )
     seeds: int = setting(
         1, "sampling seeds per evaluation, seed, seed + 1000, ... (the spread across seeds is reported)"
     )
@@ -460,6 +541,15 @@ class EvalConfig:
         1.0, "how held-out speech is sampled (0: greedy); one protocol for every policy version"
     )
     top_k: int = setting(0, "held-out sampling from the k likeliest tokens (0 = off)")
+    top_p: float = setting(1.0, "held-out sampling from the smallest set of tokens holding this probability (1 = off)")
+    cfg_scale: float = setting(
+        1.0,
+        (
+            "classifier-free guidance of the AR model (1 = off; > 1 pushes away from the text-less prediction; a "
+            "model trained with pretrain.cond_dropout): evaluation, synthesize and serve (the torch sampler); "
+            "align rollouts sample without it. Costs a second sequence per request"
+        ),
+    )
     forced_phones: bool = setting(
         False, "aligned models: decode with the asked phones forced in order (no phone errors; docs/evaluation.md)"
     )
@@ -477,6 +567,11 @@ class EvalConfig:
             self.mos == "none" or self.mos.startswith("hf:"), f"eval.mos must be none or hf:<model>; got {self.mos!r}"
         )
         _require(self.temperature >= 0 and self.top_k >= 0, "eval.temperature and eval.top_k must be >= 0")
+        _require(0 < self.top_p <= 1, f"eval.top_p must be in (0, 1]; got {self.top_p}")
+        _require(
+            0 <= self.cfg_scale < float("inf"), f"eval.cfg_scale must be a finite number >= 0; got {self.cfg_scale}"
+        )
+        _require(self.split in ("dev", "test", "all"), f"eval.split must be dev, test or all; got {self.split!r}")
         _require(self.utterances >= 1 and self.seeds >= 1, "eval.utterances and eval.seeds must be >= 1")
         _require(self.gap_utterances == 0 or self.gap_utterances >= 4, "eval.gap_utterances must be 0 (off) or >= 4")
 

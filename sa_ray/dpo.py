@@ -75,11 +75,16 @@ class MarginTokens:
 
 
 def pair_logprobs(
-    model: torch.nn.Module, pairs: list[dict], margin: MarginTokens | None = None, nll_target: str = "chosen"
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    model: torch.nn.Module,
+    pairs: list[dict],
+    margin: MarginTokens | None = None,
+    nll_target: str = "chosen",
+    counts: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Chosen [B] and rejected [B] logprobs summed over their target tokens (over those `margin` counts when
     given), and the mean logprob per token over ALL tokens of each pair's chosen (or, with
-    `nll_target="golden"`, its golden target): rpo's NLL. One forward."""
+    `nll_target="golden"`, its golden target): rpo's NLL. With `counts`, also how many tokens each chosen and
+    rejected sum is over (`align.length_normalize` divides by them). One forward."""
     n = len(pairs)
     conts = [p["chosen_ids"] for p in pairs] + [p["rejected_ids"] for p in pairs]
     if nll_target == "golden":
@@ -88,7 +93,24 @@ def pair_logprobs(
     mask = None if margin is None else margin.mask(pairs, labels)
     logp = (token_lp[: 2 * n] if mask is None else token_lp[: 2 * n] * mask).sum(-1)
     nll_rows = slice(2 * n, 3 * n) if nll_target == "golden" else slice(0, n)
-    return logp[:n], logp[n:], token_lp[nll_rows].sum(-1) / (labels[nll_rows] != IGNORE).sum(-1)
+    out = logp[:n], logp[n:], token_lp[nll_rows].sum(-1) / (labels[nll_rows] != IGNORE).sum(-1)
+    if not counts:
+        return out
+    counted = ((labels[: 2 * n] != IGNORE) if mask is None else mask).sum(-1)
+    return (*out, counted[:n], counted[n:])
+
+
+def _check_reference_counts(batch: list[dict], n_chosen: torch.Tensor, n_rejected: torch.Tensor) -> None:
+    """The pair set's reference summed over as many tokens as the learner's margin counts (pair sets scored before
+    the counts were written carry none). Else the margins start off zero: align.margin_tokens changed since."""
+    if "ref_chosen_tokens" not in batch[0]:
+        return
+    written = [(int(p["ref_chosen_tokens"]), int(p["ref_rejected_tokens"])) for p in batch]
+    if written != list(zip(n_chosen.tolist(), n_rejected.tolist())):
+        raise ValueError(
+            "the pair set's reference logprobs sum over other tokens than this learner's margin "
+            "(align.margin_tokens changed since the pairs were rolled out?); roll the iteration out again"
+        )
 
 
 def probe_logprob(model: torch.nn.Module, probe: dict) -> float:
@@ -167,9 +189,12 @@ class DPOLearner:
     # ---------------------------------------------------------------------------------------- steps
 
     def loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict[str, float]]:
-        chosen, rejected, nll_mean = pair_logprobs(self.model_train, batch, self.margin, self.nll_target)
+        chosen, rejected, nll_mean, n_c, n_r = pair_logprobs(
+            self.model_train, batch, self.margin, self.nll_target, counts=True
+        )
         ref_c = torch.tensor([p["ref_chosen_logp"] for p in batch], dtype=chosen.dtype, device=chosen.device)
         ref_r = torch.tensor([p["ref_rejected_logp"] for p in batch], dtype=chosen.dtype, device=chosen.device)
+        _check_reference_counts(batch, n_c, n_r)
         loss, metrics = preference_loss(
             chosen,
             rejected,
@@ -180,6 +205,8 @@ class DPOLearner:
             self.cfg.label_smoothing,
             chosen_nll=-nll_mean,
             nll_weight=self.cfg.nll_weight,
+            # the reference summed over the very tokens the policy just counted (same function, same margin)
+            token_counts=(n_c, n_r) if self.cfg.length_normalize else None,
         )
         if self.nll_target == "golden" and "chosen_nll" in metrics:
             metrics["golden_nll"] = metrics.pop("chosen_nll")

@@ -13,6 +13,9 @@ h = beta * [(pi_c - ref_c) - (pi_r - ref_r)] the scaled log-ratio margin:
         trivially separable golden-vs-synthetic pair set otherwise erodes)
 - sft:  alpha * NLL of the chosen only: the paper's control, continued supervised training on the golden
         targets for the same compute as a preference iteration (the DPO loss is still reported)
+pi and ref are each side's logprob summed over its target tokens, or with `align.length_normalize` its mean per
+token (`preference_loss`'s `token_counts`): with beta 0.01 and rpo, the SFT-dominant regime of CosyVoice's DPO
+recipe and Magpie-TTS.
 """
 
 from __future__ import annotations
@@ -82,10 +85,22 @@ def preference_loss(
     label_smoothing: float = 0.0,
     chosen_nll: torch.Tensor | None = None,
     nll_weight: float = 1.0,
+    token_counts: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean loss over pairs and its metrics; `chosen_nll` (per-token NLL of each chosen sequence) is rpo's extra term."""
+    """Mean loss over pairs and its metrics; `chosen_nll` (per-token NLL of each chosen sequence) is rpo's extra term.
+
+    `token_counts` (chosen [B], rejected [B]: the tokens each summed logprob is over) makes the margin
+    length-normalised (`align.length_normalize`): each side's policy and reference logprob become per-token means
+    before the margin is formed, as TRL's `loss_type="ipo"` and SimPO do. The summed margin of a ~300-token
+    sequence otherwise outweighs the per-token-mean NLL by its length; all logprob metrics are then per token.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown preference method {method!r}; one of {METHODS}")
+    if token_counts is not None:
+        # a side with no counted token (margin_tokens=errors, a rejected without a wrong decision) sums to 0: stays 0
+        n_c, n_r = (n.to(policy_chosen.dtype).clamp(min=1) for n in token_counts)
+        policy_chosen, ref_chosen = policy_chosen / n_c, ref_chosen / n_c
+        policy_rejected, ref_rejected = policy_rejected / n_r, ref_rejected / n_r
     chosen_reward = policy_chosen - ref_chosen
     rejected_reward = policy_rejected - ref_rejected
     margin = chosen_reward - rejected_reward

@@ -9,6 +9,9 @@ Pair strategies:
   Golden-vs-synthetic pairs are trivially separable for a weak model. Rewards: `asr` (SIM - WER of the
   sample's speech through NAR, vocoder, offline ASR and speaker encoder; ~1 s a sample here) or `phones`
   (minus the phone error rate of the target the sample wrote: free, noise-free, content only).
+- corrections (on-policy, aligned vocabularies): every sample with a content error gives a pair on its FIRST wrong
+  decision (`sa_ray.corrections`): prompt = AR prompt + the sample up to it, chosen = [the token that was due],
+  rejected = [the token the sample wrote]. The margin is on that one decision; the sample's right ones stay out.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from sa_ray import atomic
+from sa_ray import atomic, corrections
 from sa_ray.data.examples import PromptBank, ar_example
 from sa_ray.metrics.phones import phone_error_rate
 from sa_ray.models.vocab import SPEECH, Vocab
@@ -126,6 +129,30 @@ def ranked_pairs(samples: list[dict]) -> list[dict]:
     return pairs
 
 
+def correction_pairs(samples: list[dict], vocab: Vocab) -> list[dict]:
+    """One pair per sample with a content error, on its first wrong decision (`corrections.first_wrong_decision`):
+    prompt = AR prompt + the sample's tokens before it, chosen = [the due token], rejected = [the written one].
+    A sample's last phone may last `FINAL_FRAMES_FACTOR` times the golden target's before a missing EOS is due."""
+    pairs = []
+    for s in samples:
+        sample, golden = [int(t) for t in s["sample_ids"]], list(s["chosen_ids"])
+        allowance = corrections.FINAL_FRAMES_FACTOR * max(1, corrections.final_phone_frames(golden, vocab))
+        asked = vocab.prompt_text_ids(list(s["prompt_ids"]))
+        wrong = corrections.first_wrong_decision(sample, asked, vocab, max_final_frames=allowance)
+        if wrong is not None:
+            pairs.append(
+                {
+                    **_pair_fields(s),
+                    "prompt_ids": [int(t) for t in s["prompt_ids"]] + sample[: wrong.position],
+                    "chosen_ids": [wrong.chosen],
+                    "rejected_ids": [wrong.rejected],
+                    "error_kind": wrong.kind,
+                    "error_position": wrong.position,
+                }
+            )
+    return pairs
+
+
 def _pair_fields(s: dict) -> dict:
     return {
         "iteration": int(s["iteration"]),
@@ -151,9 +178,10 @@ def commit_pairs(staging: str | Path, final: str | Path, stats: dict) -> dict:
     writes the manifest, then renames (atomic on one file system). Returns the manifest."""
     staging, final = Path(staging), Path(final)
     table = None
-    if any(staging.glob("*.parquet")):  # the keys, and for ranked pairs the rewards; not the token lists
+    if any(staging.glob("*.parquet")):  # the keys, ranked pairs' rewards, corrections' kinds; not the token lists
         names = pq.ParquetDataset(staging).schema.names
-        table = pq.read_table(staging, columns=[c for c in (*KEY, "chosen_reward", "rejected_reward") if c in names])
+        wanted = (*KEY, "chosen_reward", "rejected_reward", "error_kind")
+        table = pq.read_table(staging, columns=[c for c in wanted if c in names])
     keys = table.select(list(KEY)).to_pylist() if table is not None else []
     tuples = sorted((k["iteration"], k["utt_id"], k["sample_idx"]) for k in keys)
     if len(set(tuples)) != len(tuples):
@@ -167,6 +195,9 @@ def commit_pairs(staging: str | Path, final: str | Path, stats: dict) -> dict:
     for side in ("chosen", "rejected"):  # ranked pairs: how good the policy's best and worst samples were
         if table is not None and f"{side}_reward" in table.column_names and len(table):
             manifest[f"{side}_reward"] = float(np.mean(table.column(f"{side}_reward").to_numpy()))
+    if table is not None and "error_kind" in table.column_names:  # corrections: which decisions the pairs fix
+        kinds = table.column("error_kind").to_pylist()
+        manifest["error_kinds"] = {kind: kinds.count(kind) for kind in sorted(set(kinds))}
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
     # only a dangling directory without a manifest can be at `final` (read_manifest returned None)
     atomic.swap_in(staging, final)

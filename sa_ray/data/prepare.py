@@ -108,11 +108,16 @@ def sample_reserved_texts(utts: list[Utterance], corpus: CorpusConfig) -> dict[s
     return {"heldout_sentences": set(heldout), "align": set(aligned)}
 
 
+UNSET_LATER = {"prosody": 0.0, "renditions": 1}  # corpus settings whose default is the corpus they came after
+
+
 def fingerprint(cfg: Config, rows: list[dict]) -> str:
     """Identifies a prepared dataset: same config sections + same inputs -> same fingerprint."""
     h = hashlib.sha256()
     for section in (cfg.corpus, cfg.codec, cfg.prepare):
-        h.update(json.dumps(section.__dict__, sort_keys=True).encode())
+        # settings added later count only when set: at their defaults they make the dataset of before
+        settings = {k: v for k, v in section.__dict__.items() if UNSET_LATER.get(k, object()) != v}
+        h.update(json.dumps(settings, sort_keys=True).encode())
     for r in rows:
         h.update(f"{r['utt_id']}|{r['speaker']}|{r['text']}|{r['audio_path']}\n".encode())
     return h.hexdigest()[:16]
