@@ -8,7 +8,7 @@ ARGS ?=
 BASE ?= checkpoints/base
 BASE_STEPS ?= 2500
 
-.PHONY: install lock lint format demo test test-fast prepare pretrain pretrain-base pretrain-base-big align serve clean
+.PHONY: install lock lint format demo test test-fast prepare pretrain pretrain-base pretrain-base-big align arms serve clean
 
 $(STAMP): pyproject.toml requirements/*.txt scripts/install.sh scripts/install-system.sh
 	bash scripts/install.sh
@@ -47,6 +47,9 @@ pretrain-base-big: install  ## reproduce checkpoints/base-big: checkpoints/base 
 
 align: install  ## the SpeechAlign loop on an existing base model (resumes when re-run)
 	$(PY) -m jobs.align --config $(CONFIG) $(ARGS)
+
+arms: install  ## after `make demo`: the evidence arms side by side, one iteration each, on dev (SPLIT=test to confirm; scripts/arms.sh)
+	bash scripts/arms.sh $(ARGS)
 
 serve: install  ## after `make demo`: a Ray Serve endpoint for the champion policy (docs/serve.md); Ctrl-C stops it
 	$(PY) -m jobs.serve --config $(CONFIG) $(ARGS)

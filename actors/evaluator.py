@@ -62,7 +62,13 @@ class Evaluator:
             self._policy = (
                 adapter_dir,
                 CodecTTS(
-                    ar, self.vocab, self.nar, self.codec, Spelling.of_config(self.cfg), self.cfg.eval.forced_phones
+                    ar,
+                    self.vocab,
+                    self.nar,
+                    self.codec,
+                    Spelling.of_config(self.cfg),
+                    self.cfg.eval.forced_phones,
+                    self.cfg.eval.cfg_scale,
                 ),
             )
         return self._policy[1]

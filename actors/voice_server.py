@@ -116,6 +116,7 @@ class VoiceServer:
             cfg.model.prompt_frames(codec.frame_rate),
             Spelling.of_config(cfg),
             cfg.eval.forced_phones,
+            cfg.eval.cfg_scale,
         )
         self.policy = RegisteredPolicy.of_config(cfg, base_dir)
         self.page = PAGE.read_text()

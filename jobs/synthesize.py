@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> Path:
     if not (model_dir / "ar").is_dir():
         raise FileNotFoundError(f"no model in {model_dir}: run `python -m jobs.pretrain` or pass --model")
     cfg.eval.check_model(Vocab.load(model_dir / "ar").aligned)
-    tts = CodecTTS.load(model_dir, codec, Spelling.of_config(cfg), cfg.eval.forced_phones)
+    tts = CodecTTS.load(model_dir, codec, Spelling.of_config(cfg), cfg.eval.forced_phones, cfg_scale=cfg.eval.cfg_scale)
     if args.adapter:
         with tempfile.TemporaryDirectory() as tmp:
             adapter = args.adapter

@@ -21,7 +21,7 @@ import torch
 
 from sa_ray.checkpoint import load_state, save_state
 from sa_ray.config import ModelConfig, PretrainConfig
-from sa_ray.data.examples import PromptBank, ar_example, nar_example
+from sa_ray.data.examples import PromptBank, ar_example, drop_condition, nar_example
 from sa_ray.engines.deepspeed_engine import make_stepper
 from sa_ray.models.ar import ar_loss, build_ar_model, collate_ar, load_ar, save_ar
 from sa_ray.models.nar import NARConfig, NARModel, collate_nar
@@ -146,11 +146,14 @@ class CodecLMTrainer:
         random.Random(f"{self.cfg.seed}:{self.epoch}:{self.rank}").shuffle(order)
         return order
 
-    def _examples(self, rows: list[dict], bank: PromptBank, rng: random.Random) -> tuple[dict, dict]:
+    def _examples(
+        self, rows: list[dict], bank: PromptBank, rng: random.Random, drop: list[bool] | None = None
+    ) -> tuple[dict, dict]:
+        """`drop`: which rows' AR examples lose their text (condition dropout); the NAR keeps every condition."""
         ar, nar = [], []
-        for row in rows:
+        for i, row in enumerate(rows):
             prompt = bank.draw(row["speaker"], row["utt_id"], rng)
-            ar.append(ar_example(row, prompt, self.vocab, self.frame_rate))
+            ar.append(ar_example(row, prompt, self.vocab, self.frame_rate, drop_text=bool(drop and drop[i])))
             nar.append(nar_example(row, prompt, self.vocab, self.frame_rate, self.n_codebooks))
         return to_device(collate_ar(ar), self.device), to_device(collate_nar(nar), self.device)
 
@@ -165,7 +168,9 @@ class CodecLMTrainer:
         start = self._advance()
         indices = self._order()[start : start + self.cfg.batch_size]
         rng = random.Random(f"{self.cfg.seed}:{self.epoch}:{self.rank}:{start}")  # prompt choice
-        return self._examples([self.rows[i] for i in indices], self.bank, rng)
+        rows = [self.rows[i] for i in indices]
+        drop = [drop_condition(self.cfg.seed, r["utt_id"], self.epoch, self.cfg.cond_dropout) for r in rows]
+        return self._examples(rows, self.bank, rng, drop)
 
     # ---------------------------------------------------------------------------------- steps
 

@@ -23,6 +23,11 @@ How it works:
   attention (and of tiny matmuls) in the last bits, ~1e-5 on the logits of the benchmark model, which
   flips a token only where two candidates tie to that precision: rare (0 of 96 rollouts of 200 tokens
   changed between batch 32 and a shuffled batch 7), but possible over very many rollouts.
+- Classifier-free guidance (`cfg_scale` != 1, with one `uncond_prompts` row per request: its prompt without
+  the condition): each request decodes as two cache rows, its prompt and its unconditional twin, both fed
+  the token the request samples; the request's logits are `guide`d (uncond + scale * (cond - uncond))
+  before forced decoding, temperature, top-k and top-p. The noise stays the request's own, so the seed
+  contract above holds. At scale 1 no twin is decoded: the code path is the unguided one.
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ def sample(
     cfg: SamplingConfig = SamplingConfig(),
     forced: list[list[int]] | None = None,
     forced_ids: Sequence[int] = (),
+    uncond_prompts: list[list[int]] | None = None,
+    cfg_scale: float = 1.0,
 ) -> list[list[int]]:
     """Generated ids per prompt (prompt excluded): up to and including eos_id, else max_new_tokens of them.
 
@@ -72,6 +79,8 @@ def sample(
     `forced` (one list per request) constrains the ids of `forced_ids` and eos_id: request i may write
     only forced[i]'s next one, in order, and eos_id only after the last; every other allowed id stays
     free (an aligned TTS writes exactly the phones it was asked for and samples when and how).
+    `cfg_scale` != 1 guides every request by its `uncond_prompts` row (classifier-free guidance, `guide`);
+    at 1 `uncond_prompts` is not decoded at all. `cfg.batch_size` counts requests (2 cache rows each then).
     """
     n = len(prompts)
     budgets = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
@@ -91,6 +100,12 @@ def sample(
     pad_id = getattr(model.config, "pad_token_id", None) or 0  # any id: padded positions are masked out
 
     check_forced(forced, forced_ids, vocab, n)
+    if not 0 <= cfg_scale < float("inf"):
+        raise ValueError(f"cfg_scale must be a finite number >= 0; got {cfg_scale}")
+    if cfg_scale == 1:
+        uncond_prompts = None  # no guidance: nothing of it reaches the decoder
+    elif uncond_prompts is None or len(uncond_prompts) != n or any(len(p) == 0 for p in uncond_prompts):
+        raise ValueError(f"cfg_scale={cfg_scale} needs one non-empty unconditional prompt per request ({n})")
 
     results: list[list[int]] = [[] for _ in range(n)]
     todo = sorted((i for i in range(n) if budgets[i] > 0), key=lambda i: (-len(prompts[i]), i))
@@ -111,6 +126,7 @@ def sample(
                     pad_id,
                     cfg,
                     script,
+                    None if uncond_prompts is None else ([uncond_prompts[i] for i in batch], cfg_scale),
                 )
                 for i, out in zip(batch, outs):
                     results[i] = out
@@ -165,15 +181,19 @@ def _decode_batch(
     pad_id: int,
     cfg: SamplingConfig,
     script: _Script | None = None,
+    guidance: tuple[list[list[int]], float] | None = None,
 ) -> list[list[int]]:
+    """`guidance` = (unconditional prompts, scale): cache row b + r is request r's unconditional twin, kept and
+    dropped with it; `rows`, `budget`, `noise` and `col` stay per request, `next_pos` and `attend` per cache row."""
     device = allowed.device
     b, n_allowed = len(prompts), allowed.numel()
-    lens = [len(p) for p in prompts]
+    seqs = prompts if guidance is None else prompts + guidance[0]
+    lens = [len(p) for p in seqs]
     prompt_len, steps = max(lens), max(budgets)
 
-    ids = torch.full((b, prompt_len), pad_id, dtype=torch.long)
-    mask = torch.ones((b, prompt_len + steps), dtype=torch.long)  # generated positions of live rows are all real
-    for r, p in enumerate(prompts):
+    ids = torch.full((len(seqs), prompt_len), pad_id, dtype=torch.long)
+    mask = torch.ones((len(seqs), prompt_len + steps), dtype=torch.long)  # generated positions of live rows are real
+    for r, p in enumerate(seqs):
         ids[r, prompt_len - len(p) :] = torch.tensor(p, dtype=torch.long)
         mask[r, : prompt_len - len(p)] = 0
     ids, mask = ids.to(device), mask.to(device)
@@ -206,6 +226,8 @@ def _decode_batch(
             noise = torch.stack([_gumbel(gens[r], n_allowed) for r in rows.tolist()]).to(device)
         step_noise = None if noise is None else noise[:, t % NOISE_BLOCK]
         restricted = logits.index_select(-1, allowed).float()
+        if guidance is not None:
+            restricted = guide(restricted[: len(rows)], restricted[len(rows) :], guidance[1])
         if script is not None:
             live = rows.tolist()
             restricted, want = script.mask(restricted, live)
@@ -222,11 +244,15 @@ def _decode_batch(
             keep = (~done).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
-            rows, next_pos, budget, col, attend = rows[keep], next_pos[keep], budget[keep], col[keep], attend[keep]
+            # the cache rows to keep: the live requests' and, under guidance, their twins' (len(rows) further on)
+            kept = keep if guidance is None else torch.cat([keep, keep + len(rows)])
+            rows, budget, col = rows[keep], budget[keep], col[keep]
+            next_pos, attend = next_pos[kept], attend[kept]
             noise = None if noise is None else noise[keep]
-            cache.batch_select_indices(keep)
+            cache.batch_select_indices(kept)
+        fed = col if guidance is None else col.repeat(2)  # a twin continues with its request's token
         logits = model(
-            input_ids=allowed[col].unsqueeze(1),
+            input_ids=allowed[fed].unsqueeze(1),
             attention_mask=attend[..., : prompt_len + t + 1],
             position_ids=next_pos.unsqueeze(1),
             past_key_values=cache,
@@ -235,6 +261,15 @@ def _decode_batch(
         next_pos += 1
     tokens = allowed[chosen].tolist()
     return [tokens[r][: n_out[r]] for r in range(b)]
+
+
+def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance over the allowed ids: uncond + scale * (cond - uncond) of the LOG-SOFTMAXES, as
+    transformers' UnbatchedClassifierFreeGuidanceLogitsProcessor combines them. Combining the raw logits instead
+    (as some TTS implementations do) differs by a constant per row: the same softmax, argmax, top-k and top-p,
+    so the same samples."""
+    cond, uncond = cond.log_softmax(-1), uncond.log_softmax(-1)
+    return uncond + scale * (cond - uncond)
 
 
 def _gumbel(gen: torch.Generator, n_allowed: int) -> torch.Tensor:

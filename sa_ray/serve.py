@@ -264,10 +264,11 @@ class PolicyVoice:
         prompt_frames: int,
         spelling: Spelling,
         forced_phones: bool = False,
+        cfg_scale: float = 1.0,
     ):
         self.base, self.vocab = load_ar(Path(base_dir) / "ar")
         self.nar, self.codec = NARModel.from_pretrained(Path(base_dir) / "nar"), codec
-        self.spelling, self.forced_phones = spelling, forced_phones
+        self.spelling, self.forced_phones, self.cfg_scale = spelling, forced_phones, cfg_scale
         self.bank, self.prompt_frames = PromptBank.of_voices(data_dir, prompt_frames, codec.n_codebooks), prompt_frames
         self.speakers = sorted(self.bank.by_speaker)
         self.tts: CodecTTS | None = None
@@ -276,7 +277,13 @@ class PolicyVoice:
         """base + the adapter (None: the base alone), merged into a copy; the base weights stay untouched."""
         self.tts = None  # the previous version's copy goes before the next is made
         self.tts = CodecTTS(
-            lora.policy(self.base, adapter_dir), self.vocab, self.nar, self.codec, self.spelling, self.forced_phones
+            lora.policy(self.base, adapter_dir),
+            self.vocab,
+            self.nar,
+            self.codec,
+            self.spelling,
+            self.forced_phones,
+            self.cfg_scale,
         )
 
     def speak(self, requests: list[SpeechRequest]) -> list[Synthesis | BadRequest]:

@@ -76,15 +76,21 @@ class CodecTTS:
         codec: Codec,
         spelling: Spelling | str = Spelling(),
         forced_phones: bool = False,
+        cfg_scale: float = 1.0,
     ):
         if forced_phones and not vocab.aligned:
             raise ValueError("forced phones need an aligned model (targets that write their phones)")
+        if not 0 <= cfg_scale < float("inf"):
+            raise ValueError(f"cfg_scale must be a finite number >= 0; got {cfg_scale}")
         self.ar, self.vocab, self.nar, self.codec = ar.eval(), vocab, nar.eval(), codec
         self.spelling = Spelling(spelling) if isinstance(spelling, str) else spelling
         self.spelling.voice(None)  # a bad default voice fails here, not at the first request
         # decode with the asked phones forced in order (`eval.forced_phones`): no phone errors by construction,
         # the model still chooses when each phone starts and every frame
         self.forced_phones = forced_phones
+        # classifier-free guidance (`eval.cfg_scale`; 1 = off): each request is decoded beside its text-less twin
+        # (`Vocab.unconditional_prompt`); CodecTTS samples with the torch sampler, so all its users honour it
+        self.cfg_scale = cfg_scale
 
     @classmethod
     def load(
@@ -94,11 +100,12 @@ class CodecTTS:
         spelling: Spelling | str = Spelling(),
         forced_phones: bool = False,
         device: str | torch.device = "cpu",
+        cfg_scale: float = 1.0,
     ) -> CodecTTS:
         """The AR and NAR on `device`; the codec is the caller's (it stays where it was made)."""
         ar, vocab = load_ar(Path(model_dir) / "ar")
         nar = NARModel.from_pretrained(Path(model_dir) / "nar", device=device)
-        return cls(ar.to(device), vocab, nar, codec, spelling, forced_phones)
+        return cls(ar.to(device), vocab, nar, codec, spelling, forced_phones, cfg_scale)
 
     def text_tokens(self, text: str, speaker: str | None = None) -> tuple[list[str], float]:
         """Text tokens for new text in `speaker`'s voice and the expected number of frames (a length guide)."""
@@ -147,9 +154,12 @@ class CodecTTS:
         """The AR stage alone: generated target tokens and the text ids asked for, per request. `prompted`:
         what `prompts(requests)` returned, when the caller has it already."""
         prompts, budgets, texts = prompted or self.prompts(requests, fit_positions)
-        forced = {"forced": texts, "forced_ids": self.vocab.text_id_range} if self.forced_phones else {}
+        options = {"forced": texts, "forced_ids": self.vocab.text_id_range} if self.forced_phones else {}
+        if self.cfg_scale != 1:  # the same voice prompt without the text: what condition dropout trained
+            uncond = [self.vocab.unconditional_prompt(r.prompt_codes[0]) for r in requests]
+            options |= {"uncond_prompts": uncond, "cfg_scale": self.cfg_scale}
         return sample(
-            self.ar, prompts, self.vocab.generation_ids(), EOS, budgets, [r.seed for r in requests], sampling, **forced
+            self.ar, prompts, self.vocab.generation_ids(), EOS, budgets, [r.seed for r in requests], sampling, **options
         ), texts
 
     def synthesize(

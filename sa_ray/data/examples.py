@@ -56,7 +56,7 @@ class PromptBank:
     prompt_frames: int
 
     @classmethod
-    def from_rows(cls, rows: list[dict], prompt_frames: int, n_codebooks: int) -> "PromptBank":
+    def from_rows(cls, rows: list[dict], prompt_frames: int, n_codebooks: int) -> PromptBank:
         bank: dict[str, list] = {}
         for r in sorted(rows, key=lambda r: r["utt_id"]):
             bank.setdefault(r["speaker"], []).append((r["utt_id"], row_codes(r, n_codebooks)))
@@ -65,8 +65,12 @@ class PromptBank:
     @classmethod
     def of_voices(cls, data_dir: str | Path, prompt_frames: int, n_codebooks: int) -> PromptBank:
         """Every voice of a prepared run (the training voices and the zero-shot held-out ones), for synthesis."""
-        rows = [r for split in ("train", "heldout_voices") if (Path(data_dir) / split).exists()
-                for r in pq.read_table(Path(data_dir) / split).to_pylist()]
+        rows = [
+            r
+            for split in ("train", "heldout_voices")
+            if (Path(data_dir) / split).exists()
+            for r in pq.read_table(Path(data_dir) / split).to_pylist()
+        ]
         if not rows:
             raise FileNotFoundError(f"no prepared utterances in {data_dir} to take voice prompts from")
         return cls.from_rows(rows, prompt_frames, n_codebooks)
@@ -81,16 +85,25 @@ class PromptBank:
         return codes[:, start : start + self.prompt_frames]
 
 
-def ar_example(row: dict, prompt: np.ndarray, vocab: Vocab, frame_rate: float) -> dict:
-    """input_ids = [BOS] text [SEP] prompt [SPEECH] target [EOS]; labels only on target and EOS."""
+def ar_example(row: dict, prompt: np.ndarray, vocab: Vocab, frame_rate: float, drop_text: bool = False) -> dict:
+    """input_ids = [BOS] text [SEP] prompt [SPEECH] target [EOS]; labels only on target and EOS. `drop_text`:
+    the unconditional form (`Vocab.unconditional_prompt`, no text) with the same target, phones included, so
+    the model also learns p(phones + frames | voice) for classifier-free guidance."""
     codes = np.asarray(row["codes_0"], dtype=np.int64)
     text_ids = vocab.text_ids(text_tokens(row, vocab))
-    head = vocab.prompt(text_ids, prompt[0])
+    head = vocab.unconditional_prompt(prompt[0]) if drop_text else vocab.prompt(text_ids, prompt[0])
     if vocab.aligned:
         target = vocab.target(codes, text_ids, frames_per_phone(row["phone_ms"], frame_rate, len(codes)))
     else:
         target = vocab.target(codes)
     return {"input_ids": head + target, "labels": [IGNORE] * len(head) + target}
+
+
+def drop_condition(seed: int, utt_id: str, epoch: int, p: float) -> bool:
+    """Whether condition dropout (`pretrain.cond_dropout` = p) drops this utterance's text in this epoch: a draw
+    of its own from (seed, utterance, epoch), so a resumed or warm-started run drops the same examples, and the
+    data order and voice prompts (other random streams) do not change with p."""
+    return p > 0 and random.Random(f"{seed}:cond_dropout:{utt_id}:{epoch}").random() < p
 
 
 def nar_example(row: dict, prompt: np.ndarray, vocab: Vocab, frame_rate: float, n_codebooks: int) -> dict:

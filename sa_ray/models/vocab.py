@@ -7,6 +7,8 @@ Token ids are laid out as   specials | text tokens | codec layer-0 codes:
     5+T .. 5+T+C-1      codec codes 0..C-1 of the first residual layer
 
 A training sequence is  [BOS] text [SEP] prompt-codes [SPEECH] target [EOS].
+Its unconditional form (classifier-free guidance: `unconditional_prompt`) drops the text alone:
+[BOS] [SEP] prompt-codes [SPEECH] target [EOS], the voice prompt and the target (phones included) unchanged.
 
 The target takes one of two forms:
 - aligned (corpora whose synthesiser reported phone durations): each phone token is followed by the
@@ -91,6 +93,11 @@ class Vocab:
     def prompt(self, text_ids: list[int], prompt_codes) -> list[int]:
         """[BOS] text [SEP] prompt-codes [SPEECH]: what generation starts from."""
         return [BOS, *text_ids, SEP, *self.code_ids(prompt_codes).tolist(), SPEECH]
+
+    def unconditional_prompt(self, prompt_codes) -> list[int]:
+        """[BOS] [SEP] prompt-codes [SPEECH]: `prompt` without its text, the one layout of the unconditional
+        sequence of classifier-free guidance, both where training drops the condition and where sampling guides."""
+        return self.prompt([], prompt_codes)
 
     @staticmethod
     def prompt_text_ids(prompt_ids: list[int]) -> list[int]:

@@ -1,0 +1,47 @@
+#!/bin/bash
+# The evidence issue's arms side by side: one align iteration each from the same base, the same prompts and
+# learner budget, evaluated on SPLIT (dev to choose; test once, to confirm what dev chose). The base is
+# evaluated once (by the first arm) and its record shared, so every arm is paired with the same base samples.
+#
+#   bash scripts/arms.sh                      # after `make demo` (runs/tiny holds the prepared data)
+#   SPLIT=test ARMS="sft rpo-sftdom" bash scripts/arms.sh eval.seeds=2
+#   python -m analysis.wer_changes --run runs/arms/dev/sft ...   # or read each run's printed table
+#
+# Each arm is its own run_dir (runs/arms/<split>/<arm>, the prepared data and codec linked from DATA_RUN) and
+# its own MLflow run (name arm-<arm>): `python -m jobs.compare` and the MLflow UI put them side by side.
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+CONFIG=${CONFIG:-configs/tiny.yaml}
+BASE=${BASE:-checkpoints/base}
+DATA_RUN=${DATA_RUN:-runs/tiny}
+SPLIT=${SPLIT:-dev}
+ARMS=${ARMS:-"sft rpo-sftdom corr-dpo corr-sft"}
+OUT=runs/arms/$SPLIT
+
+arm_settings() {
+  case $1 in
+    sft) echo "align.method=sft" ;;                          # the control: SFT on the golden targets
+    rpo) echo "align.method=rpo" ;;                          # the demo's loss: summed logprobs, beta 0.1
+    rpo-sftdom) echo "align.method=rpo align.beta=0.01 align.length_normalize=true" ;;  # the published recipes
+    corr-dpo) echo "align.pairs=corrections align.method=dpo" ;;  # the margin on the first wrong decision only
+    corr-sft) echo "align.pairs=corrections align.method=sft" ;;  # SFT on the same corrections
+    *) echo "unknown arm $1 (sft rpo rpo-sftdom corr-dpo corr-sft)" >&2; exit 2 ;;
+  esac
+}
+
+first=""
+for arm in $ARMS; do
+  settings=$(arm_settings "$arm")
+  dir=$OUT/$arm
+  mkdir -p "$dir/align/records"
+  for sub in data codec; do [ -e "$dir/$sub" ] || ln -s "$(realpath "$DATA_RUN/$sub")" "$dir/$sub"; done
+  if [ -n "$first" ] && [ ! -f "$dir/align/records/iter_0.json" ]; then
+    cp "$OUT/$first/align/records/iter_0.json" "$dir/align/records/"  # the base, evaluated once
+  fi
+  echo "=== arm $arm: $settings"
+  # shellcheck disable=SC2086 # settings are several overrides
+  $PY -m jobs.align --config "$CONFIG" run_dir="$dir" name="arm-$arm" align.base_model="$BASE" \
+    codec.path="$BASE/codec" align.iterations=1 eval.split="$SPLIT" eval.utterances=120 eval.gap_utterances=0 \
+    $settings "$@"
+  first=${first:-$arm}
+done
