@@ -74,13 +74,18 @@ class Evaluator:
         return self._policy[1]
 
     def evaluate(
-        self, adapter_dir: str | None, ceiling: bool = False, sampling: SamplingConfig | None = None
+        self,
+        adapter_dir: str | None,
+        ceiling: bool = False,
+        sampling: SamplingConfig | None = None,
+        cfg_scale: float | None = None,
     ) -> dict[str, float]:
         """Held-out metrics, flat (`heldout_sentences_wer`, ...), averaged over `eval.seeds` sampling seeds,
         with the seed-to-seed spread (`..._wer_spread`: half the range) when there are several, and the
         per-utterance word errors (`..._utt_errors`, `..._utt_words`: lists) behind the WERs. `sampling`: another
-        decoding than the protocol's (a decoding search: `jobs.tune_decoding`)."""
+        decoding than the protocol's (a decoding search: `jobs.tune_decoding`), `cfg_scale` another guidance scale."""
         tts, e = self._tts(adapter_dir), self.cfg.eval
+        tts.cfg_scale = e.cfg_scale if cfg_scale is None else cfg_scale  # every call states its own
         nll, acc = self.golden_nll(tts.ar)
         flat = {"heldout_sentences_golden_nll": nll, "heldout_sentences_golden_acc": acc}
         runs = [

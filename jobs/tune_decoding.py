@@ -1,4 +1,4 @@
-"""tune_decoding: a version's best decoding (temperature, top-k, top-p), chosen on the dev half of the held-out set.
+"""tune_decoding: a version's best decoding (temperature, top-k, top-p, guidance), chosen on the dev half of the held-out set.
 
     python -m jobs.tune_decoding --base checkpoints/base --temperature 0.6,0.8,1.0 --top-p 1.0,0.9
     python -m jobs.tune_decoding --adapter runs/tiny/align/adapters/v1 --out runs/tiny/decoding-v1.json
@@ -46,15 +46,24 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--temperature", type=values(float), default=[0.6, 0.8, 1.0], help="comma-separated")
     ap.add_argument("--top-k", type=values(int), default=[0], help="comma-separated; 0 = off")
     ap.add_argument("--top-p", type=values(float), default=[1.0], help="comma-separated; 1 = off")
+    ap.add_argument(
+        "--cfg-scale",
+        type=values(float),
+        default=None,
+        help="comma-separated guidance scales (default: eval.cfg_scale)",
+    )
     ap.add_argument("--out", default=None, help="also write every decoding's figures to this JSON file")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     if cfg.eval.split == "test":
         raise ConfigError("eval.split=test: decoding is chosen on dev (the default); test confirms the choice once")
+    scales = args.cfg_scale or [cfg.eval.cfg_scale]
+    if any(not 0 <= s < float("inf") for s in scales):
+        raise ConfigError(f"--cfg-scale values must be finite numbers >= 0; got {scales}")
     grid = [
-        SamplingConfig(temperature=t, top_k=k, top_p=p)  # a bad value is refused here, before any work
-        for t, k, p in itertools.product(args.temperature, args.top_k, args.top_p)
+        (SamplingConfig(temperature=t, top_k=k, top_p=p), s)  # a bad value is refused here, before any work
+        for t, k, p, s in itertools.product(args.temperature, args.top_k, args.top_p, scales)
     ]
     base_dir = base_model_dir(cfg, args.base, "pass --base")
     cfg.eval.check_model(Vocab.load(base_dir / "ar").aligned)
@@ -71,17 +80,21 @@ def main(argv: list[str] | None = None) -> dict:
         adapter = resolve_adapter(cfg, args.adapter, base_dir, Path(tmp))
         evaluator = ray.remote(Evaluator).options(**actor_options(cfg.resources.evaluator)).remote(cfg, str(base_dir))
         tracking.set_tags({**ray.get(evaluator.backends.remote()), "sa_ray.adapter": args.adapter or "none"})
-        for step, sampling in enumerate(grid):
-            metrics = ray.get(evaluator.evaluate.remote(adapter, sampling=sampling))
-            rows.append({**decoding(sampling), **{k: v for k, v in metrics.items() if not isinstance(v, list)}})
+        for step, (sampling, scale) in enumerate(grid):
+            metrics = ray.get(evaluator.evaluate.remote(adapter, sampling=sampling, cfg_scale=scale))
+            flat = {k: v for k, v in metrics.items() if not isinstance(v, list)}
+            rows.append({**decoding(sampling), "cfg_scale": scale, **flat})
             tracking.log_metrics({f"{s}_wer": metrics[f"{s}_wer"] for s in SPLITS if f"{s}_wer" in metrics}, step)
         best = min(rows, key=lambda r: r["heldout_sentences_wer"])
         tracking.set_tags({"sa_ray.best_decoding": overrides(best)})
     print(f"\n{args.adapter or 'base model'} on {base_dir}, eval.split={cfg.eval.split}, seeds {cfg.eval.seeds}:")
-    print(f"  {'temperature':>11} {'top_k':>5} {'top_p':>5} {'WER sentences':>13} {'WER voice':>9} {'PER':>6}")
+    print(
+        f"  {'temperature':>11} {'top_k':>5} {'top_p':>5} {'cfg':>4} {'WER sentences':>13} {'WER voice':>9} {'PER':>6}"
+    )
     for r in sorted(rows, key=lambda r: r["heldout_sentences_wer"]):
         print(
-            f"  {r['temperature']:>11.2f} {r['top_k']:>5} {r['top_p']:>5.2f} {r['heldout_sentences_wer']:>13.3f} "
+            f"  {r['temperature']:>11.2f} {r['top_k']:>5} {r['top_p']:>5.2f} {r['cfg_scale']:>4.1f} "
+            f"{r['heldout_sentences_wer']:>13.3f} "
             f"{r.get('heldout_voices_wer', float('nan')):>9.3f} {r.get('heldout_sentences_phone_error_rate', 0):>6.3f}"
         )
     print(f"best on {cfg.eval.split}: {overrides(best)}")
@@ -96,7 +109,7 @@ def decoding(sampling: SamplingConfig) -> dict:
 
 
 def overrides(row: dict) -> str:
-    return " ".join(f"eval.{k}={row[k]}" for k in ("temperature", "top_k", "top_p"))
+    return " ".join(f"eval.{k}={row[k]}" for k in ("temperature", "top_k", "top_p", "cfg_scale"))
 
 
 if __name__ == "__main__":
