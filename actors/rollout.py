@@ -4,7 +4,7 @@ One engine per job (vLLM, or the torch sampler), created once; `load_adapter` sw
 iteration and PROVES it: the logprob of a fixed probe sequence must match the learner's value for that
 version, else `AdapterProbeError` stops the iteration (a stale adapter would silently poison the pairs).
 Beside tokens/s it keeps the version's length and entropy guards (`sa_ray.guards`): the samples' duration against
-their golden targets and their mean -log p per token, scored once more by the engine after sampling.
+their golden targets and their mean -log p per token, which the engine returns as it samples (`return_logprobs`).
 """
 
 from __future__ import annotations
@@ -75,7 +75,6 @@ class RolloutEngine:
         device = role_device("rollout", resources.num_gpus if resources else 0.0)
         self.engine = make_engine(self.backend, model_dir, lora_rank, max_model_len, seed, device, vllm)
         self.vocab = vocab = Vocab.load(model_dir)
-        self.max_model_len = max_model_len
         self.allowed = vocab.generation_ids()
         # align.forced_phones: each request writes its prompt's phones in order (the samples differ in sound only)
         self.phone_ids = list(vocab.text_id_range) if forced_phones else None
@@ -116,7 +115,7 @@ class RolloutEngine:
             else {"forced": [Vocab.prompt_text_ids(p) for p in prompts], "forced_ids": self.phone_ids}
         )
         start = time.perf_counter()
-        out = self.engine.generate(
+        out, logprobs = self.engine.generate(
             prompts,
             self.allowed,
             EOS,
@@ -125,34 +124,19 @@ class RolloutEngine:
             lora=self.lora,
             **self.sampling,
             **forced,
+            return_logprobs=True,  # each token's raw logprob under the policy, for the entropy guard
         )
         self.seconds += time.perf_counter() - start
-        scores = self._score(prompts, out)  # after the clock: tokens/s stays the sampler's speed
         failpoints.hit("rollout.after_generate")  # tests: the process dies with the call's samples unreturned
         self.tokens += sum(len(o) for o in out)
         goldens = batch["chosen_ids"] if "chosen_ids" in batch else [[] for _ in out]
-        for sample, golden, (logprob, scored) in zip(out, goldens, scores):
-            self.guards.add(sample, list(golden), self.vocab, logprob, scored)
+        for sample, golden, lps in zip(out, goldens, logprobs):
+            self.guards.add(sample, list(golden), self.vocab, sum(lps), len(lps))
         batch = batch.copy()
         batch["sample_ids"] = out
         batch["sample_ended"] = [bool(o) and o[-1] == EOS for o in out]
         batch["policy_version"] = self.version
         return batch
-
-    def _score(self, prompts: list[list[int]], samples: list[list[int]]) -> list[tuple[float | None, int]]:
-        """(summed logprob, tokens scored) of each sample under the policy that wrote it; a sample that filled the
-        context is scored without its last tokens (an engine scores shorter sequences than its context only)."""
-        conts = [list(o[: max(0, self.max_model_len - 1 - len(p))]) for p, o in zip(prompts, samples)]
-        todo = [i for i, c in enumerate(conts) if c]
-        values = (
-            self.engine.sequence_logprobs([prompts[i] for i in todo], [conts[i] for i in todo], lora=self.lora)
-            if todo
-            else []
-        )
-        scores: list[tuple[float | None, int]] = [(None, 0)] * len(samples)
-        for i, value in zip(todo, values):
-            scores[i] = (float(value), len(conts[i]))
-        return scores
 
     def stats(self) -> dict[str, float]:
         """The version's rollouts so far: tokens, tokens/s of sampling, and the guards (`sa_ray.guards`)."""

@@ -8,9 +8,10 @@ distribution. Two numbers of each iteration's rollouts, before any pair is made,
   `MAX_CHANGE` from the previous iteration's is flagged (`length_exploit`).
 - `rollout_nll_per_token`: the mean -log p of the sampled tokens under the policy's own (full-vocabulary,
   temperature-1) distribution. Sampled at temperature 1 without top-k/top-p it is a Monte Carlo estimate of the
-  policy's per-token entropy; under other sampling settings it is what it says. Neither engine returns the
-  sampled tokens' logprobs, so the rollout engine scores its samples once more (`sequence_logprobs`: one prefill
-  over prompt + sample, ~half the sampling time with the torch sampler on a CPU).
+  policy's per-token entropy; under other sampling settings it is what it says. Both engines return each sampled
+  token's logprob as they sample (`generate(return_logprobs=True)`: the raw full-vocabulary log-softmax, before the
+  allowed ids, forced phones, temperature, top-k and top-p: the torch sampler gathers it from the step's logits, vLLM
+  reports it as its `raw_logprobs`), so it costs no second pass over the samples.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ class RolloutGuards:
         self.samples, self.ratio_sum, self.nll_sum, self.nll_tokens = 0, 0.0, 0.0, 0
 
     def add(self, sample_ids, golden_ids, vocab: Vocab, logprob: float | None = None, scored: int = 0) -> None:
-        """One sample: its duration against its golden target's, and (when scored) the summed logprob of its
-        first `scored` tokens."""
+        """One sample: its duration against its golden target's, and the summed logprob of its `scored` tokens
+        (the rollout engine: all of them; an empty sample, or no logprob, adds nothing to the NLL)."""
         self.samples += 1
         self.ratio_sum += duration_ratio(sample_ids, golden_ids, vocab)
         if logprob is not None and scored:

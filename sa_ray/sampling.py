@@ -28,6 +28,11 @@ How it works:
   the token the request samples; the request's logits are `guide`d (uncond + scale * (cond - uncond))
   before forced decoding, temperature, top-k and top-p. The noise stays the request's own, so the seed
   contract above holds. At scale 1 no twin is decoded: the code path is the unguided one.
+- `return_logprobs`: also log p(sampled token) at every step under the model's RAW distribution: the log-softmax
+  of its full-vocabulary logits, before the allowed-ids restriction, forced decoding, guidance, temperature,
+  top-k and top-p (the quantity `sa_ray.losses.token_logprobs` teacher-forces, and vLLM's `raw_logprobs`).
+  Under guidance it is the CONDITIONAL row's (the policy's own logprob of the token that guidance chose). One
+  log-softmax and gather over the live rows per step, on the logits the step already has.
 """
 
 from __future__ import annotations
@@ -70,7 +75,8 @@ def sample(
     forced_ids: Sequence[int] = (),
     uncond_prompts: list[list[int]] | None = None,
     cfg_scale: float = 1.0,
-) -> list[list[int]]:
+    return_logprobs: bool = False,
+) -> list[list[int]] | tuple[list[list[int]], list[list[float]]]:
     """Generated ids per prompt (prompt excluded): up to and including eos_id, else max_new_tokens of them.
 
     Only ids of `allowed_ids` are emitted; if eos_id is not among them a request never stops early.
@@ -81,6 +87,10 @@ def sample(
     free (an aligned TTS writes exactly the phones it was asked for and samples when and how).
     `cfg_scale` != 1 guides every request by its `uncond_prompts` row (classifier-free guidance, `guide`);
     at 1 `uncond_prompts` is not decoded at all. `cfg.batch_size` counts requests (2 cache rows each then).
+    `return_logprobs`: return (ids, logprobs) instead, logprobs[i][j] = log p(ids[i][j] | prompt i, ids[i][:j])
+    under the model's raw full-vocabulary log-softmax (see the module doc: not the restricted, forced, guided or
+    temperature/top-k/top-p-processed distribution the token was drawn from; under guidance the conditional
+    model's). The tokens are the same as without it.
     """
     n = len(prompts)
     budgets = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
@@ -108,6 +118,7 @@ def sample(
         raise ValueError(f"cfg_scale={cfg_scale} needs one non-empty unconditional prompt per request ({n})")
 
     results: list[list[int]] = [[] for _ in range(n)]
+    logprobs: list[list[float]] = [[] for _ in range(n)]
     todo = sorted((i for i in range(n) if budgets[i] > 0), key=lambda i: (-len(prompts[i]), i))
     was_training = model.training
     model.eval()  # dropout would make rollouts irreproducible
@@ -116,7 +127,7 @@ def sample(
             for start in range(0, len(todo), cfg.batch_size):
                 batch = todo[start : start + cfg.batch_size]
                 script = None if forced is None else _Script([forced[i] for i in batch], forced_ids, allowed, eos_col)
-                outs = _decode_batch(
+                outs, lps = _decode_batch(
                     model,
                     [prompts[i] for i in batch],
                     [budgets[i] for i in batch],
@@ -127,12 +138,15 @@ def sample(
                     cfg,
                     script,
                     None if uncond_prompts is None else ([uncond_prompts[i] for i in batch], cfg_scale),
+                    return_logprobs,
                 )
-                for i, out in zip(batch, outs):
-                    results[i] = out
+                for k, i in enumerate(batch):
+                    results[i] = outs[k]
+                    if lps is not None:
+                        logprobs[i] = lps[k]
     finally:
         model.train(was_training)
-    return results
+    return (results, logprobs) if return_logprobs else results
 
 
 def check_forced(forced: list[list[int]] | None, forced_ids: Sequence[int], allowed_ids: Sequence[int], n: int) -> None:
@@ -182,9 +196,11 @@ def _decode_batch(
     cfg: SamplingConfig,
     script: _Script | None = None,
     guidance: tuple[list[list[int]], float] | None = None,
-) -> list[list[int]]:
+    return_logprobs: bool = False,
+) -> tuple[list[list[int]], list[list[float]] | None]:
     """`guidance` = (unconditional prompts, scale): cache row b + r is request r's unconditional twin, kept and
-    dropped with it; `rows`, `budget`, `noise` and `col` stay per request, `next_pos` and `attend` per cache row."""
+    dropped with it; `rows`, `budget`, `noise` and `col` stay per request, `next_pos` and `attend` per cache row.
+    Returns the tokens per request and, with `return_logprobs`, their raw logprobs (`sample`)."""
     device = allowed.device
     b, n_allowed = len(prompts), allowed.numel()
     seqs = prompts if guidance is None else prompts + guidance[0]
@@ -219,6 +235,7 @@ def _decode_batch(
     next_pos = torch.tensor(lens, device=device)  # position of each live row's next token
     budget = torch.tensor(budgets, device=device)
     chosen = torch.zeros((b, steps), dtype=torch.long, device=device)  # columns of `allowed`
+    token_lp = torch.zeros((b, steps), dtype=torch.float32, device=device) if return_logprobs else None
     n_out = [0] * b
     noise: torch.Tensor | None = None
     for t in range(steps):
@@ -235,6 +252,9 @@ def _decode_batch(
         if script is not None:
             script.advance(live, want, col.tolist())
         chosen[rows, t] = col
+        if token_lp is not None:  # raw full-vocabulary logprob; under guidance the conditional rows' (the first)
+            raw = logits[: len(rows)].float().log_softmax(-1)
+            token_lp[rows, t] = raw.gather(1, allowed[col].unsqueeze(1)).squeeze(1)
         done = budget <= t + 1
         if eos_col >= 0:
             done |= col == eos_col
@@ -260,7 +280,8 @@ def _decode_batch(
         ).logits[:, -1]
         next_pos += 1
     tokens = allowed[chosen].tolist()
-    return [tokens[r][: n_out[r]] for r in range(b)]
+    lps = None if token_lp is None else token_lp.tolist()
+    return [tokens[r][: n_out[r]] for r in range(b)], None if lps is None else [lps[r][: n_out[r]] for r in range(b)]
 
 
 def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:

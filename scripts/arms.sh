@@ -45,3 +45,5 @@ for arm in $ARMS; do
     $settings "$@"
   first=${first:-$arm}
 done
+echo "=== the arms side by side ($SPLIT)"
+$PY -m analysis.arms_table "$OUT"

@@ -417,10 +417,9 @@ def test_evaluator_samples_held_out_speech_with_the_configured_protocol(prepared
     greedy_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, temperature=0.0))
     evaluator = Evaluator(greedy_cfg, str(base_dir))
     ((_, wav, _),) = evaluator.samples(None, n=1)
-    row = evaluator.tables["heldout_sentences"][0]
-    request = Request(
-        row["text"], evaluator.banks["heldout_sentences"].draw(row["speaker"], row["utt_id"], random.Random(0)), 0
-    )
+    row = evaluator._rows()[0]  # the first held-out sentence of eval.split, spelled in its voice's phones
+    bank = evaluator.banks["heldout_sentences"]
+    request = Request(row["text"], bank.draw(row["speaker"], row["utt_id"], random.Random(0)), 0, row["speaker"])
     tts = evaluator._tts(None)
     greedy, sampled = (tts.synthesize([request], SamplingConfig(temperature=t))[0] for t in (0.0, 1.0))
     assert np.array_equal(wav, greedy.wav)

@@ -6,6 +6,7 @@ import pytest
 
 from sa_ray.guards import RolloutGuards, duration_ratio, frames, length_exploit
 from sa_ray.models.vocab import EOS, Vocab
+from tests.conftest import ROLLOUT_BACKENDS
 
 VOCAB = Vocab(("a", "b"), codebook_size=8, aligned=True)
 A, B = VOCAB.text_ids(["a", "b"])
@@ -43,3 +44,63 @@ def test_rollout_duration_and_nll_per_token():
 def test_length_exploit_flags_a_ratio_out_of_band_or_jumping(ratio, previous, flagged):
     note = length_exploit(ratio, previous)
     assert (note is None) if flagged is None else (flagged in note), note
+
+
+@pytest.mark.parametrize(
+    "backend, forced_phones",
+    [("torch", False), ("torch", True), pytest.param("vllm", True, marks=ROLLOUT_BACKENDS[1].marks)],
+)
+def test_rollout_guards_from_the_sampled_logprobs_equal_a_second_scoring_pass(tmp_path, backend, forced_phones):
+    """The rollout engine feeds the guards the logprobs the engine returned while sampling; the numbers are those
+    of scoring every sample once more with the engine's `sequence_logprobs` (what it did before)."""
+    import numpy as np
+    import pandas as pd
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from actors.rollout import RolloutEngine
+    from sa_ray.models.ar import save_ar
+
+    vocab = Vocab(tuple("abcdef"), codebook_size=16, aligned=True)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab.size,
+        hidden_size=64,  # head_dim 32: vLLM's CPU attention has no smaller one
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        initializer_range=0.1,
+        pad_token_id=0,
+    )
+    save_ar(LlamaForCausalLM(config).eval(), vocab, tmp_path)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        text = rng.integers(vocab.text_offset, vocab.code_offset, rng.integers(1, 4)).tolist()
+        golden = [text[0], *vocab.code_ids(rng.integers(0, 16, rng.integers(3, 12))).tolist(), EOS]
+        prompt = vocab.prompt(text, rng.integers(0, 16, 4))
+        rows.append({"prompt_ids": prompt, "budget": [20, 0, 20, 20, 20, 20][i], "seed": i, "chosen_ids": golden})
+    engine = RolloutEngine(backend, str(tmp_path), {"temperature": 1.0}, 8, 128, forced_phones=forced_phones)
+    try:
+        out = engine.rollout(pd.DataFrame(rows), {"version": 0, "adapter_dir": None})
+        samples = list(out["sample_ids"])
+        # the second pass the rollout engine made before it got the logprobs for free
+        todo = [i for i, s in enumerate(samples) if s]  # as it did: only the non-empty samples
+        scored = dict(
+            zip(
+                todo, engine.engine.sequence_logprobs([rows[i]["prompt_ids"] for i in todo], [samples[i] for i in todo])
+            )
+        )
+    finally:
+        engine.engine.close()
+    assert samples[1] == [] and sum(map(len, samples)) > 30
+    before = RolloutGuards()
+    for i, (row, sample) in enumerate(zip(rows, samples)):
+        before.add(sample, row["chosen_ids"], vocab, scored.get(i), len(sample))
+    stats = engine.stats()
+    assert stats["rollout_tokens"] == sum(map(len, samples))
+    tolerance = 1e-5 if backend == "torch" else 1e-3  # vLLM's decode vs prefill kernels, as tests/test_vllm.py
+    assert {k: stats[k] for k in before.stats()} == pytest.approx(before.stats(), abs=tolerance)
+    assert set(before.stats()) == {"rollout_duration_ratio", "rollout_nll_per_token"}

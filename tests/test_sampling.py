@@ -243,3 +243,37 @@ def test_forced_ids_are_written_in_order_and_eos_only_after_the_last(model, cfg)
     assert alone[0] == outs[4]
     with pytest.raises(ValueError, match="forced"):
         sample(biased, prompts[:1], ALLOWED, EOS, 5, [0], cfg, forced=[[CODES[0]]], forced_ids=text)
+
+
+@pytest.mark.parametrize("mode", ["plain", "forced", "guided", "forced+guided"])
+def test_returned_logprobs_are_the_raw_model_logprobs_of_the_samples(model, mode):
+    """`return_logprobs`: per sampled token, log p under the model's raw full-vocabulary log-softmax, exactly what
+    `losses.token_logprobs` teacher-forces on the sampled sequence, though the tokens were drawn from a restricted,
+    forced, guided, tempered and truncated distribution; the tokens are those of the call without it."""
+    from sa_ray.losses import pack, token_logprobs
+    from sa_ray.models.ar import IGNORE
+
+    text = VOCAB.text_ids(list("abcdefgh"))
+    prompts = make_prompts(10, seed=8)
+    kw: dict = {}
+    if "forced" in mode:
+        g = torch.Generator().manual_seed(8)
+        kw.update(forced=[[text[j] for j in torch.randint(0, 8, (3,), generator=g).tolist()] for _ in prompts])
+        kw.update(forced_ids=text)
+    if "guided" in mode:
+        kw.update(uncond_prompts=[[1, *p[-2:]] for p in prompts], cfg_scale=2.5)
+    allowed = [EOS, *text, *CODES[:20]]  # a restriction: the raw logprobs are still over the full vocabulary
+    cfg = SamplingConfig(temperature=1.5, top_k=12, batch_size=4)
+    outs, logprobs = sample(
+        model, prompts, allowed, EOS, [30, 0, *[30] * 8], list(range(10)), cfg, **kw, return_logprobs=True
+    )
+    assert outs == sample(model, prompts, allowed, EOS, [30, 0, *[30] * 8], list(range(10)), cfg, **kw)
+    assert outs[1] == [] and logprobs[1] == []
+    assert [len(lp) for lp in logprobs] == [len(o) for o in outs] and sum(map(len, outs)) > 100
+    keep = [i for i, o in enumerate(outs) if o]
+    with torch.no_grad():
+        expected, labels, _ = token_logprobs(model, pack([prompts[i] for i in keep], [outs[i] for i in keep]))
+    for row, i in enumerate(keep):
+        want = expected[row][labels[row] != IGNORE]
+        assert torch.allclose(torch.tensor(logprobs[i]), want, atol=1e-5), (i, logprobs[i], want.tolist())
+    assert max(max(lp) for lp in logprobs if lp) < 0

