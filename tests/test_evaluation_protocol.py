@@ -79,7 +79,9 @@ def test_an_aligned_model_is_asked_for_the_phones_its_voice_was_trained_on():
     """mbrola-us3 speaks without aspirated stops: its prompts now hold its own phones, as its training rows do."""
     base = REPO / "checkpoints" / "base"
     ar, vocab = load_ar(base / "ar")
-    tts = CodecTTS(ar, vocab, NARModel.from_pretrained(base / "nar"), _Codec(), Spelling.of_config(load_config(None, [])))
+    tts = CodecTTS(
+        ar, vocab, NARModel.from_pretrained(base / "nar"), _Codec(), Spelling.of_config(load_config(None, []))
+    )
     text, prompt = "Peter kept the cat at the top of the tower.", np.zeros((1, 4), np.int64)
 
     def asked(speaker):
