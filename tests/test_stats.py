@@ -169,3 +169,9 @@ def test_records_resample_their_sentences_and_refuse_different_ones():
         )
     with pytest.raises(ValueError, match="one cluster key per sample"):
         wer_change_stats([1, 2], [5, 5], [0, 1], [5, 5], clusters=["a"])
+
+
+def test_one_sentence_gives_an_interval_that_holds_its_change():
+    """Every draw of a single sentence is the change itself, summed in another order: never outside by rounding."""
+    change = wer_change_stats([1, 2], [6, 6], [2, 2], [6, 6], clusters=["a", "a"])
+    assert change.lo <= change.delta <= change.hi and change.clusters == 1

@@ -62,6 +62,8 @@ def wer_change_stats(
     idx = np.random.default_rng(seed).integers(0, len(err), size=(samples, len(err)))
     deltas = (err[idx].sum(1) - b_err[idx].sum(1)) / n_words[idx].sum(1)
     lo, hi = np.quantile(deltas, [(1 - level) / 2, (1 + level) / 2])
+    # with one sentence every draw IS the change, summed in another order: rounding must not put it outside
+    lo, hi = min(lo, delta), max(hi, delta)
     se = float(deltas.std(ddof=1)) if samples > 1 else 0.0
     return WERChange(float(delta), float(lo), float(hi), se, MDE_Z * se, len(err))
 
