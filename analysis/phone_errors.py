@@ -13,6 +13,13 @@ evaluation that made them (an align record `align/records/iter_<k>.json` or a `j
 evaluated at `--seeds` in that order, with `eval.utterances` = `--n`) and prints the WER of the samples
 without and with phone errors, and for each adapter the same (utterance, seed) compared with the base's: a
 WER change where neither sample has phone errors is acoustic, not a different choice of sentences.
+
+`--compare A.json B.json` pairs two such `--out` files of the same samples (same `--n`, `--seeds` and data; e.g.
+`model.own_phones=false` then `=true`) and prints, policy by policy and per held-out set, the change from A to B
+of the share of samples with any phone error, with a 95% bootstrap interval over sentences (all voices and seeds
+of a sentence drawn together):
+
+    python -m analysis.phone_errors --compare phones-own-false.json phones-own-true.json
 """
 
 from __future__ import annotations
@@ -28,9 +35,9 @@ from jobs._cli import DEFAULT_CONFIG
 from sa_ray import lora
 from sa_ray.codec import load_codec
 from sa_ray.config import load_config
-from sa_ray.evaluation import dev_test, heldout_requests, heldout_tables, pick_heldout, prompt_banks
+from sa_ray.evaluation import dev_test, heldout_requests, heldout_tables, pick_heldout, prompt_banks, sentence_key
 from sa_ray.metrics.phones import phone_errors
-from sa_ray.metrics.stats import sentence_clusters, wer_change_stats
+from sa_ray.metrics.stats import WERChange, sentence_clusters, wer_change_stats
 from sa_ray.models.ar import load_ar
 from sa_ray.models.nar import NARModel
 from sa_ray.sampling import SamplingConfig
@@ -47,10 +54,13 @@ def phone_error_rates(
     batch_size: int = 16,
     half: str = "all",
 ) -> dict[str, float]:
-    """Per held-out set, the phone error rate of the `half` (`eval.split`) an evaluation at `seed` scores."""
+    """Per held-out set, the phone error rate of the `half` (`eval.split`) an evaluation at `seed` scores, each
+    sample's phone errors and its sentence (the bootstrap's cluster)."""
     out = {}
     for split, rows in tables.items():
-        requests = heldout_requests(pick_heldout(dev_test(rows, half), n), banks[split], random.Random(seed), seed)
+        picked = pick_heldout(dev_test(rows, half), n)
+        out[f"{split}_utt_sentences"] = [sentence_key(r) for r in picked]
+        requests = heldout_requests(picked, banks[split], random.Random(seed), seed)
         edits, phones = [], 0
         for start in range(0, len(requests), batch_size):
             generated, texts = tts.generate(requests[start : start + batch_size], sampling)
@@ -97,10 +107,59 @@ def paired_by_phone_errors(
     return out
 
 
+def phone_error_share_change(
+    base_edits: list[int], edits: list[int], sentences: list | None = None, samples: int = 2000, seed: int = 0
+) -> WERChange:
+    """The change of the share of samples with any phone error between two runs of the same samples (`edits`'
+    share less `base_edits`'), by the paired bootstrap of a WER change: each sample one word, wrong when it has
+    a phone error. `sentences` (each sample's) draws a sentence's samples together; None: each on its own."""
+    bad = [[int(e > 0) for e in x] for x in (base_edits, edits)]
+    return wer_change_stats(bad[0], [1] * len(bad[0]), bad[1], [1] * len(bad[1]), sentences, samples=samples, seed=seed)
+
+
+def compare_runs(base: list[dict], results: list[dict]) -> list[dict]:
+    """Two `--out` files' results of the same samples, paired policy by policy (in the order they were
+    measured) and seed by seed: per policy and held-out set, the share of samples with any phone error under
+    `base` and `results` and its change with a 95% interval over the sentences the files record."""
+    policies = [{}, {}]
+    for grouped, entries in zip(policies, (base, results)):
+        for entry in entries:
+            grouped.setdefault(entry["adapter"], []).append(entry)
+    if len(policies[0]) != len(policies[1]):
+        raise ValueError(f"different policies: {list(policies[0])} vs {list(policies[1])}")
+    out = []
+    for (name_a, runs_a), (name_b, runs_b) in zip(*(p.items() for p in policies)):
+        seeds = [[r["seed"] for r in runs] for runs in (runs_a, runs_b)]
+        if seeds[0] != seeds[1]:
+            raise ValueError(f"{name_a} vs {name_b}: sampled at different seeds, {seeds[0]} vs {seeds[1]}")
+        for split in (k.removesuffix("_utt_phone_errors") for k in runs_a[0] if k.endswith("_utt_phone_errors")):
+            edits_a, edits_b = ([e for r in runs for e in r[f"{split}_utt_phone_errors"]] for runs in (runs_a, runs_b))
+            sentences = [[k for r in runs for k in r.get(f"{split}_utt_sentences", [])] for runs in (runs_a, runs_b)]
+            if sentences[0] != sentences[1] or len(sentences[0]) != len(edits_a):
+                raise ValueError(f"{name_a} vs {name_b}: {split}: not the same sentences recorded for every sample")
+            change = phone_error_share_change(edits_a, edits_b, sentences[0])
+            out.append(
+                {
+                    "base": name_a,
+                    "policy": name_b,
+                    "split": split,
+                    "n": len(edits_b),
+                    "base_share": sum(e > 0 for e in edits_a) / len(edits_a),
+                    "share": sum(e > 0 for e in edits_b) / len(edits_b),
+                    "change": change.delta,
+                    "change_lo": change.lo,
+                    "change_hi": change.hi,
+                    "change_mde": change.mde,
+                    "clusters": change.clusters,
+                }
+            )
+    return out
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=DEFAULT_CONFIG)
-    ap.add_argument("--base", required=True, help="base model directory (ar/ + nar/)")
+    ap.add_argument("--base", help="base model directory (ar/ + nar/)")
     ap.add_argument("--adapters", nargs="*", default=[], help="adapter directories (the base is always measured)")
     ap.add_argument("--n", type=int, default=160, help="utterances per held-out set")
     ap.add_argument(
@@ -117,8 +176,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="the evaluation that made a policy's samples; once per policy, the base first",
     )
     ap.add_argument("--out", default=None, help="also write the results (per-sample phone errors included) as JSON")
+    ap.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="instead: two --out files of the same samples; the change from A to B of the share of samples with "
+        "any phone error, with its 95%% bootstrap interval over sentences",
+    )
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
+    if args.compare:
+        if args.base or args.adapters or args.records:
+            ap.error("--compare reads two --out files: no --base, --adapters or --record")
+        return compare_main(args)
+    if not args.base:
+        ap.error("--base is required (or --compare A B)")
     if args.records and len(args.records) != 1 + len(args.adapters):
         ap.error(f"--record: once per policy (the base and {len(args.adapters)} adapters), got {len(args.records)}")
     cfg = load_config(args.config, args.overrides)
@@ -187,6 +259,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1))
     return results
+
+
+def compare_main(args: argparse.Namespace) -> list[dict]:
+    """`--compare A B`: print (and with `--out`, write) `compare_runs` of the two files."""
+    runs = [json.loads(Path(f).read_text()) for f in args.compare]
+    try:
+        compared = compare_runs(*runs)
+    except ValueError as e:
+        raise SystemExit(f"error: {args.compare[0]} vs {args.compare[1]}: {e}") from None
+    for c in compared:
+        print(
+            f"{args.compare[0]} ({c['base']}) -> {args.compare[1]} ({c['policy']}), {c['split']}: samples with any "
+            f"phone error {100 * c['base_share']:.1f}% -> {100 * c['share']:.1f}%, {100 * c['change']:+.1f} points "
+            f"[{100 * c['change_lo']:+.1f}, {100 * c['change_hi']:+.1f}] (95%, bootstrap over {c['clusters']} "
+            f"sentences, {c['n']} samples; MDE {100 * c['change_mde']:.1f} points)"
+        )
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(compared, indent=1))
+    return compared
 
 
 if __name__ == "__main__":

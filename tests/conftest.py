@@ -288,6 +288,64 @@ def tiny_base(prepared_tiny, tmp_path_factory) -> Path:
     return train_tiny_base(cfg.run_dir, tmp_path_factory.mktemp("base"))
 
 
+def align_command(argv: list[str], run_dir: Path, base_model: Path, tmp: Path, address: str, *extra: str) -> list[str]:
+    """`python -m jobs.align` for one short iteration (ONE_ITERATION) on a prepared slice's `argv`: writing to
+    `run_dir`, tracking in <tmp>/mlflow.db, on the Ray cluster at `address`; `extra` overrides come last."""
+    return [
+        sys.executable,
+        "-m",
+        "jobs.align",
+        *argv,
+        f"run_dir={run_dir}",
+        f"align.base_model={base_model}",
+        f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+        f"ray.address={address}",
+        *ONE_ITERATION,
+        *extra,
+    ]
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (stable and fast on a shared 2-core machine), the old count restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_llama(vocab_size: int, heads: int = 4, max_len: int = 256, eos_scale: float = 1.0):
+    """A tiny random Llama (hidden 64 x 2 layers, `heads` heads, seed 0) in eval mode, for the samplers' tests.
+    Initialised peaky (range 0.1: few near-ties); `eos_scale` multiplies EOS's output row (more rollouts end)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sa_ray.models.vocab import BOS, EOS, PAD
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        intermediate_size=128,
+        max_position_embeddings=max_len,
+        initializer_range=0.1,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config).eval()
+    if eos_scale != 1.0:
+        with torch.no_grad():
+            model.lm_head.weight[EOS] *= eos_scale
+    return model
+
+
 def copy_prepared(prepared_run_dir: str | Path, tmp: Path) -> Path:
     """A fresh run directory holding the prepared data and codec of another run (jobs write beside them)."""
     import shutil

@@ -174,7 +174,7 @@ while time.monotonic() < deadline:
 def test_the_align_job_scales_gpu_and_cpu_workers_up_from_zero_and_they_go_when_it_ends(
     prepared_in_process, base_in_process, tmp_path
 ):
-    from .conftest import ONE_ITERATION, copy_prepared
+    from .conftest import align_command, copy_prepared
 
     cfg, argv, _ = prepared_in_process
     run_dir = copy_prepared(cfg.run_dir, tmp_path)
@@ -182,18 +182,7 @@ def test_the_align_job_scales_gpu_and_cpu_workers_up_from_zero_and_they_go_when_
     try:
         env = {**head.client_env(), "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
         job = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "jobs.align",
-                *argv,
-                f"run_dir={run_dir}",
-                f"align.base_model={base_in_process}",
-                f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-                f"ray.address={address}",
-                *ONE_ITERATION,
-                *ALIGN_ROLES,
-            ],
+            align_command(argv, run_dir, base_in_process, tmp_path, address, *ALIGN_ROLES),
             cwd=REPO,
             env=env,
             capture_output=True,

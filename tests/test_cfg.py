@@ -7,46 +7,27 @@ import random
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from sa_ray.config import ConfigError, load_config
 from sa_ray.data.examples import PromptBank, ar_example, drop_condition, text_tokens
 from sa_ray.models.ar import IGNORE, collate_ar
-from sa_ray.models.vocab import BOS, EOS, PAD, SEP, SPEECH, Vocab, frames_per_phone
+from sa_ray.models.vocab import BOS, EOS, SEP, SPEECH, Vocab, frames_per_phone
 from sa_ray.sampling import SamplingConfig, _gumbel, guide, sample
 from sa_ray.synthesis import CodecTTS, Request
-from tests.conftest import tiny_trainer
+from tests.conftest import tiny_llama, tiny_trainer
 
 VOCAB = Vocab(text_tokens=tuple("abcdefgh"), codebook_size=32, aligned=True)
 ALLOWED = VOCAB.generation_ids()  # text tokens + codes + EOS
 FRAME_RATE = 43.066
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # stable and fast on a shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB.size,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=256,
-        initializer_range=0.1,  # peaky enough that text and no text predict differently
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(VOCAB.size)  # peaky enough that text and no text predict differently
 
 
 def requests(n: int, seed: int = 0) -> tuple[list[list[int]], list[list[int]]]:

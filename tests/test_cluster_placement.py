@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.conftest import ONE_ITERATION, REPO, copy_prepared
+from tests.conftest import REPO, align_command, copy_prepared
 
 pytestmark = pytest.mark.slow
 
@@ -81,20 +81,16 @@ def test_each_role_runs_where_its_resources_say_and_the_learner_survives_losing_
     cfg, argv, _ = prepared_in_process
     run_dir = copy_prepared(cfg.run_dir, tmp_path)
     job = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jobs.align",
-            *argv,
-            f"run_dir={run_dir}",
-            f"align.base_model={base_in_process}",
-            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-            f"ray.address={cluster.address}",
-            *ONE_ITERATION,
+        align_command(
+            argv,
+            run_dir,
+            base_in_process,
+            tmp_path,
+            cluster.address,
             "align.steps=40",  # long enough to lose a node between two checkpoints
             "align.checkpoint_every=2",
             *ROLES,
-        ],
+        ),
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -6,42 +6,24 @@ import copy
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from sa_ray.models.vocab import EOS, PAD, Vocab
 from sa_ray.sampling import SamplingConfig, sample
+from tests.conftest import tiny_llama
 
 VOCAB = Vocab(text_tokens=tuple("abcdefgh"), codebook_size=32, aligned=True)
 CODES = list(range(VOCAB.code_offset, VOCAB.size))
 ALLOWED = VOCAB.generation_ids()  # text tokens + codes + EOS
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # stable and fast on a shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB.size,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=256,
-        initializer_range=0.1,  # peakier distributions than the default 0.02
-        bos_token_id=1,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(VOCAB.size)
 
 
 def make_prompts(n: int, seed: int = 0, lo: int = 3, hi: int = 25) -> list[list[int]]:

@@ -171,7 +171,11 @@ def test_records_resample_their_sentences_and_refuse_different_ones():
         wer_change_stats([1, 2], [5, 5], [0, 1], [5, 5], clusters=["a"])
 
 
-def test_one_sentence_gives_an_interval_that_holds_its_change():
-    """Every draw of a single sentence is the change itself, summed in another order: never outside by rounding."""
-    change = wer_change_stats([1, 2], [6, 6], [2, 2], [6, 6], clusters=["a", "a"])
-    assert change.lo <= change.delta <= change.hi and change.clusters == 1
+def test_one_sentence_gives_an_interval_that_is_its_change_exactly():
+    """Every draw of a single sentence takes all its samples: the change itself, to the last bit. The case is
+    one where a change taken as a difference of the two WERs (11/42 -> 9/42: -0.047619047619047644) missed
+    the draws' (9 - 11)/42 (-0.047619047619047616) by a rounding, putting the interval above its change."""
+    base, policy, words = [2, 2, 2, 1, 3, 1], [1, 3, 1, 0, 2, 2], [7] * 6  # 3 voices x 2 seeds of 7 words
+    change = wer_change_stats(base, words, policy, words, clusters=["the sentence"] * 6)
+    assert change.clusters == 1 and change.delta == (9 - 11) / 42
+    assert change.lo == change.delta == change.hi

@@ -10,12 +10,13 @@ import pytest
 pytest.importorskip("vllm")
 
 import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import LlamaForCausalLM  # noqa: E402
 
 from sa_ray.engines.vllm_engine import VLLMEngine  # noqa: E402
 from sa_ray.models.ar import load_ar, save_ar  # noqa: E402
-from sa_ray.models.vocab import BOS, EOS, PAD, SPEECH, Vocab  # noqa: E402
+from sa_ray.models.vocab import BOS, EOS, SPEECH, Vocab  # noqa: E402
 from sa_ray.sampling import SamplingConfig, sample  # noqa: E402
+from tests.conftest import tiny_llama  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -24,27 +25,10 @@ ALLOWED = VOCAB.generation_ids()  # text tokens + codes + EOS
 MAX_LEN = 256
 
 
-def tiny_llama(heads: int = 2) -> LlamaForCausalLM:
-    # hidden 64 with 2 heads: head_dim 32, the smallest vLLM's CPU attention supports (4 heads -> 16 fails).
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB.size,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        intermediate_size=128,
-        max_position_embeddings=MAX_LEN,
-        initializer_range=0.1,  # peaky distributions: few near-ties
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        model.lm_head.weight[EOS] *= 2  # some greedy rollouts end with EOS, others run to their budget
-    return model
+def vllm_llama(heads: int = 2) -> LlamaForCausalLM:
+    # hidden 64 with 2 heads: head_dim 32, the smallest vLLM's CPU attention supports (4 heads -> 16 fails);
+    # EOS doubled: some greedy rollouts end with EOS, others run to their budget
+    return tiny_llama(VOCAB.size, heads=heads, max_len=MAX_LEN, eos_scale=2)
 
 
 def make_prompts(n: int, seed: int = 1) -> list[list[int]]:
@@ -58,7 +42,7 @@ def make_prompts(n: int, seed: int = 1) -> list[list[int]]:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("ar")
-    save_ar(tiny_llama(), VOCAB, directory)
+    save_ar(vllm_llama(), VOCAB, directory)
     return directory
 
 
@@ -192,7 +176,7 @@ def test_requests_are_checked(engine):
 
 
 def test_unsupported_head_dim_fails_fast(tmp_path):
-    save_ar(tiny_llama(heads=4), VOCAB, tmp_path)  # head_dim 16
+    save_ar(vllm_llama(heads=4), VOCAB, tmp_path)  # head_dim 16
     with pytest.raises(ValueError, match="head_dim 16"):
         VLLMEngine(tmp_path, max_model_len=MAX_LEN, kv_cache_bytes=16 * 2**20)
 

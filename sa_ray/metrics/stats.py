@@ -58,12 +58,16 @@ def wer_change_stats(
         number: dict = {}
         which = np.fromiter((number.setdefault(key, len(number)) for key in clusters), dtype=np.int64, count=len(err))
         err, b_err, n_words = (np.bincount(which, weights=x, minlength=len(number)) for x in (err, b_err, n_words))
-    delta = err.sum() / n_words.sum() - b_err.sum() / b_words.sum()
-    idx = np.random.default_rng(seed).integers(0, len(err), size=(samples, len(err)))
-    deltas = (err[idx].sum(1) - b_err[idx].sum(1)) / n_words[idx].sum(1)
+
+    def changes(idx: np.ndarray) -> np.ndarray:
+        # one row of cluster indices a draw: its errors less the base's over its words (the same words)
+        return (err[idx].sum(1) - b_err[idx].sum(1)) / n_words[idx].sum(1)
+
+    # the change is the draw of every cluster once, by the same arithmetic as each bootstrap draw: a draw that
+    # takes the same clusters (one sentence: every draw) is the change exactly, not the change up to rounding
+    (delta,) = changes(np.arange(len(err))[None])
+    deltas = changes(np.random.default_rng(seed).integers(0, len(err), size=(samples, len(err))))
     lo, hi = np.quantile(deltas, [(1 - level) / 2, (1 + level) / 2])
-    # with one sentence every draw IS the change, summed in another order: rounding must not put it outside
-    lo, hi = min(lo, delta), max(hi, delta)
     se = float(deltas.std(ddof=1)) if samples > 1 else 0.0
     return WERChange(float(delta), float(lo), float(hi), se, MDE_Z * se, len(err))
 
