@@ -8,7 +8,7 @@ ARGS ?=
 BASE ?= checkpoints/base
 BASE_STEPS ?= 2500
 
-.PHONY: install lock lint format demo test test-fast prepare pretrain pretrain-base pretrain-base-big align arms serve clean
+.PHONY: install lock lint format demo test test-fast prepare pretrain pretrain-base pretrain-base-big align arms serve bench clean
 
 $(STAMP): pyproject.toml requirements/*.txt scripts/install.sh scripts/install-system.sh
 	bash scripts/install.sh
@@ -53,6 +53,9 @@ arms: install  ## after `make demo`: the evidence arms side by side, one iterati
 
 serve: install  ## after `make demo`: a Ray Serve endpoint for the champion policy (docs/serve.md); Ctrl-C stops it
 	$(PY) -m jobs.serve --config $(CONFIG) $(ARGS)
+
+bench: install  ## every benchmark, one table + bench.json (after make demo: the evaluation and codec ones too)
+	$(PY) -m benchmarks.run_all --json bench.json --run-dir runs/tiny --base $(BASE) $(ARGS)
 
 test: install lint  ## the whole suite, after the formatter and linter checks
 	bash scripts/install-system.sh --test

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from actors.placement import role_device
 from sa_ray import lora
 from sa_ray.codec import load_codec
 from sa_ray.config import Config
-from sa_ray.evaluation import dev_test, distribution_gap, evaluate_heldout, heldout_tables, prompt_banks
+from sa_ray.evaluation import dev_test, distribution_gap, evaluate_heldout, golden_side, heldout_tables, prompt_banks
 from sa_ray.losses import pack, sequence_logprobs
 from sa_ray.metrics.backends import MOS_SKIPPED, make_asr, make_mos, make_sim
 from sa_ray.metrics.stats import pool_seeds
@@ -26,6 +27,9 @@ from sa_ray.synthesis import CodecTTS, Request, Spelling
 
 class Evaluator:
     def __init__(self, cfg: Config, base_dir: str):
+        # Every core of the node: the evaluator works while the rollout engine and the learner wait (Ray would
+        # give a zero-CPU actor one thread), and the vocoder, most of its time, runs 1.8x faster on two.
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
         run_dir = Path(cfg.run_dir)
         self.cfg, self.data_dir = cfg, run_dir / "data"
         self.codec = load_codec(cfg.codec, run_dir / "codec")
@@ -39,8 +43,9 @@ class Evaluator:
         self.tables = heldout_tables(self.data_dir)
         self.prompt_frames = cfg.model.prompt_frames(self.codec.frame_rate)
         self.banks = prompt_banks(self.tables, self.prompt_frames, self.codec.n_codebooks)
-        self.sampling = SamplingConfig(temperature=cfg.eval.temperature, top_k=cfg.eval.top_k, top_p=cfg.eval.top_p)
+        self.sampling = SamplingConfig.of_eval(cfg.eval)
         self._policy: tuple[str | None, CodecTTS] | None = None
+        self._golden: dict | None = None  # the distribution gap's golden side, made once
 
     def _rows(self) -> list[dict]:
         """The held-out sentences of `eval.split`: what every figure of a version is measured on."""
@@ -68,7 +73,6 @@ class Evaluator:
                     self.codec,
                     Spelling.of_config(self.cfg),
                     self.cfg.eval.forced_phones,
-                    self.cfg.eval.cfg_scale,
                 ),
             )
         return self._policy[1]
@@ -78,14 +82,13 @@ class Evaluator:
         adapter_dir: str | None,
         ceiling: bool = False,
         sampling: SamplingConfig | None = None,
-        cfg_scale: float | None = None,
     ) -> dict[str, float]:
         """Held-out metrics, flat (`heldout_sentences_wer`, ...), averaged over `eval.seeds` sampling seeds,
         with the seed-to-seed spread (`..._wer_spread`: half the range) when there are several, and the
         per-utterance word errors (`..._utt_errors`, `..._utt_words`: lists) behind the WERs. `sampling`: another
-        decoding than the protocol's (a decoding search: `jobs.tune_decoding`), `cfg_scale` another guidance scale."""
+        decoding than the protocol's (temperature, top-k, top-p, guidance scale: a decoding search,
+        `jobs.tune_decoding`); the cached voice is the same for every decoding."""
         tts, e = self._tts(adapter_dir), self.cfg.eval
-        tts.cfg_scale = e.cfg_scale if cfg_scale is None else cfg_scale  # every call states its own
         nll, acc = self.golden_nll(tts.ar)
         flat = {"heldout_sentences_golden_nll": nll, "heldout_sentences_golden_acc": acc}
         runs = [
@@ -127,17 +130,14 @@ class Evaluator:
     def gap(self, adapter_dir: str | None, plot_title: str) -> tuple[dict[str, float], bytes]:
         """The distribution gap (`sa_ray.evaluation.distribution_gap`) of policy base + adapter on
         `eval.gap_utterances` held-out sentences, embedded by the fixed base: (metrics, t-SNE PNG)."""
-        rows = self._rows()[: self.cfg.eval.gap_utterances]
-        return distribution_gap(
+        tts, rows, bank = (
             self._tts(adapter_dir),
-            self.base,
-            rows,
+            self._rows()[: self.cfg.eval.gap_utterances],
             self.banks["heldout_sentences"],
-            self.asr,
-            self.sim,
-            self.sampling,
-            plot_title,
         )
+        if self._golden is None:  # the same for every version: the base's NAR, the codec and the base
+            self._golden = golden_side(tts, self.base, rows, bank, self.asr, self.sim)
+        return distribution_gap(tts, self.base, rows, bank, self.asr, self.sim, self.sampling, plot_title, self._golden)
 
     def samples(self, adapter_dir: str | None, n: int = 2) -> list[tuple[str, np.ndarray, int]]:
         """A few held-out sentences spoken by the policy: (name, wav, sample rate), to listen to in MLflow."""

@@ -36,6 +36,7 @@ from starlette.requests import ClientDisconnect
 from sa_ray.audio import wav_bytes
 from sa_ray.codec import load_codec
 from sa_ray.config import Config, ConfigError, ServeConfig, load_config
+from sa_ray.sampling import SamplingConfig
 from sa_ray.serve import (
     PAGE,
     BadRequest,
@@ -116,7 +117,7 @@ class VoiceServer:
             cfg.model.prompt_frames(codec.frame_rate),
             Spelling.of_config(cfg),
             cfg.eval.forced_phones,
-            cfg.eval.cfg_scale,
+            SamplingConfig(cfg_scale=cfg.eval.cfg_scale),  # each request states its temperature
         )
         self.policy = RegisteredPolicy.of_config(cfg, base_dir)
         self.page = PAGE.read_text()

@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     nar = NARModel.from_pretrained(Path(args.base) / "nar")
     tables = heldout_tables(Path(cfg.run_dir) / "data")
     banks = prompt_banks(tables, cfg.model.prompt_frames(codec.frame_rate), codec.n_codebooks)
-    sampling = SamplingConfig(temperature=cfg.eval.temperature, top_k=cfg.eval.top_k, top_p=cfg.eval.top_p)
+    sampling = SamplingConfig.of_eval(cfg.eval)
     results, base_samples = [], {}
     for p, adapter in enumerate([None, *args.adapters]):
         tts = CodecTTS(lora.policy(base, adapter), vocab, nar, codec, Spelling.of_config(cfg))

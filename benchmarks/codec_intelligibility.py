@@ -4,7 +4,8 @@ original vs encode -> decode with all layers vs layer 0 only.
     python -m benchmarks.codec_intelligibility --run-dir runs/tiny --n 40
     python -m benchmarks.codec_intelligibility --run-dir runs/tiny --encodec /path/to/encodec_24khz
 
-Needs a prepared run (`make demo` or `python -m jobs.prepare`); prints a Markdown table.
+Needs a prepared run (`make demo` or `python -m jobs.prepare`); prints a Markdown table and writes the rows to
+<run-dir>/codec_intelligibility.json (and to --json).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from sa_ray.metrics.wer import wer
 
 
 def round_trip_wer(name: str, codec: Codec | None, rows: list[dict], asrs: list, layers: int | None) -> dict:
+    """{"audio": name, "wer": {ASR backend: WER}, "codec_rtf": codec seconds per audio second (None: no codec)}."""
     hyps, t_codec = [[] for _ in asrs], 0.0
     for row in tqdm(rows, desc=name, leave=False):
         wav, sr = read_wav(row["audio_path"])
@@ -41,18 +43,19 @@ def round_trip_wer(name: str, codec: Codec | None, rows: list[dict], asrs: list,
     refs = [r["text"] for r in rows]
     return {
         "audio": name,
-        **{asr.backend: wer(refs, h) for asr, h in zip(asrs, hyps)},
+        "wer": {asr.backend: wer(refs, h) for asr, h in zip(asrs, hyps)},
         "codec_rtf": t_codec / seconds if codec is not None else None,
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run-dir", default="runs/tiny")
     ap.add_argument("--split", default="heldout_sentences")
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--encodec", default=None, help="local HF directory of a pretrained EnCodec (24 kHz)")
-    args = ap.parse_args()
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args(argv)
 
     run = Path(args.run_dir)
     rows = pq.read_table(run / "data" / args.split, columns=["utt_id", "text", "audio_path", "duration"]).to_pylist()
@@ -80,8 +83,11 @@ def main() -> None:
     print("|---|" + "---|" * (len(asrs) + 1))
     for r in results:
         rtf = f"{r['codec_rtf']:.3f}" if r["codec_rtf"] is not None else "-"
-        print(f"| {r['audio']} | " + " | ".join(f"{r[a.backend]:.3f}" for a in asrs) + f" | {rtf} |")
-    (run / "codec_intelligibility.json").write_text(json.dumps(results, indent=1))
+        print(f"| {r['audio']} | " + " | ".join(f"{r['wer'][a.backend]:.3f}" for a in asrs) + f" | {rtf} |")
+    for path in (run / "codec_intelligibility.json", args.json):
+        if path:
+            Path(path).write_text(json.dumps(results, indent=1))
+    return results
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Throughput of `sa_ray.sampling.sample` against `model.generate` on a random Llama of the tiny size.
 
     python -m benchmarks.sampler_bench [--requests 32 --prompt-len 180 --new-tokens 200 --threads 1 2] [--forced]
+        [--json sampler_bench.json]
 
 Both decode the same left-padded prompts with plain sampling (temperature 1, no top-k/top-p) and EOS
 disabled (our allowed ids exclude it; generate gets min_new_tokens = max_new_tokens), so both emit
@@ -10,8 +11,10 @@ exactly requests x new-tokens tokens. Prints a Markdown table of tokens/s (best 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
+from pathlib import Path
 
 # OpenMP threads spin while they wait by default; on a shared, loaded machine a spinning thread that lost
 # its core stalls the other one, and 2-thread runs came out 3-100x slower than 1-thread runs here.
@@ -113,7 +116,7 @@ def timed(fns: dict, repeats: int) -> dict[str, tuple[float, float, int]]:
     return best
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=32)
     p.add_argument("--prompt-len", type=int, default=180)
@@ -129,7 +132,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--only", choices=["sample", "generate"], default=None, help="time one engine (for profiling)")
     p.add_argument("--forced", action="store_true", help="also time sample with forced phones (eval.forced_phones)")
-    args = p.parse_args()
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args(argv)
 
     model, vocab, prompts = build(args)
     print(
@@ -172,6 +176,14 @@ def main() -> None:
                 f"{w_s / w_f:.2f}x the speed of free sampling"
             )
     print("\ns: best wall time of the repeats; CPU s: process CPU time of that run (all threads).")
+    results = [
+        {"engine": name, "threads": threads, "seconds": w, "cpu_seconds": c, "tokens": n, "tok_per_s": n / w}
+        for threads, best in rows
+        for name, (w, c, n) in best.items()
+    ]
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return results
 
 
 if __name__ == "__main__":

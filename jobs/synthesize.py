@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> Path:
     if not (model_dir / "ar").is_dir():
         raise FileNotFoundError(f"no model in {model_dir}: run `python -m jobs.pretrain` or pass --model")
     cfg.eval.check_model(Vocab.load(model_dir / "ar").aligned)
-    tts = CodecTTS.load(model_dir, codec, Spelling.of_config(cfg), cfg.eval.forced_phones, cfg_scale=cfg.eval.cfg_scale)
+    tts = CodecTTS.load(model_dir, codec, Spelling.of_config(cfg), cfg.eval.forced_phones)
     if args.adapter:
         with tempfile.TemporaryDirectory() as tmp:
             adapter = args.adapter
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> Path:
         prompt = bank.draw(args.speaker, "", random.Random(args.seed))
     out = tts.synthesize(
         [Request(args.text, prompt, args.seed, args.speaker)],
-        SamplingConfig(temperature=args.temperature),
+        SamplingConfig(temperature=args.temperature, cfg_scale=cfg.eval.cfg_scale),
         fit_positions=True,
     )[0]
     write_wav(args.out, out.wav, codec.sample_rate)

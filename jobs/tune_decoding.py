@@ -16,6 +16,7 @@ docs/evaluation.md; the evaluator (ASR, speaker encoder, NAR) loads once for the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import tempfile
@@ -59,12 +60,13 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.eval.split == "test":
         raise ConfigError("eval.split=test: decoding is chosen on dev (the default); test confirms the choice once")
     scales = args.cfg_scale or [cfg.eval.cfg_scale]
-    if any(not 0 <= s < float("inf") for s in scales):
-        raise ConfigError(f"--cfg-scale values must be finite numbers >= 0; got {scales}")
-    grid = [
-        (SamplingConfig(temperature=t, top_k=k, top_p=p), s)  # a bad value is refused here, before any work
-        for t, k, p, s in itertools.product(args.temperature, args.top_k, args.top_p, scales)
-    ]
+    try:  # a bad value is refused here, before any work
+        grid = [
+            SamplingConfig(temperature=t, top_k=k, top_p=p, cfg_scale=s)
+            for t, k, p, s in itertools.product(args.temperature, args.top_k, args.top_p, scales)
+        ]
+    except ValueError as exc:
+        raise ConfigError(f"--temperature, --top-k, --top-p, --cfg-scale: {exc}") from None
     base_dir = base_model_dir(cfg, args.base, "pass --base")
     cfg.eval.check_model(Vocab.load(base_dir / "ar").aligned)
     check_heldout_audio(Path(cfg.run_dir) / "data")
@@ -80,10 +82,10 @@ def main(argv: list[str] | None = None) -> dict:
         adapter = resolve_adapter(cfg, args.adapter, base_dir, Path(tmp))
         evaluator = ray.remote(Evaluator).options(**actor_options(cfg.resources.evaluator)).remote(cfg, str(base_dir))
         tracking.set_tags({**ray.get(evaluator.backends.remote()), "sa_ray.adapter": args.adapter or "none"})
-        for step, (sampling, scale) in enumerate(grid):
-            metrics = ray.get(evaluator.evaluate.remote(adapter, sampling=sampling, cfg_scale=scale))
+        for step, sampling in enumerate(grid):
+            metrics = ray.get(evaluator.evaluate.remote(adapter, sampling=sampling))
             flat = {k: v for k, v in metrics.items() if not isinstance(v, list)}
-            rows.append({**decoding(sampling), "cfg_scale": scale, **flat})
+            rows.append({**decoding(sampling), **flat})
             tracking.log_metrics({f"{s}_wer": metrics[f"{s}_wer"] for s in SPLITS if f"{s}_wer" in metrics}, step)
         best = min(rows, key=lambda r: r["heldout_sentences_wer"])
         tracking.set_tags({"sa_ray.best_decoding": overrides(best)})
@@ -104,12 +106,18 @@ def main(argv: list[str] | None = None) -> dict:
     return {"best": best, "decodings": rows}
 
 
+# What a decoding is: every field of SamplingConfig but batch_size (how many requests share a batch, not how each
+# is decoded), each of which is an eval.* setting of the same name.
+DECODING = tuple(f.name for f in dataclasses.fields(SamplingConfig) if f.name != "batch_size")
+
+
 def decoding(sampling: SamplingConfig) -> dict:
-    return {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p}
+    return {k: v for k, v in dataclasses.asdict(sampling).items() if k in DECODING}
 
 
 def overrides(row: dict) -> str:
-    return " ".join(f"eval.{k}={row[k]}" for k in ("temperature", "top_k", "top_p", "cfg_scale"))
+    """The eval.* overrides that evaluate a decoding row as the protocol's."""
+    return " ".join(f"eval.{k}={row[k]}" for k in DECODING)
 
 
 if __name__ == "__main__":

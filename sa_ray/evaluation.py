@@ -20,10 +20,10 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from sa_ray.audio import read_wav
 from sa_ray.data.examples import PromptBank, row_codes
 from sa_ray.metrics.gap import embedding_plot, mean_pooled_states, mmd_rbf, paired_probe_accuracy, probe_accuracy
 from sa_ray.metrics.phones import phone_errors
+from sa_ray.metrics.speaker import cosine
 from sa_ray.metrics.wer import wer, word_errors
 from sa_ray.preference import split_example, voice_prompt
 from sa_ray.sampling import SamplingConfig
@@ -52,12 +52,12 @@ def evaluate_tts(
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
         chunk = rows[start : start + batch_size]
         for row, out in zip(chunk, tts.synthesize(requests[start : start + batch_size], sampling)):
-            real = read_wav(row["audio_path"])
             hyps.append(asr.transcribe(out.wav, tts.codec.sample_rate) if len(out.wav) else "")
-            sims.append(sim.similarity((out.wav, tts.codec.sample_rate), real) if len(out.wav) else 0.0)
+            voice = sim.embed(out.wav, tts.codec.sample_rate) if len(out.wav) else None  # once, for both SIMs
+            sims.append(cosine(voice, sim.embed_file(row["audio_path"])) if voice is not None else 0.0)
             other = _other_speaker(others or rows, row, rng)
-            if other is not None and len(out.wav):
-                sims_other.append(sim.similarity((out.wav, tts.codec.sample_rate), read_wav(other["audio_path"])))
+            if other is not None and voice is not None:
+                sims_other.append(cosine(voice, sim.embed_file(other["audio_path"])))
             ratios.append(out.codes.shape[1] / max(1, row["frames"]))
             repeats.append(repetition_rate(out.codes[0]))
             ended.append(out.ended)
@@ -207,42 +207,64 @@ def evaluate_heldout(
 
 
 def distribution_gap(
-    tts: CodecTTS, base, rows: list[dict], bank: PromptBank, asr, sim, sampling: SamplingConfig, plot_title: str
+    tts: CodecTTS,
+    base,
+    rows: list[dict],
+    bank: PromptBank,
+    asr,
+    sim,
+    sampling: SamplingConfig,
+    plot_title: str,
+    golden: dict | None = None,
 ) -> tuple[dict[str, float], bytes]:
     """The paper's distribution gap of the voice `tts` on held-out `rows` (prompts from `bank`):
     - NAR gap: WER/SIM of speech from (golden layer 0 + NAR) vs (the policy's layer 0 + NAR);
     - token gap: golden vs synthetic targets embedded by the FIXED `base` AR model (mean-pooled last layer,
       one space for every policy), as a linear probe's accuracy (0.5 = no gap), the same probe on
-      pair-centred embeddings (a consistent shift the sentence would hide), MMD and a t-SNE PNG."""
+      pair-centred embeddings (a consistent shift the sentence would hide), MMD and a t-SNE PNG.
+    `golden`: `golden_side(...)` of the same rows when the caller kept it (it is the same for every policy)."""
+    golden = golden or golden_side(tts, base, rows, bank, asr, sim)
     requests = [Request(r["text"], voice_prompt(bank, r, 0, 0), 7919 + i, r["speaker"]) for i, r in enumerate(rows)]
     synthetic = tts.synthesize(requests, sampling)
     sr = tts.codec.sample_rate
-    golden_seqs, synth_seqs, starts = [], [], []
-    hyps, sims = {"golden": [], "synthetic": []}, {"golden": [], "synthetic": []}
-    for row, req, syn in zip(rows, requests, synthetic):
-        prompt_ids, golden = split_example(row, req.prompt_codes, tts.vocab, tts.codec.frame_rate)
-        gold = tts.finish(req, golden, tts.vocab.prompt_text_ids(prompt_ids))
-        real = read_wav(row["audio_path"])
-        for kind, out in (("golden", gold), ("synthetic", syn)):
-            hyps[kind].append(asr.transcribe(out.wav, sr) if len(out.wav) else "")
-            sims[kind].append(sim.similarity((out.wav, sr), real) if len(out.wav) else 0.0)
-        golden_seqs.append(prompt_ids + golden)
-        synth_seqs.append(prompt_ids + syn.ar_tokens)
-        starts.append(len(prompt_ids))
-    refs = [r["text"] for r in rows]
-    g = mean_pooled_states(base, golden_seqs, starts)
-    y = mean_pooled_states(base, synth_seqs, starts)
+    hyps, sims = [], []
+    for row, syn in zip(rows, synthetic):
+        hyps.append(asr.transcribe(syn.wav, sr) if len(syn.wav) else "")
+        sims.append(cosine(sim.embed(syn.wav, sr), sim.embed_file(row["audio_path"])) if len(syn.wav) else 0.0)
+    prompts, starts = golden["prompts"], [len(p) for p in golden["prompts"]]
+    y = mean_pooled_states(base, [p + syn.ar_tokens for p, syn in zip(prompts, synthetic)], starts)
+    g, refs = golden["states"], [r["text"] for r in rows]
     metrics = {
-        "nar_golden_wer": wer(refs, hyps["golden"]),
-        "nar_synthetic_wer": wer(refs, hyps["synthetic"]),
-        "nar_golden_sim": float(np.mean(sims["golden"])),
-        "nar_synthetic_sim": float(np.mean(sims["synthetic"])),
+        "nar_golden_wer": wer(refs, golden["hyps"]),
+        "nar_synthetic_wer": wer(refs, hyps),
+        "nar_golden_sim": float(np.mean(golden["sims"])),
+        "nar_synthetic_sim": float(np.mean(sims)),
         "gap_probe_acc": probe_accuracy(g, y),
         "gap_paired_probe_acc": paired_probe_accuracy(g, y),
         "gap_mmd": mmd_rbf(g, y),
     }
     with tempfile.TemporaryDirectory() as tmp:
         return metrics, embedding_plot(g, y, Path(tmp) / "gap.png", plot_title).read_bytes()
+
+
+def golden_side(tts: CodecTTS, base, rows: list[dict], bank: PromptBank, asr, sim) -> dict:
+    """The golden half of `distribution_gap`: each row's golden layer 0 through the NAR and codec (its transcript
+    and SIM), its AR prompt, and its target's embedding by `base`. It depends on the base's NAR, the codec and
+    `base` only, never on the policy: one evaluator computes it once for every version it scores."""
+    sr, out = tts.codec.sample_rate, {"hyps": [], "sims": [], "prompts": []}
+    targets = []
+    for row in rows:
+        prompt = voice_prompt(bank, row, 0, 0)
+        prompt_ids, target = split_example(row, prompt, tts.vocab, tts.codec.frame_rate)
+        gold = tts.finish(
+            Request(row["text"], prompt, 0, row["speaker"]), target, tts.vocab.prompt_text_ids(prompt_ids)
+        )
+        out["hyps"].append(asr.transcribe(gold.wav, sr) if len(gold.wav) else "")
+        out["sims"].append(cosine(sim.embed(gold.wav, sr), sim.embed_file(row["audio_path"])) if len(gold.wav) else 0.0)
+        out["prompts"].append(prompt_ids)
+        targets.append(prompt_ids + target)
+    out["states"] = mean_pooled_states(base, targets, [len(p) for p in out["prompts"]])
+    return out
 
 
 def _other_speaker(rows: list[dict], row: dict, rng: random.Random) -> dict | None:

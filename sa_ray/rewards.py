@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from sa_ray.audio import read_wav
 from sa_ray.data.examples import PromptBank
+from sa_ray.metrics.speaker import cosine
 from sa_ray.metrics.wer import wer
 from sa_ray.preference import voice_prompt
 from sa_ray.synthesis import CodecTTS, Request
@@ -40,7 +40,7 @@ class AsrSimReward:
         )
         sr = self.tts.codec.sample_rate
         hyp = self.asr.transcribe(out.wav, sr) if len(out.wav) else ""
-        sim = self.sim.similarity((out.wav, sr), read_wav(sample["audio_path"])) if len(out.wav) else 0.0
+        sim = cosine(self.sim.embed(out.wav, sr), self.sim.embed_file(sample["audio_path"])) if len(out.wav) else 0.0
         return wer([sample["text"]], [hyp]), sim
 
     def rewards(self, samples: list[dict]) -> dict[str, list[float] | np.ndarray]:

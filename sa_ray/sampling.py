@@ -23,7 +23,7 @@ How it works:
   attention (and of tiny matmuls) in the last bits, ~1e-5 on the logits of the benchmark model, which
   flips a token only where two candidates tie to that precision: rare (0 of 96 rollouts of 200 tokens
   changed between batch 32 and a shuffled batch 7), but possible over very many rollouts.
-- Classifier-free guidance (`cfg_scale` != 1, with one `uncond_prompts` row per request: its prompt without
+- Classifier-free guidance (`cfg.cfg_scale` != 1, with one `uncond_prompts` row per request: its prompt without
   the condition): each request decodes as two cache rows, its prompt and its unconditional twin, both fed
   the token the request samples; the request's logits are `guide`d (uncond + scale * (cond - uncond))
   before forced decoding, temperature, top-k and top-p. The noise stays the request's own, so the seed
@@ -52,15 +52,24 @@ class SamplingConfig:
     temperature: float = 1.0  # 0 -> greedy (argmax)
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
+    # classifier-free guidance: uncond + scale * (cond - uncond) (`guide`); 1 = off, 0 = the unconditional model
+    cfg_scale: float = 1.0
     batch_size: int = 32  # requests decoded together (longest-first packing)
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1 or self.batch_size < 1:
             raise ValueError(f"invalid sampling config: {self}")
+        if not 0 <= self.cfg_scale < float("inf"):  # also refuses NaN
+            raise ValueError(f"cfg_scale must be a finite number >= 0; got {self.cfg_scale}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @classmethod
+    def of_eval(cls, e) -> SamplingConfig:
+        """The evaluation protocol's decoding (`eval.*` of sa_ray.config.EvalConfig)."""
+        return cls(temperature=e.temperature, top_k=e.top_k, top_p=e.top_p, cfg_scale=e.cfg_scale)
 
 
 def sample(
@@ -74,7 +83,6 @@ def sample(
     forced: list[list[int]] | None = None,
     forced_ids: Sequence[int] = (),
     uncond_prompts: list[list[int]] | None = None,
-    cfg_scale: float = 1.0,
     return_logprobs: bool = False,
 ) -> list[list[int]] | tuple[list[list[int]], list[list[float]]]:
     """Generated ids per prompt (prompt excluded): up to and including eos_id, else max_new_tokens of them.
@@ -85,7 +93,7 @@ def sample(
     `forced` (one list per request) constrains the ids of `forced_ids` and eos_id: request i may write
     only forced[i]'s next one, in order, and eos_id only after the last; every other allowed id stays
     free (an aligned TTS writes exactly the phones it was asked for and samples when and how).
-    `cfg_scale` != 1 guides every request by its `uncond_prompts` row (classifier-free guidance, `guide`);
+    `cfg.cfg_scale` != 1 guides every request by its `uncond_prompts` row (classifier-free guidance, `guide`);
     at 1 `uncond_prompts` is not decoded at all. `cfg.batch_size` counts requests (2 cache rows each then).
     `return_logprobs`: return (ids, logprobs) instead, logprobs[i][j] = log p(ids[i][j] | prompt i, ids[i][:j])
     under the model's raw full-vocabulary log-softmax (see the module doc: not the restricted, forced, guided or
@@ -110,8 +118,7 @@ def sample(
     pad_id = getattr(model.config, "pad_token_id", None) or 0  # any id: padded positions are masked out
 
     check_forced(forced, forced_ids, vocab, n)
-    if not 0 <= cfg_scale < float("inf"):
-        raise ValueError(f"cfg_scale must be a finite number >= 0; got {cfg_scale}")
+    cfg_scale = cfg.cfg_scale  # validated by SamplingConfig
     if cfg_scale == 1:
         uncond_prompts = None  # no guidance: nothing of it reaches the decoder
     elif uncond_prompts is None or len(uncond_prompts) != n or any(len(p) == 0 for p in uncond_prompts):

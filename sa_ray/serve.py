@@ -18,7 +18,7 @@ import math
 import os
 import random
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -264,11 +264,14 @@ class PolicyVoice:
         prompt_frames: int,
         spelling: Spelling,
         forced_phones: bool = False,
-        cfg_scale: float = 1.0,
+        sampling: SamplingConfig = SamplingConfig(),
     ):
         self.base, self.vocab = load_ar(Path(base_dir) / "ar")
         self.nar, self.codec = NARModel.from_pretrained(Path(base_dir) / "nar"), codec
-        self.spelling, self.forced_phones, self.cfg_scale = spelling, forced_phones, cfg_scale
+        self.spelling, self.forced_phones = spelling, forced_phones
+        # the decoding of every request but its temperature, which the request states (the voice server: the
+        # guidance scale of eval.cfg_scale)
+        self.sampling = sampling
         self.bank, self.prompt_frames = PromptBank.of_voices(data_dir, prompt_frames, codec.n_codebooks), prompt_frames
         self.speakers = sorted(self.bank.by_speaker)
         self.tts: CodecTTS | None = None
@@ -283,7 +286,6 @@ class PolicyVoice:
             self.codec,
             self.spelling,
             self.forced_phones,
-            self.cfg_scale,
         )
 
     def speak(self, requests: list[SpeechRequest]) -> list[Synthesis | BadRequest]:
@@ -307,7 +309,7 @@ class PolicyVoice:
         for temperature, group in groups.items():
             prompted = tuple([p[k][0] for _, _, p in group] for k in range(3))  # (prompts, budgets, texts) of all
             made = self.tts.synthesize(
-                [request for _, request, _ in group], SamplingConfig(temperature=temperature), prompted=prompted
+                [request for _, request, _ in group], replace(self.sampling, temperature=temperature), prompted=prompted
             )
             for (i, _, _), synthesis in zip(group, made):
                 out[i] = synthesis

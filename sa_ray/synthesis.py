@@ -7,6 +7,7 @@ Serve use. The AR step goes through `sa_ray.sampling` here; the rollout engine m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,14 @@ class Spelling:
         return cls(cfg.model.phone_voice, frozenset(own))
 
     def voice(self, speaker: str | None) -> Voice:
-        return Voice.parse(speaker if speaker in self.own else self.default)
+        return _voice(speaker if speaker in self.own else self.default)
+
+
+@lru_cache(maxsize=256)
+def _voice(name: str) -> Voice:
+    """A voice name parsed once (Voice is a frozen dataclass of two strings: sharing one is safe); a bad name
+    raises each time (exceptions are not cached)."""
+    return Voice.parse(name)
 
 
 @dataclass
@@ -76,21 +84,15 @@ class CodecTTS:
         codec: Codec,
         spelling: Spelling | str = Spelling(),
         forced_phones: bool = False,
-        cfg_scale: float = 1.0,
     ):
         if forced_phones and not vocab.aligned:
             raise ValueError("forced phones need an aligned model (targets that write their phones)")
-        if not 0 <= cfg_scale < float("inf"):
-            raise ValueError(f"cfg_scale must be a finite number >= 0; got {cfg_scale}")
         self.ar, self.vocab, self.nar, self.codec = ar.eval(), vocab, nar.eval(), codec
         self.spelling = Spelling(spelling) if isinstance(spelling, str) else spelling
         self.spelling.voice(None)  # a bad default voice fails here, not at the first request
         # decode with the asked phones forced in order (`eval.forced_phones`): no phone errors by construction,
         # the model still chooses when each phone starts and every frame
         self.forced_phones = forced_phones
-        # classifier-free guidance (`eval.cfg_scale`; 1 = off): each request is decoded beside its text-less twin
-        # (`Vocab.unconditional_prompt`); CodecTTS samples with the torch sampler, so all its users honour it
-        self.cfg_scale = cfg_scale
 
     @classmethod
     def load(
@@ -100,12 +102,11 @@ class CodecTTS:
         spelling: Spelling | str = Spelling(),
         forced_phones: bool = False,
         device: str | torch.device = "cpu",
-        cfg_scale: float = 1.0,
     ) -> CodecTTS:
         """The AR and NAR on `device`; the codec is the caller's (it stays where it was made)."""
         ar, vocab = load_ar(Path(model_dir) / "ar")
         nar = NARModel.from_pretrained(Path(model_dir) / "nar", device=device)
-        return cls(ar.to(device), vocab, nar, codec, spelling, forced_phones, cfg_scale)
+        return cls(ar.to(device), vocab, nar, codec, spelling, forced_phones)
 
     def text_tokens(self, text: str, speaker: str | None = None) -> tuple[list[str], float]:
         """Text tokens for new text in `speaker`'s voice and the expected number of frames (a length guide)."""
@@ -152,12 +153,12 @@ class CodecTTS:
         prompted: tuple[list, list, list] | None = None,
     ) -> tuple[list[list[int]], list[list[int]]]:
         """The AR stage alone: generated target tokens and the text ids asked for, per request. `prompted`:
-        what `prompts(requests)` returned, when the caller has it already."""
+        what `prompts(requests)` returned, when the caller has it already. `sampling.cfg_scale` != 1 (classifier-free
+        guidance, `eval.cfg_scale`) decodes each request beside its text-less twin (`Vocab.unconditional_prompt`)."""
         prompts, budgets, texts = prompted or self.prompts(requests, fit_positions)
         options = {"forced": texts, "forced_ids": self.vocab.text_id_range} if self.forced_phones else {}
-        if self.cfg_scale != 1:  # the same voice prompt without the text: what condition dropout trained
-            uncond = [self.vocab.unconditional_prompt(r.prompt_codes[0]) for r in requests]
-            options |= {"uncond_prompts": uncond, "cfg_scale": self.cfg_scale}
+        if sampling.cfg_scale != 1:  # the same voice prompt without the text: what condition dropout trained
+            options["uncond_prompts"] = [self.vocab.unconditional_prompt(r.prompt_codes[0]) for r in requests]
         return sample(
             self.ar, prompts, self.vocab.generation_ids(), EOS, budgets, [r.seed for r in requests], sampling, **options
         ), texts

@@ -34,6 +34,8 @@ for arm in $ARMS; do
   settings=$(arm_settings "$arm")
   dir=$OUT/$arm
   mkdir -p "$dir/align/records"
+  # jobs.align reads the codec from <run_dir>/codec (a mel_kmeans codec is loaded from there, never from
+  # codec.path, which only `prepare` reads; the base's lineage fingerprint hashes it): linked, with the data
   for sub in data codec; do [ -e "$dir/$sub" ] || ln -s "$(realpath "$DATA_RUN/$sub")" "$dir/$sub"; done
   if [ -n "$first" ] && [ ! -f "$dir/align/records/iter_0.json" ]; then
     cp "$OUT/$first/align/records/iter_0.json" "$dir/align/records/"  # the base, evaluated once
@@ -41,7 +43,7 @@ for arm in $ARMS; do
   echo "=== arm $arm: $settings"
   # shellcheck disable=SC2086 # settings are several overrides
   $PY -m jobs.align --config "$CONFIG" run_dir="$dir" name="arm-$arm" align.base_model="$BASE" \
-    codec.path="$BASE/codec" align.iterations=1 eval.split="$SPLIT" eval.utterances=120 eval.gap_utterances=0 \
+    align.iterations=1 eval.split="$SPLIT" eval.utterances=120 eval.gap_utterances=0 \
     $settings "$@"
   first=${first:-$arm}
 done

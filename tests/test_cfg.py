@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -62,7 +63,8 @@ def test_scale_1_is_the_unguided_path(model, cfg):
     try:
         plain = sample(model, prompts, ALLOWED, EOS, 15, seeds=3, cfg=cfg)
         n_plain = len(rows_seen)
-        scaled_1 = sample(model, prompts, ALLOWED, EOS, 15, seeds=3, cfg=cfg, uncond_prompts=uncond, cfg_scale=1.0)
+        scaled_1 = sample(model, prompts, ALLOWED, EOS, 15, seeds=3, cfg=cfg, uncond_prompts=uncond)
+        assert cfg.cfg_scale == 1.0  # the default: guidance off
     finally:
         hook.remove()
     assert scaled_1 == plain
@@ -81,9 +83,8 @@ def test_greedy_guided_steps_are_argmax_of_the_combination(model, scale):
         EOS,
         12,
         seeds=0,
-        cfg=SamplingConfig(temperature=0),
+        cfg=SamplingConfig(temperature=0, cfg_scale=scale),
         uncond_prompts=uncond,
-        cfg_scale=scale,
     )
     checked = 0
     for prompt, twin, out in zip(prompts, uncond, outs):
@@ -107,8 +108,8 @@ def test_sampled_first_token_is_the_guided_gumbel_max(model):
     own noise): guidance happens before the warpers, and the seed contract is the unguided one."""
     prompts, uncond = requests(4, seed=2)
     scale, temperature, seeds = 2.5, 0.8, [11, 12, 13, 14]
-    cfg = SamplingConfig(temperature=temperature, top_k=20)
-    outs = sample(model, prompts, ALLOWED, EOS, 1, seeds=seeds, cfg=cfg, uncond_prompts=uncond, cfg_scale=scale)
+    cfg = SamplingConfig(temperature=temperature, top_k=20, cfg_scale=scale)
+    outs = sample(model, prompts, ALLOWED, EOS, 1, seeds=seeds, cfg=cfg, uncond_prompts=uncond)
     for prompt, twin, seed, out in zip(prompts, uncond, seeds, outs):
         guided = guide(restricted_logprobs(model, prompt)[None], restricted_logprobs(model, twin)[None], scale)[0]
         warped = guided / temperature
@@ -126,16 +127,14 @@ def test_guide_is_the_raw_logit_combination_up_to_a_constant():
 
 def test_a_guided_request_is_the_same_alone_and_in_a_batch(model):
     prompts, uncond = requests(7, seed=3)
-    cfg = SamplingConfig(temperature=1.0, batch_size=4)
-    kw = {"uncond_prompts": uncond, "cfg_scale": 2.0}
-    together = sample(model, prompts, ALLOWED, EOS, 20, seeds=list(range(7)), cfg=cfg, **kw)
+    cfg = SamplingConfig(temperature=1.0, batch_size=4, cfg_scale=2.0)
+    together = sample(model, prompts, ALLOWED, EOS, 20, seeds=list(range(7)), cfg=cfg, uncond_prompts=uncond)
     for i in (0, 3, 6):
-        alone = sample(
-            model, [prompts[i]], ALLOWED, EOS, 20, seeds=[i], cfg=cfg, uncond_prompts=[uncond[i]], cfg_scale=2.0
-        )
+        alone = sample(model, [prompts[i]], ALLOWED, EOS, 20, seeds=[i], cfg=cfg, uncond_prompts=[uncond[i]])
         assert alone == [together[i]]
     # guidance changes what is sampled (the twin is really there)
-    assert together != sample(model, prompts, ALLOWED, EOS, 20, seeds=list(range(7)), cfg=cfg)
+    unguided = dataclasses.replace(cfg, cfg_scale=1.0)
+    assert together != sample(model, prompts, ALLOWED, EOS, 20, seeds=list(range(7)), cfg=unguided)
 
 
 def test_guidance_keeps_forced_phones(model):
@@ -148,11 +147,10 @@ def test_guidance_keeps_forced_phones(model):
         EOS,
         40,
         seeds=5,
-        cfg=SamplingConfig(temperature=1.0),
+        cfg=SamplingConfig(temperature=1.0, cfg_scale=3.0),
         forced=forced,
         forced_ids=VOCAB.text_id_range,
         uncond_prompts=uncond,
-        cfg_scale=3.0,
     )
     for f, out in zip(forced, outs):
         written = [t for t in out if t in VOCAB.text_id_range]
@@ -165,24 +163,52 @@ def test_codec_tts_guides_with_the_unconditional_prompt(model):
     codes = [np.array([p[p.index(SEP) + 1 : -1]]) - VOCAB.code_offset for p in prompts]
     reqs = [Request("unused", c, seed=i) for i, c in enumerate(codes)]
     prompted = (prompts, [10] * 3, [VOCAB.prompt_text_ids(p) for p in prompts])
-    greedy = SamplingConfig(temperature=0)
-    tts = CodecTTS(model, VOCAB, torch.nn.Identity(), codec=None, cfg_scale=2.0)
-    guided, _ = tts.generate(reqs, greedy, prompted=prompted)
-    assert guided == sample(model, prompts, ALLOWED, EOS, 10, [0, 1, 2], greedy, uncond_prompts=uncond, cfg_scale=2.0)
-    off, _ = CodecTTS(model, VOCAB, torch.nn.Identity(), codec=None).generate(reqs, greedy, prompted=prompted)
+    greedy, guided_greedy = SamplingConfig(temperature=0), SamplingConfig(temperature=0, cfg_scale=2.0)
+    tts = CodecTTS(model, VOCAB, torch.nn.Identity(), codec=None)  # one voice, any decoding: no state of guidance
+    guided, _ = tts.generate(reqs, guided_greedy, prompted=prompted)
+    assert guided == sample(model, prompts, ALLOWED, EOS, 10, [0, 1, 2], guided_greedy, uncond_prompts=uncond)
+    off, _ = tts.generate(reqs, greedy, prompted=prompted)
     assert off == sample(model, prompts, ALLOWED, EOS, 10, [0, 1, 2], greedy)
+    assert guided != off
 
 
 def test_bad_guidance_is_refused(model):
     prompts, uncond = requests(2)
-    with pytest.raises(ValueError, match="cfg_scale"):
-        sample(model, prompts, ALLOWED, EOS, 5, seeds=0, uncond_prompts=uncond, cfg_scale=-1.0)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="cfg_scale"):
+            SamplingConfig(cfg_scale=bad)
+    guided = SamplingConfig(cfg_scale=2.0)
     with pytest.raises(ValueError, match="unconditional prompt"):
-        sample(model, prompts, ALLOWED, EOS, 5, seeds=0, cfg_scale=2.0)
+        sample(model, prompts, ALLOWED, EOS, 5, seeds=0, cfg=guided)
     with pytest.raises(ValueError, match="unconditional prompt"):
-        sample(model, prompts, ALLOWED, EOS, 5, seeds=0, uncond_prompts=uncond[:1], cfg_scale=2.0)
-    with pytest.raises(ValueError, match="cfg_scale"):
-        CodecTTS(model, VOCAB, torch.nn.Identity(), codec=None, cfg_scale=float("nan"))
+        sample(model, prompts, ALLOWED, EOS, 5, seeds=0, cfg=guided, uncond_prompts=uncond[:1])
+    with pytest.raises(ValueError, match="unconditional prompt"):
+        sample(model, prompts, ALLOWED, EOS, 5, seeds=0, cfg=guided, uncond_prompts=[uncond[0], []])
+    assert SamplingConfig(cfg_scale=0).cfg_scale == 0  # the unconditional model alone is allowed
+
+
+def test_tune_decoding_rows_are_the_sampling_config_and_its_eval_overrides():
+    """A searched decoding is SamplingConfig's fields but batch_size, and each is the eval.* setting of its name."""
+    from jobs.tune_decoding import DECODING, decoding, overrides
+
+    chosen = SamplingConfig(temperature=0.8, top_k=5, top_p=0.9, cfg_scale=2.0, batch_size=7)
+    row = decoding(chosen)
+    assert row == {"temperature": 0.8, "top_k": 5, "top_p": 0.9, "cfg_scale": 2.0} and set(row) == set(DECODING)
+    assert SamplingConfig(**row, batch_size=7) == chosen
+    cfg = load_config(None, overrides({**row, "heldout_sentences_wer": 0.1}).split())
+    assert {k: getattr(cfg.eval, k) for k in DECODING} == row
+
+
+def test_a_voice_name_is_parsed_once():
+    from sa_ray.corpus.voices import VoiceError
+    from sa_ray.synthesis import Spelling
+
+    spelling = Spelling("mbrola-us1", frozenset({"mbrola-us3"}))
+    assert spelling.voice(None) is spelling.voice("someone-else") is Spelling().voice(None)
+    assert spelling.voice("mbrola-us3").name == "us3"
+    for _ in range(2):  # a bad name is refused every time: errors are not cached
+        with pytest.raises(VoiceError):
+            Spelling("nonsense").voice(None)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from sa_ray.audio import read_wav, write_wav
 from sa_ray.config import CorpusConfig
 from sa_ray.metrics.backends import DomainPocketSphinxASR, make_asr, make_sim
 from sa_ray.metrics.hub import resolve_model
@@ -203,6 +204,16 @@ def test_resemblyzer_is_the_default_sim():
 
     sim = make_sim()
     assert isinstance(sim, ResemblyzerSIM) and sim.backend == "resemblyzer"
+
+
+def test_a_files_embedding_is_made_once_and_is_its_audios(tmp_path):
+    """Evaluation compares every generated clip with real utterances by path: embedded once per encoder."""
+    sim = make_sim()
+    path = tmp_path / "real.wav"
+    write_wav(path, _noise(1.0, 16000, 5), 16000)
+    first = sim.embed_file(path)
+    np.testing.assert_array_equal(first, sim.embed(*read_wav(path)))
+    assert sim.embed_file(str(path)) is first  # the cached array, not a second embedding
 
 
 def test_unknown_specs_and_missing_paths_fail_clearly(tmp_path):

@@ -8,9 +8,11 @@ from types import SimpleNamespace
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from sa_ray.audio import write_wav
 from sa_ray.data.examples import PromptBank
+from sa_ray.metrics.speaker import SpeakerEncoder
 from sa_ray.preference import voice_prompt
 from sa_ray.rewards import AsrSimReward, train_prompt_bank
 
@@ -36,9 +38,11 @@ class FakeASR:
         return "the cat sat" if len(wav) > 100 else "a dog"
 
 
-class FakeSIM:
-    def similarity(self, a, b):
-        return round(len(a[0]) / (len(a[0]) + len(b[0])), 3)
+class FakeSIM(SpeakerEncoder):
+    """Embeds a clip as (1, its length in hundreds of samples): the real utterances (300 samples) are (1, 3)."""
+
+    def embed(self, wav, sr):
+        return np.array([1.0, len(wav) / 100])
 
 
 def _bank() -> PromptBank:
@@ -66,8 +70,9 @@ def test_reward_is_sim_minus_wer_per_sample_in_order(tmp_path):
     samples = [_sample(tmp_path, "u0", 3), _sample(tmp_path, "u1", 1), _sample(tmp_path, "u2", 0)]
     out = AsrSimReward(tts, FakeASR(), FakeSIM(), _bank(), seed=7).rewards(samples)
     assert out["sample_wer"] == [0.0, 1.0, 1.0]  # silence hears nothing: every word missed
-    assert out["sample_sim"] == [0.5, 0.25, 0.0]  # and resembles no one
-    np.testing.assert_array_equal(out["reward"], np.array([0.5, -0.75, -1.0]))
+    # cosines with the real (1, 3): (1, 3) itself, (1, 1) at (1 + 3) / sqrt(2 * 10); silence resembles no one
+    assert out["sample_sim"] == pytest.approx([1.0, 4 / 20**0.5, 0.0])
+    np.testing.assert_allclose(out["reward"], np.array([1.0, 4 / 20**0.5 - 1, -1.0]))
     # each sample is rendered with the voice prompt rollout drew for it (seed, iteration, utterance)
     for prompt, sample in zip(tts.prompts, samples):
         np.testing.assert_array_equal(prompt, voice_prompt(_bank(), sample, 7, 1))

@@ -243,9 +243,9 @@ def test_returned_logprobs_are_the_raw_model_logprobs_of_the_samples(model, mode
         kw.update(forced=[[text[j] for j in torch.randint(0, 8, (3,), generator=g).tolist()] for _ in prompts])
         kw.update(forced_ids=text)
     if "guided" in mode:
-        kw.update(uncond_prompts=[[1, *p[-2:]] for p in prompts], cfg_scale=2.5)
+        kw.update(uncond_prompts=[[1, *p[-2:]] for p in prompts])
     allowed = [EOS, *text, *CODES[:20]]  # a restriction: the raw logprobs are still over the full vocabulary
-    cfg = SamplingConfig(temperature=1.5, top_k=12, batch_size=4)
+    cfg = SamplingConfig(temperature=1.5, top_k=12, batch_size=4, cfg_scale=2.5 if "guided" in mode else 1.0)
     outs, logprobs = sample(
         model, prompts, allowed, EOS, [30, 0, *[30] * 8], list(range(10)), cfg, **kw, return_logprobs=True
     )

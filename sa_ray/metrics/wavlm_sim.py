@@ -1,8 +1,8 @@
 """Speaker similarity from WavLM speaker-verification x-vectors through transformers
 (e.g. microsoft/wavlm-base-plus-sv, the usual SIM encoder of zero-shot TTS papers).
 
-Same conventions as `ResemblyzerSIM`: `similarity((wav, sr), (wav, sr))` is the cosine of the two
-embeddings, and audio too short to embed gives a zero embedding, hence similarity 0.
+Same conventions as `ResemblyzerSIM` (`sa_ray.metrics.speaker.SpeakerEncoder`): `similarity((wav, sr), (wav, sr))`
+is the cosine of the two embeddings, and audio too short to embed gives a zero embedding, hence similarity 0.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import numpy as np
 
 from sa_ray.audio import resample
 from sa_ray.metrics.hub import load_audio_model, model_label
+from sa_ray.metrics.speaker import SpeakerEncoder
 
 
-class WavLMSIM:
+class WavLMSIM(SpeakerEncoder):
     def __init__(self, model: str, device: str = "cpu") -> None:
         self.backend = f"wavlm:{model_label(model)}"
         self.device = device
@@ -34,12 +35,6 @@ class WavLMSIM:
             # One unpadded utterance: the attention mask would be all ones, so it is not passed.
             emb = self._model(input_values=inputs.input_values.to(self.device)).embeddings[0]
         return emb.float().cpu().numpy()
-
-    def similarity(self, a: tuple[np.ndarray, int], b: tuple[np.ndarray, int]) -> float:
-        ea, eb = self.embed(*a), self.embed(*b)
-        denom = float(np.linalg.norm(ea) * np.linalg.norm(eb))
-        # Clipped: float rounding can push the cosine of near-identical vectors just past 1.
-        return float(np.clip(float(ea @ eb) / denom, -1.0, 1.0)) if denom > 0 else 0.0
 
 
 def _min_samples(cfg) -> int:
