@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import torch
 from tqdm import tqdm
 
 from sa_ray.audio import read_wav
@@ -27,15 +28,19 @@ from sa_ray.metrics.asr import PocketSphinxASR, domain_asr
 from sa_ray.metrics.wer import wer
 
 
-def round_trip_wer(name: str, codec: Codec | None, rows: list[dict], asrs: list, layers: int | None) -> dict:
-    """{"audio": name, "wer": {ASR backend: WER}, "codec_rtf": codec seconds per audio second (None: no codec)}."""
+def round_trip_wer(
+    name: str, codec: Codec | None, rows: list[dict], asrs: list, layers: int | None, bf16: bool = False
+) -> dict:
+    """{"audio": name, "wer": {ASR backend: WER}, "codec_rtf": codec seconds per audio second (None: no codec)}.
+    `bf16`: decode under bf16 autocast (what a faster vocoder would cost in intelligibility)."""
     hyps, t_codec = [[] for _ in asrs], 0.0
     for row in tqdm(rows, desc=name, leave=False):
         wav, sr = read_wav(row["audio_path"])
         if codec is not None:
             t0 = time.perf_counter()
             codes = codec.encode(wav, sr)
-            wav, sr = codec.decode(codes[: layers or codes.shape[0]]), codec.sample_rate
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                wav, sr = codec.decode(codes[: layers or codes.shape[0]]), codec.sample_rate
             t_codec += time.perf_counter() - t0
         for h, asr in zip(hyps, asrs):
             h.append(asr.transcribe(wav, sr))
@@ -54,6 +59,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--split", default="heldout_sentences")
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--encodec", default=None, help="local HF directory of a pretrained EnCodec (24 kHz)")
+    ap.add_argument("--bf16", action="store_true", help="also: the all-layer round trip decoded in bf16 autocast")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -70,6 +76,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ),
         round_trip_wer("mel k-means, layer 0 only", mk, rows, asrs, 1),
     ]
+    if args.bf16:
+        results.append(round_trip_wer("mel k-means, all layers, vocoder in bf16", mk, rows, asrs, None, bf16=True))
     if args.encodec:
         enc = HFCodec.from_pretrained(args.encodec, bandwidth=6.0)
         results.append(round_trip_wer(f"EnCodec {args.encodec} 6 kbps", enc, rows, asrs, None))

@@ -114,7 +114,7 @@ class HiFiGAN(nn.Module):
         if logmel.ndim != 2 or logmel.shape[0] != self.config.num_mels:
             raise ValueError(f"logmel must have shape [{self.config.num_mels}, frames], got {logmel.shape}")
         with torch.inference_mode():
-            return self(torch.from_numpy(logmel)[None]).reshape(-1).numpy()
+            return self(torch.from_numpy(logmel)[None]).float().reshape(-1).numpy()  # float: also under autocast
 
 
 def _fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
