@@ -360,11 +360,16 @@ class AlignConfig:
     top_p: float = setting(1.0, "rollouts sample from the smallest set of tokens holding this probability (1 = off)")
     # loss
     method: str = setting(
-        "rpo", "dpo | cdpo | ipo | rpo (dpo + nll_weight * NLL of the chosen) | sft (the NLL alone: control)"
+        "rpo",
+        (
+            "dpo | cdpo | ipo (on per-token mean logprobs, always) | rpo (dpo + nll_weight * NLL of the chosen) | "
+            "sft (the NLL alone: control) | simpo (reference-free, per-token means, target margin simpo_gamma)"
+        ),
     )
     beta: float = setting(0.1, "preference loss's beta: the larger, the closer the policy stays to the reference")
     label_smoothing: float = setting(0.0, "cdpo's label-flip probability")
     nll_weight: float = setting(1.0, "rpo: weight of the NLL term")
+    simpo_gamma: float = setting(0.5, "simpo's target reward margin gamma (>= 0; TRL's simpo_gamma)")
     nll_target: str = setting(
         "chosen", "rpo/sft's NLL on: chosen (CosyVoice) | golden (ranked pairs: the prompt's recording)"
     )
@@ -439,8 +444,8 @@ class AlignConfig:
             f"align.prompt_split must be align or train; got {self.prompt_split!r}",
         )
         _require(
-            self.method in ("dpo", "cdpo", "ipo", "rpo", "sft"),
-            f"align.method must be dpo, cdpo, ipo, rpo or sft; got {self.method!r}",
+            self.method in ("dpo", "cdpo", "ipo", "rpo", "sft", "simpo"),
+            f"align.method must be dpo, cdpo, ipo, rpo, sft or simpo; got {self.method!r}",
         )
         for name in (
             "prompts_per_iteration",
@@ -483,6 +488,7 @@ class AlignConfig:
         _require(self.beta > 0, "align.beta must be > 0")
         _require(0 <= self.label_smoothing < 0.5, "align.label_smoothing must be in [0, 0.5)")
         _require(self.nll_weight >= 0, "align.nll_weight must be >= 0")
+        _require(self.simpo_gamma >= 0, "align.simpo_gamma must be >= 0")
         _require(0 < self.lr < 1, "align.lr must be in (0, 1)")
         _require(
             self.warmup_steps >= 0 and self.early_stopping >= 0 and self.probe_tolerance > 0,

@@ -33,7 +33,7 @@ from sa_ray import lora
 from sa_ray.checkpoint import load_state, save_state
 from sa_ray.config import AlignConfig
 from sa_ray.engines.deepspeed_engine import make_stepper
-from sa_ray.losses import pack, preference_loss, sequence_logprobs, token_logprobs
+from sa_ray.losses import PER_TOKEN_METHODS, pack, preference_loss, sequence_logprobs, token_logprobs
 from sa_ray.metrics.phones import wrong_phone_positions
 from sa_ray.models.ar import IGNORE, load_ar
 from sa_ray.models.vocab import EOS, Vocab
@@ -205,8 +205,10 @@ class DPOLearner:
             self.cfg.label_smoothing,
             chosen_nll=-nll_mean,
             nll_weight=self.cfg.nll_weight,
-            # the reference summed over the very tokens the policy just counted (same function, same margin)
-            token_counts=(n_c, n_r) if self.cfg.length_normalize else None,
+            # the reference summed over the very tokens the policy just counted (same function, same margin);
+            # ipo and simpo are on per-token means whatever align.length_normalize says
+            token_counts=(n_c, n_r) if self.cfg.length_normalize or self.cfg.method in PER_TOKEN_METHODS else None,
+            simpo_gamma=self.cfg.simpo_gamma,
         )
         if self.nll_target == "golden" and "chosen_nll" in metrics:
             metrics["golden_nll"] = metrics.pop("chosen_nll")

@@ -6,16 +6,20 @@ step 0 of an iteration (policy == reference) the DPO loss is exactly ln 2 and th
 
 Losses (Rafailov et al. 2023 and the variants the SpeechAlign paper compares), with
 h = beta * [(pi_c - ref_c) - (pi_r - ref_r)] the scaled log-ratio margin:
-- dpo:  -log sigmoid(h)
-- cdpo: conservative DPO, labels flipped with probability eps: -(1-eps) log sigmoid(h) - eps log sigmoid(-h)
-- ipo:  (margin - 1/(2 beta))^2 on the unscaled margin (Azar et al.)
-- rpo:  dpo + alpha * NLL of the chosen sequence per token (as CosyVoice: keeps the chosen likely, which a
-        trivially separable golden-vs-synthetic pair set otherwise erodes)
-- sft:  alpha * NLL of the chosen only: the paper's control, continued supervised training on the golden
-        targets for the same compute as a preference iteration (the DPO loss is still reported)
-pi and ref are each side's logprob summed over its target tokens, or with `align.length_normalize` its mean per
-token (`preference_loss`'s `token_counts`): with beta 0.01 and rpo, the SFT-dominant regime of CosyVoice's DPO
-recipe and Magpie-TTS.
+- dpo:   -log sigmoid(h)
+- cdpo:  conservative DPO, labels flipped with probability eps: -(1-eps) log sigmoid(h) - eps log sigmoid(-h)
+- ipo:   (m - 1/(2 beta))^2 with m = (pi_c - ref_c) - (pi_r - ref_r) on PER-TOKEN MEAN logprobs, always (Azar et al.;
+         the form behind the paper's results and TRL's DPOTrainer loss_type="ipo": on sums, beta would mean
+         something else for every target length)
+- rpo:   dpo + alpha * NLL of the chosen sequence per token (as CosyVoice: keeps the chosen likely, which a
+         trivially separable golden-vs-synthetic pair set otherwise erodes)
+- sft:   alpha * NLL of the chosen only: the paper's control, continued supervised training on the golden
+         targets for the same compute as a preference iteration (the DPO loss is still reported)
+- simpo: -log sigmoid(beta * (pi_c - pi_r) - gamma) on PER-TOKEN MEAN policy logprobs, always; reference-free
+         (Meng et al. 2024; TRL's CPOTrainer loss_type="simpo"), gamma the target reward margin (`align.simpo_gamma`)
+pi and ref are each side's logprob summed over its target tokens, or with `align.length_normalize` (and for ipo and
+simpo whatever it says) its mean per token (`preference_loss`'s `token_counts`): with beta 0.01 and rpo, the
+SFT-dominant regime of CosyVoice's DPO recipe and Magpie-TTS.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import torch.nn.functional as F
 
 from sa_ray.models.ar import IGNORE
 
-METHODS = ("dpo", "cdpo", "ipo", "rpo", "sft")
+METHODS = ("dpo", "cdpo", "ipo", "rpo", "sft", "simpo")
+PER_TOKEN_METHODS = ("ipo", "simpo")  # on per-token mean logprobs whatever align.length_normalize says
 
 
 def pack(prompts: list[list[int]], continuations: list[list[int]], pad_id: int = 0) -> dict[str, torch.Tensor]:
@@ -86,6 +91,7 @@ def preference_loss(
     chosen_nll: torch.Tensor | None = None,
     nll_weight: float = 1.0,
     token_counts: tuple[torch.Tensor, torch.Tensor] | None = None,
+    simpo_gamma: float = 0.5,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean loss over pairs and its metrics; `chosen_nll` (per-token NLL of each chosen sequence) is rpo's extra term.
 
@@ -93,19 +99,40 @@ def preference_loss(
     length-normalised (`align.length_normalize`): each side's policy and reference logprob become per-token means
     before the margin is formed, as TRL's `loss_type="ipo"` and SimPO do. The summed margin of a ~300-token
     sequence otherwise outweighs the per-token-mean NLL by its length; all logprob metrics are then per token.
+    ipo and simpo are defined on those means, so they need `token_counts` (a ValueError without).
+
+    simpo is reference-free: `ref_chosen` and `ref_rejected` are ignored (the loop still scores them, so every method
+    reads the same pair set); its rewards in the metrics are the policy's own beta * mean logprob (as TRL's CPO
+    trainer) and its `dpo_loss` is the simpo loss value, as each method's is its own.
     """
     if method not in METHODS:
         raise ValueError(f"unknown preference method {method!r}; one of {METHODS}")
+    if method in PER_TOKEN_METHODS and token_counts is None:
+        raise ValueError(
+            f"{method} is defined on each side's per-token MEAN logprob (as TRL's loss_type={method!r}): pass "
+            "token_counts, the tokens each summed logprob is over"
+        )
     if token_counts is not None:
         # a side with no counted token (margin_tokens=errors, a rejected without a wrong decision) sums to 0: stays 0
         n_c, n_r = (n.to(policy_chosen.dtype).clamp(min=1) for n in token_counts)
         policy_chosen, ref_chosen = policy_chosen / n_c, ref_chosen / n_c
         policy_rejected, ref_rejected = policy_rejected / n_r, ref_rejected / n_r
-    chosen_reward = policy_chosen - ref_chosen
-    rejected_reward = policy_rejected - ref_rejected
+    if method == "simpo":
+        # as TRL's CPOTrainer.cpo_loss, loss_type == "simpo" (trl/experimental/cpo/cpo_trainer.py, main f2cd577):
+        # logits = (chosen_logps - rejected_logps) - simpo_gamma / beta; losses = -logsigmoid(beta * logits) at
+        # label_smoothing 0, on get_batch_logps(average_log_prob=loss_type in ["ipo", "simpo"]); rewards are
+        # beta * policy_{chosen,rejected}_logps. Here label_smoothing stays cdpo's alone.
+        chosen_reward, rejected_reward = policy_chosen, policy_rejected
+    else:
+        chosen_reward = policy_chosen - ref_chosen
+        rejected_reward = policy_rejected - ref_rejected
     margin = chosen_reward - rejected_reward
     if method == "ipo":
+        # as TRL's DPOTrainer, loss_type == "ipo" (trl/trainer/dpo_trainer.py): each side's log-ratio over its
+        # completion_mask.sum(1).clamp(min=1) tokens, then (delta - 1 / (2 beta))^2 (Eq. 17 of Azar et al.)
         losses = (margin - 1 / (2 * beta)) ** 2
+    elif method == "simpo":
+        losses = -F.logsigmoid(beta * margin - simpo_gamma)
     else:
         eps = label_smoothing if method == "cdpo" else 0.0
         losses = -(1 - eps) * F.logsigmoid(beta * margin) - eps * F.logsigmoid(-beta * margin)
