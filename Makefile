@@ -54,7 +54,14 @@ arms: install  ## after `make demo`: the evidence arms side by side, one iterati
 serve: install  ## after `make demo`: a Ray Serve endpoint for the champion policy (docs/serve.md); Ctrl-C stops it
 	$(PY) -m jobs.serve --config $(CONFIG) $(ARGS)
 
-bench: install  ## every benchmark, one table + bench.json (after make demo: the evaluation and codec ones too)
+BENCH_STAMP := $(VENV)/.sa-ray-bench-installed
+
+# TRL (pyproject's bench extra) for benchmarks/learner_bench.py, at the versions of requirements/bench.txt
+$(BENCH_STAMP): $(STAMP) requirements/bench.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements/bench.txt
+	touch $(BENCH_STAMP)
+
+bench: install $(BENCH_STAMP)  ## every benchmark, one table + bench.json (after make demo: the evaluation and codec ones too)
 	$(PY) -m benchmarks.run_all --json bench.json --run-dir runs/tiny --base $(BASE) $(ARGS)
 
 test: install lint  ## the whole suite, after the formatter and linter checks

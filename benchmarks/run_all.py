@@ -6,7 +6,8 @@
 Each benchmark runs as `python -m benchmarks.<name> ... --json <tmp>` in a fresh process, so one's threads and
 memory do not shape the next one's numbers. --quick: tiny sizes and one repeat (CI: do they run and write
 numbers?); otherwise each benchmark's documented defaults. The evaluation and codec benchmarks need a prepared
-run (`make demo`) and vllm_forced_bench needs vllm; without them they are listed as skipped, with the reason.
+run (`make demo`), vllm_forced_bench needs vllm and learner_bench needs TRL (`pip install -r requirements/bench.txt`,
+which `make bench` does); without them they are listed as skipped, with the reason.
 A failed benchmark is listed as failed and makes the exit status non-zero, after the rest have run.
 serve_latency (starts Ray Serve on a run of its own) and run_wall_time (reads logged runs) are run by hand.
 """
@@ -35,9 +36,22 @@ UNITS = {
     "stages": "s/utt",
     "wer": "WER",
     "codec_rtf": "codec s / audio s",
+    "pairs_per_s": "pairs/s",
+    "ref_pairs_per_s": "pairs/s",
+    "pairs_per_s_with_ref": "pairs/s",
+    "flops_per_s": "FLOP/s",
+    "flop_per_step": "FLOP",
+    "mfu": "of matmul FLOP/s",
+    "ratio": "ratio",
+    "speed_vs_sa_ray": "x sa-ray's pairs/s",
 }
 # head size 64 / 2 = 32: the smallest vLLM's CPU attention serves (tests/test_vllm.py)
 TINY_LLAMA = "--hidden 64 --layers 2 --heads 2 --intermediate 128 --requests 4 --prompt-len 20 --new-tokens 8"
+# sa-ray's learner step vs TRL's DPOTrainer, on a tiny AR model: 2 pairs a step, one timed step
+LEARNER_QUICK = (
+    "--hidden 64 --layers 2 --batch-size 2 --prompt-len 20 --min-len 8 --max-len 24 --steps 1 --repeats 1 "
+    "--matmul-size 256"
+)
 
 
 def plan(args: argparse.Namespace) -> dict[str, tuple[list[str], str | None]]:
@@ -46,10 +60,12 @@ def plan(args: argparse.Namespace) -> dict[str, tuple[list[str], str | None]]:
     prepared = (Path(args.run_dir) / "data").is_dir()
     unprepared = None if prepared else f"no prepared run: {args.run_dir}/data is missing (make demo)"
     no_vllm = None if importlib.util.find_spec("vllm") else "vllm is not installed"
+    no_trl = None if importlib.util.find_spec("trl") else "trl is not installed (pip install -r requirements/bench.txt)"
     benches = {
         "sampler_bench": (f"{TINY_LLAMA} --batch-size 4 --threads 1 --repeats 1 --forced" if q else "--forced", None),
         "train_step_bench": ("--batch 2 --length 32 --repeats 1" if q else "", None),
         "vllm_forced_bench": (f"{TINY_LLAMA} --repeats 1" if q else "", no_vllm),
+        "learner_bench": (LEARNER_QUICK if q else "", no_trl),
         "codec_intelligibility": (f"--run-dir {run} --n {2 if q else 40}", unprepared),
         "eval_bench": (
             f"--base {base} --n {2 if q else 16} --threads {1 if q else '1,2'} run_dir={run} codec.path={base}/codec",
