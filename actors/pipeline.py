@@ -21,7 +21,7 @@ from actors.placement import actor_options
 from actors.reference import ReferenceScorer
 from actors.reward_scorer import RewardScorer
 from actors.rollout import RolloutEngine
-from sa_ray import preference
+from sa_ray import grpo, preference
 
 PAIR_COLUMNS = ["iteration", "utt_id", "sample_idx", "prompt_ids", "chosen_ids", "rejected_ids"]
 ROW_COLUMNS = ["utt_id", "speaker", "text", "text_norm", "phones", "phone_ms", "audio_path", "codes_0"]
@@ -71,6 +71,24 @@ def _ranked(group: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _groups(group: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(grpo.group_rows(group.to_dict("records")))
+
+
+def _rewarded(samples, a, vocab, roles):
+    """Each sample with its `reward` (`align.reward`): its phone errors in the pipeline, or its SIM - WER by the
+    RewardScorers."""
+    if a.reward == "phones":
+        return samples.map_batches(_phone_reward, batch_format="pandas", fn_kwargs=dict(vocab=vocab))
+    return samples.map_batches(
+        _reward,
+        batch_format="pandas",
+        batch_size=16 * len(roles["scorers"]),
+        num_cpus=0,
+        fn_kwargs=dict(scorers=roles["scorers"]),
+    )
+
+
 def make_pairs(
     iteration: int, cfg, data_dir: Path, out_dir: Path, vocab, bank_ref, frame_rate: float, roles: dict, policy: dict
 ) -> dict:
@@ -117,29 +135,27 @@ def make_pairs(
         num_cpus=0,
         fn_kwargs=dict(actor=roles["rollout"], method="rollout", args=(policy,)),
     )
-    if a.pairs == "golden":
+    if a.method == "grpo":  # every sample, with its advantage in its prompt's group
+        pairs = _rewarded(samples, a, vocab, roles).groupby("utt_id", num_partitions=min(blocks, 8))
+        pairs = pairs.map_groups(_groups, batch_format="pandas")
+    elif a.pairs == "golden":
         pairs = samples.map_batches(_golden, batch_format="pandas")
     elif a.pairs == "corrections":  # each sample alone: its first wrong decision, if any
         pairs = samples.map_batches(_corrections, batch_format="pandas", fn_kwargs=dict(vocab=vocab))
     else:
-        if a.reward == "phones":
-            rewarded = samples.map_batches(_phone_reward, batch_format="pandas", fn_kwargs=dict(vocab=vocab))
-        else:
-            rewarded = samples.map_batches(
-                _reward,
-                batch_format="pandas",
-                batch_size=16 * len(roles["scorers"]),
-                num_cpus=0,
-                fn_kwargs=dict(scorers=roles["scorers"]),
-            )
         # an utterance's samples may straddle two batches: group them (a few partitions, not Ray's default 200)
-        pairs = rewarded.groupby("utt_id", num_partitions=min(blocks, 8)).map_groups(_ranked, batch_format="pandas")
+        pairs = _rewarded(samples, a, vocab, roles).groupby("utt_id", num_partitions=min(blocks, 8))
+        pairs = pairs.map_groups(_ranked, batch_format="pandas")
     scored = pairs.map_batches(
         _call,
         batch_format="pandas",
         batch_size=32,
         num_cpus=0,
-        fn_kwargs=dict(actor=roles["reference"], method="score", args=(policy["version"], policy["adapter_dir"])),
+        fn_kwargs=dict(
+            actor=roles["reference"],
+            method="score_samples" if a.method == "grpo" else "score",
+            args=(policy["version"], policy["adapter_dir"]),
+        ),
     )
     staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
     scored.write_parquet(str(staging))
@@ -151,7 +167,7 @@ def make_pairs(
             "iteration": iteration,
             "prompts": len(chosen),
             "samples": len(chosen) * a.samples_per_prompt,
-            "strategy": a.pairs,
+            "strategy": "groups" if a.method == "grpo" else a.pairs,
             "policy_version": policy["version"],
             **stats,
         },
@@ -183,7 +199,7 @@ def start_roles(cfg, base_dir: Path) -> dict:
     }
     # ranked pairs rewarded by ASR and SIM: reward_workers scorers side by side (the costly stage: every sample goes
     # through NAR, vocoder and ASR); they score while the evaluator waits for its next version, so no core is shared
-    scoring = a.pairs == "ranked" and a.reward == "asr"
+    scoring = (a.pairs == "ranked" or a.method == "grpo") and a.reward == "asr"
     roles["scorers"] = [
         ray.remote(RewardScorer).options(**actor_options(res.reward)).remote(cfg, str(base_dir))
         for _ in range(a.reward_workers if scoring else 0)

@@ -10,6 +10,8 @@ from actors import failpoints
 from actors.placement import role_device
 from sa_ray import lora
 from sa_ray.dpo import MarginTokens, pair_logprobs, probe_logprob
+from sa_ray.grpo import sample_token_logprobs
+from sa_ray.losses import pack, token_logprobs
 from sa_ray.models.ar import load_ar
 
 
@@ -28,12 +30,15 @@ class ReferenceScorer:
         self.model = base if adapter_dir is None else lora.load(base, adapter_dir)
         self.version, self.adapter_dir = version, adapter_dir
 
+    def _serve(self, version: int, adapter_dir: str | None) -> None:
+        if version != self.version or adapter_dir != self.adapter_dir:  # e.g. after a restart
+            self.load_adapter(version, adapter_dir)
+
     def probe(self, probe: dict) -> float:
         return probe_logprob(self.model, probe)
 
     def score(self, batch: pd.DataFrame, version: int, adapter_dir: str | None) -> pd.DataFrame:
-        if version != self.version or adapter_dir != self.adapter_dir:  # e.g. after a restart
-            self.load_adapter(version, adapter_dir)
+        self._serve(version, adapter_dir)
         rows = batch.to_dict("records")
         chosen, rejected, n_chosen, n_rejected = [], [], [], []
         with torch.inference_mode():
@@ -53,3 +58,17 @@ class ReferenceScorer:
         batch["ref_chosen_tokens"], batch["ref_rejected_tokens"] = n_chosen, n_rejected
         batch["reference_version"] = self.version
         return batch
+
+    def score_samples(self, batch: pd.DataFrame, version: int, adapter_dir: str | None) -> pd.DataFrame:
+        """GRPO's group rows: every sample token's logprob (`ref_token_logps`), by the learner's own function."""
+        self._serve(version, adapter_dir)
+        rows, logps = batch.to_dict("records"), []
+        with torch.inference_mode():
+            for start in range(0, len(rows), self.batch_size):
+                part = rows[start : start + self.batch_size]
+                token_lp, labels, _ = token_logprobs(
+                    self.model, pack([r["prompt_ids"] for r in part], [r["sample_ids"] for r in part])
+                )
+                logps += sample_token_logprobs(token_lp, labels, part)
+        failpoints.hit("reference.after_score")
+        return batch.assign(ref_token_logps=logps, reference_version=self.version)

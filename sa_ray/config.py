@@ -363,10 +363,16 @@ class AlignConfig:
         "rpo",
         (
             "dpo | cdpo | ipo (on per-token mean logprobs, always) | rpo (dpo + nll_weight * NLL of the chosen) | "
-            "sft (the NLL alone: control) | simpo (reference-free, per-token means, target margin simpo_gamma)"
+            "sft (the NLL alone: control) | simpo (reference-free, per-token means, target margin simpo_gamma) | "
+            "grpo (online: groups of samples_per_prompt samples per prompt rewarded by align.reward, advantages "
+            "normalised in each group, clipped policy gradient + beta * KL to the reference; align.pairs not read)"
         ),
     )
-    beta: float = setting(0.1, "preference loss's beta: the larger, the closer the policy stays to the reference")
+    beta: float = setting(
+        0.1,
+        "preference loss's beta (grpo: the KL penalty's weight): the larger, the closer the policy stays to the reference",
+    )
+    clip_eps: float = setting(0.2, "grpo: the policy ratio's clip range [1 - clip_eps, 1 + clip_eps] (PPO's epsilon)")
     label_smoothing: float = setting(0.0, "cdpo's label-flip probability")
     nll_weight: float = setting(1.0, "rpo: weight of the NLL term")
     simpo_gamma: float = setting(0.5, "simpo's target reward margin gamma (>= 0; TRL's simpo_gamma)")
@@ -444,9 +450,25 @@ class AlignConfig:
             f"align.prompt_split must be align or train; got {self.prompt_split!r}",
         )
         _require(
-            self.method in ("dpo", "cdpo", "ipo", "rpo", "sft", "simpo"),
-            f"align.method must be dpo, cdpo, ipo, rpo, sft or simpo; got {self.method!r}",
+            self.method in ("dpo", "cdpo", "ipo", "rpo", "sft", "simpo", "grpo"),
+            f"align.method must be dpo, cdpo, ipo, rpo, sft, simpo or grpo; got {self.method!r}",
         )
+        if self.method == "grpo":
+            _require(
+                self.samples_per_prompt >= 2,
+                "align.method=grpo needs align.samples_per_prompt >= 2 (advantages are normalised within a group)",
+            )
+            _require(
+                self.pairs == "golden" and self.margin_tokens == "all",
+                "align.method=grpo makes its own data (groups of samples, each with its advantage) and trains on every "
+                "token of a sample: leave align.pairs and align.margin_tokens at their defaults",
+            )
+            _require(
+                not (self.forced_phones and self.reward == "phones"),
+                "align.method=grpo with align.forced_phones=true and align.reward=phones: every sample writes its "
+                "phones right, so every reward ties; use align.reward=asr",
+            )
+        _require(0 < self.clip_eps < 1, "align.clip_eps must be in (0, 1)")
         for name in (
             "prompts_per_iteration",
             "samples_per_prompt",
@@ -506,7 +528,7 @@ class AlignConfig:
     def check_model(self, aligned: bool) -> None:
         """Options that read the phones a target writes need a model whose targets write them (aligned)."""
         for name, value, other in (
-            ("reward", self.reward if self.pairs == "ranked" else "", "asr"),
+            ("reward", self.reward if self.pairs == "ranked" or self.method == "grpo" else "", "asr"),
             ("margin_tokens", self.margin_tokens, "all"),
             ("forced_phones", "true" if self.forced_phones else "", "false"),
             ("pairs", self.pairs, "golden"),
@@ -639,6 +661,11 @@ class ServeConfig:
         30.0, "how often an alias (latest, best) is looked up again; a moved alias is loaded without a redeploy"
     )
     max_text_chars: int = setting(400, "longest text a request may send (one sentence at a time)")
+    max_best_of: int = setting(
+        4,
+        "largest `best_of` a request may ask: candidates sampled in one batch, the best by its phones kept "
+        "(aligned models; each candidate costs its AR decoding)",
+    )
 
     def validate(self) -> None:
         _require(
@@ -659,6 +686,7 @@ class ServeConfig:
         )
         _require(self.refresh_seconds >= 0, "serve.refresh_seconds must be >= 0")
         _require(self.max_text_chars >= 1, "serve.max_text_chars must be >= 1")
+        _require(self.max_best_of >= 1, "serve.max_best_of must be >= 1 (1: best-of-N off)")
 
     def model_uri(self, config_name: str) -> str:
         return self.model or f"models:/{config_name}-policy@champion"
@@ -711,6 +739,7 @@ class ResourcesConfig:
     reward: RoleResources = _role(0.0, "each reward scorer (align.pairs=ranked with align.reward=asr)")
     evaluator: RoleResources = _role(0.0, "the evaluator: NAR + codec + ASR + speaker model over the held-out sets")
     learner: RoleResources = _role(1.0, "each Ray Train worker of the LoRA preference learner")
+    reward_model: RoleResources = _role(1.0, "the reward model (jobs.reward_model trains it; scorers load it)")
     pretrain: RoleResources = _role(1.0, "each Ray Train worker of the base model's training")
     tokenizer: RoleResources = _role(1.0, "each codec encoder of prepare (prepare.encoders of them)")
     serve: RoleResources = _role(
@@ -756,6 +785,41 @@ class VLLMConfig:
 
 
 @dataclass
+class RewardModelConfig:
+    """`jobs.reward_model`: a Bradley-Terry reward model (a LoRA on the base AR model and a scalar head) trained on
+    the run's preference pairs, with some sentences held out to measure it on."""
+
+    steps: int = setting(200, "optimiser steps")
+    batch_size: int = setting(16, "pairs per optimiser step (chosen and rejected go through one forward)")
+    lr: float = setting(1.0e-3, "peak AdamW learning rate of the LoRA and the head")
+    warmup_steps: int = setting(10, "linear warmup before the cosine decay")
+    grad_clip: float = setting(1.0, "gradient norm clipping")
+    lora_rank: int = setting(8, "LoRA rank on the base AR model")
+    lora_alpha: int = setting(16, "LoRA alpha (the update is scaled by alpha / rank)")
+    lora_targets: list[str] = setting(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "AR modules that get a LoRA adapter",
+    )
+    heldout_fraction: float = setting(
+        0.2, "share of the pairs' sentences held out (every pair of a held-out sentence): the accuracy reported"
+    )
+    score_batch_size: int = setting(32, "sequences per forward when scoring")
+    seed: int = setting(0, "the held-out draw, the LoRA's initial weights and the order of the pairs")
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "lora_rank", "lora_alpha", "score_batch_size"):
+            _require(getattr(self, name) >= 1, f"reward_model.{name} must be >= 1")
+        _require(self.lr > 0, "reward_model.lr must be > 0")
+        _require(self.warmup_steps >= 0, "reward_model.warmup_steps must be >= 0")
+        _require(self.grad_clip > 0, "reward_model.grad_clip must be > 0")
+        _require(len(self.lora_targets) > 0, "reward_model.lora_targets must name at least one module")
+        _require(
+            0.0 <= self.heldout_fraction < 1.0,
+            f"reward_model.heldout_fraction must be in [0, 1); got {self.heldout_fraction!r}",
+        )
+
+
+@dataclass
 class Config:
     """A run's whole configuration: where it writes, and one section per concern."""
 
@@ -772,6 +836,7 @@ class Config:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)

@@ -180,7 +180,7 @@ def commit_pairs(staging: str | Path, final: str | Path, stats: dict) -> dict:
     table = None
     if any(staging.glob("*.parquet")):  # the keys, ranked pairs' rewards, corrections' kinds; not the token lists
         names = pq.ParquetDataset(staging).schema.names
-        wanted = (*KEY, "chosen_reward", "rejected_reward", "error_kind")
+        wanted = (*KEY, "chosen_reward", "rejected_reward", "error_kind", "reward")
         table = pq.read_table(staging, columns=[c for c in wanted if c in names])
     keys = table.select(list(KEY)).to_pylist() if table is not None else []
     tuples = sorted((k["iteration"], k["utt_id"], k["sample_idx"]) for k in keys)
@@ -195,6 +195,8 @@ def commit_pairs(staging: str | Path, final: str | Path, stats: dict) -> dict:
     for side in ("chosen", "rejected"):  # ranked pairs: how good the policy's best and worst samples were
         if table is not None and f"{side}_reward" in table.column_names and len(table):
             manifest[f"{side}_reward"] = float(np.mean(table.column(f"{side}_reward").to_numpy()))
+    if table is not None and "reward" in table.column_names and len(table):  # grpo's groups: the samples' reward
+        manifest["sample_reward"] = float(np.mean(table.column("reward").to_numpy()))
     if table is not None and "error_kind" in table.column_names:  # corrections: which decisions the pairs fix
         kinds = table.column("error_kind").to_pylist()
         manifest["error_kinds"] = {kind: kinds.count(kind) for kind in sorted(set(kinds))}

@@ -141,6 +141,24 @@ def ray_local():
 
 
 @pytest.fixture(scope="session")
+def tiny_aligned_ar(tmp_path_factory):
+    """A 1-layer random AR model on a 4-phone aligned vocabulary, saved: (model dir, vocab). For what is tested on
+    logprobs, not speech."""
+    import torch
+
+    from sa_ray.config import ModelConfig
+    from sa_ray.models.ar import build_ar_model, save_ar
+    from sa_ray.models.vocab import Vocab
+
+    torch.manual_seed(0)
+    vocab = Vocab(("a", "b", "c", "d"), codebook_size=8, aligned=True)
+    cfg = ModelConfig(hidden=16, layers=1, heads=2, intermediate=32, max_positions=64)
+    out = tmp_path_factory.mktemp("tiny-ar")
+    save_ar(build_ar_model(cfg, vocab), vocab, out)
+    return out, vocab
+
+
+@pytest.fixture(scope="session")
 def corpus_cache(tmp_path_factory) -> Path:
     """Synthesised audio shared by every test of the session (built once, like the real cache)."""
     return tmp_path_factory.mktemp("corpus-cache")

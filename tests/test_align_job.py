@@ -297,6 +297,53 @@ def test_ranked_pairs_by_phone_errors_run_end_to_end(prepared_tiny, tiny_base, t
         assert 0 <= r["heldout_sentences_phone_error_rate"] and 0 <= r["heldout_voices_phone_error_rate"]
 
 
+def test_grpo_runs_an_iteration_end_to_end_and_logs_a_finite_kl(prepared_tiny, tiny_base, tmp_path, ray_local):
+    """align.method=grpo: groups of 4 samples per prompt rewarded by their phone errors, advantages normalised in each
+    group, every sample token scored by the reference, clipped policy-gradient steps on Ray Train -> v1; the KL to
+    the reference reaches MLflow at every learner step, finite."""
+    from jobs import align
+    from sa_ray import tracking
+    from sa_ray.config import load_config
+    from sa_ray.grpo import group_advantages, guarded_rewards
+    from sa_ray.metrics.phones import phone_error_rate
+    from sa_ray.models.vocab import Vocab
+
+    argv, run_dir = _argv(
+        prepared_tiny,
+        tiny_base,
+        tmp_path,
+        "align.backend=torch",
+        "align.method=grpo",
+        "align.reward=phones",
+        "align.samples_per_prompt=4",
+        "align.iterations=1",
+        "eval.gap_utterances=0",
+        "align.temperature=1.5",
+    )
+    out = align.main(argv)
+    groups_dir = run_dir / "align" / "pairs" / "iter_0"
+    rows, vocab = pq.read_table(groups_dir).to_pylist(), Vocab.load(tiny_base / "ar")
+    assert read_manifest(groups_dir)["strategy"] == "groups" and len(rows) == 6 * 4
+    for utt in {r["utt_id"] for r in rows}:
+        group = sorted((r for r in rows if r["utt_id"] == utt), key=lambda r: r["sample_idx"])
+        raw = [-phone_error_rate(r["sample_ids"], vocab.prompt_text_ids(r["prompt_ids"]), vocab) for r in group]
+        rewards = guarded_rewards(raw, [r["sample_ended"] for r in group])
+        assert [r["reward"] for r in group] == pytest.approx(rewards)
+        tied = max(rewards) == min(rewards)
+        assert [r["advantage"] for r in group] == pytest.approx([0.0] * 4 if tied else group_advantages(rewards))
+        assert all(len(r["ref_token_logps"]) == len(r["sample_ids"]) and r["reference_version"] == 0 for r in group)
+    record = out["records"][1]
+    assert record["rollout_reward"] == pytest.approx(np.mean([r["reward"] for r in rows]))
+    assert np.isfinite(record["kl"]) and (run_dir / "align" / "adapters" / "v1" / "adapter_model.safetensors").is_file()
+    cfg = load_config(argv[1], argv[2:])
+    client = tracking.client(cfg)
+    (child,) = client.search_runs(
+        [client.get_run(out["run_id"]).info.experiment_id], f"tags.mlflow.parentRunId = '{out['run_id']}'"
+    )
+    kl = client.get_metric_history(child.info.run_id, "kl")
+    assert sorted(m.step for m in kl) == [1, 2, 3, 4] and all(np.isfinite(m.value) and m.value >= 0 for m in kl)
+
+
 def test_missing_held_out_audio_stops_the_job_before_any_work(prepared_tiny, tiny_base, tmp_path, capsys):
     """The evaluation needs the held-out utterances' real audio; prepared data run from another directory (a
     relative corpus.cache_dir) says so in one line, before Ray starts, not as a traceback from an actor."""

@@ -82,29 +82,14 @@ def test_length_normalised_loss_and_gradient_match_a_hand_computation():
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A 1-layer random AR model on a 4-phone aligned vocabulary: logprobs, not speech, are what is tested."""
-    from sa_ray.config import ModelConfig
-    from sa_ray.models.ar import build_ar_model, save_ar
-    from sa_ray.models.vocab import Vocab
-
-    torch.manual_seed(0)
-    vocab = Vocab(("a", "b", "c", "d"), codebook_size=8, aligned=True)
-    cfg = ModelConfig(hidden=16, layers=1, heads=2, intermediate=32, max_positions=64)
-    out = tmp_path_factory.mktemp("tiny-ar")
-    save_ar(build_ar_model(cfg, vocab), vocab, out)
-    return out, vocab
-
-
-@pytest.fixture(scope="module")
-def scored_pairs(tiny_model):
+def scored_pairs(tiny_aligned_ar):
     """Four pairs of unequal lengths, scored by the reference scorer: (model dir, pair records)."""
     import pandas as pd
 
     from actors.reference import ReferenceScorer
     from sa_ray.models.vocab import EOS
 
-    model_dir, vocab = tiny_model
+    model_dir, vocab = tiny_aligned_ar
     a, b, c, _ = vocab.text_ids(["a", "b", "c", "d"])
     code = vocab.code_offset
     prompt = vocab.prompt([a, b, c], [0, 1, 2])
@@ -267,7 +252,7 @@ def test_config_takes_simpo_and_refuses_a_negative_gamma():
     assert load_config(tiny, ["align.simpo_gamma=0"]).align.simpo_gamma == 0
     with pytest.raises(ConfigError, match="align.simpo_gamma must be >= 0"):
         load_config(tiny, ["align.simpo_gamma=-0.1"])
-    with pytest.raises(ConfigError, match="align.method must be dpo, cdpo, ipo, rpo, sft or simpo"):
+    with pytest.raises(ConfigError, match="align.method must be dpo, cdpo, ipo, rpo, sft, simpo or grpo"):
         load_config(tiny, ["align.method=orpo"])
 
 

@@ -1,0 +1,161 @@
+"""GRPO (Shao et al. 2024, DeepSeekMath; for TTS: F5R-TTS, NeMo's Magpie-TTS): online policy optimisation from
+groups of the policy's own samples, without a value model.
+
+One iteration of the align loop: `align.samples_per_prompt` samples per prompt from policy version i, each scored by
+`align.reward` (phones: minus its phone error rate; asr: SIM - WER), the rewards normalised within each prompt's
+group into advantages (`group_advantages`), every sample's tokens scored by the reference (base + v_i: the policy
+that sampled them, so it is also GRPO's "old" policy), then `align.steps` clipped policy-gradient steps
+(`grpo_loss`) make version i+1, which the rollout engine serves for the next group. With `align.steps` steps of
+`align.batch_size` samples covering the groups once, every policy update is followed by fresh rollouts of the
+updated adapter: GRPO as its paper runs it; more steps reuse the samples, the clipped ratio keeping the update
+close to the sampling policy (PPO's trust region).
+
+The guard: a sample that never wrote EOS (a runaway, cut by its token budget) earns nothing for what it said: it
+takes its group's lowest reward, so it never gets a positive advantage, and a group whose rewards all tie (every
+sample as good, or every one a runaway) teaches nothing and is dropped (DAPO's dynamic sampling: its advantages are
+all 0).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sa_ray.dpo import DPOLearner
+from sa_ray.losses import pack, token_logprobs
+from sa_ray.models.ar import IGNORE
+
+ADVANTAGE_EPS = 1e-4  # TRL's GRPOTrainer: (r - mean) / (std + 1e-4)
+
+
+def group_advantages(rewards: list[float]) -> list[float]:
+    """(r - mean) / (std + 1e-4) within one prompt's group, std with Bessel's correction (TRL's GRPOTrainer:
+    torch's default); a one-sample group has no spread and advantage 0."""
+    r = torch.tensor(rewards, dtype=torch.float64)
+    if len(rewards) < 2:
+        return [0.0] * len(rewards)
+    return ((r - r.mean()) / (r.std() + ADVANTAGE_EPS)).tolist()
+
+
+def guarded_rewards(rewards: list[float], ended: list[bool]) -> list[float]:
+    """A sample that never ended (no EOS within its budget) takes the group's lowest reward."""
+    floor = min(rewards)
+    return [r if e else floor for r, e in zip(rewards, ended)]
+
+
+def group_rows(samples: list[dict]) -> list[dict]:
+    """Rewarded samples (rows with utt_id, sample_idx, prompt_ids, sample_ids, sample_ended, reward) -> one row per
+    sample with its guarded `reward`, its `advantage` and whether its group's rewards all tie (`group_tied`: kept
+    for the iteration's mean reward, never trained on)."""
+    by_utt: dict[str, list[dict]] = {}
+    for s in samples:
+        by_utt.setdefault(s["utt_id"], []).append(s)
+    rows = []
+    for group in by_utt.values():
+        group = sorted(group, key=lambda s: int(s["sample_idx"]))
+        rewards = guarded_rewards([float(s["reward"]) for s in group], [bool(s["sample_ended"]) for s in group])
+        tied = max(rewards) == min(rewards)
+        for s, r, a in zip(group, rewards, group_advantages(rewards)):
+            rows.append(
+                {
+                    "iteration": int(s["iteration"]),
+                    "utt_id": s["utt_id"],
+                    "sample_idx": int(s["sample_idx"]),
+                    "prompt_ids": [int(t) for t in s["prompt_ids"]],
+                    "sample_ids": [int(t) for t in s["sample_ids"]],
+                    "sample_ended": bool(s["sample_ended"]),
+                    "reward": r,
+                    "advantage": 0.0 if tied else a,
+                    "group_tied": tied,
+                }
+            )
+    return rows
+
+
+def target_positions(prompt_len: int, target_len: int) -> slice:
+    """Where a packed row's target tokens are scored in `token_logprobs`'s [B, T-1] output (labels shift by one)."""
+    return slice(prompt_len - 1, prompt_len - 1 + target_len)
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_eps: float = 0.2,
+    beta: float = 0.04,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """GRPO's objective (DeepSeekMath, Eq. 3; TRL's GRPOTrainer loss_type="grpo") on per-token logprobs [B, T]:
+
+        ratio = exp(logp - old_logp)
+        per token: -(min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) - beta * KL)
+        KL = exp(ref - logp) - (ref - logp) - 1     (the k3 estimator: unbiased, >= 0)
+
+    each sample's mean over its target tokens (`mask`), then the mean over samples. `old_logp` and `ref_logp` are
+    constants (no gradient)."""
+    mask = mask.to(logp.dtype)
+    old_logp, ref_logp = old_logp.detach(), ref_logp.detach()
+    ratio = torch.exp(logp - old_logp)
+    a = advantages.to(logp.dtype).unsqueeze(-1)
+    surrogate = torch.minimum(ratio * a, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * a)
+    delta = ref_logp - logp
+    kl = torch.exp(delta) - delta - 1
+    tokens = mask.sum(-1).clamp(min=1)
+    per_sample = (-(surrogate - beta * kl) * mask).sum(-1) / tokens
+    loss = per_sample.mean()
+    with torch.no_grad():
+        clipped = ((ratio < 1 - clip_eps) & (a < 0)) | ((ratio > 1 + clip_eps) & (a > 0))
+        metrics = {
+            "loss": float(loss.detach()),
+            "kl": float(((kl * mask).sum(-1) / tokens).mean()),
+            "clip_fraction": float((clipped * mask).sum() / mask.sum().clamp(min=1)),
+            "ratio_mean": float((ratio * mask).sum() / mask.sum().clamp(min=1)),
+            "advantage_mean": float(advantages.mean()),
+            "policy_logp": float(((logp * mask).sum(-1) / tokens).mean()),
+        }
+    return loss, metrics
+
+
+def sample_token_logprobs(token_lp: torch.Tensor, labels: torch.Tensor, rows: list[dict]) -> list[list[float]]:
+    """Each row's target-token logprobs from `token_logprobs`'s output for `pack(prompts, samples)`: what the
+    reference writes beside every sample and the learner reads back position for position."""
+    out = []
+    for i, r in enumerate(rows):
+        at = target_positions(len(r["prompt_ids"]), len(r["sample_ids"]))
+        assert bool((labels[i, at] != IGNORE).all()), "packed targets and positions disagree"
+        out.append(token_lp[i, at].tolist())
+    return out
+
+
+def dense(values: list[list[float]], rows: list[dict], shape: torch.Size, device) -> torch.Tensor:
+    """Per-row target-token values (`sample_token_logprobs`) back into `token_logprobs`'s [B, T-1] layout (0 off
+    the targets)."""
+    out = torch.zeros(shape, dtype=torch.float32, device=device)
+    for i, (v, r) in enumerate(zip(values, rows)):
+        out[i, target_positions(len(r["prompt_ids"]), len(v))] = torch.as_tensor(v, dtype=torch.float32)
+    return out
+
+
+class GRPOLearner(DPOLearner):
+    """The LoRA learner of `align.method=grpo`: `DPOLearner`'s workers, data order, optimiser, checkpoints and
+    export, on group rows (`group_rows` + the reference's `ref_token_logps`) instead of pairs. The reference is the
+    policy that sampled the rows, so its token logprobs are GRPO's old policy as well as the KL's reference."""
+
+    def __init__(self, base_dir, adapter_dir, cfg, rows: list[dict], **kwargs):
+        rows = [r for r in rows if not r["group_tied"]]
+        if not rows:
+            raise ValueError(
+                "GRPO: every prompt's samples earned the same reward, nothing to learn from; raise "
+                "align.samples_per_prompt or align.temperature, or draw more prompts (align.prompts_per_iteration)"
+            )
+        super().__init__(base_dir, adapter_dir, cfg, rows, **kwargs)
+
+    def loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict[str, float]]:
+        token_lp, labels, _ = token_logprobs(
+            self.model_train, pack([r["prompt_ids"] for r in batch], [r["sample_ids"] for r in batch])
+        )
+        ref = dense([r["ref_token_logps"] for r in batch], batch, token_lp.shape, token_lp.device)
+        advantages = torch.tensor([r["advantage"] for r in batch], dtype=torch.float32, device=token_lp.device)
+        loss, metrics = grpo_loss(token_lp, ref, ref, labels != IGNORE, advantages, self.cfg.clip_eps, self.cfg.beta)
+        metrics["reward"] = sum(r["reward"] for r in batch) / len(batch)
+        return loss, metrics
