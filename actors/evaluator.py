@@ -28,7 +28,7 @@ from sa_ray.synthesis import CodecTTS, Request, Spelling
 class Evaluator:
     def __init__(self, cfg: Config, base_dir: str):
         # Every core of the node: the evaluator works while the rollout engine and the learner wait (Ray would
-        # give a zero-CPU actor one thread), and the vocoder, most of its time, runs 1.8x faster on two.
+        # give a zero-CPU actor one thread), and the vocoder, most of its time, runs about 1.5x faster on two (`benchmarks.eval_bench`).
         torch.set_num_threads(len(os.sched_getaffinity(0)))
         run_dir = Path(cfg.run_dir)
         self.cfg, self.data_dir = cfg, run_dir / "data"

@@ -65,9 +65,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
-        evaluator.sim.__dict__.pop(
-            "_file_embeddings", None
-        )  # each run embeds the real utterances afresh, as a new evaluator
+        evaluator.sim.forget_files()  # each run embeds the real utterances afresh, as a new evaluator
         totals.clear()
         start = time.perf_counter()
         metrics = evaluator.evaluate(None)

@@ -214,6 +214,9 @@ def test_a_files_embedding_is_made_once_and_is_its_audios(tmp_path):
     first = sim.embed_file(path)
     np.testing.assert_array_equal(first, sim.embed(*read_wav(path)))
     assert sim.embed_file(str(path)) is first  # the cached array, not a second embedding
+    sim.forget_files()
+    again = sim.embed_file(path)
+    assert again is not first and np.array_equal(again, first)  # embedded afresh, the same embedding
 
 
 def test_unknown_specs_and_missing_paths_fail_clearly(tmp_path):
