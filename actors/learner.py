@@ -25,10 +25,13 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from actors import failpoints
 from actors.placement import role_device, train_backend
 from sa_ray import tracking
+from sa_ray.coh import CoHLearner
 from sa_ray.config import AlignConfig
 from sa_ray.dpo import DPOLearner
 from sa_ray.grpo import GRPOLearner
 from sa_ray.tracking import RunLogger
+
+LEARNERS = {"grpo": GRPOLearner, "coh": CoHLearner}  # every other method: the preference learner
 
 
 def learn_loop(config: dict) -> None:
@@ -41,7 +44,7 @@ def learn_loop(config: dict) -> None:
     # prepare_model for the plain path: onto the worker's device (its GPU with resources.learner.num_gpus), DDP
     # when world > 1. With align.deepspeed the learner builds a ZeRO engine on the process group Ray Train set up
     # (gloo on CPU, also for one worker), which places the model and reduces gradients itself.
-    learner = (GRPOLearner if cfg.method == "grpo" else DPOLearner)(
+    learner = LEARNERS.get(cfg.method, DPOLearner)(
         config["base_dir"],
         config["adapter_dir"],
         cfg,

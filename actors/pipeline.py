@@ -21,21 +21,31 @@ from actors.placement import actor_options
 from actors.reference import ReferenceScorer
 from actors.reward_scorer import RewardScorer
 from actors.rollout import RolloutEngine
-from sa_ray import grpo, preference
+from sa_ray import grpo, lora, preference
+from sa_ray.models.vocab import tag_prompt
 
 PAIR_COLUMNS = ["iteration", "utt_id", "sample_idx", "prompt_ids", "chosen_ids", "rejected_ids"]
 ROW_COLUMNS = ["utt_id", "speaker", "text", "text_norm", "phones", "phone_ms", "audio_path", "codes_0"]
 
 
 def _requests(
-    batch: pd.DataFrame, vocab, bank_ref, frame_rate: float, iteration: int, seed: int, samples: int, max_len: int
+    batch: pd.DataFrame,
+    vocab,
+    bank_ref,
+    frame_rate: float,
+    iteration: int,
+    seed: int,
+    samples: int,
+    max_len: int,
+    quality: str | None,
 ) -> pd.DataFrame:
     bank = ray.get(bank_ref) if isinstance(bank_ref, ray.ObjectRef) else bank_ref
-    return pd.DataFrame(
-        preference.rollout_requests(
-            batch.to_dict("records"), vocab, bank, frame_rate, iteration, seed, samples, max_len
-        )
+    requests = preference.rollout_requests(
+        batch.to_dict("records"), vocab, bank, frame_rate, iteration, seed, samples, max_len
     )
+    if quality:  # a Chain-of-Hindsight policy is prompted with its tag (sa_ray.coh)
+        requests = [{**r, "prompt_ids": tag_prompt(r["prompt_ids"], quality)} for r in requests]
+    return pd.DataFrame(requests)
 
 
 def _call(batch: pd.DataFrame, actor, method: str, args: tuple) -> pd.DataFrame:
@@ -126,6 +136,7 @@ def make_pairs(
             seed=a.seed,
             samples=a.samples_per_prompt,
             max_len=max_len,
+            quality=lora.prompt_tag(policy["adapter_dir"]),
         ),
     )
     samples = requests.map_batches(

@@ -365,7 +365,9 @@ class AlignConfig:
             "dpo | cdpo | ipo (on per-token mean logprobs, always) | rpo (dpo + nll_weight * NLL of the chosen) | "
             "sft (the NLL alone: control) | simpo (reference-free, per-token means, target margin simpo_gamma) | "
             "grpo (online: groups of samples_per_prompt samples per prompt rewarded by align.reward, advantages "
-            "normalised in each group, clipped policy gradient + beta * KL to the reference; align.pairs not read)"
+            "normalised in each group, clipped policy gradient + beta * KL to the reference; align.pairs not read) | "
+            "coh (Chain-of-Hindsight: LM loss on the chosen after a good tag and the rejected after a bad tag; the "
+            "policy is prompted with the good tag)"
         ),
     )
     beta: float = setting(
@@ -450,8 +452,8 @@ class AlignConfig:
             f"align.prompt_split must be align or train; got {self.prompt_split!r}",
         )
         _require(
-            self.method in ("dpo", "cdpo", "ipo", "rpo", "sft", "simpo", "grpo"),
-            f"align.method must be dpo, cdpo, ipo, rpo, sft, simpo or grpo; got {self.method!r}",
+            self.method in ("dpo", "cdpo", "ipo", "rpo", "sft", "simpo", "grpo", "coh"),
+            f"align.method must be dpo, cdpo, ipo, rpo, sft, simpo, grpo or coh; got {self.method!r}",
         )
         if self.method == "grpo":
             _require(

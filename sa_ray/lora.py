@@ -1,12 +1,14 @@
 """LoRA adapters on the AR model: the one module that touches peft's API.
 
 An adapter version is a directory in PEFT layout (adapter_config.json + adapter_model.safetensors) that
-vLLM serves as a LoRARequest and peft loads anywhere; the frozen base never moves.
+vLLM serves as a LoRARequest and peft loads anywhere; the frozen base never moves. An adapter trained on tagged
+prompts (Chain-of-Hindsight, `sa_ray.coh`) also holds `prompt_tag.json`, the tag it is prompted with.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import torch
@@ -38,11 +40,23 @@ def unload(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def policy(base: torch.nn.Module, adapter_dir: str | Path | None) -> torch.nn.Module:
-    """An inference copy of base + adapter with the adapter merged (plain HF model, as fast as the base)."""
+    """An inference copy of base + adapter with the adapter merged (plain HF model, as fast as the base); its
+    config's `prompt_tag` is the adapter's (`prompt_tag`), which every voice built on it prompts with."""
     model = copy.deepcopy(base)
-    if adapter_dir is None:
-        return model.eval()
-    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload().eval()
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    model.config.prompt_tag = prompt_tag(adapter_dir)
+    return model.eval()
+
+
+PROMPT_TAG_FILE = "prompt_tag.json"
+
+
+def prompt_tag(adapter_dir: str | Path | None) -> str | None:
+    """The quality tag a policy version is prompted with (`good` for a CoH adapter); None for every other adapter
+    and for the base."""
+    path = None if adapter_dir is None else Path(adapter_dir) / PROMPT_TAG_FILE
+    return json.loads(path.read_text())["tag"] if path is not None and path.is_file() else None
 
 
 def save(model: PeftModel, directory: str | Path) -> None:

@@ -19,7 +19,7 @@ from sa_ray.corpus.voices import Voice
 from sa_ray.data.examples import char_tokens
 from sa_ray.models.ar import load_ar
 from sa_ray.models.nar import NARModel
-from sa_ray.models.vocab import EOS, Vocab
+from sa_ray.models.vocab import EOS, Vocab, tag_prompt
 from sa_ray.sampling import SamplingConfig, sample
 from sa_ray.text import normalize_text
 
@@ -133,7 +133,10 @@ class CodecTTS:
                 text_ids = self.vocab.text_ids(tokens)
             except ValueError as exc:
                 raise TextError(str(exc)) from None
-            prompts.append(self.vocab.prompt(text_ids, r.prompt_codes[0]))
+            prompt = self.vocab.prompt(text_ids, r.prompt_codes[0])
+            # a Chain-of-Hindsight policy is asked for its `good` tag (`lora.policy` set it from the adapter)
+            quality = getattr(self.ar.config, "prompt_tag", None)
+            prompts.append(tag_prompt(prompt, quality) if quality else prompt)
             extra = len(text_ids) if self.vocab.aligned else 0
             budgets.append(extra + int(2 * expected) + 20)
             texts.append(text_ids)

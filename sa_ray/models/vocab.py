@@ -6,7 +6,8 @@ Token ids are laid out as   specials | text tokens | codec layer-0 codes:
     5 .. 5+T-1          text tokens: phones of the synthesiser (aligned corpora) or characters
     5+T .. 5+T+C-1      codec codes 0..C-1 of the first residual layer
 
-A training sequence is  [BOS] text [SEP] prompt-codes [SPEECH] target [EOS].
+A training sequence is  [BOS] text [SEP] prompt-codes [SPEECH] target [EOS]. Chain-of-Hindsight (`tag_prompt`) puts
+a quality tag before [SPEECH]: [BOS] text [SEP] prompt-codes <tag> [SPEECH] target [EOS].
 Its unconditional form (classifier-free guidance: `unconditional_prompt`) drops the text alone:
 [BOS] [SEP] prompt-codes [SPEECH] target [EOS], the voice prompt and the target (phones included) unchanged.
 
@@ -32,6 +33,9 @@ import numpy as np
 
 PAD, BOS, EOS, SEP, SPEECH = 0, 1, 2, 3, 4
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<sep>", "<speech>")
+# Chain-of-Hindsight's quality tags (`sa_ray.coh`): special ids at a place they never stand otherwise (BOS only
+# opens a sequence, SEP only closes its text), so a base model needs no new embedding rows
+QUALITY_TAGS = {"good": BOS, "bad": SEP}
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,23 @@ class Vocab:
         if tuple(data.pop("specials")) != SPECIALS:
             raise ValueError(f"{directory}/vocab.json was written with other special tokens")
         return cls(tuple(data["text_tokens"]), int(data["codebook_size"]), bool(data["aligned"]))
+
+
+def tag_prompt(prompt_ids: list[int], quality: str) -> list[int]:
+    """The prompt with `quality`'s tag (QUALITY_TAGS) just before its [SPEECH], an existing tag replaced:
+    [BOS] text [SEP] prompt-codes <tag> [SPEECH]. The text is untouched (`Vocab.prompt_text_ids` reads it alike)."""
+    ids = untag_prompt(prompt_ids)
+    at = ids.index(SPEECH)
+    return [*ids[:at], QUALITY_TAGS[quality], *ids[at:]]
+
+
+def untag_prompt(prompt_ids: list[int]) -> list[int]:
+    """The prompt without its quality tag; unchanged when it has none (before [SPEECH] then stands a voice prompt
+    code, or the text's own SEP when there is no voice prompt)."""
+    ids = [int(t) for t in prompt_ids]
+    at = ids.index(SPEECH)
+    tagged = ids[at - 1] in QUALITY_TAGS.values() and at - 1 > ids.index(SEP)
+    return [*ids[: at - 1], *ids[at:]] if tagged else ids
 
 
 def frames_per_phone(phone_ms: list[int], frame_rate: float, n_frames: int) -> list[int]:
