@@ -8,7 +8,7 @@ ARGS ?=
 BASE ?= checkpoints/base
 BASE_STEPS ?= 2500
 
-.PHONY: install lock lint format demo test test-fast prepare pretrain pretrain-base pretrain-base-big align arms serve bench clean
+.PHONY: install lock lint format demo test test-fast prepare pretrain pretrain-base pretrain-base-big align arms compare-methods serve bench clean
 
 $(STAMP): pyproject.toml requirements/*.txt scripts/install.sh scripts/install-system.sh
 	bash scripts/install.sh
@@ -50,6 +50,12 @@ align: install  ## the SpeechAlign loop on an existing base model (resumes when 
 
 arms: install  ## after `make demo`: the evidence arms side by side, one iteration each, on dev (SPLIT=test to confirm; scripts/arms.sh)
 	bash scripts/arms.sh $(ARGS)
+
+METHODS ?= sft dpo cdpo ipo rpo simpo coh grpo ppo
+compare-methods: install  ## after `make demo`: every method, one iteration each from the same base and budget, side by side on dev (table + plots)
+	OUT=runs/methods PREFIX=method ARMS="$(METHODS)" bash scripts/arms.sh $(ARGS)
+	$(PY) -m jobs.compare --config $(CONFIG) --runs "$(shell echo $(addprefix method-,$(METHODS)) | tr ' ' ,)" \
+	    --out runs/methods/compare
 
 serve: install  ## after `make demo`: a Ray Serve endpoint for the champion policy (docs/serve.md); Ctrl-C stops it
 	$(PY) -m jobs.serve --config $(CONFIG) $(ARGS)

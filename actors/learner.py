@@ -29,9 +29,10 @@ from sa_ray.coh import CoHLearner
 from sa_ray.config import AlignConfig
 from sa_ray.dpo import DPOLearner
 from sa_ray.grpo import GRPOLearner
+from sa_ray.ppo import PPOLearner
 from sa_ray.tracking import RunLogger
 
-LEARNERS = {"grpo": GRPOLearner, "coh": CoHLearner}  # every other method: the preference learner
+LEARNERS = {"grpo": GRPOLearner, "ppo": PPOLearner, "coh": CoHLearner}  # every other method: the preference learner
 
 
 def learn_loop(config: dict) -> None:

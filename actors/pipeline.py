@@ -21,10 +21,11 @@ from actors.placement import actor_options
 from actors.reference import ReferenceScorer
 from actors.reward_scorer import RewardScorer
 from actors.rollout import RolloutEngine
-from sa_ray import grpo, lora, preference
+from sa_ray import grpo, lora, ppo, preference
 from sa_ray.models.vocab import tag_prompt
 
 PAIR_COLUMNS = ["iteration", "utt_id", "sample_idx", "prompt_ids", "chosen_ids", "rejected_ids"]
+SAMPLE_METHODS = ("grpo", "ppo")  # methods that learn from every rewarded sample (each token scored), not pairs
 ROW_COLUMNS = ["utt_id", "speaker", "text", "text_norm", "phones", "phone_ms", "audio_path", "codes_0"]
 
 
@@ -83,6 +84,10 @@ def _ranked(group: pd.DataFrame) -> pd.DataFrame:
 
 def _groups(group: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(grpo.group_rows(group.to_dict("records")))
+
+
+def _ppo_rows(batch: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(ppo.sample_rows(batch.to_dict("records")))
 
 
 def _rewarded(samples, a, vocab, roles):
@@ -149,6 +154,8 @@ def make_pairs(
     if a.method == "grpo":  # every sample, with its advantage in its prompt's group
         pairs = _rewarded(samples, a, vocab, roles).groupby("utt_id", num_partitions=min(blocks, 8))
         pairs = pairs.map_groups(_groups, batch_format="pandas")
+    elif a.method == "ppo":  # every sample with its reward (the learner's critic makes the advantages)
+        pairs = _rewarded(samples, a, vocab, roles).map_batches(_ppo_rows, batch_format="pandas")
     elif a.pairs == "golden":
         pairs = samples.map_batches(_golden, batch_format="pandas")
     elif a.pairs == "corrections":  # each sample alone: its first wrong decision, if any
@@ -164,7 +171,7 @@ def make_pairs(
         num_cpus=0,
         fn_kwargs=dict(
             actor=roles["reference"],
-            method="score_samples" if a.method == "grpo" else "score",
+            method="score_samples" if a.method in SAMPLE_METHODS else "score",
             args=(policy["version"], policy["adapter_dir"]),
         ),
     )
@@ -178,7 +185,7 @@ def make_pairs(
             "iteration": iteration,
             "prompts": len(chosen),
             "samples": len(chosen) * a.samples_per_prompt,
-            "strategy": "groups" if a.method == "grpo" else a.pairs,
+            "strategy": {"grpo": "groups", "ppo": "samples"}.get(a.method, a.pairs),
             "policy_version": policy["version"],
             **stats,
         },
@@ -205,12 +212,14 @@ def start_roles(cfg, base_dir: Path) -> dict:
         ),
         "reference": ray.remote(ReferenceScorer)
         .options(**actor_options(res.reference))
-        .remote(str(base_dir / "ar"), margin_tokens=a.margin_tokens, num_gpus=res.reference.num_gpus),
+        .remote(
+            str(base_dir / "ar"), margin_tokens=a.margin_tokens, num_gpus=res.reference.num_gpus, reference=a.reference
+        ),
         "evaluator": ray.remote(Evaluator).options(**actor_options(res.evaluator)).remote(cfg, str(base_dir)),
     }
     # ranked pairs rewarded by ASR and SIM: reward_workers scorers side by side (the costly stage: every sample goes
     # through NAR, vocoder and ASR); they score while the evaluator waits for its next version, so no core is shared
-    scoring = (a.pairs == "ranked" or a.method == "grpo") and a.reward == "asr"
+    scoring = (a.pairs == "ranked" or a.method in SAMPLE_METHODS) and a.reward == "asr"
     roles["scorers"] = [
         ray.remote(RewardScorer).options(**actor_options(res.reward)).remote(cfg, str(base_dir))
         for _ in range(a.reward_workers if scoring else 0)

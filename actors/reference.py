@@ -1,5 +1,6 @@
-"""ReferenceScorer role: the frozen reference of an iteration (base + the adapter that produced its rejected
-samples) scores chosen and rejected with `sa_ray.dpo.pair_logprobs`, the learner's own function."""
+"""ReferenceScorer role: the frozen reference of an iteration scores chosen and rejected with `sa_ray.dpo.pair_logprobs`,
+the learner's own function, and (GRPO, PPO) every sample token under the sampling policy and the reference. The
+reference is base + the adapter that produced the iteration's samples, or the base (`align.reference`)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,16 @@ from sa_ray.models.ar import load_ar
 
 
 class ReferenceScorer:
-    def __init__(self, model_dir: str, batch_size: int = 16, margin_tokens: str = "all", num_gpus: float = 0.0):
+    def __init__(
+        self,
+        model_dir: str,
+        batch_size: int = 16,
+        margin_tokens: str = "all",
+        num_gpus: float = 0.0,
+        reference: str = "policy",
+    ):
+        """`reference` (`align.reference`): `policy`, the version that sampled (the loop's default), or `base`."""
+        self.reference = reference
         base, vocab = load_ar(model_dir)
         device = role_device("reference", num_gpus)
         self.model, self.batch_size = base.requires_grad_(False).eval().to(device), batch_size
@@ -38,7 +48,7 @@ class ReferenceScorer:
         return probe_logprob(self.model, probe)
 
     def score(self, batch: pd.DataFrame, version: int, adapter_dir: str | None) -> pd.DataFrame:
-        self._serve(version, adapter_dir)
+        self._serve(*self._reference(version, adapter_dir))
         rows = batch.to_dict("records")
         chosen, rejected, n_chosen, n_rejected = [], [], [], []
         with torch.inference_mode():
@@ -59,10 +69,26 @@ class ReferenceScorer:
         batch["reference_version"] = self.version
         return batch
 
+    def _reference(self, version: int, adapter_dir: str | None) -> tuple[int, str | None]:
+        return (0, None) if self.reference == "base" else (version, adapter_dir)
+
     def score_samples(self, batch: pd.DataFrame, version: int, adapter_dir: str | None) -> pd.DataFrame:
-        """GRPO's group rows: every sample token's logprob (`ref_token_logps`), by the learner's own function."""
+        """GRPO's and PPO's rows: every sample token's logprob under the policy that sampled it (`old_token_logps`)
+        and under the reference (`ref_token_logps`; the same numbers when the reference is that policy), by the
+        learner's own function."""
+        rows = batch.to_dict("records")
         self._serve(version, adapter_dir)
-        rows, logps = batch.to_dict("records"), []
+        old = self._token_logprobs(rows)
+        if self._reference(version, adapter_dir) != (version, adapter_dir):
+            self._serve(*self._reference(version, adapter_dir))
+            ref = self._token_logprobs(rows)
+        else:
+            ref = old
+        failpoints.hit("reference.after_score")
+        return batch.assign(old_token_logps=old, ref_token_logps=ref, reference_version=self.version)
+
+    def _token_logprobs(self, rows: list[dict]) -> list[list[float]]:
+        logps = []
         with torch.inference_mode():
             for start in range(0, len(rows), self.batch_size):
                 part = rows[start : start + self.batch_size]
@@ -70,5 +96,4 @@ class ReferenceScorer:
                     self.model, pack([r["prompt_ids"] for r in part], [r["sample_ids"] for r in part])
                 )
                 logps += sample_token_logprobs(token_lp, labels, part)
-        failpoints.hit("reference.after_score")
-        return batch.assign(ref_token_logps=logps, reference_version=self.version)
+        return logps

@@ -5,7 +5,8 @@
 
 Each row: the arm's held-out WER, its change against the base with the 95% cluster-bootstrap interval and the
 minimum detectable change (`sa_ray.metrics.stats`, the numbers the align job printed), the phone error rate,
-the share of samples with any phone error and the duration error, for both held-out sets.
+the share of samples with any phone error and the duration error, for both held-out sets; and the seconds its
+iteration took to roll out and learn.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def table(base: dict, arms: list[tuple[str, dict]]) -> str:
     head = ["arm"]
     for _, name in SETS:
         head += [f"WER {name}", "change vs base", "PER", "samples with phone errors", "duration error"]
+    head.append("s / iteration")  # rollout + learner (the evaluation is the protocol's, the same for every arm)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, record in [("base", base), *arms]:
         cells = [arm]
@@ -49,6 +51,8 @@ def table(base: dict, arms: list[tuple[str, dict]]) -> str:
                 f"{record.get(f'{split}_phone_error_samples', float('nan')):.2f}",
                 f"{record.get(f'{split}_duration_error', float('nan')):.3f}",
             ]
+        seconds = record.get("rollout_seconds", 0) + record.get("learn_seconds", 0)
+        cells.append(f"{seconds:.0f}" if seconds else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

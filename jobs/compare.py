@@ -30,6 +30,7 @@ KEY_METRICS = (
     "heldout_sentences_wer",
     "heldout_sentences_wer_change",
     "heldout_sentences_wer_change_mde",
+    "heldout_sentences_phone_error_rate",
     "heldout_sentences_sim",
     "heldout_voices_wer",
     "heldout_voices_wer_change",
@@ -44,7 +45,11 @@ KEY_METRICS = (
     "nar_synthetic_wer",
     "dpo_loss",
     "reward_acc",
+    "kl",
+    "rollout_reward",
     "pairs",
+    "rollout_seconds",
+    "learn_seconds",
 )
 _FIXED = ("run", "run_id", "method", "asr_backend", "iteration")
 

@@ -313,6 +313,9 @@ class PretrainConfig:
         _require(0 <= self.cond_dropout < 1, f"pretrain.cond_dropout must be in [0, 1); got {self.cond_dropout}")
 
 
+METHODS = ("dpo", "cdpo", "ipo", "rpo", "sft", "simpo", "coh", "grpo", "ppo")
+
+
 @dataclass
 class AlignConfig:
     """The SpeechAlign loop: rollout -> pairs -> reference -> LoRA preference learner -> evaluate, N times."""
@@ -367,14 +370,24 @@ class AlignConfig:
             "grpo (online: groups of samples_per_prompt samples per prompt rewarded by align.reward, advantages "
             "normalised in each group, clipped policy gradient + beta * KL to the reference; align.pairs not read) | "
             "coh (Chain-of-Hindsight: LM loss on the chosen after a good tag and the rejected after a bad tag; the "
-            "policy is prompted with the good tag)"
+            "policy is prompted with the good tag) | ppo (RLHF-PPO: each sample rewarded by align.reward, per-token "
+            "KL penalty beta to the reference, a critic, GAE, clipped objective; align.pairs not read)"
         ),
     )
     beta: float = setting(
         0.1,
         "preference loss's beta (grpo: the KL penalty's weight): the larger, the closer the policy stays to the reference",
     )
-    clip_eps: float = setting(0.2, "grpo: the policy ratio's clip range [1 - clip_eps, 1 + clip_eps] (PPO's epsilon)")
+    clip_eps: float = setting(
+        0.2, "grpo, ppo: the policy ratio's clip range [1 - clip_eps, 1 + clip_eps] (PPO's epsilon)"
+    )
+    reference: str = setting(
+        "policy",
+        (
+            "the reference of an iteration: policy (the version that sampled its rollouts: each version stays near "
+            "the one before) | base (the base model: every version is held to the base, PPO's classic KL)"
+        ),
+    )
     label_smoothing: float = setting(0.0, "cdpo's label-flip probability")
     nll_weight: float = setting(1.0, "rpo: weight of the NLL term")
     simpo_gamma: float = setting(0.5, "simpo's target reward margin gamma (>= 0; TRL's simpo_gamma)")
@@ -452,24 +465,31 @@ class AlignConfig:
             f"align.prompt_split must be align or train; got {self.prompt_split!r}",
         )
         _require(
-            self.method in ("dpo", "cdpo", "ipo", "rpo", "sft", "simpo", "grpo", "coh"),
-            f"align.method must be dpo, cdpo, ipo, rpo, sft, simpo, grpo or coh; got {self.method!r}",
+            self.method in METHODS,
+            f"align.method must be {', '.join(METHODS[:-1])} or {METHODS[-1]}; got {self.method!r}",
         )
-        if self.method == "grpo":
-            _require(
-                self.samples_per_prompt >= 2,
-                "align.method=grpo needs align.samples_per_prompt >= 2 (advantages are normalised within a group)",
-            )
+        _require(
+            self.reference in ("policy", "base"), f"align.reference must be policy or base; got {self.reference!r}"
+        )
+        _require(
+            self.method != "grpo" or self.samples_per_prompt >= 2,
+            "align.method=grpo needs align.samples_per_prompt >= 2 (advantages are normalised within a group)",
+        )
+        if self.method in ("grpo", "ppo"):
             _require(
                 self.pairs == "golden" and self.margin_tokens == "all",
-                "align.method=grpo makes its own data (groups of samples, each with its advantage) and trains on every "
+                f"align.method={self.method} makes its own data (every sample with its reward) and trains on every "
                 "token of a sample: leave align.pairs and align.margin_tokens at their defaults",
             )
             _require(
                 not (self.forced_phones and self.reward == "phones"),
-                "align.method=grpo with align.forced_phones=true and align.reward=phones: every sample writes its "
-                "phones right, so every reward ties; use align.reward=asr",
+                f"align.method={self.method} with align.forced_phones=true and align.reward=phones: every sample "
+                "writes its phones right, so every reward is the same; use align.reward=asr",
             )
+        _require(
+            self.method != "ppo" or self.deepspeed is None,
+            "align.method=ppo trains its critic with plain DDP beside the policy: set align.deepspeed=null",
+        )
         _require(0 < self.clip_eps < 1, "align.clip_eps must be in (0, 1)")
         for name in (
             "prompts_per_iteration",
@@ -530,7 +550,7 @@ class AlignConfig:
     def check_model(self, aligned: bool) -> None:
         """Options that read the phones a target writes need a model whose targets write them (aligned)."""
         for name, value, other in (
-            ("reward", self.reward if self.pairs == "ranked" or self.method == "grpo" else "", "asr"),
+            ("reward", self.reward if self.pairs == "ranked" or self.method in ("grpo", "ppo") else "", "asr"),
             ("margin_tokens", self.margin_tokens, "all"),
             ("forced_phones", "true" if self.forced_phones else "", "false"),
             ("pairs", self.pairs, "golden"),

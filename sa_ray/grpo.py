@@ -4,7 +4,8 @@ groups of the policy's own samples, without a value model.
 One iteration of the align loop: `align.samples_per_prompt` samples per prompt from policy version i, each scored by
 `align.reward` (phones: minus its phone error rate; asr: SIM - WER), the rewards normalised within each prompt's
 group into advantages (`group_advantages`), every sample's tokens scored by the reference (base + v_i: the policy
-that sampled them, so it is also GRPO's "old" policy), then `align.steps` clipped policy-gradient steps
+that sampled them, so it is also GRPO's "old" policy; `align.reference=base` keeps the KL to the base), then
+`align.steps` clipped policy-gradient steps
 (`grpo_loss`) make version i+1, which the rollout engine serves for the next group. With `align.steps` steps of
 `align.batch_size` samples covering the groups once, every policy update is followed by fresh rollouts of the
 updated adapter: GRPO as its paper runs it; more steps reuse the samples, the clipped ratio keeping the update
@@ -25,6 +26,7 @@ from sa_ray.losses import pack, token_logprobs
 from sa_ray.models.ar import IGNORE
 
 ADVANTAGE_EPS = 1e-4  # TRL's GRPOTrainer: (r - mean) / (std + 1e-4)
+LOGPS = ("old_token_logps", "ref_token_logps")  # the ReferenceScorer's per-token scores of each sample
 
 
 def group_advantages(rewards: list[float]) -> list[float]:
@@ -92,11 +94,12 @@ def grpo_loss(
         KL = exp(ref - logp) - (ref - logp) - 1     (the k3 estimator: unbiased, >= 0)
 
     each sample's mean over its target tokens (`mask`), then the mean over samples. `old_logp` and `ref_logp` are
-    constants (no gradient)."""
+    constants (no gradient). `advantages`: one per sample [B] (GRPO) or one per token [B, T] (PPO's GAE)."""
     mask = mask.to(logp.dtype)
     old_logp, ref_logp = old_logp.detach(), ref_logp.detach()
     ratio = torch.exp(logp - old_logp)
-    a = advantages.to(logp.dtype).unsqueeze(-1)
+    a = advantages.to(logp.dtype)
+    a = a if a.dim() == 2 else a.unsqueeze(-1)  # a sample's one advantage on each of its tokens (GRPO)
     surrogate = torch.minimum(ratio * a, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * a)
     delta = ref_logp - logp
     kl = torch.exp(delta) - delta - 1
@@ -110,7 +113,7 @@ def grpo_loss(
             "kl": float(((kl * mask).sum(-1) / tokens).mean()),
             "clip_fraction": float((clipped * mask).sum() / mask.sum().clamp(min=1)),
             "ratio_mean": float((ratio * mask).sum() / mask.sum().clamp(min=1)),
-            "advantage_mean": float(advantages.mean()),
+            "advantage_mean": float(((a * mask).sum(-1) / tokens).mean()),
             "policy_logp": float(((logp * mask).sum(-1) / tokens).mean()),
         }
     return loss, metrics
@@ -138,8 +141,8 @@ def dense(values: list[list[float]], rows: list[dict], shape: torch.Size, device
 
 class GRPOLearner(DPOLearner):
     """The LoRA learner of `align.method=grpo`: `DPOLearner`'s workers, data order, optimiser, checkpoints and
-    export, on group rows (`group_rows` + the reference's `ref_token_logps`) instead of pairs. The reference is the
-    policy that sampled the rows, so its token logprobs are GRPO's old policy as well as the KL's reference."""
+    export, on group rows (`group_rows` + the ReferenceScorer's `old_token_logps` and `ref_token_logps`) instead of
+    pairs. With the loop's default reference (the policy that sampled the rows) the two are the same numbers."""
 
     def __init__(self, base_dir, adapter_dir, cfg, rows: list[dict], **kwargs):
         rows = [r for r in rows if not r["group_tied"]]
@@ -154,8 +157,8 @@ class GRPOLearner(DPOLearner):
         token_lp, labels, _ = token_logprobs(
             self.model_train, pack([r["prompt_ids"] for r in batch], [r["sample_ids"] for r in batch])
         )
-        ref = dense([r["ref_token_logps"] for r in batch], batch, token_lp.shape, token_lp.device)
+        old, ref = (dense([r[k] for r in batch], batch, token_lp.shape, token_lp.device) for k in LOGPS)
         advantages = torch.tensor([r["advantage"] for r in batch], dtype=torch.float32, device=token_lp.device)
-        loss, metrics = grpo_loss(token_lp, ref, ref, labels != IGNORE, advantages, self.cfg.clip_eps, self.cfg.beta)
+        loss, metrics = grpo_loss(token_lp, old, ref, labels != IGNORE, advantages, self.cfg.clip_eps, self.cfg.beta)
         metrics["reward"] = sum(r["reward"] for r in batch) / len(batch)
         return loss, metrics

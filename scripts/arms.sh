@@ -7,8 +7,9 @@
 #   SPLIT=test ARMS="sft rpo-sftdom" bash scripts/arms.sh eval.seeds=2
 #   python -m analysis.wer_changes --run runs/arms/dev/sft ...   # or read each run's printed table
 #
-# Each arm is its own run_dir (runs/arms/<split>/<arm>, the prepared data and codec linked from DATA_RUN) and
-# its own MLflow run (name arm-<arm>): `python -m jobs.compare` and the MLflow UI put them side by side.
+# Each arm is its own run_dir (OUT/<arm>, OUT=runs/arms/<split> by default; the prepared data and codec linked from
+# DATA_RUN) and its own MLflow run (name <PREFIX>-<arm>): `python -m jobs.compare` and the MLflow UI put them side by
+# side. `make compare-methods` runs every method this way (OUT=runs/methods, PREFIX=method).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 CONFIG=${CONFIG:-configs/tiny.yaml}
@@ -16,7 +17,8 @@ BASE=${BASE:-checkpoints/base}
 DATA_RUN=${DATA_RUN:-runs/tiny}
 SPLIT=${SPLIT:-dev}
 ARMS=${ARMS:-"sft rpo-sftdom corr-dpo corr-sft"}
-OUT=runs/arms/$SPLIT
+PREFIX=${PREFIX:-arm}            # MLflow run names <PREFIX>-<arm> (`make compare-methods`: method-)
+OUT=${OUT:-runs/arms/$SPLIT}
 
 arm_settings() {
   case $1 in
@@ -25,7 +27,11 @@ arm_settings() {
     rpo-sftdom) echo "align.method=rpo align.beta=0.01 align.length_normalize=true" ;;  # the published recipes
     corr-dpo) echo "align.pairs=corrections align.method=dpo" ;;  # the margin on the first wrong decision only
     corr-sft) echo "align.pairs=corrections align.method=sft" ;;  # SFT on the same corrections
-    *) echo "unknown arm $1 (sft rpo rpo-sftdom corr-dpo corr-sft)" >&2; exit 2 ;;
+    # every method of `make compare-methods` (golden pairs where a method takes pairs; the rollout budget of the
+    # others, 256 samples, as 64 prompts x 4 samples rewarded by their phones for the online ones)
+    dpo | cdpo | ipo | simpo | coh) echo "align.method=$1" ;;
+    grpo | ppo) echo "align.method=$1 align.reward=phones align.samples_per_prompt=4 align.prompts_per_iteration=64" ;;
+    *) echo "unknown arm $1 (sft rpo rpo-sftdom corr-dpo corr-sft dpo cdpo ipo simpo coh grpo ppo)" >&2; exit 2 ;;
   esac
 }
 
@@ -42,7 +48,7 @@ for arm in $ARMS; do
   fi
   echo "=== arm $arm: $settings"
   # shellcheck disable=SC2086 # settings are several overrides
-  $PY -m jobs.align --config "$CONFIG" run_dir="$dir" name="arm-$arm" align.base_model="$BASE" \
+  $PY -m jobs.align --config "$CONFIG" run_dir="$dir" name="$PREFIX-$arm" align.base_model="$BASE" \
     align.iterations=1 eval.split="$SPLIT" eval.utterances=120 eval.gap_utterances=0 \
     $settings "$@"
   first=${first:-$arm}

@@ -297,10 +297,14 @@ def test_ranked_pairs_by_phone_errors_run_end_to_end(prepared_tiny, tiny_base, t
         assert 0 <= r["heldout_sentences_phone_error_rate"] and 0 <= r["heldout_voices_phone_error_rate"]
 
 
-def test_grpo_runs_an_iteration_end_to_end_and_logs_a_finite_kl(prepared_tiny, tiny_base, tmp_path, ray_local):
-    """align.method=grpo: groups of 4 samples per prompt rewarded by their phone errors, advantages normalised in each
-    group, every sample token scored by the reference, clipped policy-gradient steps on Ray Train -> v1; the KL to
-    the reference reaches MLflow at every learner step, finite."""
+@pytest.mark.parametrize("method", ["grpo", "ppo"])
+def test_grpo_and_ppo_run_an_iteration_end_to_end_and_log_a_finite_kl(
+    method, prepared_tiny, tiny_base, tmp_path, ray_local
+):
+    """align.method=grpo|ppo: 4 samples per prompt rewarded by their phone errors, every sample token scored by the
+    sampling policy and the reference (ppo: the base), clipped policy-gradient steps on Ray Train -> v1 (ppo: with
+    its critic); the KL to the reference reaches MLflow at every learner step, finite. grpo: advantages normalised
+    in each prompt's group."""
     from jobs import align
     from sa_ray import tracking
     from sa_ray.config import load_config
@@ -313,35 +317,42 @@ def test_grpo_runs_an_iteration_end_to_end_and_logs_a_finite_kl(prepared_tiny, t
         tiny_base,
         tmp_path,
         "align.backend=torch",
-        "align.method=grpo",
+        f"align.method={method}",
         "align.reward=phones",
         "align.samples_per_prompt=4",
         "align.iterations=1",
         "eval.gap_utterances=0",
         "align.temperature=1.5",
+        *(["align.reference=base"] if method == "ppo" else []),
     )
     out = align.main(argv)
-    groups_dir = run_dir / "align" / "pairs" / "iter_0"
-    rows, vocab = pq.read_table(groups_dir).to_pylist(), Vocab.load(tiny_base / "ar")
-    assert read_manifest(groups_dir)["strategy"] == "groups" and len(rows) == 6 * 4
+    rows_dir = run_dir / "align" / "pairs" / "iter_0"
+    rows, vocab = pq.read_table(rows_dir).to_pylist(), Vocab.load(tiny_base / "ar")
+    assert read_manifest(rows_dir)["strategy"] == {"grpo": "groups", "ppo": "samples"}[method] and len(rows) == 24
     for utt in {r["utt_id"] for r in rows}:
         group = sorted((r for r in rows if r["utt_id"] == utt), key=lambda r: r["sample_idx"])
         raw = [-phone_error_rate(r["sample_ids"], vocab.prompt_text_ids(r["prompt_ids"]), vocab) for r in group]
+        for r in group:  # version 0 sampled: the reference is the sampling policy, whichever align.reference says
+            assert len(r["ref_token_logps"]) == len(r["sample_ids"]) and r["ref_token_logps"] == r["old_token_logps"]
+        if method == "ppo":
+            assert [r["reward"] for r in group] == pytest.approx(raw)
+            continue
         rewards = guarded_rewards(raw, [r["sample_ended"] for r in group])
         assert [r["reward"] for r in group] == pytest.approx(rewards)
         tied = max(rewards) == min(rewards)
         assert [r["advantage"] for r in group] == pytest.approx([0.0] * 4 if tied else group_advantages(rewards))
-        assert all(len(r["ref_token_logps"]) == len(r["sample_ids"]) and r["reference_version"] == 0 for r in group)
     record = out["records"][1]
     assert record["rollout_reward"] == pytest.approx(np.mean([r["reward"] for r in rows]))
-    assert np.isfinite(record["kl"]) and (run_dir / "align" / "adapters" / "v1" / "adapter_model.safetensors").is_file()
+    v1 = run_dir / "align" / "adapters" / "v1"
+    assert np.isfinite(record["kl"]) and (v1 / "adapter_model.safetensors").is_file()
+    assert (v1 / "critic" / "head.safetensors").is_file() == (method == "ppo")
     cfg = load_config(argv[1], argv[2:])
     client = tracking.client(cfg)
     (child,) = client.search_runs(
         [client.get_run(out["run_id"]).info.experiment_id], f"tags.mlflow.parentRunId = '{out['run_id']}'"
     )
     kl = client.get_metric_history(child.info.run_id, "kl")
-    assert sorted(m.step for m in kl) == [1, 2, 3, 4] and all(np.isfinite(m.value) and m.value >= 0 for m in kl)
+    assert sorted(m.step for m in kl) == [1, 2, 3, 4] and all(np.isfinite(m.value) for m in kl)
 
 
 def test_missing_held_out_audio_stops_the_job_before_any_work(prepared_tiny, tiny_base, tmp_path, capsys):

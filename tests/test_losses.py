@@ -252,7 +252,7 @@ def test_config_takes_simpo_and_refuses_a_negative_gamma():
     assert load_config(tiny, ["align.simpo_gamma=0"]).align.simpo_gamma == 0
     with pytest.raises(ConfigError, match="align.simpo_gamma must be >= 0"):
         load_config(tiny, ["align.simpo_gamma=-0.1"])
-    with pytest.raises(ConfigError, match="align.method must be dpo, cdpo, ipo, rpo, sft, simpo, grpo or coh"):
+    with pytest.raises(ConfigError, match="align.method must be dpo, cdpo, ipo, rpo, sft, simpo, coh, grpo or ppo"):
         load_config(tiny, ["align.method=orpo"])
 
 

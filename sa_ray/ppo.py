@@ -1,0 +1,203 @@
+"""RLHF-PPO (Ouyang et al. 2022; the SpeechAlign paper's PPO comparison): `align.method=ppo`.
+
+The roles: the policy (base + LoRA), the frozen reference (the ReferenceScorer: `align.reference=base` for the
+classic KL-to-the-start penalty), the reward (`align.reward`: phones, asr, or a trained reward model) and a critic,
+its own model (the frozen base + a LoRA of its own + a scalar head on the last hidden state: `Critic`), trained
+beside the policy with its own optimiser and saved with each policy version (`<adapter>/critic/`), so the next
+iteration starts from it.
+
+One iteration: the rollout engine samples with policy version i; each sample's reward; the reference and the
+sampling policy score every token (`ref_token_logps`, `old_token_logps`); then the learner
+  1. per-token rewards (`token_rewards`): -beta * (old - ref) at every token, plus the sample's reward at its last;
+  2. the critic's values V_t of the states before every token (`Critic.values`, before any update);
+  3. GAE (`gae`: gamma, lambda; V = 0 after the last token), returns = advantages + V;
+     advantages whitened over the iteration's tokens;
+  4. `align.steps` steps of the clipped policy objective (`sa_ray.grpo.grpo_loss` with per-token advantages and no
+     KL term: the KL is in the rewards) and the clipped value loss 0.5 max((V - R)^2, (V_old + clip(V - V_old) - R)^2).
+A sample that never wrote EOS (cut by its budget) gets at most `RUNAWAY_REWARD`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sa_ray import lora
+from sa_ray.config import AlignConfig
+from sa_ray.dpo import DPOLearner
+from sa_ray.engines.deepspeed_engine import make_stepper
+from sa_ray.grpo import dense, grpo_loss, target_positions
+from sa_ray.losses import pack, token_logprobs
+from sa_ray.models.ar import IGNORE, load_ar
+from sa_ray.pretrain import warmup_cosine
+
+RUNAWAY_REWARD = -1.0  # the phone reward of a sample that said every phone wrong; SIM - WER at SIM 0, WER 1
+CRITIC_DIR = "critic"
+
+
+def guarded_reward(reward: float, ended: bool) -> float:
+    """A runaway sample (no EOS within its budget) earns at most RUNAWAY_REWARD."""
+    return float(reward) if ended else min(float(reward), RUNAWAY_REWARD)
+
+
+def sample_rows(samples: list[dict]) -> list[dict]:
+    """Rewarded rollout samples -> PPO's rows (the keys, prompt, sample, whether it ended, its raw reward)."""
+    return [
+        {
+            "iteration": int(s["iteration"]),
+            "utt_id": s["utt_id"],
+            "sample_idx": int(s["sample_idx"]),
+            "prompt_ids": [int(t) for t in s["prompt_ids"]],
+            "sample_ids": [int(t) for t in s["sample_ids"]],
+            "sample_ended": bool(s["sample_ended"]),
+            "reward": float(s["reward"]),
+        }
+        for s in samples
+    ]
+
+
+def token_rewards(old_logps: list[float], ref_logps: list[float], reward: float, beta: float) -> list[float]:
+    """Per-token rewards of one sample: the KL penalty -beta * (old - ref) at each token (the sampling policy's
+    log-ratio to the reference, the per-token KL estimate), plus the sample's reward at its last token."""
+    out = [-beta * (o - r) for o, r in zip(old_logps, ref_logps)]
+    if out:
+        out[-1] += reward
+    return out
+
+
+def gae(rewards: list[float], values: list[float], gamma: float, lam: float) -> tuple[list[float], list[float]]:
+    """Generalised advantage estimation over one sample's tokens (Schulman et al. 2016), the episode ending after
+    its last token (V = 0 there): delta_t = r_t + gamma V_{t+1} - V_t, A_t = delta_t + gamma lambda A_{t+1}.
+    Returns (advantages, returns = advantages + values)."""
+    advantages, running = [0.0] * len(rewards), 0.0
+    for t in reversed(range(len(rewards))):
+        following = values[t + 1] if t + 1 < len(values) else 0.0
+        delta = rewards[t] + gamma * following - values[t]
+        running = delta + gamma * lam * running
+        advantages[t] = running
+    return advantages, [a + v for a, v in zip(advantages, values)]
+
+
+class Critic(torch.nn.Module):
+    """V(state before each target token): the frozen base with its own LoRA and a scalar head on the last hidden
+    state (zero-initialised: every value starts at 0)."""
+
+    def __init__(self, base_dir: str | Path, cfg: AlignConfig, critic_dir: str | Path | None = None):
+        super().__init__()
+        base, _ = load_ar(base_dir)
+        base.requires_grad_(False)
+        adapter = None if critic_dir is None else Path(critic_dir) / "adapter"
+        self.body = lora.attach(base, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, adapter)
+        self.head = torch.nn.Linear(base.config.hidden_size, 1)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+        if critic_dir is not None:
+            self.head.load_state_dict(load_file(Path(critic_dir) / "head.safetensors"))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Values [B, T-1], position t the state before token t+1 (`token_logprobs`'s layout)."""
+        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return self.head(hidden.hidden_states[-1][:, :-1].float()).squeeze(-1)
+
+    def save(self, directory: str | Path) -> None:
+        d = Path(directory)
+        lora.save(self.body, d / "adapter")
+        save_file({k: v.detach().contiguous() for k, v in self.head.state_dict().items()}, d / "head.safetensors")
+
+
+def value_loss(values: torch.Tensor, old_values, returns, mask, clip: float) -> torch.Tensor:
+    """PPO's clipped value loss, each sample's mean over its tokens, then the mean over samples."""
+    mask = mask.to(values.dtype)
+    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    per_token = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+    return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+
+
+class PPOLearner(DPOLearner):
+    """`DPOLearner`'s workers, data order, checkpoints and export for the policy, plus the critic with its own
+    optimiser. Rows: prompt_ids, sample_ids, reward, sample_ended, old_token_logps, ref_token_logps."""
+
+    GAMMA, LAMBDA, VALUE_CLIP = 1.0, 0.95, 0.2  # InstructGPT's / TRL's PPO defaults for language models
+
+    def __init__(self, base_dir, adapter_dir, cfg: AlignConfig, rows: list[dict], wrap=lambda m: m, **kwargs):
+        super().__init__(base_dir, adapter_dir, cfg, rows, wrap=wrap, **kwargs)
+        critic_dir = None if adapter_dir is None else Path(adapter_dir) / CRITIC_DIR
+        torch.manual_seed(cfg.seed + 1)
+        self.critic = Critic(base_dir, cfg, critic_dir if critic_dir and critic_dir.is_dir() else None)
+        self.critic_stepper = make_stepper(
+            self.critic,
+            [p for p in self.critic.parameters() if p.requires_grad],
+            lr=cfg.lr,
+            betas=(0.9, 0.95),
+            weight_decay=0.0,
+            schedule=warmup_cosine(cfg.warmup_steps, cfg.steps),
+            grad_clip=cfg.grad_clip,
+            zero_stage=None,
+            wrap=wrap,
+        )
+        self.critic_train = self.critic_stepper.module
+        self.optimizers["critic"] = self.critic_stepper.optimizer
+        self.schedulers["critic"] = self.critic_stepper.scheduler
+        self._advantages()
+
+    def _advantages(self) -> None:
+        """Per-token advantages and returns of every row, from the critic before any update (`gae`), the advantages
+        whitened over all the iteration's tokens (the same on every worker: every worker holds every row)."""
+        c = self.cfg
+        with torch.no_grad():
+            for start in range(0, len(self.pairs), 16):
+                part = self.pairs[start : start + 16]
+                packed = pack([r["prompt_ids"] for r in part], [r["sample_ids"] for r in part])
+                values = self.critic(packed["input_ids"].to(self.device), packed["attention_mask"].to(self.device))
+                for i, r in enumerate(part):
+                    v = values[i, target_positions(len(r["prompt_ids"]), len(r["sample_ids"]))].tolist()
+                    reward = guarded_reward(r["reward"], r["sample_ended"])
+                    rewards = token_rewards(list(r["old_token_logps"]), list(r["ref_token_logps"]), reward, c.beta)
+                    r["values"], (r["advantages"], r["returns"]) = v, gae(rewards, v, self.GAMMA, self.LAMBDA)
+        flat = torch.tensor([a for r in self.pairs for a in r["advantages"]], dtype=torch.float64)
+        mean, std = flat.mean(), flat.std() if len(flat) > 1 else torch.tensor(1.0, dtype=torch.float64)
+        for r in self.pairs:
+            r["advantages"] = ((torch.tensor(r["advantages"], dtype=torch.float64) - mean) / (std + 1e-8)).tolist()
+
+    def loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict[str, float]]:
+        packed = pack([r["prompt_ids"] for r in batch], [r["sample_ids"] for r in batch])
+        token_lp, labels, _ = token_logprobs(self.model_train, packed)
+        mask = labels != IGNORE
+        at = lambda key: dense([r[key] for r in batch], batch, token_lp.shape, token_lp.device)  # noqa: E731
+        old, ref = at("old_token_logps"), at("ref_token_logps")
+        loss, metrics = grpo_loss(token_lp, old, ref, mask, at("advantages"), self.cfg.clip_eps, beta=0.0)
+        with torch.no_grad():  # the policy's KL to the reference, as the penalty in the rewards estimates it
+            metrics["kl"] = float((((token_lp - ref) * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean())
+        values = self.critic_train(packed["input_ids"].to(self.device), packed["attention_mask"].to(self.device))
+        self._value_loss = value_loss(values, at("values"), at("returns"), mask, self.VALUE_CLIP)
+        metrics["value_loss"] = float(self._value_loss.detach())
+        metrics["reward"] = sum(guarded_reward(r["reward"], r["sample_ended"]) for r in batch) / len(batch)
+        return loss, metrics
+
+    def train_step(self) -> dict[str, float]:
+        self.critic_train.train()
+        metrics = super().train_step()  # the policy's step; `loss` left the critic's loss for this batch
+        self.critic_stepper.backward(self._value_loss)
+        metrics["value_grad_norm"] = self.critic_stepper.step()
+        return metrics
+
+    def save(self, directory: str | Path) -> None:
+        super().save(directory)
+        if self.rank == 0:
+            save_file(lora.adapter_tensors(self.critic.body), Path(directory) / "critic_adapter.safetensors")
+            save_file(
+                {k: v.detach().contiguous() for k, v in self.critic.head.state_dict().items()},
+                Path(directory) / "critic_head.safetensors",
+            )
+
+    def load(self, directory: str | Path) -> None:
+        d = Path(directory)
+        lora.load_adapter_tensors(self.critic.body, load_file(d / "critic_adapter.safetensors"))
+        self.critic.head.load_state_dict(load_file(d / "critic_head.safetensors"))
+        super().load(directory)
+
+    def export(self, directory: str | Path, probe: dict | None = None) -> None:
+        super().export(directory, probe)
+        self.critic.save(Path(directory) / CRITIC_DIR)
