@@ -1,13 +1,15 @@
 """VoiceServer: the Ray Serve deployment that speaks with the latest policy (sa_ray.serve does the work).
 
     POST /synthesize  {"text": "...", "speaker": "mbrola-us1", "seed": 0, "temperature": 1.0}  -> audio/wav
-                      ("prompt_wav": base64 of ~3 s of a voice to clone, instead of "speaker")
+                      ("prompt_wav": base64 of ~3 s of a voice to clone, instead of "speaker"; "best_of": N
+                      candidates, the one with the fewest phone errors spoken, up to serve.max_best_of)
     GET  /health      -> {"model": "models:/tiny-policy@latest", "version": 3, "speakers": [...], ...}
     GET  /            -> a listening page (sa_ray/web/voice.html) over the two
 
 Bad input is answered with a 4xx JSON error {"error", "field"}. A replica looks its alias up again at most every
 `serve.refresh_seconds` and merges in a version it has not served yet, so each version an align job registers is
-heard without a redeploy; the response's X-Policy-Version header says which version spoke.
+heard without a redeploy; the response's X-Policy-Version header says which version spoke (and X-Best-Of-* which
+candidate of a best_of request was kept, with its score).
 
 What an attacker can send is bounded (docs/serve.md, "Limits"): a body over `serve.max_body_bytes` is answered 413
 before more of it is read; a `prompt_wav` is measured by its header before it is decoded, and decoded off the
@@ -45,6 +47,7 @@ from sa_ray.serve import (
     SpeechRequest,
     parse_body,
     served_model,
+    speech_headers,
 )
 from sa_ray.synthesis import Spelling
 
@@ -148,19 +151,20 @@ class VoiceServer:
             log.info("serving %s: version %s", self.policy.uri, "base" if version is None else version)
 
     @serve.batch
-    async def _speak(self, requests: list[SpeechRequest]) -> list[tuple[bytes, str, bool] | BadRequest]:
+    async def _speak(self, requests: list[SpeechRequest]) -> list[tuple[bytes, dict[str, str]] | BadRequest]:
         """Requests arriving within `serve.batch_wait_seconds` of each other (up to `serve.max_batch`) are sampled
-        as one batch: one forward per step for all of them."""
+        as one batch: one forward per step for all of them (and all their best_of candidates)."""
         return await asyncio.to_thread(self._speak_now, requests)
 
-    def _speak_now(self, requests: list[SpeechRequest]) -> list[tuple[bytes, str, bool] | BadRequest]:
+    def _speak_now(self, requests: list[SpeechRequest]) -> list[tuple[bytes, dict[str, str]] | BadRequest]:
+        """Each request's WAV and its answer's headers (`speech_headers`), or its BadRequest."""
         with self.lock:
             self._refresh()
             version, self.largest_batch = self._version_label(), max(self.largest_batch, len(requests))
             return [
                 out
                 if isinstance(out, BadRequest)
-                else (wav_bytes(out.wav, self.voice.codec.sample_rate), version, out.ended)
+                else (wav_bytes(out.synthesis.wav, self.voice.codec.sample_rate), speech_headers(out, version))
                 for out in self.voice.speak(requests)
             ]
 
@@ -174,7 +178,7 @@ class VoiceServer:
 
     def _parse(self, raw: bytes) -> SpeechRequest:
         """A body -> SpeechRequest (a prompt_wav decoded): run in a worker thread, off the event loop."""
-        return parse_body(raw, self.voice.speakers, self.settings.max_text_chars)
+        return parse_body(raw, self.voice.speakers, self.settings.max_text_chars, self.settings.max_best_of)
 
     @app.get("/health")
     def health(self, request: Request) -> Response:
@@ -214,7 +218,7 @@ class VoiceServer:
         except BadRequest as exc:
             return _refusal(exc)
 
-        async def answer() -> tuple[bytes, str, bool]:
+        async def answer() -> tuple[bytes, dict[str, str]]:
             # parsing decodes a prompt_wav (up to 30 s of audio): in a thread, so that /health answers meanwhile
             result = await self._speak(await asyncio.to_thread(self._parse, raw))
             if isinstance(result, BadRequest):
@@ -235,10 +239,8 @@ class VoiceServer:
             )
         except BadRequest as exc:
             return _refusal(exc)
-        wav, version, ended = result
-        return Response(
-            wav, media_type="audio/wav", headers={"X-Policy-Version": version, "X-Ended": "true" if ended else "false"}
-        )
+        wav, headers = result
+        return Response(wav, media_type="audio/wav", headers=headers)
 
 
 def voice_app(cfg: Config) -> serve.Application:

@@ -5,6 +5,15 @@
 
 The model is <run_dir>/pretrain/model unless `--model DIR` names another; `--adapter` puts a policy version on it
 (a directory or models:/<name>@<alias>), only if that adapter was trained on this very base (sa_ray.lineage).
+
+Best-of-N (`sa_ray.best_of`): `--best-of N` samples the sentence at seeds --seed, --seed+1, ..., --seed+N-1 (one
+batch) and keeps the candidate its `--scorer` rates highest (ties: the lowest seed); it prints every candidate's
+score and which one it kept. Scorers: `phones` (the default for an aligned model: minus the phone error rate of
+the target a candidate wrote; scored before rendering, so only the chosen one is rendered), `asr` (minus the WER
+of eval.asr's transcript of each candidate's speech; the default otherwise) and `asr_sim` (plus the eval.sim
+similarity of that speech to the voice prompt).
+
+    python -m jobs.synthesize --text "The cat sat on the mat." --speaker mbrola-us2 --best-of 4 --out cat.wav
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from jobs import _cli
-from sa_ray import lineage, lora, tracking
+from sa_ray import best_of, lineage, lora, tracking
 from sa_ray.audio import read_wav, write_wav
 from sa_ray.codec import load_codec
 from sa_ray.config import load_config
@@ -40,6 +49,15 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--out", default="synth.wav")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument(
+        "--best-of", type=_at_least_one, default=1, help="sample N candidates and keep the best by --scorer (1 = off)"
+    )
+    ap.add_argument(
+        "--scorer",
+        choices=sorted(best_of.SCORERS),
+        default=None,
+        help="what --best-of picks by (default: phones for an aligned model, else asr)",
+    )
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
@@ -72,17 +90,35 @@ def main(argv: list[str] | None = None) -> Path:
                 f"the voices are {', '.join(sorted(bank.by_speaker))}"
             )
         prompt = bank.draw(args.speaker, "", random.Random(args.seed))
-    out = tts.synthesize(
+    scorer = None
+    if args.best_of > 1:
+        scorer = best_of.make_scorer(args.scorer or best_of.default_scorer(tts.vocab), tts, cfg)
+    best = best_of.synthesize_best(
+        tts,
         [Request(args.text, prompt, args.seed, args.speaker)],
+        [args.best_of],
+        scorer,
         SamplingConfig(temperature=args.temperature, cfg_scale=cfg.eval.cfg_scale),
         fit_positions=True,
     )[0]
+    if best.scores:
+        print(f"best of {args.best_of} by {best.scorer}:")
+        for k, (seed, score) in enumerate(zip(best_of.candidate_seeds(args.seed, args.best_of), best.scores)):
+            print(f"  candidate {k} (seed {seed}): {score:+.4f}" + ("  <- chosen" if k == best.chosen else ""))
+    out = best.synthesis
     write_wav(args.out, out.wav, codec.sample_rate)
     print(
         f"{args.out}: {len(out.wav) / codec.sample_rate:.2f} s"
         + ("" if out.ended else " (hit the length limit before EOS)")
     )
     return Path(args.out)
+
+
+def _at_least_one(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {value}")
+    return n
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ No Ray here (actors/voice_server.py makes it a Ray Serve deployment). `parse_bod
 `SpeechRequest` or a `BadRequest` naming the field and the rule (the endpoint answers it with a 4xx JSON
 error); a `prompt_wav`'s length is read from its header and refused before a sample is decoded. `PolicyVoice`
 loads the base AR + NAR + codec once and merges one policy version (a LoRA adapter) into a copy of the AR when
-told to, as the evaluator does, so a served version speaks as it was evaluated. `served_model` and
-`check_exposure` are the checks made before a deployment is built (jobs.serve and the RayService builder).
+told to, as the evaluator does, so a served version speaks as it was evaluated; a request's `best_of` N has N
+candidates sampled in its batch and the one with the fewest phone errors spoken (`sa_ray.best_of`), which
+`speech_headers` reports. `served_model` and `check_exposure` are the checks made before a deployment is built
+(jobs.serve and the RayService builder).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from sa_ray import lineage, lora, tracking
+from sa_ray import best_of, lineage, lora, tracking
 from sa_ray.audio import read_mono
 from sa_ray.codec import Codec
 from sa_ray.config import Config, ConfigError, ServeConfig
@@ -32,7 +34,7 @@ from sa_ray.data.examples import PromptBank
 from sa_ray.models.ar import load_ar
 from sa_ray.models.nar import NARModel
 from sa_ray.sampling import SamplingConfig
-from sa_ray.synthesis import CodecTTS, Request, Spelling, Synthesis, TextError
+from sa_ray.synthesis import CodecTTS, Request, Spelling, TextError
 
 PAGE = Path(__file__).parent / "web" / "voice.html"  # the listening page the endpoint serves at /
 MAX_TEMPERATURE = 2.0
@@ -67,21 +69,22 @@ class SpeechRequest:
     seed: int = 0
     temperature: float = 1.0
     prompt: tuple[np.ndarray, int] | None = None  # (mono wav, sample rate) of the voice to clone
+    best_of: int = 1  # candidates sampled (seeds seed .. seed+best_of-1), the best by its phones spoken
 
 
-_FIELDS = ("text", "speaker", "prompt_wav", "seed", "temperature")
+_FIELDS = ("text", "speaker", "prompt_wav", "seed", "temperature", "best_of")
 
 
-def parse_body(raw: bytes, speakers: list[str], max_text_chars: int) -> SpeechRequest:
+def parse_body(raw: bytes, speakers: list[str], max_text_chars: int, max_best_of: int = 1) -> SpeechRequest:
     """A request's body (bytes) -> SpeechRequest; not JSON is a BadRequest of status 400 (field `body`)."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[... nested past the C stack
         raise BadRequest("body", "the body is not JSON", 400) from None
-    return parse_request(body, speakers, max_text_chars)
+    return parse_request(body, speakers, max_text_chars, max_best_of)
 
 
-def parse_request(body: object, speakers: list[str], max_text_chars: int) -> SpeechRequest:
+def parse_request(body: object, speakers: list[str], max_text_chars: int, max_best_of: int = 1) -> SpeechRequest:
     """A decoded JSON body -> SpeechRequest; every rule broken is a BadRequest naming its field."""
     if not isinstance(body, dict):
         raise BadRequest("body", f"must be a JSON object with fields {', '.join(_FIELDS)}; got {type(body).__name__}")
@@ -118,7 +121,12 @@ def parse_request(body: object, speakers: list[str], max_text_chars: int) -> Spe
         or not 0 <= temperature <= MAX_TEMPERATURE
     ):
         raise BadRequest("temperature", f"must be a number in [0, {MAX_TEMPERATURE}] (0 = greedy)")
-    return SpeechRequest(text, body.get("speaker"), seed, float(temperature), prompt)
+    n = body.get("best_of", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_best_of:
+        raise BadRequest(
+            "best_of", f"must be an integer in [1, {max_best_of}] (serve.max_best_of): the candidates sampled, 1 = off"
+        )
+    return SpeechRequest(text, body.get("speaker"), seed, float(temperature), prompt, n)
 
 
 def _control(c: str) -> bool:
@@ -275,6 +283,9 @@ class PolicyVoice:
         self.bank, self.prompt_frames = PromptBank.of_voices(data_dir, prompt_frames, codec.n_codebooks), prompt_frames
         self.speakers = sorted(self.bank.by_speaker)
         self.tts: CodecTTS | None = None
+        # best-of-N picks by the phones a candidate wrote: free, scored before rendering (only the chosen one is
+        # vocoded); a model whose targets write no phones has nothing to pick by and speaks best of 1 only
+        self.scorer = best_of.PhoneScorer(self.vocab) if self.vocab.aligned else None
 
     def use(self, adapter_dir: str | Path | None) -> None:
         """base + the adapter (None: the base alone), merged into a copy; the base weights stay untouched."""
@@ -288,13 +299,21 @@ class PolicyVoice:
             self.forced_phones,
         )
 
-    def speak(self, requests: list[SpeechRequest]) -> list[Synthesis | BadRequest]:
-        """Requests that arrived together, sampled as one batch per temperature; one whose text cannot be said
-        gets its BadRequest and the others their speech. The voice prompt and the sampling follow each `seed`:
-        the same request to the same version gives the same speech (up to float rounding when it shares a batch)."""
-        out: list[Synthesis | BadRequest | None] = [None] * len(requests)
-        groups: dict[float, list[tuple[int, Request, tuple]]] = {}
+    def speak(self, requests: list[SpeechRequest]) -> list[best_of.Best | BadRequest]:
+        """Requests that arrived together, sampled as one batch per temperature (a request's `best_of` candidates
+        all in it); one whose text cannot be said gets its BadRequest and the others their speech. The voice prompt
+        and the sampling follow each `seed`: the same request to the same version gives the same speech (up to
+        float rounding when it shares a batch)."""
+        out: list[best_of.Best | BadRequest | None] = [None] * len(requests)
+        groups: dict[float, list[tuple[int, Request, tuple, int]]] = {}
         for i, r in enumerate(requests):
+            if r.best_of > 1 and self.scorer is None:
+                out[i] = BadRequest(
+                    "best_of",
+                    "must be 1 for this model: best-of-N picks by the phones a candidate wrote, and this model's "
+                    "targets write none (plain codes)",
+                )
+                continue
             if r.prompt is None:
                 prompt = self.bank.draw(r.speaker, "", random.Random(r.seed))
             else:  # the first prompt_frames of the voice given, as `jobs.synthesize --prompt-wav`
@@ -305,12 +324,31 @@ class PolicyVoice:
             except TextError as exc:
                 out[i] = BadRequest("text", str(exc))
                 continue
-            groups.setdefault(r.temperature, []).append((i, request, prompted))
+            groups.setdefault(r.temperature, []).append((i, request, prompted, r.best_of))
         for temperature, group in groups.items():
-            prompted = tuple([p[k][0] for _, _, p in group] for k in range(3))  # (prompts, budgets, texts) of all
-            made = self.tts.synthesize(
-                [request for _, request, _ in group], replace(self.sampling, temperature=temperature), prompted=prompted
+            prompted = tuple([p[k][0] for _, _, p, _ in group] for k in range(3))  # (prompts, budgets, texts) of all
+            made = best_of.synthesize_best(
+                self.tts,
+                [request for _, request, _, _ in group],
+                [n for *_, n in group],
+                self.scorer,
+                replace(self.sampling, temperature=temperature),
+                prompted=prompted,
             )
-            for (i, _, _), synthesis in zip(group, made):
-                out[i] = synthesis
+            for (i, *_), best in zip(group, made):
+                out[i] = best
         return out
+
+
+def speech_headers(best: best_of.Best, version: str) -> dict[str, str]:
+    """The headers of a spoken answer: the version that spoke, whether the sample ended, and for best of N > 1
+    which candidate was kept (its seed is the request's + that index), its score and every candidate's."""
+    headers = {"X-Policy-Version": version, "X-Ended": "true" if best.synthesis.ended else "false"}
+    if best.scores:
+        headers |= {
+            "X-Best-Of-Chosen": str(best.chosen),
+            "X-Best-Of-Score": f"{best.score:.6g}",
+            "X-Best-Of-Scores": ",".join(f"{s:.6g}" for s in best.scores),
+            "X-Best-Of-Scorer": best.scorer,
+        }
+    return headers

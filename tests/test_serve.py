@@ -95,6 +95,20 @@ def test_the_base_speaks_wav_and_a_seed_repeats_it(endpoint):
     assert _call(f"{url}/synthesize", {**request, "seed": 4})[2] != wav
 
 
+def test_best_of_speaks_the_candidate_with_the_fewest_phone_errors_and_says_which(endpoint):
+    url, _ = endpoint
+    request = {"text": "The cat sat on the mat.", "speaker": "mbrola-us1", "seed": 3, "best_of": 3}
+    status, headers, wav = _call(f"{url}/synthesize", request)
+    assert status == 200 and wav[:4] == b"RIFF" and headers["x-best-of-scorer"] == "phones"
+    scores = [float(s) for s in headers["x-best-of-scores"].split(",")]
+    chosen = int(headers["x-best-of-chosen"])
+    assert len(scores) == 3 and chosen == scores.index(max(scores))  # the argmax, ties to the lowest seed
+    assert float(headers["x-best-of-score"]) == scores[chosen] <= 0  # minus a phone error rate
+    assert _call(f"{url}/synthesize", request)[2] == wav  # the same request, the same choice and speech
+    plain = _call(f"{url}/synthesize", {**request, "best_of": 1})[1]
+    assert "x-best-of-chosen" not in plain  # best of 1: nothing scored
+
+
 def test_a_voice_given_as_prompt_wav_is_cloned(endpoint):
     url, cfg = endpoint
     row = pq.read_table(f"{cfg.run_dir}/data/heldout_voices", columns=["audio_path"]).slice(0, 1).to_pylist()[0]
@@ -146,6 +160,7 @@ def test_requests_arriving_together_share_a_batch_and_a_bad_one_fails_alone(endp
         ({"text": "Hello.", "speaker": "mbrola-us1", "temperature": 9}, 422, "temperature"),
         ({"text": "Hello.", "speaker": "mbrola-us1", "temperature": "hot"}, 422, "temperature"),
         ({"text": "Hello.", "speaker": "mbrola-us1", "voice": "x"}, 422, "voice"),
+        ({"text": "Hello.", "speaker": "mbrola-us1", "best_of": 99}, 422, "best_of"),  # over serve.max_best_of
         ({"text": "Hello."}, 422, "speaker"),  # no voice
         ({"text": "Hello.", "speaker": "mbrola-us1", "prompt_wav": _b64_wav(1.0)}, 422, "speaker"),  # two voices
         ({"text": "Hello.", "prompt_wav": "not base64!"}, 422, "prompt_wav"),

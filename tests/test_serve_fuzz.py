@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from sa_ray.config import ServeConfig
+
 from .test_serve_routes import stub_server
 
 TOKEN = "fuzz-token"
@@ -180,6 +182,7 @@ def cases() -> tuple[Case, ...]:
                 "speaker": [1, None, ["mbrola-us1"]],
                 "seed": ["1", 1.5, 2**63, -1, None, [], True],
                 "temperature": ["hot", None, [], True, -0.1, 2.0001],
+                "best_of": ["2", 2.0, None, [], True, 0, -1, ServeConfig().max_best_of + 1, 10**6],
             }.items()
             for i, value in enumerate(values)
         ],

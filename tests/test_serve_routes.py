@@ -60,7 +60,7 @@ HARNESS = textwrap.dedent("""
             Replica.sampled.append(request.text)
             if request.text == SLOW_SPEAK:
                 await asyncio.sleep(30)
-            return b"RIFF-a-take", "base", True
+            return b"RIFF-a-take", {"X-Policy-Version": "base", "X-Ended": "true"}
 
     # the app a replica serves: the copy serve.ingress froze (cloudpickled) after building its class-based view
     app = next(cell.cell_contents for cell in SERVER.__init__.__closure__ if isinstance(cell.cell_contents, FastAPI))
