@@ -410,6 +410,16 @@ class AlignConfig:
             "how it sounds, what forced-phone rollouts leave free)"
         ),
     )
+    adapter: str = setting(
+        "continue",
+        "each iteration's learner starts from: continue (the version that sampled its rollouts) | restart (a fresh "
+        "adapter on the base; with reference=base, every version is one training of the base on its own pair set)",
+    )
+    replay: float = setting(
+        0.0,
+        "share of each earlier iteration's pairs the learner trains on beside the new ones (0: dropped, 1: all kept; "
+        "a reproducible draw by key), each with the reference scores it was made with",
+    )
     # learner
     lr: float = setting(2.0e-4, "peak AdamW learning rate of the adapter")
     steps: int = setting(32, "optimiser steps per iteration")
@@ -471,6 +481,10 @@ class AlignConfig:
         _require(
             self.reference in ("policy", "base"), f"align.reference must be policy or base; got {self.reference!r}"
         )
+        _require(
+            self.adapter in ("continue", "restart"), f"align.adapter must be continue or restart; got {self.adapter!r}"
+        )
+        _require(0 <= self.replay <= 1, "align.replay must be in [0, 1]")
         _require(
             self.method != "grpo" or self.samples_per_prompt >= 2,
             "align.method=grpo needs align.samples_per_prompt >= 2 (advantages are normalised within a group)",

@@ -133,7 +133,8 @@ class DPOLearner:
         """`pairs`: ALL the iteration's pairs, on every worker. `wrap` (Ray Train's prepare_model: the worker's
         device, DDP when world > 1) is for the plain path; a ZeRO engine places the model and reduces itself."""
         self.cfg, self.rank, self.world = cfg, rank, world
-        self.pairs = sorted(pairs, key=lambda p: (p["utt_id"], p["sample_idx"]))
+        # keyed (iteration, utt_id, sample_idx): replayed pairs of earlier iterations may share an utterance
+        self.pairs = sorted(pairs, key=lambda p: (int(p.get("iteration", 0)), p["utt_id"], p["sample_idx"]))
         if not self.pairs:
             raise ValueError("no preference pairs to learn from")
         if cfg.batch_size % world:
@@ -220,7 +221,8 @@ class DPOLearner:
         self.stepper.backward(loss)
         grad_norm = self.stepper.step()  # of the step's averaged gradient: the same on every worker
         self.step_count += 1
-        return {**self._mean_over_workers(metrics), "grad_norm": grad_norm, "lr": self.stepper.lr}
+        metrics = self._mean_over_workers(metrics)
+        return {**metrics, "grad_norm": grad_norm, "lr": self.stepper.lr, "train_pairs": len(self.pairs)}
 
     def _mean_over_workers(self, metrics: dict[str, float]) -> dict[str, float]:
         """The step's metrics over all its pairs, not this worker's block: each is a mean over pairs and the

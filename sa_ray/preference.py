@@ -91,6 +91,13 @@ def select_prompts(utt_ids: list[str], n: int, seed: int, iteration: int) -> lis
     return sorted(ids[:n])
 
 
+def replayed(key: tuple, fraction: float, seed: int) -> bool:
+    """Whether an earlier iteration's pair (its KEY) is replayed at `fraction` (`align.replay`): a draw that is a
+    pure function of the key and the seed, so every worker and every resumed learner trains on the same pairs."""
+    iteration, utt_id, sample_idx = key
+    return request_seed(seed, int(iteration), f"replay:{utt_id}", int(sample_idx)) < fraction * 2**63
+
+
 def golden_pairs(samples: list[dict]) -> list[dict]:
     """chosen = golden, rejected = sample; a sample equal to the golden target is no preference and is dropped."""
     return [

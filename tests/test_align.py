@@ -355,6 +355,17 @@ def test_pairs_are_keyed_and_drop_non_preferences():
     assert ranked_pairs([{**s, "reward": 0.1} for s in samples]) == []  # a tie is no preference
 
 
+def test_replayed_pairs_are_a_reproducible_share_of_each_earlier_iteration():
+    from sa_ray.preference import replayed
+
+    keys = [(i, f"u{j}", k) for i in range(3) for j in range(100) for k in range(2)]
+    half = [key for key in keys if replayed(key, 0.5, seed=0)]
+    assert 0.4 * len(keys) < len(half) < 0.6 * len(keys) and half == [k for k in keys if replayed(k, 0.5, 0)]
+    assert not any(replayed(k, 0.0, 0) for k in keys) and all(replayed(k, 1.0, 0) for k in keys)
+    assert set(half) != {k for k in keys if replayed(k, 0.5, seed=1)}  # another seed, another draw
+    assert {k for k in keys if replayed(k, 0.25, 0)} <= set(half)  # a smaller share is a subset
+
+
 def test_prompt_draws_and_seeds_are_reproducible(rows):
     from sa_ray.data.examples import build_vocab
 

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from sa_ray import preference
 from sa_ray.config import ConfigError
 from sa_ray.preference import read_manifest, select_prompts
 from tests.conftest import REPO, ROLLOUT_BACKENDS, copy_prepared
@@ -67,12 +68,15 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(
     from sa_ray import tracking
     from sa_ray.config import load_config
 
-    argv, run_dir = _argv(prepared_tiny, tiny_base, tmp_path, f"align.backend={backend}")
+    argv, run_dir = _argv(prepared_tiny, tiny_base, tmp_path, f"align.backend={backend}", "align.replay=0.5")
     out = align.main(argv)
     records = out["records"]
     assert [r["iteration"] for r in records] == [0, 1, 2]
     for i in (0, 1):
         assert set(_keys(run_dir / "align" / "pairs" / f"iter_{i}")) == _expected_keys(run_dir, i)
+    # the second learner trained on its pairs and the replayed half of the first's (a draw by key)
+    replayed = [k for k in _keys(run_dir / "align" / "pairs" / "iter_0") if preference.replayed(k, 0.5, 0)]
+    assert records[1]["train_pairs"] == 6 and records[2]["train_pairs"] == 6 + len(replayed)
     for r in records[1:]:
         assert r["pairs"] == 6 and 0 <= r["heldout_sentences_wer"] and r["rollout_tokens_per_s"] > 0
         assert abs(r["dpo_loss"]) < 10 and 0 <= r["reward_acc"] <= 1
