@@ -19,10 +19,12 @@ import ray
 from actors.evaluator import Evaluator
 from actors.placement import actor_options
 from actors.reference import ReferenceScorer
+from actors.reward_model import RewardModelRole
 from actors.reward_scorer import RewardScorer
 from actors.rollout import RolloutEngine
 from sa_ray import grpo, lora, ppo, preference
 from sa_ray.models.vocab import tag_prompt
+from sa_ray.reward_model import checkpoint_dir
 
 PAIR_COLUMNS = ["iteration", "utt_id", "sample_idx", "prompt_ids", "chosen_ids", "rejected_ids"]
 SAMPLE_METHODS = ("grpo", "ppo")  # methods that learn from every rewarded sample (each token scored), not pairs
@@ -90,11 +92,20 @@ def _ppo_rows(batch: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(ppo.sample_rows(batch.to_dict("records")))
 
 
+def _model_reward(batch: pd.DataFrame, model) -> pd.DataFrame:
+    prompts, samples = ([list(map(int, x)) for x in batch[c]] for c in ("prompt_ids", "sample_ids"))
+    return batch.assign(reward=ray.get(model.score.remote(prompts, samples)))
+
+
 def _rewarded(samples, a, vocab, roles):
-    """Each sample with its `reward` (`align.reward`): its phone errors in the pipeline, or its SIM - WER by the
-    RewardScorers."""
+    """Each sample with its `reward` (`align.reward`): its phone errors in the pipeline, the trained reward model's
+    score, or its SIM - WER by the RewardScorers."""
     if a.reward == "phones":
         return samples.map_batches(_phone_reward, batch_format="pandas", fn_kwargs=dict(vocab=vocab))
+    if a.reward == "model":
+        return samples.map_batches(
+            _model_reward, batch_format="pandas", batch_size=32, num_cpus=0, fn_kwargs=dict(model=roles["reward_model"])
+        )
     return samples.map_batches(
         _reward,
         batch_format="pandas",
@@ -192,8 +203,9 @@ def make_pairs(
     )
 
 
-def start_roles(cfg, base_dir: Path) -> dict:
-    """The loop's long-lived roles, each placed by its `resources.<role>` (actors/placement.py)."""
+def start_roles(cfg, base_dir: Path, base_fingerprint: str | None = None) -> dict:
+    """The loop's long-lived roles, each placed by its `resources.<role>` (actors/placement.py); a reward model
+    (align.reward=model) only if it was trained on this base (`base_fingerprint`)."""
     a, res = cfg.align, cfg.resources
     sampling = {"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p}
     roles = {
@@ -220,6 +232,12 @@ def start_roles(cfg, base_dir: Path) -> dict:
     # ranked pairs rewarded by ASR and SIM: reward_workers scorers side by side (the costly stage: every sample goes
     # through NAR, vocoder and ASR); they score while the evaluator waits for its next version, so no core is shared
     scoring = (a.pairs == "ranked" or a.method in SAMPLE_METHODS) and a.reward == "asr"
+    if (a.pairs == "ranked" or a.method in SAMPLE_METHODS) and a.reward == "model":
+        roles["reward_model"] = (
+            ray.remote(RewardModelRole)
+            .options(**actor_options(res.reward_model))
+            .remote(str(checkpoint_dir(cfg)), res.reward_model.num_gpus, base_fingerprint)
+        )
     roles["scorers"] = [
         ray.remote(RewardScorer).options(**actor_options(res.reward)).remote(cfg, str(base_dir))
         for _ in range(a.reward_workers if scoring else 0)

@@ -28,6 +28,7 @@ from sa_ray.evaluation import check_heldout_audio
 from sa_ray.models import base_model_dir
 from sa_ray.models.vocab import Vocab
 from sa_ray.preference import probe_sequence
+from sa_ray.reward_model import checkpoint_dir
 
 if typing.TYPE_CHECKING:
     from actors.align_stages import Loop
@@ -74,6 +75,8 @@ def setup(cfg: Config) -> Loop:
     run = AlignRun(run_dir, made_from)
     vocab, frame_rate = Vocab.load(base_dir / "ar"), summary["codec"]["frame_rate"]
     cfg.align.check_model(vocab.aligned)
+    if cfg.align.reward == "model" and (cfg.align.pairs == "ranked" or cfg.align.method in ("grpo", "ppo")):
+        checkpoint_dir(cfg)  # a missing reward model is said before Ray starts
     cfg.eval.check_model(vocab.aligned)
     prompt_frames = cfg.model.prompt_frames(frame_rate)
 
@@ -83,7 +86,7 @@ def setup(cfg: Config) -> Loop:
     from actors.align_stages import Loop
     from actors.pipeline import start_roles
 
-    roles = start_roles(cfg, base_dir)
+    roles = start_roles(cfg, base_dir, made_from["base_fingerprint"])
     engine = ray.get(roles["rollout"].describe.remote())
     print(f"rollout engine: {engine}", flush=True)
     tags = {

@@ -5,11 +5,12 @@ The N candidates are the request at seeds seed, seed+1, ..., seed+N-1, with the 
 first is what the request alone speaks (best of 1 is the plain request) and any candidate is reproduced by its
 seed alone. Every candidate of every request is decoded in one `CodecTTS.generate` call (the sampler batches
 them). A scorer that reads tokens (`phones`) scores them before the NAR model and the vocoder run, so only the
-chosen candidate is rendered; a scorer that hears speech (`asr`, `asr_sim`) has every candidate rendered.
+chosen candidate is rendered (as `reward_model`); a scorer that hears speech (`asr`, `asr_sim`) has every
+candidate rendered.
 
 The choice is the argmax of the scores, ties to the lowest index (the lowest seed): a function of the scores
-alone, so the same request gives the same speech. `SCORERS` maps a scorer's name to its factory; another scorer
-(a reward model's) is one more entry.
+alone, so the same request gives the same speech. `SCORERS` maps a scorer's name to its factory: `phones`,
+`asr`, `asr_sim` and `reward_model` (the run's trained reward model, `reward_model.path`).
 """
 
 from __future__ import annotations
@@ -174,6 +175,25 @@ class AsrScorer:
         return out
 
 
+class RewardModelScorer:
+    """The trained reward model's score of each candidate's (prompt, target) (`sa_ray.reward_model`, trained by
+    `jobs.reward_model` on the run's pairs). Reads tokens: only the chosen candidate is rendered."""
+
+    name, hears = "reward_model", False
+
+    def __init__(self, model):
+        self.model = model
+
+    def scores(self, candidates: list[Candidate]) -> list[float]:
+        return self.model.score([c.prompt_ids for c in candidates], [c.ar_tokens for c in candidates])
+
+
+def _reward_model(tts: CodecTTS, cfg: Config) -> Scorer:
+    from sa_ray.reward_model import RewardModel, checkpoint_dir
+
+    return RewardModelScorer(RewardModel.load(checkpoint_dir(cfg)))
+
+
 def _phones(tts: CodecTTS, cfg: Config) -> Scorer:
     return PhoneScorer(tts.vocab)
 
@@ -190,6 +210,7 @@ SCORERS: dict[str, Callable[[CodecTTS, Config], Scorer]] = {
     "phones": _phones,
     "asr": _asr,
     "asr_sim": lambda tts, cfg: _asr(tts, cfg, with_sim=True),
+    "reward_model": _reward_model,
 }
 
 

@@ -344,8 +344,9 @@ class AlignConfig:
     reward: str = setting(
         "asr",
         (
-            "ranked pairs' reward: asr (SIM - WER of the sample's speech, ~1 s a sample) | phones (minus the phone error "
-            "rate of the target the sample wrote: free and noise-free, content only; aligned vocabularies)"
+            "the reward of ranked pairs, grpo and ppo: asr (SIM - WER of the sample's speech, ~1 s a sample) | phones "
+            "(minus the phone error rate of the target the sample wrote: free and noise-free, content only; aligned "
+            "vocabularies) | model (the trained reward model's score: jobs.reward_model, reward_model.path)"
         ),
     )
     reward_workers: int = setting(
@@ -461,7 +462,9 @@ class AlignConfig:
             self.pairs in ("golden", "ranked", "corrections"),
             f"align.pairs must be golden, ranked or corrections; got {self.pairs!r}",
         )
-        _require(self.reward in ("asr", "phones"), f"align.reward must be asr or phones; got {self.reward!r}")
+        _require(
+            self.reward in ("asr", "phones", "model"), f"align.reward must be asr, phones or model; got {self.reward!r}"
+        )
         _require(
             self.nll_target in ("chosen", "golden"),
             f"align.nll_target must be chosen or golden; got {self.nll_target!r}",
@@ -775,7 +778,11 @@ class ResourcesConfig:
     reward: RoleResources = _role(0.0, "each reward scorer (align.pairs=ranked with align.reward=asr)")
     evaluator: RoleResources = _role(0.0, "the evaluator: NAR + codec + ASR + speaker model over the held-out sets")
     learner: RoleResources = _role(1.0, "each Ray Train worker of the LoRA preference learner")
-    reward_model: RoleResources = _role(1.0, "the reward model (jobs.reward_model trains it; scorers load it)")
+    reward_model: RoleResources = _role(
+        0.0,
+        "the reward model (jobs.reward_model trains it; align.reward=model scores with it between learner runs, as the "
+        "reference does, so it holds no CPU the learner's data reads need)",
+    )
     pretrain: RoleResources = _role(1.0, "each Ray Train worker of the base model's training")
     tokenizer: RoleResources = _role(1.0, "each codec encoder of prepare (prepare.encoders of them)")
     serve: RoleResources = _role(
@@ -841,6 +848,11 @@ class RewardModelConfig:
     )
     score_batch_size: int = setting(32, "sequences per forward when scoring")
     seed: int = setting(0, "the held-out draw, the LoRA's initial weights and the order of the pairs")
+    path: str = setting(
+        "",
+        "the trained reward model the `model` reward (align.reward=model) and best-of's reward_model scorer load "
+        '("" = <run_dir>/reward_model, where jobs.reward_model saves it)',
+    )
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "lora_rank", "lora_alpha", "score_batch_size"):

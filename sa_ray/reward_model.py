@@ -287,3 +287,15 @@ def train(
     model.info, model.made_from = report, dict(made_from or {})
     log.info("reward model: %s", report)
     return model, {**report, "history": history}
+
+
+def checkpoint_dir(cfg) -> Path:
+    """The reward model a run's scorers load (`reward_model.path`, default <run_dir>/reward_model); a missing one is
+    a FileNotFoundError saying how to make it."""
+    path = Path(cfg.reward_model.path or Path(cfg.run_dir) / "reward_model")
+    if not (path / WEIGHTS).is_file():
+        raise FileNotFoundError(
+            f"no trained reward model in {path} (reward_model.path): train one with "
+            f"`python -m jobs.reward_model run_dir={cfg.run_dir}` after an align iteration has made pairs"
+        )
+    return path

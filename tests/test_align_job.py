@@ -301,14 +301,50 @@ def test_ranked_pairs_by_phone_errors_run_end_to_end(prepared_tiny, tiny_base, t
         assert 0 <= r["heldout_sentences_phone_error_rate"] and 0 <= r["heldout_voices_phone_error_rate"]
 
 
+def _tiny_reward_model(run_dir: Path, base: Path):
+    """A reward model trained on the base in <run_dir>/reward_model (where align.reward=model loads it)."""
+    import random
+
+    from sa_ray import lineage
+    from sa_ray.config import RewardModelConfig, load_config
+    from sa_ray.data.examples import PromptBank
+    from sa_ray.models.vocab import EOS, Vocab
+    from sa_ray.preference import split_example
+    from sa_ray.reward_model import train
+
+    rows, vocab = pq.read_table(run_dir / "data" / "train").to_pylist()[:16], Vocab.load(base / "ar")
+    frame_rate = json.loads((run_dir / "data" / "summary.json").read_text())["codec"]["frame_rate"]
+    bank, pairs = PromptBank.from_rows(rows, 20, 1), []
+    for row in rows:
+        prompt, golden = split_example(
+            row, bank.draw(row["speaker"], row["utt_id"], random.Random(0)), vocab, frame_rate
+        )
+        pairs.append(
+            {
+                "utt_id": row["utt_id"],
+                "prompt_ids": prompt,
+                "chosen_ids": golden,
+                "rejected_ids": golden[: len(golden) // 2] + [EOS],
+            }
+        )
+    cfg = load_config(str(REPO / "configs" / "tiny.yaml"), [f"run_dir={run_dir}"])
+    made_from = {
+        "base_fingerprint": lineage.fingerprint(base, run_dir / "codec", cfg.codec.kind),
+        "base_dir": str(base),
+    }
+    model, _ = train(base, pairs, RewardModelConfig(steps=4, batch_size=4, heldout_fraction=0.25), made_from=made_from)
+    model.save(run_dir / "reward_model")
+    return model
+
+
 @pytest.mark.parametrize("method", ["grpo", "ppo"])
 def test_grpo_and_ppo_run_an_iteration_end_to_end_and_log_a_finite_kl(
     method, prepared_tiny, tiny_base, tmp_path, ray_local
 ):
-    """align.method=grpo|ppo: 4 samples per prompt rewarded by their phone errors, every sample token scored by the
-    sampling policy and the reference (ppo: the base), clipped policy-gradient steps on Ray Train -> v1 (ppo: with
-    its critic); the KL to the reference reaches MLflow at every learner step, finite. grpo: advantages normalised
-    in each prompt's group."""
+    """align.method=grpo|ppo: 4 samples per prompt rewarded (grpo: by their phone errors; ppo: by a trained reward
+    model, its own role), every sample token scored by the sampling policy and the reference (ppo: the base),
+    clipped policy-gradient steps on Ray Train -> v1 (ppo: with its critic); the KL to the reference reaches MLflow
+    at every learner step, finite. grpo: advantages normalised in each prompt's group."""
     from jobs import align
     from sa_ray import tracking
     from sa_ray.config import load_config
@@ -322,13 +358,14 @@ def test_grpo_and_ppo_run_an_iteration_end_to_end_and_log_a_finite_kl(
         tmp_path,
         "align.backend=torch",
         f"align.method={method}",
-        "align.reward=phones",
         "align.samples_per_prompt=4",
         "align.iterations=1",
         "eval.gap_utterances=0",
         "align.temperature=1.5",
-        *(["align.reference=base"] if method == "ppo" else []),
+        *(["align.reference=base", "align.reward=model"] if method == "ppo" else ["align.reward=phones"]),
     )
+    if method == "ppo":  # a reward model of the base: golden targets over their first halves, a few steps
+        reward_model = _tiny_reward_model(run_dir, tiny_base)
     out = align.main(argv)
     rows_dir = run_dir / "align" / "pairs" / "iter_0"
     rows, vocab = pq.read_table(rows_dir).to_pylist(), Vocab.load(tiny_base / "ar")
@@ -338,8 +375,9 @@ def test_grpo_and_ppo_run_an_iteration_end_to_end_and_log_a_finite_kl(
         raw = [-phone_error_rate(r["sample_ids"], vocab.prompt_text_ids(r["prompt_ids"]), vocab) for r in group]
         for r in group:  # version 0 sampled: the reference is the sampling policy, whichever align.reference says
             assert len(r["ref_token_logps"]) == len(r["sample_ids"]) and r["ref_token_logps"] == r["old_token_logps"]
-        if method == "ppo":
-            assert [r["reward"] for r in group] == pytest.approx(raw)
+        if method == "ppo":  # the reward model's scores, the role's as the library's
+            scores = reward_model.score([r["prompt_ids"] for r in group], [r["sample_ids"] for r in group])
+            assert [r["reward"] for r in group] == pytest.approx(scores, abs=1e-5)
             continue
         rewards = guarded_rewards(raw, [r["sample_ended"] for r in group])
         assert [r["reward"] for r in group] == pytest.approx(rewards)

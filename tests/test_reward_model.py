@@ -122,6 +122,31 @@ def test_a_saved_reward_model_scores_the_same_after_loading(trained, pairs, base
         rm.RewardModel.load(tmp_path / "rm", base_fingerprint="another")
 
 
+def test_best_of_by_the_reward_model_keeps_its_highest_scored_candidate(trained, pairs, tmp_path):
+    """best_of's reward_model scorer: the model's scores of each candidate's (prompt, target), the argmax kept; on
+    held-out sentences it keeps the golden target over the base's own sample."""
+    from sa_ray import best_of
+    from sa_ray.config import load_config
+
+    model, _ = trained
+    scorer = best_of.RewardModelScorer(model)
+    _, heldout = rm.split_pairs(pairs, 0.25, seed=0)
+    kept = []
+    for p in heldout:
+        candidates = [
+            best_of.Candidate(None, p["prompt_ids"], side, []) for side in (p["rejected_ids"], p["chosen_ids"])
+        ]
+        scores = scorer.scores(candidates)
+        assert scores == model.score([p["prompt_ids"]] * 2, [p["rejected_ids"], p["chosen_ids"]])
+        kept.append(best_of.choose(scores))
+    assert sum(kept) >= 0.8 * len(kept)  # index 1, the golden target, mostly
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"run_dir={tmp_path}"])
+    with pytest.raises(FileNotFoundError, match="python -m jobs.reward_model"):
+        rm.checkpoint_dir(cfg)
+    model.save(tmp_path / "reward_model")
+    assert rm.checkpoint_dir(cfg) == tmp_path / "reward_model"
+
+
 def test_the_job_names_what_is_missing_in_one_line(base_in_process, tmp_path, capsys):
     """Before Ray starts: no pair set in the run, a directory that is not a committed pair set, an empty one."""
     argv = [
@@ -162,7 +187,6 @@ def test_the_job_trains_saves_and_registers_the_reward_model(pairs, base_in_proc
             f"run_dir={run_dir}",
             f"align.base_model={base_in_process}",
             f"tracking.uri={uri}",
-            "resources.reward_model.num_cpus=0",
             *(f"reward_model.{k}={v}" for k, v in [("steps", 4), ("batch_size", 4), ("heldout_fraction", 0.25)]),
         ]
     )
