@@ -22,7 +22,7 @@ from actors.reference import ReferenceScorer
 from actors.reward_model import RewardModelRole
 from actors.reward_scorer import RewardScorer
 from actors.rollout import RolloutEngine
-from sa_ray import grpo, lora, ppo, preference
+from sa_ray import grpo, lora, preference
 from sa_ray.models.vocab import tag_prompt
 from sa_ray.reward_model import checkpoint_dir
 
@@ -89,7 +89,7 @@ def _groups(group: pd.DataFrame) -> pd.DataFrame:
 
 
 def _ppo_rows(batch: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame(ppo.sample_rows(batch.to_dict("records")))
+    return pd.DataFrame([grpo.sample_row(s) for s in batch.to_dict("records")])
 
 
 def _model_reward(batch: pd.DataFrame, model) -> pd.DataFrame:

@@ -44,6 +44,19 @@ def guarded_rewards(rewards: list[float], ended: list[bool]) -> list[float]:
     return [r if e else floor for r, e in zip(rewards, ended)]
 
 
+def sample_row(s: dict) -> dict:
+    """A rewarded rollout sample as a training row: its key, prompt, sample, whether it ended and its reward."""
+    return {
+        "iteration": int(s["iteration"]),
+        "utt_id": s["utt_id"],
+        "sample_idx": int(s["sample_idx"]),
+        "prompt_ids": [int(t) for t in s["prompt_ids"]],
+        "sample_ids": [int(t) for t in s["sample_ids"]],
+        "sample_ended": bool(s["sample_ended"]),
+        "reward": float(s["reward"]),
+    }
+
+
 def group_rows(samples: list[dict]) -> list[dict]:
     """Rewarded samples (rows with utt_id, sample_idx, prompt_ids, sample_ids, sample_ended, reward) -> one row per
     sample with its guarded `reward`, its `advantage` and whether its group's rewards all tie (`group_tied`: kept
@@ -57,19 +70,7 @@ def group_rows(samples: list[dict]) -> list[dict]:
         rewards = guarded_rewards([float(s["reward"]) for s in group], [bool(s["sample_ended"]) for s in group])
         tied = max(rewards) == min(rewards)
         for s, r, a in zip(group, rewards, group_advantages(rewards)):
-            rows.append(
-                {
-                    "iteration": int(s["iteration"]),
-                    "utt_id": s["utt_id"],
-                    "sample_idx": int(s["sample_idx"]),
-                    "prompt_ids": [int(t) for t in s["prompt_ids"]],
-                    "sample_ids": [int(t) for t in s["sample_ids"]],
-                    "sample_ended": bool(s["sample_ended"]),
-                    "reward": r,
-                    "advantage": 0.0 if tied else a,
-                    "group_tied": tied,
-                }
-            )
+            rows.append({**sample_row(s), "reward": r, "advantage": 0.0 if tied else a, "group_tied": tied})
     return rows
 
 

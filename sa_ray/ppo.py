@@ -42,22 +42,6 @@ def guarded_reward(reward: float, ended: bool) -> float:
     return float(reward) if ended else min(float(reward), RUNAWAY_REWARD)
 
 
-def sample_rows(samples: list[dict]) -> list[dict]:
-    """Rewarded rollout samples -> PPO's rows (the keys, prompt, sample, whether it ended, its raw reward)."""
-    return [
-        {
-            "iteration": int(s["iteration"]),
-            "utt_id": s["utt_id"],
-            "sample_idx": int(s["sample_idx"]),
-            "prompt_ids": [int(t) for t in s["prompt_ids"]],
-            "sample_ids": [int(t) for t in s["sample_ids"]],
-            "sample_ended": bool(s["sample_ended"]),
-            "reward": float(s["reward"]),
-        }
-        for s in samples
-    ]
-
-
 def token_rewards(old_logps: list[float], ref_logps: list[float], reward: float, beta: float) -> list[float]:
     """Per-token rewards of one sample: the KL penalty -beta * (old - ref) at each token (the sampling policy's
     log-ratio to the reference, the per-token KL estimate), plus the sample's reward at its last token."""

@@ -51,21 +51,21 @@ def test_config_takes_ppo_and_the_base_as_reference():
 def ppo_rows(tiny_aligned_ar):
     """Four rewarded samples of one prompt scored by the reference scorer (the policy as reference)."""
     from actors.reference import ReferenceScorer
+    from sa_ray.grpo import sample_row
     from sa_ray.models.vocab import EOS
-    from sa_ray.ppo import sample_rows
 
     model_dir, vocab = tiny_aligned_ar
     a, b, c, _ = vocab.text_ids(["a", "b", "c", "d"])
     code = vocab.code_offset
     prompt = vocab.prompt([a, b, c], [0, 1, 2])
     samples = [[a, code, b, code + 1, c, code + 2, EOS], [a, code, EOS], [a, code + 3, b, c, code, EOS], [a] * 9]
-    rows = sample_rows(
-        [
+    rows = [
+        sample_row(
             {"iteration": 0, "utt_id": f"u{i}", "sample_idx": 0, "prompt_ids": prompt, "sample_ids": x}
             | {"sample_ended": x[-1] == EOS, "reward": r}
-            for i, (x, r) in enumerate(zip(samples, [0.0, -0.67, -0.33, 0.0]))
-        ]
-    )
+        )
+        for i, (x, r) in enumerate(zip(samples, [0.0, -0.67, -0.33, 0.0]))
+    ]
     scored = ReferenceScorer(str(model_dir), batch_size=3).score_samples(pd.DataFrame(rows), 0, None)
     return model_dir, scored.to_dict("records")
 
