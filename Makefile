@@ -54,7 +54,7 @@ arms: install  ## after `make demo`: the evidence arms side by side, one iterati
 METHODS ?= sft dpo cdpo ipo rpo simpo coh grpo ppo
 compare-methods: install  ## after `make demo`: every method, one iteration each from the same base and budget, side by side on dev (table + plots)
 	OUT=runs/methods PREFIX=method ARMS="$(METHODS)" bash scripts/arms.sh $(ARGS)
-	$(PY) -m jobs.compare --config $(CONFIG) --runs "$(shell echo $(addprefix method-,$(METHODS)) | tr ' ' ,)" \
+	$(PY) -m jobs.compare --config $(CONFIG) --runs "$(shell echo $(addprefix align-method-,$(METHODS)) | tr ' ' ,)" \
 	    --out runs/methods/compare
 
 serve: install  ## after `make demo`: a Ray Serve endpoint for the champion policy (docs/serve.md); Ctrl-C stops it

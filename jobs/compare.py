@@ -1,7 +1,7 @@
 """compare: tables and plots of runs across methods and iterations, from the config's MLflow experiment.
 
     python -m jobs.compare --config configs/tiny.yaml            # every align run of the experiment
-    python -m jobs.compare --runs 3f2a1c0d,align-tiny --out cmp  # named runs (ids or names)
+    python -m jobs.compare --runs 3f2a1c0d,align-tiny --out cmp  # named runs (ids or names), any experiment
 
 Reads each selected run's metric history (step = iteration) and writes into --out (default
 <run_dir>/compare): compare.md (one table per ASR backend, since WER from different recognisers is not
@@ -75,17 +75,23 @@ def open_store(cfg):
 
 
 def select_runs(cfg, client, job: str, wanted: set[str]) -> list:
+    """The experiment's runs of `job`; or the runs `wanted` names (ids or names), in any experiment of the store
+    (each arm of `make arms` / `make compare-methods` is an experiment of its own, named by its config name)."""
     uri = cfg.tracking.uri
-    exp = client.get_experiment_by_name(cfg.experiment)
-    if exp is None:
-        raise FileNotFoundError(
-            f"no MLflow experiment {cfg.experiment!r} in {uri}: run `python -m jobs.{job}` "
-            "first, or set tracking.experiment"
-        )
+    if wanted:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+    else:
+        exp = client.get_experiment_by_name(cfg.experiment)
+        if exp is None:
+            raise FileNotFoundError(
+                f"no MLflow experiment {cfg.experiment!r} in {uri}: run `python -m jobs.{job}` "
+                "first, or set tracking.experiment"
+            )
+        experiments = [exp.experiment_id]
     query = "" if wanted else f"tags.`sa_ray.job` = '{job}'"
     runs, token = [], None
     while True:  # search_runs pages its answer
-        page = client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time ASC"], page_token=token)
+        page = client.search_runs(experiments, query, order_by=["attributes.start_time ASC"], page_token=token)
         runs += list(page)
         if not (token := page.token):
             break
@@ -93,7 +99,7 @@ def select_runs(cfg, client, job: str, wanted: set[str]) -> list:
         runs = [r for r in runs if {r.info.run_id, r.info.run_name} & wanted]
         missing = wanted - {k for r in runs for k in (r.info.run_id, r.info.run_name)}
         if missing:
-            raise FileNotFoundError(f"no run with id or name {sorted(missing)} in experiment {cfg.experiment!r}")
+            raise FileNotFoundError(f"no run with id or name {sorted(missing)} in {uri}")
     else:  # child runs (an iteration's learner) are parts of a job run, not results to compare
         runs = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     if not runs:

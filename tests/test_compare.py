@@ -104,6 +104,18 @@ def test_compare_named_runs(store, tmp_path):
         compare.main(["--config", CONFIG, "--runs", "nosuchrun", *_overrides(tmp)])
 
 
+def test_named_runs_are_found_in_every_experiment(store, tmp_path):
+    """`make arms` / `make compare-methods` give each arm its own config name, so its own experiment: --runs names
+    them across experiments."""
+    tmp, ids = store
+    other = load_config(CONFIG, [*_overrides(tmp), "name=method-x"])  # experiment method-x, run align-method-x
+    _log_run(other, "align", "simpo", "pocketsphinx-domain", {"heldout_sentences_wer": [0.61, 0.6, 0.5]})
+    result = compare.main(
+        ["--config", CONFIG, "--out", str(tmp_path), "--runs", f"align-method-x,{ids['rpo']}", *_overrides(tmp)]
+    )
+    assert {r["method"] for r in result["rows"]} == {"rpo", "simpo"} and len(result["rows"]) == 6
+
+
 def test_missing_experiment_store_or_runs_is_a_clean_error(store, tmp_path, capsys):
     tmp, _ = store
     with pytest.raises(SystemExit) as exit_info:
