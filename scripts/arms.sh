@@ -29,7 +29,8 @@ arm_settings() {
     corr-sft) echo "align.pairs=corrections align.method=sft" ;;  # SFT on the same corrections
     # every method of `make compare-methods` (golden pairs where a method takes pairs; the rollout budget of the
     # others, 256 samples, as 64 prompts x 4 samples rewarded by their phones for the online ones)
-    dpo | cdpo | ipo | simpo | coh) echo "align.method=$1" ;;
+    dpo | ipo | simpo | coh) echo "align.method=$1" ;;
+    cdpo) echo "align.method=cdpo align.label_smoothing=0.1" ;;  # (label smoothing 0 is dpo)
     grpo | ppo) echo "align.method=$1 align.reward=phones align.samples_per_prompt=4 align.prompts_per_iteration=64" ;;
     *) echo "unknown arm $1 (sft rpo rpo-sftdom corr-dpo corr-sft dpo cdpo ipo simpo coh grpo ppo)" >&2; exit 2 ;;
   esac
