@@ -67,7 +67,7 @@ def test_overrides_are_typed_by_yaml_and_applied():
         ("codec.vocoder=wavenet", "codec.vocoder must be hifigan or griffinlim"),
         ("just-a-word", "must look like dotted.key=value"),
         ("model.heads=16", "head sizes vLLM serves"),
-        ("align.reward=wer", "align.reward must be asr or phones"),
+        ("align.reward=wer", "align.reward must be asr, phones or model"),
         ("align.margin_tokens=costs", "align.margin_tokens must be all, phones, errors or frames"),
         ("align.nll_target=sample", "align.nll_target must be chosen or golden"),
         ("serve.model=tiny-policy@latest", "serve.model must be models:/<name>@<alias>"),
