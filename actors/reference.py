@@ -79,13 +79,14 @@ class ReferenceScorer:
         rows = batch.to_dict("records")
         self._serve(version, adapter_dir)
         old = self._token_logprobs(rows)
-        if self._reference(version, adapter_dir) != (version, adapter_dir):
-            self._serve(*self._reference(version, adapter_dir))
-            ref = self._token_logprobs(rows)
+        reference_version = self._reference(version, adapter_dir)[0]
+        if reference_version != version:  # the base: the same model with its adapter switched off, never reloaded
+            with self.model.disable_adapter():
+                ref = self._token_logprobs(rows)
         else:
             ref = old
         failpoints.hit("reference.after_score")
-        return batch.assign(old_token_logps=old, ref_token_logps=ref, reference_version=self.version)
+        return batch.assign(old_token_logps=old, ref_token_logps=ref, reference_version=reference_version)
 
     def _token_logprobs(self, rows: list[dict]) -> list[list[float]]:
         logps = []

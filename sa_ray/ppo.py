@@ -88,7 +88,10 @@ class Critic(torch.nn.Module):
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
         lora.save(self.body, d / "adapter")
-        save_file({k: v.detach().contiguous() for k, v in self.head.state_dict().items()}, d / "head.safetensors")
+        save_file(self.head_tensors(), d / "head.safetensors")
+
+    def head_tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().contiguous() for k, v in self.head.state_dict().items()}
 
 
 def value_loss(values: torch.Tensor, old_values, returns, mask, clip: float) -> torch.Tensor:
@@ -171,10 +174,7 @@ class PPOLearner(DPOLearner):
         super().save(directory)
         if self.rank == 0:
             save_file(lora.adapter_tensors(self.critic.body), Path(directory) / "critic_adapter.safetensors")
-            save_file(
-                {k: v.detach().contiguous() for k, v in self.critic.head.state_dict().items()},
-                Path(directory) / "critic_head.safetensors",
-            )
+            save_file(self.critic.head_tensors(), Path(directory) / "critic_head.safetensors")
 
     def load(self, directory: str | Path) -> None:
         d = Path(directory)

@@ -117,3 +117,22 @@ def test_a_resumed_learner_reproduces_the_uninterrupted_one_and_the_critic_goes_
     # the next iteration's learner starts from v1's critic: its values are no longer the fresh critic's zeros
     following = PPOLearner(model_dir, tmp_path / "v1", _cfg(), [dict(r) for r in rows])
     assert any(abs(v) > 1e-6 for r in following.pairs for v in r["values"])
+
+
+def test_a_base_reference_scores_the_base_beside_the_sampling_policy(ppo_rows, tmp_path):
+    """align.reference=base: each sample token under the version that sampled it (old) and under the base (ref),
+    the base being that version with its adapter switched off."""
+    from actors.reference import ReferenceScorer
+
+    model_dir, rows = ppo_rows
+    learner = PPOLearner(model_dir, None, _cfg(), [dict(r) for r in rows])
+    learner.train_step()
+    learner.export(tmp_path / "v1")
+    frame = pd.DataFrame([{k: r[k] for k in ("utt_id", "sample_idx", "prompt_ids", "sample_ids")} for r in rows])
+    both = ReferenceScorer(str(model_dir), reference="base").score_samples(frame, 1, str(tmp_path / "v1"))
+    policy = ReferenceScorer(str(model_dir)).score_samples(frame, 1, str(tmp_path / "v1"))
+    for b, p, r in zip(both.to_dict("records"), policy.to_dict("records"), rows):
+        assert b["old_token_logps"] == pytest.approx(p["old_token_logps"], abs=1e-6) == p["ref_token_logps"]
+        assert b["ref_token_logps"] == pytest.approx(r["old_token_logps"], abs=1e-5)  # the base's, as at version 0
+        assert b["ref_token_logps"] != pytest.approx(b["old_token_logps"], abs=1e-6)
+    assert set(both["reference_version"]) == {0} and set(policy["reference_version"]) == {1}
