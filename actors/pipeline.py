@@ -16,15 +16,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import ray
 
-from actors.evaluator import Evaluator
 from actors.placement import actor_options
-from actors.reference import ReferenceScorer
-from actors.reward_model import RewardModelRole
-from actors.reward_scorer import RewardScorer
-from actors.rollout import RolloutEngine
-from sa_ray import grpo, lora, preference
+from sa_ray import preference
 from sa_ray.models.vocab import tag_prompt
-from sa_ray.reward_model import checkpoint_dir
+
+# The stages below run as Ray tasks in pooled workers, each of which imports this module first: so it imports only
+# what they run (pandas, the pair builders). The roles, models and the learners' modules (transformers, peft,
+# vLLM: seconds of CPU a worker) load where they are used, in start_roles' actors and the grpo/ppo stages.
 
 PAIR_COLUMNS = ["iteration", "utt_id", "sample_idx", "prompt_ids", "chosen_ids", "rejected_ids"]
 SAMPLE_METHODS = ("grpo", "ppo")  # methods that learn from every rewarded sample (each token scored), not pairs
@@ -85,10 +83,14 @@ def _ranked(group: pd.DataFrame) -> pd.DataFrame:
 
 
 def _groups(group: pd.DataFrame) -> pd.DataFrame:
+    from sa_ray import grpo
+
     return pd.DataFrame(grpo.group_rows(group.to_dict("records")))
 
 
 def _ppo_rows(batch: pd.DataFrame) -> pd.DataFrame:
+    from sa_ray import grpo
+
     return pd.DataFrame([grpo.sample_row(s) for s in batch.to_dict("records")])
 
 
@@ -119,6 +121,8 @@ def make_pairs(
     iteration: int, cfg, data_dir: Path, out_dir: Path, vocab, bank_ref, frame_rate: float, roles: dict, policy: dict
 ) -> dict:
     """Runs the pipeline for `iteration` and commits `out_dir`; returns its manifest."""
+    from sa_ray import lora
+
     a = cfg.align
     source = data_dir / a.prompt_split
     ids = pq.read_table(source, columns=["utt_id"]).column("utt_id").to_pylist() if source.is_dir() else []
@@ -206,6 +210,13 @@ def make_pairs(
 def start_roles(cfg, base_dir: Path, base_fingerprint: str | None = None) -> dict:
     """The loop's long-lived roles, each placed by its `resources.<role>` (actors/placement.py); a reward model
     (align.reward=model) only if it was trained on this base (`base_fingerprint`)."""
+    from actors.evaluator import Evaluator
+    from actors.reference import ReferenceScorer
+    from actors.reward_model import RewardModelRole
+    from actors.reward_scorer import RewardScorer
+    from actors.rollout import RolloutEngine
+    from sa_ray.reward_model import checkpoint_dir
+
     a, res = cfg.align, cfg.resources
     sampling = {"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p}
     roles = {

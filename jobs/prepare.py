@@ -13,13 +13,21 @@ import json
 import shutil
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from jobs import _cli
 from sa_ray import atomic, tracking
 from sa_ray.codec import load_or_fit_codec
 from sa_ray.config import Config, save_config
-from sa_ray.data.prepare import SPLITS, fingerprint, load_corpus, manifest_rows, read_summary, summarize
+from sa_ray.data.prepare import (
+    QUARANTINE,
+    SPLITS,
+    fingerprint,
+    load_corpus,
+    manifest_rows,
+    read_summary,
+    summarize,
+    with_output,
+    write_output,
+)
 from sa_ray.data.validate import BadInputError, load_checked_audio
 
 
@@ -103,15 +111,12 @@ def main(argv: list[str] | None = None) -> dict:
     # Write every split into a staging folder, then swap it in: readers never see half a dataset.
     staging = data_dir.with_name("data.staging")
     shutil.rmtree(staging, ignore_errors=True)
-    ok = ds.filter(expr=col("status") == "ok").drop_columns(["status", "rule", "detail"]).materialize()
-    quarantine_cols = ["utt_id", "speaker", "split", "source", "text", "audio_path", "rule", "detail"]
-    outputs = {s: ok.filter(expr=col("split") == s) for s in SPLITS}
-    outputs["quarantine"] = ds.filter(expr=col("status") == "quarantined").select_columns(quarantine_cols)
-    for name, part in outputs.items():
-        part.sort("utt_id").repartition(1).write_parquet(str(staging / name))
-        if not any((staging / name).glob("*.parquet")):  # an empty split still has a readable table
-            (staging / name).mkdir(parents=True, exist_ok=True)
-            pq.write_table(part.schema().base_schema.empty_table(), staging / name / "empty.parquet")
+    # Each output (a split, the quarantine) is one file sorted by utt_id: one group each, all written in one pass.
+    outputs = ds.map_batches(with_output, batch_format="pyarrow").groupby("output")
+    written = outputs.map_groups(write_output, batch_format="pyarrow", fn_kwargs=dict(out_dir=str(staging)))
+    done = set(written.to_pandas()["output"])
+    for name in {*SPLITS, QUARANTINE} - done:  # an empty output still has a readable table
+        write_output(with_output(ds.schema().base_schema.empty_table()), staging, name)
 
     meta = ds.select_columns(["split", "status", "rule", "duration", "orig_sample_rate"]).iter_rows()
     summary = summarize(meta, fp, codec)

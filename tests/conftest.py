@@ -190,12 +190,11 @@ def prepare_in_process(cfg: Config) -> dict:
     import json
 
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from jobs.prepare import codec_training_audio
     from sa_ray.codec import load_or_fit_codec
     from sa_ray.config import save_config
-    from sa_ray.data.prepare import SPLITS, fingerprint, load_corpus, manifest_rows, summarize, tokenize_rows
+    from sa_ray.data.prepare import fingerprint, load_corpus, manifest_rows, summarize, tokenize_rows, write_outputs
 
     run_dir = Path(cfg.run_dir)
     utts, reserved = load_corpus(cfg.corpus, progress=False)
@@ -205,16 +204,8 @@ def prepare_in_process(cfg: Config) -> dict:
     table = pa.concat_tables(
         [tokenize_rows(rows[i : i + size], codec, cfg.prepare, cfg.corpus.phonemes) for i in range(0, len(rows), size)]
     )
-    status = table["status"].to_pylist()
-    ok = table.filter(pa.array([s == "ok" for s in status])).drop_columns(["status", "rule", "detail"])
-    parts = {s: ok.filter(pa.array([x == s for x in ok["split"].to_pylist()])) for s in SPLITS}
-    parts["quarantine"] = table.filter(pa.array([s != "ok" for s in status])).select(
-        ["utt_id", "speaker", "split", "source", "text", "audio_path", "rule", "detail"]
-    )
     data_dir = run_dir / "data"
-    for name, part in parts.items():
-        (data_dir / name).mkdir(parents=True)
-        pq.write_table(part.sort_by("utt_id"), data_dir / name / "part-0.parquet")
+    write_outputs(table, data_dir)
     summary = summarize(
         table.select(["split", "status", "rule", "duration", "orig_sample_rate"]).to_pylist(),
         fingerprint(cfg, rows),

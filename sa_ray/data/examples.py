@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from sa_ray.models.ar import IGNORE
-from sa_ray.models.vocab import Vocab, frames_per_phone
+from sa_ray.models.vocab import IGNORE, Vocab, frames_per_phone
 
 
 def row_codes(row: dict, n_codebooks: int | None = None) -> np.ndarray:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from sa_ray.codec.base import Codec
 from sa_ray.config import Config, CorpusConfig, PrepareConfig
@@ -32,6 +34,8 @@ from sa_ray.data.validate import Rejection, check_transcript, load_checked_audio
 from sa_ray.text import normalize_text, phonemize
 
 SPLITS = ("train", "align", "heldout_sentences", "heldout_voices")
+QUARANTINE = "quarantine"
+QUARANTINE_COLUMNS = ["utt_id", "speaker", "split", "source", "text", "audio_path", "rule", "detail"]
 
 
 def output_schema(n_codebooks: int) -> pa.Schema:
@@ -169,6 +173,33 @@ def tokenize_rows(rows: list[dict], codec: Codec, rules: PrepareConfig, phonemes
     for rec in out:
         rec["phonemes"] = next(phones) if rec["status"] == "ok" and encode else None
     return pa.Table.from_pylist(out, schema=output_schema(codec.n_codebooks))
+
+
+def with_output(table: pa.Table) -> pa.Table:
+    """Tokenised rows with the `output` each belongs in: its split when ok, else the quarantine."""
+    ok = pc.equal(table["status"], "ok")
+    return table.append_column("output", pc.if_else(ok, table["split"], pa.scalar(QUARANTINE)))
+
+
+def write_output(rows: pa.Table, out_dir: str | Path, name: str | None = None) -> pa.Table:
+    """One output of the prepared dataset (a split's ok rows or the quarantine, `with_output`'s `output`) from its
+    rows in any order: `<out_dir>/<name>/part-0.parquet`, sorted by utt_id; an empty output is a readable empty
+    table. Returns (output, rows) for Ray Data's `map_groups`, which calls it once per output."""
+    name = name or rows["output"][0].as_py()
+    if name == QUARANTINE:
+        rows = rows.select(QUARANTINE_COLUMNS)
+    else:
+        rows = rows.drop_columns([c for c in ("status", "rule", "detail", "output") if c in rows.column_names])
+    (Path(out_dir) / name).mkdir(parents=True, exist_ok=True)
+    pq.write_table(rows.sort_by("utt_id"), Path(out_dir) / name / "part-0.parquet")
+    return pa.table({"output": [name], "rows": [len(rows)]})
+
+
+def write_outputs(table: pa.Table, out_dir: str | Path) -> None:
+    """Every output of tokenised rows held in one table (`write_output` for each split and the quarantine)."""
+    table = with_output(table)
+    for name in (*SPLITS, QUARANTINE):
+        write_output(table.filter(pc.equal(table["output"], name)), out_dir, name)
 
 
 def summarize(rows: Iterable[dict], fp: str, codec: Codec) -> dict:

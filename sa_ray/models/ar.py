@@ -13,9 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel, Qwen2Config
 
 from sa_ray.config import ModelConfig
-from sa_ray.models.vocab import BOS, EOS, PAD, Vocab
-
-IGNORE = -100  # label of positions that carry no loss (text, prompt, padding)
+from sa_ray.models.vocab import BOS, EOS, IGNORE, PAD, Vocab
 
 
 def build_ar_model(cfg: ModelConfig, vocab: Vocab) -> PreTrainedModel:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 PAD, BOS, EOS, SEP, SPEECH = 0, 1, 2, 3, 4
+IGNORE = -100  # label of positions that carry no loss (text, prompt, padding)
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<sep>", "<speech>")
 # Chain-of-Hindsight's quality tags (`sa_ray.coh`): special ids at a place they never stand otherwise (BOS only
 # opens a sequence, SEP only closes its text), so a base model needs no new embedding rows
