@@ -1,6 +1,6 @@
 """The align loop's long-lived roles (`start_roles`) and one iteration's pair set as a Ray Data pipeline between them:
 
-    prompt rows -> requests -> RolloutEngine -> [RewardScorers] -> pair builder -> ReferenceScorer -> Parquet
+    prompt rows -> requests -> RolloutEngine -> [reward terms -> their mix] -> pair builder -> ReferenceScorer -> Parquet
 
 Batches stream through map_batches stages; the engines are actors created once per job, called from
 zero-CPU forwarding tasks, so the driver never holds an iteration and no engine restarts per iteration.
@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import ray
 
 from actors.placement import actor_options
-from sa_ray import preference
+from sa_ray import preference, reward_mix
+from sa_ray.config import SAMPLE_METHODS
 from sa_ray.models.vocab import tag_prompt
 
 # The stages below run as Ray tasks in pooled workers, each of which imports this module first: so it imports only
@@ -25,7 +26,6 @@ from sa_ray.models.vocab import tag_prompt
 # vLLM: seconds of CPU a worker) load where they are used, in start_roles' actors and the grpo/ppo stages.
 
 PAIR_COLUMNS = ["iteration", "utt_id", "sample_idx", "prompt_ids", "chosen_ids", "rejected_ids"]
-SAMPLE_METHODS = ("grpo", "ppo")  # methods that learn from every rewarded sample (each token scored), not pairs
 ROW_COLUMNS = ["utt_id", "speaker", "text", "text_norm", "phones", "phone_ms", "audio_path", "codes_0"]
 
 
@@ -54,14 +54,14 @@ def _call(batch: pd.DataFrame, actor, method: str, args: tuple) -> pd.DataFrame:
 
 
 def _reward(batch: pd.DataFrame, scorers: list) -> pd.DataFrame:
-    """One batch's samples dealt out over the reward scorers and scored in parallel (row order is free: the
-    pair builder groups by utterance next)."""
+    """One batch's samples dealt out over the reward scorers and scored in parallel: `sample_wer`, `sample_sim`
+    (row order is free: each row carries its own columns, and the pair builder groups by utterance next)."""
     parts = [batch.iloc[i :: len(scorers)] for i in range(min(len(scorers), len(batch)))]
     return pd.concat(ray.get([s.reward.remote(part) for s, part in zip(scorers, parts)]), ignore_index=True)
 
 
 def _phone_reward(batch: pd.DataFrame, vocab) -> pd.DataFrame:
-    return batch.assign(reward=[preference.phone_reward(s, vocab) for s in batch.to_dict("records")])
+    return batch.assign(reward_phones=[preference.phone_reward(s, vocab) for s in batch.to_dict("records")])
 
 
 def _golden(batch: pd.DataFrame) -> pd.DataFrame:
@@ -96,25 +96,32 @@ def _ppo_rows(batch: pd.DataFrame) -> pd.DataFrame:
 
 def _model_reward(batch: pd.DataFrame, model) -> pd.DataFrame:
     prompts, samples = ([list(map(int, x)) for x in batch[c]] for c in ("prompt_ids", "sample_ids"))
-    return batch.assign(reward=ray.get(model.score.remote(prompts, samples)))
+    return batch.assign(reward_model=ray.get(model.score.remote(prompts, samples)))
+
+
+def _mixed(batch: pd.DataFrame, terms: dict[str, float]) -> pd.DataFrame:
+    return batch.assign(reward=reward_mix.mixed_reward(batch, terms))
 
 
 def _rewarded(samples, a, vocab, roles):
-    """Each sample with its `reward` (`align.reward`): its phone errors in the pipeline, the trained reward model's
-    score, or its SIM - WER by the RewardScorers."""
-    if a.reward == "phones":
-        return samples.map_batches(_phone_reward, batch_format="pandas", fn_kwargs=dict(vocab=vocab))
-    if a.reward == "model":
-        return samples.map_batches(
+    """Each sample with its `reward` (`align.reward`): each term's stage writes its columns (SIM and WER by the
+    RewardScorers, phone errors in the pipeline, the trained reward model's score), then their weighted sum."""
+    terms, needs = a.reward_terms, a.reward_roles
+    if "scorers" in needs:
+        samples = samples.map_batches(
+            _reward,
+            batch_format="pandas",
+            batch_size=16 * len(roles["scorers"]),
+            num_cpus=0,
+            fn_kwargs=dict(scorers=roles["scorers"]),
+        )
+    if "phones" in terms:
+        samples = samples.map_batches(_phone_reward, batch_format="pandas", fn_kwargs=dict(vocab=vocab))
+    if "reward_model" in needs:
+        samples = samples.map_batches(
             _model_reward, batch_format="pandas", batch_size=32, num_cpus=0, fn_kwargs=dict(model=roles["reward_model"])
         )
-    return samples.map_batches(
-        _reward,
-        batch_format="pandas",
-        batch_size=16 * len(roles["scorers"]),
-        num_cpus=0,
-        fn_kwargs=dict(scorers=roles["scorers"]),
-    )
+    return samples.map_batches(_mixed, batch_format="pandas", fn_kwargs=dict(terms=terms))
 
 
 def make_pairs(
@@ -208,8 +215,9 @@ def make_pairs(
 
 
 def start_roles(cfg, base_dir: Path, base_fingerprint: str | None = None) -> dict:
-    """The loop's long-lived roles, each placed by its `resources.<role>` (actors/placement.py); a reward model
-    (align.reward=model) only if it was trained on this base (`base_fingerprint`)."""
+    """The loop's long-lived roles, each placed by its `resources.<role>` (actors/placement.py), the reward's as
+    its terms need them (`AlignConfig.reward_roles`); a reward model only if it was trained on this base
+    (`base_fingerprint`)."""
     from actors.evaluator import Evaluator
     from actors.reference import ReferenceScorer
     from actors.reward_model import RewardModelRole
@@ -240,10 +248,10 @@ def start_roles(cfg, base_dir: Path, base_fingerprint: str | None = None) -> dic
         ),
         "evaluator": ray.remote(Evaluator).options(**actor_options(res.evaluator)).remote(cfg, str(base_dir)),
     }
-    # ranked pairs rewarded by ASR and SIM: reward_workers scorers side by side (the costly stage: every sample goes
+    # a reward with ASR or SIM terms: reward_workers scorers side by side (the costly stage: every sample goes
     # through NAR, vocoder and ASR); they score while the evaluator waits for its next version, so no core is shared
-    scoring = (a.pairs == "ranked" or a.method in SAMPLE_METHODS) and a.reward == "asr"
-    if (a.pairs == "ranked" or a.method in SAMPLE_METHODS) and a.reward == "model":
+    needs = a.reward_roles
+    if "reward_model" in needs:
         roles["reward_model"] = (
             ray.remote(RewardModelRole)
             .options(**actor_options(res.reward_model))
@@ -251,6 +259,6 @@ def start_roles(cfg, base_dir: Path, base_fingerprint: str | None = None) -> dic
         )
     roles["scorers"] = [
         ray.remote(RewardScorer).options(**actor_options(res.reward)).remote(cfg, str(base_dir))
-        for _ in range(a.reward_workers if scoring else 0)
+        for _ in range(a.reward_workers if "scorers" in needs else 0)
     ]
     return roles

@@ -1,5 +1,5 @@
 """RewardScorer role: loads the base's NAR model, the codec, the ASR and the speaker encoder ONCE, then rewards
-rollout samples for ranked pairs (`align.reward=asr`, `sa_ray.rewards`). The pipeline runs
+rollout samples for the asr, wer and sim terms of `align.reward` (`sa_ray.rewards`). The pipeline runs
 `align.reward_workers` of them side by side: every sample goes through NAR, vocoder and ASR."""
 
 from __future__ import annotations

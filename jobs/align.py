@@ -75,7 +75,7 @@ def setup(cfg: Config) -> Loop:
     run = AlignRun(run_dir, made_from)
     vocab, frame_rate = Vocab.load(base_dir / "ar"), summary["codec"]["frame_rate"]
     cfg.align.check_model(vocab.aligned)
-    if cfg.align.reward == "model" and (cfg.align.pairs == "ranked" or cfg.align.method in ("grpo", "ppo")):
+    if "reward_model" in cfg.align.reward_roles:
         checkpoint_dir(cfg)  # a missing reward model is said before Ray starts
     cfg.eval.check_model(vocab.aligned)
     prompt_frames = cfg.model.prompt_frames(frame_rate)
@@ -92,6 +92,8 @@ def setup(cfg: Config) -> Loop:
     tags = {
         "sa_ray.method": cfg.align.method,
         "sa_ray.pairs": cfg.align.pairs,
+        # the reward as given (a mix reads as written); a run that rewards no sample has none
+        **({"sa_ray.reward": cfg.align.reward} if cfg.align.rewards_samples else {}),
         "sa_ray.rollout_engine": engine,
         **ray.get(roles["evaluator"].backends.remote()),
     }

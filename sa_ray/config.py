@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from sa_ray.reward_mix import EXAMPLE, reward_roles, reward_terms
+
 
 class ConfigError(ValueError):
     """A configuration value broke a rule; the message names the field."""
@@ -314,6 +316,7 @@ class PretrainConfig:
 
 
 METHODS = ("dpo", "cdpo", "ipo", "rpo", "sft", "simpo", "coh", "grpo", "ppo")
+SAMPLE_METHODS = ("grpo", "ppo")  # methods that learn from every rewarded sample, not from pairs
 
 
 @dataclass
@@ -344,13 +347,15 @@ class AlignConfig:
     reward: str = setting(
         "asr",
         (
-            "the reward of ranked pairs, grpo and ppo: asr (SIM - WER of the sample's speech, ~1 s a sample) | phones "
-            "(minus the phone error rate of the target the sample wrote: free and noise-free, content only; aligned "
-            "vocabularies) | model (the trained reward model's score: jobs.reward_model, reward_model.path)"
+            "the reward of ranked pairs, grpo and ppo: a term, or a weighted sum of terms (e.g. "
+            f"{EXAMPLE}, 0.7*phones+0.3*model): asr (SIM - WER of the sample's speech, ~1 s a sample) | wer (its "
+            "WER alone: give it a negative weight) | sim (its SIM alone) | phones (minus the phone error rate of the "
+            "target the sample wrote: free and noise-free, content only; aligned vocabularies) | model (the trained "
+            "reward model's score: jobs.reward_model, reward_model.path)"
         ),
     )
     reward_workers: int = setting(
-        1, "reward=asr: RewardScorer actors scoring samples in parallel (NAR + vocoder + ASR each)"
+        1, "a reward with asr, wer or sim: RewardScorer actors scoring samples in parallel (NAR + vocoder + ASR each)"
     )
     forced_phones: bool = setting(
         False,
@@ -462,9 +467,12 @@ class AlignConfig:
             self.pairs in ("golden", "ranked", "corrections"),
             f"align.pairs must be golden, ranked or corrections; got {self.pairs!r}",
         )
-        _require(
-            self.reward in ("asr", "phones", "model"), f"align.reward must be asr, phones or model; got {self.reward!r}"
-        )
+        try:
+            reward_terms(self.reward)
+        except ValueError as err:
+            raise ConfigError(
+                f"align.reward must be a term or a weighted sum of terms (e.g. {EXAMPLE}): {err}; got {self.reward!r}"
+            ) from None
         _require(
             self.nll_target in ("chosen", "golden"),
             f"align.nll_target must be chosen or golden; got {self.nll_target!r}",
@@ -492,16 +500,11 @@ class AlignConfig:
             self.method != "grpo" or self.samples_per_prompt >= 2,
             "align.method=grpo needs align.samples_per_prompt >= 2 (advantages are normalised within a group)",
         )
-        if self.method in ("grpo", "ppo"):
+        if self.method in SAMPLE_METHODS:
             _require(
                 self.pairs == "golden" and self.margin_tokens == "all",
                 f"align.method={self.method} makes its own data (every sample with its reward) and trains on every "
                 "token of a sample: leave align.pairs and align.margin_tokens at their defaults",
-            )
-            _require(
-                not (self.forced_phones and self.reward == "phones"),
-                f"align.method={self.method} with align.forced_phones=true and align.reward=phones: every sample "
-                "writes its phones right, so every reward is the same; use align.reward=asr",
             )
         _require(
             self.method != "ppo" or self.deepspeed is None,
@@ -524,10 +527,12 @@ class AlignConfig:
             self.pairs != "ranked" or self.samples_per_prompt >= 2,
             "align.pairs=ranked needs align.samples_per_prompt >= 2 (best vs worst of a prompt's samples)",
         )
+        # forced samples all score phones 0: alone the term ties every sample; in a mix it only adds a constant
         _require(
-            not (self.forced_phones and self.pairs == "ranked" and self.reward == "phones"),
-            "align.forced_phones=true with align.reward=phones: every sample writes its phones right, so every "
-            "reward ties and no pair is made; use align.reward=asr",
+            not (self.rewards_samples and self.forced_phones and set(self.reward_terms) == {"phones"}),
+            f"align.forced_phones=true with align.reward={self.reward}: every sample writes its phones right, so "
+            "every reward ties (no ranked pair, no GRPO advantage, nothing for PPO to tell apart); use "
+            "align.reward=asr, or mix in another term",
         )
         _require(
             not (self.forced_phones and self.pairs == "corrections"),
@@ -564,16 +569,32 @@ class AlignConfig:
         _require(self.deepspeed in (None, 1, 2), "align.deepspeed must be a ZeRO stage (1 or 2) or null")
         _require(self.max_failures >= -1, "align.max_failures must be >= -1 (-1: restart without limit)")
 
+    @property
+    def rewards_samples(self) -> bool:
+        """Whether this run rewards its samples, i.e. reads align.reward: ranked pairs, grpo and ppo."""
+        return self.pairs == "ranked" or self.method in SAMPLE_METHODS
+
+    @property
+    def reward_terms(self) -> dict[str, float]:
+        """align.reward parsed: {term: weight} (`sa_ray.reward_mix`)."""
+        return reward_terms(self.reward)
+
+    @property
+    def reward_roles(self) -> set[str]:
+        """The roles this run's reward needs started: scorers (asr, wer, sim), reward_model (model); none when
+        no sample is rewarded."""
+        return reward_roles(self.reward_terms) if self.rewards_samples else set()
+
     def check_model(self, aligned: bool) -> None:
         """Options that read the phones a target writes need a model whose targets write them (aligned)."""
-        for name, value, other in (
-            ("reward", self.reward if self.pairs == "ranked" or self.method in ("grpo", "ppo") else "", "asr"),
-            ("margin_tokens", self.margin_tokens, "all"),
-            ("forced_phones", "true" if self.forced_phones else "", "false"),
-            ("pairs", self.pairs, "golden"),
+        for name, value, reads_phones, other in (
+            ("reward", self.reward, self.rewards_samples and "phones" in self.reward_terms, "asr"),
+            ("margin_tokens", self.margin_tokens, self.margin_tokens in ("phones", "errors"), "all"),
+            ("forced_phones", "true", self.forced_phones, "false"),
+            ("pairs", self.pairs, self.pairs == "corrections", "golden"),
         ):
             _require(
-                aligned or value not in ("phones", "errors", "true", "corrections"),
+                aligned or not reads_phones,
                 f"align.{name}={value} needs a model whose "
                 f"targets write their phones (an aligned corpus); this one speaks plain codes: use align.{name}={other}",
             )
@@ -775,13 +796,13 @@ class ResourcesConfig:
 
     rollout: RoleResources = _role(0.0, "the rollout engine (vLLM, or the torch sampler)")
     reference: RoleResources = _role(0.0, "the frozen reference: base + the adapter that sampled the rejected")
-    reward: RoleResources = _role(0.0, "each reward scorer (align.pairs=ranked with align.reward=asr)")
+    reward: RoleResources = _role(0.0, "each reward scorer (an align.reward with asr, wer or sim)")
     evaluator: RoleResources = _role(0.0, "the evaluator: NAR + codec + ASR + speaker model over the held-out sets")
     learner: RoleResources = _role(1.0, "each Ray Train worker of the LoRA preference learner")
     reward_model: RoleResources = _role(
         0.0,
-        "the reward model (jobs.reward_model trains it; align.reward=model scores with it between learner runs, as the "
-        "reference does, so it holds no CPU the learner's data reads need)",
+        "the reward model (jobs.reward_model trains it; an align.reward with model scores with it between learner runs, "
+        "as the reference does, so it holds no CPU the learner's data reads need)",
     )
     pretrain: RoleResources = _role(1.0, "each Ray Train worker of the base model's training")
     tokenizer: RoleResources = _role(1.0, "each codec encoder of prepare (prepare.encoders of them)")

@@ -1,5 +1,5 @@
-"""The reward of ranked pairs under `align.reward=asr`: each rollout sample is rendered to speech by the base's
-NAR model and the codec, then scored as SIM to its speaker's real utterance minus its WER."""
+"""The asr, wer and sim terms of `align.reward` (`sa_ray.reward_mix`): each rollout sample is rendered to speech by
+the base's NAR model and the codec, then scored: its WER, its SIM to its speaker's real utterance, and SIM - WER."""
 
 from __future__ import annotations
 

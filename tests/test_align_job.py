@@ -390,6 +390,7 @@ def test_grpo_and_ppo_run_an_iteration_end_to_end_and_log_a_finite_kl(
     assert (v1 / "critic" / "head.safetensors").is_file() == (method == "ppo")
     cfg = load_config(argv[1], argv[2:])
     client = tracking.client(cfg)
+    assert client.get_run(out["run_id"]).data.tags["sa_ray.reward"] == cfg.align.reward  # as given
     (child,) = client.search_runs(
         [client.get_run(out["run_id"]).info.experiment_id], f"tags.mlflow.parentRunId = '{out['run_id']}'"
     )

@@ -424,7 +424,7 @@ def _roles(cfg: Config, cluster: str) -> dict[str, RoleResources]:
 def _stages(cfg: Config) -> dict[str, list[tuple[RoleResources, int]]]:
     """What each job holds at once: (role, how many of it)."""
     r = cfg.resources
-    reward = cfg.align.reward_workers if cfg.align.pairs == "ranked" and cfg.align.reward == "asr" else 0
+    reward = cfg.align.reward_workers if "scorers" in cfg.align.reward_roles else 0
     return {
         "prepare": [(r.tokenizer, cfg.prepare.encoders)],
         "pretrain": [(r.pretrain, cfg.pretrain.workers)],

@@ -51,6 +51,12 @@ def test_overrides_are_typed_by_yaml_and_applied():
     assert parse_overrides(["a.b.c=1", "a.d=[1, 2]"]) == {"a": {"b": {"c": 1}, "d": [1, 2]}}
 
 
+@pytest.mark.parametrize("mix", ["phones+0.5*sim-0.5*wer", "-0.5*wer+sim", "0.7*phones+0.3*model"])
+def test_a_reward_mix_on_the_command_line_stays_as_written(mix):
+    cfg = load_config(TINY, [f"align.reward={mix}", "align.method=grpo", "align.samples_per_prompt=2"])
+    assert cfg.align.reward == mix and cfg.flat()["align.reward"] == mix  # the MLflow param, as given
+
+
 @pytest.mark.parametrize(
     "override, needle",
     [
@@ -67,7 +73,8 @@ def test_overrides_are_typed_by_yaml_and_applied():
         ("codec.vocoder=wavenet", "codec.vocoder must be hifigan or griffinlim"),
         ("just-a-word", "must look like dotted.key=value"),
         ("model.heads=16", "head sizes vLLM serves"),
-        ("align.reward=wer", "align.reward must be asr, phones or model"),
+        ("align.reward=bleu", "align.reward must be a term or a weighted sum of terms"),
+        ("align.reward=wer", "wer is an error rate (higher is worse): give it a negative weight"),
         ("align.margin_tokens=costs", "align.margin_tokens must be all, phones, errors or frames"),
         ("align.nll_target=sample", "align.nll_target must be chosen or golden"),
         ("serve.model=tiny-policy@latest", "serve.model must be models:/<name>@<alias>"),
