@@ -503,10 +503,6 @@ class AlignConfig:
                 f"align.method={self.method} with align.forced_phones=true and align.reward=phones: every sample "
                 "writes its phones right, so every reward is the same; use align.reward=asr",
             )
-        _require(
-            self.method != "ppo" or self.deepspeed is None,
-            "align.method=ppo trains its critic with plain DDP beside the policy: set align.deepspeed=null",
-        )
         _require(0 < self.clip_eps < 1, "align.clip_eps must be in (0, 1)")
         for name in (
             "prompts_per_iteration",
@@ -782,6 +778,11 @@ class ResourcesConfig:
         0.0,
         "the reward model (jobs.reward_model trains it; align.reward=model scores with it between learner runs, as the "
         "reference does, so it holds no CPU the learner's data reads need)",
+    )
+    critic: RoleResources = _role(
+        0.0,
+        "PPO's critic (align.method=ppo): values each iteration's samples in the pipeline and trains beside the "
+        "learner, by default on no CPU the learner's workers and data reads need (a GPU cluster gives it a GPU share)",
     )
     pretrain: RoleResources = _role(1.0, "each Ray Train worker of the base model's training")
     tokenizer: RoleResources = _role(1.0, "each codec encoder of prepare (prepare.encoders of them)")
