@@ -2,7 +2,9 @@
 the open; jobs/align.py composes them into policy versions:
 
     roll_out(i)  pairs sampled from policy version i, scored by the reference       -> pair set i (committed)
+                 (ppo: valued by critic version i: values, advantages, returns)
     learn(k)     version k from version k-1 and pair set k-1, on Ray Train          -> adapter v_k (committed)
+                 (ppo: beside it, critic v_k from critic v_{k-1} in the critic role  -> critic v_k (committed))
     evaluate(k)  held-out metrics of version k, paired with the base's, gap, wavs   -> metrics
     publish(k)   metrics to MLflow; v_k registered as <name>-policy (latest, best)  -> registry version
 
@@ -19,7 +21,7 @@ import ray
 
 from actors.learner import fit_learner
 from actors.pipeline import make_pairs
-from sa_ray import guards, lineage, tracking
+from sa_ray import atomic, guards, lineage, tracking
 from sa_ray.align_run import AlignRun
 from sa_ray.config import Config
 from sa_ray.metrics.stats import record_wer_changes
@@ -53,6 +55,7 @@ def roll_out(loop: Loop, i: int) -> dict:
         "adapter_dir": str(run.adapter(i)) if i else None,
         "probe": run.probe(i) or {**loop.probe, "logprob": ray.get(loop.roles["reference"].probe.remote(loop.probe))},
         "tolerance": loop.cfg.align.probe_tolerance,
+        "critic_dir": critic_of(loop, i),
     }
     manifest = run.pairs_done(i) or make_pairs(
         i,
@@ -96,11 +99,34 @@ def length_guard(loop: Loop, i: int, manifest: dict) -> dict:
     return {"length_exploit": 1, "length_exploit_note": f"version {i}: {note}"}
 
 
+def critic_of(loop: Loop, i: int) -> str | None:
+    """The critic that values version i's samples, and that critic v_{i+1} trains on from (so the rows' values are
+    the V_old of its value clip): critic v_i with `align.adapter=continue`; None, a fresh one, at version 0, with
+    `align.adapter=restart`, and for a version another method made (a resumed run may switch methods)."""
+    fitted = loop.cfg.align.adapter == "continue" and loop.run.critic_fitted(i) is not None
+    return str(loop.run.critic(i)) if fitted else None
+
+
 def learn(loop: Loop, k: int) -> dict:
-    """Policy version k from version k-1 and its pairs, on Ray Train (a v_k committed before a kill is kept)."""
-    start = time.perf_counter()
-    learned = loop.run.learned(k) or fit_learner(loop.cfg, loop.run, k - 1, loop.base_dir, loop.probe, loop.run_id)
-    return {**learned, "learn_seconds": time.perf_counter() - start}
+    """Policy version k from version k-1 and its pairs, on Ray Train (a v_k committed before a kill is kept); with a
+    critic (ppo), critic version k fits in its own role meanwhile, on the same pairs (likewise kept)."""
+    run, start = loop.run, time.perf_counter()
+    critic, staging = None, None
+    if "critic" in loop.roles and run.critic_fitted(k) is None:
+        # the learner's child run, made before either logs into it (fit_learner finds it by name)
+        child = tracking.child_run(loop.cfg, loop.run_id, f"learner-iter{k - 1}")
+        staging = atomic.aside(run.critic(k))
+        critic = loop.roles["critic"].fit.remote(
+            str(run.pairs(k - 1)),
+            critic_of(loop, k - 1),
+            str(staging),
+            child,
+            tracking.resolve_uri(loop.cfg.tracking.uri),
+        )
+    learned = run.learned(k) or fit_learner(loop.cfg, run, k - 1, loop.base_dir, loop.probe, loop.run_id)
+    if critic is not None:
+        run.commit_critic(staging, k, ray.get(critic))
+    return {**learned, **(run.critic_fitted(k) or {}), "learn_seconds": time.perf_counter() - start}
 
 
 def evaluate(loop: Loop, k: int, base: dict | None) -> dict:

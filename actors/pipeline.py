@@ -1,6 +1,7 @@
 """The align loop's long-lived roles (`start_roles`) and one iteration's pair set as a Ray Data pipeline between them:
 
-    prompt rows -> requests -> RolloutEngine -> [reward terms -> their mix] -> pair builder -> ReferenceScorer -> Parquet
+    prompt rows -> requests -> RolloutEngine -> [reward terms -> their mix] -> pair builder -> ReferenceScorer
+                -> [Critic] -> Parquet
 
 Batches stream through map_batches stages; the engines are actors created once per job, called from
 zero-CPU forwarding tasks, so the driver never holds an iteration and no engine restarts per iteration.
@@ -176,7 +177,7 @@ def make_pairs(
     if a.method == "grpo":  # every sample, with its advantage in its prompt's group
         pairs = _rewarded(samples, a, vocab, roles).groupby("utt_id", num_partitions=min(blocks, 8))
         pairs = pairs.map_groups(_groups, batch_format="pandas")
-    elif a.method == "ppo":  # every sample with its reward (the learner's critic makes the advantages)
+    elif a.method == "ppo":  # every sample with its reward; the critic makes the advantages once it is scored
         pairs = _rewarded(samples, a, vocab, roles).map_batches(_ppo_rows, batch_format="pandas")
     elif a.pairs == "golden":
         pairs = samples.map_batches(_golden, batch_format="pandas")
@@ -197,6 +198,14 @@ def make_pairs(
             args=(policy["version"], policy["adapter_dir"]),
         ),
     )
+    if a.method == "ppo":  # values, advantages and returns by the critic of the version that sampled
+        scored = scored.map_batches(
+            _call,
+            batch_format="pandas",
+            batch_size=32,
+            num_cpus=0,
+            fn_kwargs=dict(actor=roles["critic"], method="advantages", args=(policy["critic_dir"],)),
+        )
     staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
     scored.write_parquet(str(staging))
     stats = ray.get(roles["rollout"].stats.remote())
@@ -218,6 +227,7 @@ def start_roles(cfg, base_dir: Path, base_fingerprint: str | None = None) -> dic
     """The loop's long-lived roles, each placed by its `resources.<role>` (actors/placement.py), the reward's as
     its terms need them (`AlignConfig.reward_roles`); a reward model only if it was trained on this base
     (`base_fingerprint`)."""
+    from actors.critic import CriticRole
     from actors.evaluator import Evaluator
     from actors.reference import ReferenceScorer
     from actors.reward_model import RewardModelRole
@@ -261,4 +271,10 @@ def start_roles(cfg, base_dir: Path, base_fingerprint: str | None = None) -> dic
         ray.remote(RewardScorer).options(**actor_options(res.reward)).remote(cfg, str(base_dir))
         for _ in range(a.reward_workers if "scorers" in needs else 0)
     ]
+    if a.method == "ppo":  # PPO's value model: advantages in the pipeline, trained beside the learner
+        roles["critic"] = (
+            ray.remote(CriticRole)
+            .options(**actor_options(res.critic))
+            .remote(str(base_dir / "ar"), a, res.critic.num_gpus)
+        )
     return roles

@@ -3,11 +3,11 @@
     python -m jobs.align --config configs/tiny.yaml align.iterations=3
     ray job submit --working-dir . -- python -m jobs.align --config configs/tiny.yaml run_dir=/abs/runs/tiny
 
-Roles (actors/): RolloutEngine (vLLM or torch), ReferenceScorer, Evaluator, reward scorers, all created once; the
-Learner runs on Ray Train. Policy version k (0 = the base) is made by four named stages, each with its inputs and
-outputs in the open: `roll_out` (pairs from version k-1) -> `learn` (version k) -> `evaluate` -> `publish`. Every
-stage's output is keyed and committed (sa_ray/align_run.py): re-running the same command resumes after the last
-completed stage, inside the same MLflow parent run.
+Roles (actors/): RolloutEngine (vLLM or torch), ReferenceScorer, Evaluator, reward scorers, the critic (ppo), all
+created once; the Learner runs on Ray Train. Policy version k (0 = the base) is made by four named stages, each with
+its inputs and outputs in the open: `roll_out` (pairs from version k-1) -> `learn` (version k) -> `evaluate` ->
+`publish`. Every stage's output is keyed and committed (sa_ray/align_run.py): re-running the same command resumes
+after the last completed stage, inside the same MLflow parent run.
 """
 
 from __future__ import annotations

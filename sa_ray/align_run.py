@@ -9,6 +9,8 @@
       adapters/v<k>/          policy version k (PEFT layout + probe.json with the learner's probe logprob
                               + learner.json, the final metrics of the learner that made it
                               + lineage.json, the base it was trained on: sa_ray.lineage)
+      critics/v<k>/           PPO's critic version k (adapter/ + head.safetensors + critic.json, its fit's final
+                              metrics + lineage.json), made beside adapter v_k; version 0's is a fresh one
       records/iter_<k>.json   metrics of policy version k (k = 0 is the base), written when k is evaluated,
                               with the align settings it was made with (`align_settings`)
       summary.json            the per-iteration table
@@ -36,14 +38,18 @@ class AlignRun:
         finds must carry the same base, or it stops, naming both."""
         self.root = Path(run_dir).resolve() / "align"
         self.made_from = made_from
-        for sub in ("pairs", "learner", "adapters", "records"):
+        for sub in ("pairs", "learner", "adapters", "critics", "records"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        # a pair set or an adapter a killed job never committed (hidden siblings: atomic.aside)
-        for stale in [*(self.root / "pairs").glob(".*.staging-*"), *(self.root / "adapters").glob(".v*.*")]:
+        # a pair set, an adapter or a critic a killed job never committed (hidden siblings: atomic.aside)
+        for stale in [
+            *(self.root / "pairs").glob(".*.staging-*"),
+            *(self.root / "adapters").glob(".v*.*"),
+            *(self.root / "critics").glob(".v*.*"),
+        ]:
             shutil.rmtree(stale, ignore_errors=True)
         if made_from:
-            for adapter in sorted((self.root / "adapters").glob("v*")):
-                lineage.check(adapter, made_from["base_fingerprint"], made_from["base_dir"], f"{adapter} (resumed)")
+            for made in sorted([*(self.root / "adapters").glob("v*"), *(self.root / "critics").glob("v*")]):
+                lineage.check(made, made_from["base_fingerprint"], made_from["base_dir"], f"{made} (resumed)")
 
     # ------------------------------------------------------------------------------------------ paths
 
@@ -52,6 +58,9 @@ class AlignRun:
 
     def adapter(self, k: int) -> Path | None:
         return None if k == 0 else self.root / "adapters" / f"v{k}"
+
+    def critic(self, k: int) -> Path | None:
+        return None if k == 0 else self.root / "critics" / f"v{k}"
 
     def learner_storage(self) -> Path:
         return self.root / "learner"
@@ -80,6 +89,19 @@ class AlignRun:
         if self.made_from:
             lineage.write(tmp, self.made_from)
         return atomic.swap_in(tmp, self.adapter(k))
+
+    def critic_fitted(self, k: int) -> dict | None:
+        """The final metrics of the fit that made critic version k, once it is committed (None before)."""
+        path = self.critic(k) / "critic.json" if k else None
+        return json.loads(path.read_text()) if path and path.is_file() else None
+
+    def commit_critic(self, staging: Path, k: int, metrics: dict) -> Path:
+        """Critic v_k, saved by the critic role into `staging` (an `atomic.aside` of `critic(k)`), and its fit's
+        metrics appear together, whole, or not at all."""
+        (staging / "critic.json").write_text(json.dumps(metrics, indent=1))
+        if self.made_from:
+            lineage.write(staging, self.made_from)
+        return atomic.swap_in(staging, self.critic(k))
 
     def probe(self, k: int) -> dict | None:
         """Probe sequence and the learner's logprob for version k (None for the base: the reference computes it)."""

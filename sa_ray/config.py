@@ -506,10 +506,6 @@ class AlignConfig:
                 f"align.method={self.method} makes its own data (every sample with its reward) and trains on every "
                 "token of a sample: leave align.pairs and align.margin_tokens at their defaults",
             )
-        _require(
-            self.method != "ppo" or self.deepspeed is None,
-            "align.method=ppo trains its critic with plain DDP beside the policy: set align.deepspeed=null",
-        )
         _require(0 < self.clip_eps < 1, "align.clip_eps must be in (0, 1)")
         for name in (
             "prompts_per_iteration",
@@ -803,6 +799,11 @@ class ResourcesConfig:
         0.0,
         "the reward model (jobs.reward_model trains it; an align.reward with model scores with it between learner runs, "
         "as the reference does, so it holds no CPU the learner's data reads need)",
+    )
+    critic: RoleResources = _role(
+        0.0,
+        "PPO's critic (align.method=ppo): values each iteration's samples in the pipeline and trains beside the "
+        "learner, by default on no CPU the learner's workers and data reads need (a GPU cluster gives it a GPU share)",
     )
     pretrain: RoleResources = _role(1.0, "each Ray Train worker of the base model's training")
     tokenizer: RoleResources = _role(1.0, "each codec encoder of prepare (prepare.encoders of them)")

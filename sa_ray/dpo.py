@@ -119,6 +119,21 @@ def probe_logprob(model: torch.nn.Module, probe: dict) -> float:
         return float(sequence_logprobs(model, pack([probe["prompt"]], [probe["continuation"]]))[0][0])
 
 
+def pair_key(p: dict) -> tuple:
+    """A training row's key, (iteration, utt_id, sample_idx): replayed pairs of earlier iterations may share an
+    utterance. Rows are sorted by it, so the order never depends on how they were read."""
+    return int(p.get("iteration", 0)), p["utt_id"], p["sample_idx"]
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The order of an epoch's n rows (sorted by `pair_key`): seeded by seed and epoch, not by rank, so every worker
+    (and the PPO critic, training beside the learner) draws the same. ":0" is the rank the seed named when each
+    worker drew its own order, so one worker still draws the order it drew then (earlier runs reproduce)."""
+    order = list(range(n))
+    random.Random(f"{seed}:{epoch}:0").shuffle(order)
+    return order
+
+
 class DPOLearner:
     def __init__(
         self,
@@ -133,8 +148,7 @@ class DPOLearner:
         """`pairs`: ALL the iteration's pairs, on every worker. `wrap` (Ray Train's prepare_model: the worker's
         device, DDP when world > 1) is for the plain path; a ZeRO engine places the model and reduces itself."""
         self.cfg, self.rank, self.world = cfg, rank, world
-        # keyed (iteration, utt_id, sample_idx): replayed pairs of earlier iterations may share an utterance
-        self.pairs = sorted(pairs, key=lambda p: (int(p.get("iteration", 0)), p["utt_id"], p["sample_idx"]))
+        self.pairs = sorted(pairs, key=pair_key)
         if not self.pairs:
             raise ValueError("no preference pairs to learn from")
         if cfg.batch_size % world:
@@ -178,10 +192,7 @@ class DPOLearner:
         """This worker's block of the step's pairs; `position` counts the pairs of all workers."""
         if self.position + self.step_pairs > len(self.pairs):
             self.epoch, self.position = self.epoch + 1, 0
-        order = list(range(len(self.pairs)))
-        # the same order on every worker; ":0" is the rank the seed named when each worker drew its own order,
-        # so one worker still draws the order it drew then (earlier single-worker runs reproduce)
-        random.Random(f"{self.cfg.seed}:{self.epoch}:0").shuffle(order)
+        order = epoch_order(len(self.pairs), self.cfg.seed, self.epoch)
         share = self.step_pairs // self.world
         start = self.position + self.rank * share
         self.position += self.step_pairs

@@ -1,19 +1,20 @@
 """RLHF-PPO (Ouyang et al. 2022; the SpeechAlign paper's PPO comparison): `align.method=ppo`.
 
-The roles: the policy (base + LoRA), the frozen reference (the ReferenceScorer: `align.reference=base` for the
-classic KL-to-the-start penalty), the reward (`align.reward`: phones, asr, or a trained reward model) and a critic,
-its own model (the frozen base + a LoRA of its own + a scalar head on the last hidden state: `Critic`), trained
-beside the policy with its own optimiser and saved with each policy version (`<adapter>/critic/`), so the next
-iteration starts from it.
+The roles: the policy (base + LoRA: `PPOLearner` on Ray Train), the frozen reference (the ReferenceScorer;
+`align.reference=base` for the classic KL-to-the-start penalty), the reward (`align.reward`: phones, asr, or a
+trained reward model) and the critic (`actors/critic.py`), its own model: the frozen base + a LoRA of its own + a
+scalar head on the last hidden state (`Critic`). Plain PyTorch here, no Ray.
 
 One iteration: the rollout engine samples with policy version i; each sample's reward; the reference and the
-sampling policy score every token (`ref_token_logps`, `old_token_logps`); then the learner
+sampling policy score every token (`ref_token_logps`, `old_token_logps`); then critic version i (`advantages`):
   1. per-token rewards (`token_rewards`): -beta * (old - ref) at every token, plus the sample's reward at its last;
-  2. the critic's values V_t of the states before every token (`Critic.values`, before any update);
+  2. its values V_t of the states before every token (`Critic.forward`);
   3. GAE (`gae`: gamma, lambda; V = 0 after the last token), returns = advantages + V;
-     advantages whitened over the iteration's tokens;
-  4. `align.steps` steps of the clipped policy objective (`sa_ray.grpo.grpo_loss` with per-token advantages and no
-     KL term: the KL is in the rewards) and the clipped value loss 0.5 max((V - R)^2, (V_old + clip(V - V_old) - R)^2).
+all written into the rows before the pair set is committed. Then, side by side, the learner whitens the
+advantages over the iteration's tokens (`whiten`) and takes `align.steps` steps of the clipped policy objective
+(`sa_ray.grpo.grpo_loss` with per-token advantages and no KL term: the KL is in the rewards), while the critic
+takes as many steps of the clipped value loss 0.5 max((V - R)^2, (V_old + clip(V - V_old) - R)^2) on the same
+batches (`train_critic`), making critic version i+1.
 A sample that never wrote EOS (cut by its budget) gets at most `RUNAWAY_REWARD`.
 """
 
@@ -26,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from sa_ray import lora
 from sa_ray.config import AlignConfig
-from sa_ray.dpo import DPOLearner
+from sa_ray.dpo import DPOLearner, epoch_order, pair_key
 from sa_ray.engines.deepspeed_engine import make_stepper
 from sa_ray.grpo import dense, grpo_loss, target_positions
 from sa_ray.losses import pack, token_logprobs
@@ -34,7 +35,7 @@ from sa_ray.models.ar import IGNORE, load_ar
 from sa_ray.pretrain import warmup_cosine
 
 RUNAWAY_REWARD = -1.0  # the phone reward of a sample that said every phone wrong; SIM - WER at SIM 0, WER 1
-CRITIC_DIR = "critic"
+GAMMA, LAMBDA, VALUE_CLIP = 1.0, 0.95, 0.2  # InstructGPT's / TRL's PPO defaults for language models
 
 
 def guarded_reward(reward: float, ended: bool) -> float:
@@ -91,7 +92,34 @@ class Critic(torch.nn.Module):
         save_file(self.head_tensors(), d / "head.safetensors")
 
     def head_tensors(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().contiguous() for k, v in self.head.state_dict().items()}
+        return {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
+
+
+def advantages(critic: Critic, rows: list[dict], cfg: AlignConfig, batch_size: int = 16) -> list[dict]:
+    """Each row (prompt_ids, sample_ids, reward, sample_ended, old_token_logps, ref_token_logps) with the critic's
+    `values` of its tokens, and its `advantages` (GAE, not yet whitened) and `returns`."""
+    device = next(critic.parameters()).device
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            part = rows[start : start + batch_size]
+            packed = pack([r["prompt_ids"] for r in part], [r["sample_ids"] for r in part])
+            values = critic(packed["input_ids"].to(device), packed["attention_mask"].to(device))
+            for i, r in enumerate(part):
+                v = values[i, target_positions(len(r["prompt_ids"]), len(r["sample_ids"]))].tolist()
+                reward = guarded_reward(r["reward"], r["sample_ended"])
+                rewards = token_rewards(list(r["old_token_logps"]), list(r["ref_token_logps"]), reward, cfg.beta)
+                adv, ret = gae(rewards, v, GAMMA, LAMBDA)
+                out.append({**r, "values": v, "advantages": adv, "returns": ret})
+    return out
+
+
+def whiten(rows: list[dict]) -> None:
+    """The rows' advantages, in place, to mean 0 and std 1 over all their tokens."""
+    flat = torch.tensor([a for r in rows for a in r["advantages"]], dtype=torch.float64)
+    mean, std = flat.mean(), flat.std() if len(flat) > 1 else torch.tensor(1.0, dtype=torch.float64)
+    for r in rows:
+        r["advantages"] = ((torch.tensor(r["advantages"], dtype=torch.float64) - mean) / (std + 1e-8)).tolist()
 
 
 def value_loss(values: torch.Tensor, old_values, returns, mask, clip: float) -> torch.Tensor:
@@ -102,86 +130,65 @@ def value_loss(values: torch.Tensor, old_values, returns, mask, clip: float) -> 
     return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
 
 
+def critic_loss(critic: Critic, batch: list[dict]) -> torch.Tensor:
+    """The clipped value loss of a batch of rows: their `values` are V_old, their `returns` the targets."""
+    device = next(critic.parameters()).device
+    packed = pack([r["prompt_ids"] for r in batch], [r["sample_ids"] for r in batch])
+    values = critic(packed["input_ids"].to(device), packed["attention_mask"].to(device))
+    old, returns = (dense([r[key] for r in batch], batch, values.shape, device) for key in ("values", "returns"))
+    mask = (packed["labels"][:, 1:] != IGNORE).to(device)
+    return value_loss(values, old, returns, mask, VALUE_CLIP)
+
+
+def train_critic(critic: Critic, rows: list[dict], cfg: AlignConfig, on_step=None) -> list[dict[str, float]]:
+    """`align.steps` steps of the clipped value loss towards the rows' returns (V_old: their `values`, written by
+    this critic before any step), each on the batch the policy learner takes at that step from the same rows (its
+    order, `align.batch_size`, lr schedule and grad clip). Returns each step's metrics, also given to `on_step`."""
+    rows = sorted(rows, key=pair_key)
+    step_rows = min(cfg.batch_size, len(rows) - len(rows) % cfg.workers)  # as the learner's step_pairs
+    stepper = make_stepper(
+        critic,
+        [p for p in critic.parameters() if p.requires_grad],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+        weight_decay=0.0,
+        schedule=warmup_cosine(cfg.warmup_steps, cfg.steps),
+        grad_clip=cfg.grad_clip,
+    )
+    critic.train()
+    history, epoch, position = [], 0, 0
+    for step in range(1, cfg.steps + 1):
+        if position + step_rows > len(rows):
+            epoch, position = epoch + 1, 0
+        batch = [rows[i] for i in epoch_order(len(rows), cfg.seed, epoch)[position : position + step_rows]]
+        position += step_rows
+        loss = critic_loss(critic, batch)
+        stepper.backward(loss)
+        history.append({"value_loss": float(loss.detach()), "value_grad_norm": stepper.step()})
+        if on_step is not None:
+            on_step(history[-1], step)
+    critic.eval()
+    return history
+
+
 class PPOLearner(DPOLearner):
-    """`DPOLearner`'s workers, data order, checkpoints and export for the policy, plus the critic with its own
-    optimiser. Rows: prompt_ids, sample_ids, reward, sample_ended, old_token_logps, ref_token_logps."""
+    """`DPOLearner`'s workers, data order, optimiser, checkpoints and export for the policy alone, on the rows of
+    the advantages stage (prompt_ids, sample_ids, reward, sample_ended, old_token_logps, ref_token_logps,
+    advantages): the critic is a role of its own (`actors/critic.py`)."""
 
-    GAMMA, LAMBDA, VALUE_CLIP = 1.0, 0.95, 0.2  # InstructGPT's / TRL's PPO defaults for language models
-
-    def __init__(self, base_dir, adapter_dir, cfg: AlignConfig, rows: list[dict], wrap=lambda m: m, **kwargs):
-        super().__init__(base_dir, adapter_dir, cfg, rows, wrap=wrap, **kwargs)
-        critic_dir = None if adapter_dir is None else Path(adapter_dir) / CRITIC_DIR
-        torch.manual_seed(cfg.seed + 1)
-        self.critic = Critic(base_dir, cfg, critic_dir if critic_dir and critic_dir.is_dir() else None)
-        self.critic_stepper = make_stepper(
-            self.critic,
-            [p for p in self.critic.parameters() if p.requires_grad],
-            lr=cfg.lr,
-            betas=(0.9, 0.95),
-            weight_decay=0.0,
-            schedule=warmup_cosine(cfg.warmup_steps, cfg.steps),
-            grad_clip=cfg.grad_clip,
-            zero_stage=None,
-            wrap=wrap,
-        )
-        self.critic_train = self.critic_stepper.module
-        self.optimizers["critic"] = self.critic_stepper.optimizer
-        self.schedulers["critic"] = self.critic_stepper.scheduler
-        self._advantages()
-
-    def _advantages(self) -> None:
-        """Per-token advantages and returns of every row, from the critic before any update (`gae`), the advantages
-        whitened over all the iteration's tokens (the same on every worker: every worker holds every row)."""
-        c = self.cfg
-        with torch.no_grad():
-            for start in range(0, len(self.pairs), 16):
-                part = self.pairs[start : start + 16]
-                packed = pack([r["prompt_ids"] for r in part], [r["sample_ids"] for r in part])
-                values = self.critic(packed["input_ids"].to(self.device), packed["attention_mask"].to(self.device))
-                for i, r in enumerate(part):
-                    v = values[i, target_positions(len(r["prompt_ids"]), len(r["sample_ids"]))].tolist()
-                    reward = guarded_reward(r["reward"], r["sample_ended"])
-                    rewards = token_rewards(list(r["old_token_logps"]), list(r["ref_token_logps"]), reward, c.beta)
-                    r["values"], (r["advantages"], r["returns"]) = v, gae(rewards, v, self.GAMMA, self.LAMBDA)
-        flat = torch.tensor([a for r in self.pairs for a in r["advantages"]], dtype=torch.float64)
-        mean, std = flat.mean(), flat.std() if len(flat) > 1 else torch.tensor(1.0, dtype=torch.float64)
-        for r in self.pairs:
-            r["advantages"] = ((torch.tensor(r["advantages"], dtype=torch.float64) - mean) / (std + 1e-8)).tolist()
+    def __init__(self, base_dir, adapter_dir, cfg: AlignConfig, rows: list[dict], **kwargs):
+        super().__init__(base_dir, adapter_dir, cfg, rows, **kwargs)
+        whiten(self.pairs)  # the same on every worker: every worker holds every row
 
     def loss(self, batch: list[dict]) -> tuple[torch.Tensor, dict[str, float]]:
-        packed = pack([r["prompt_ids"] for r in batch], [r["sample_ids"] for r in batch])
-        token_lp, labels, _ = token_logprobs(self.model_train, packed)
+        token_lp, labels, _ = token_logprobs(
+            self.model_train, pack([r["prompt_ids"] for r in batch], [r["sample_ids"] for r in batch])
+        )
         mask = labels != IGNORE
         at = lambda key: dense([r[key] for r in batch], batch, token_lp.shape, token_lp.device)  # noqa: E731
         old, ref = at("old_token_logps"), at("ref_token_logps")
         loss, metrics = grpo_loss(token_lp, old, ref, mask, at("advantages"), self.cfg.clip_eps, beta=0.0)
         with torch.no_grad():  # the policy's KL to the reference, as the penalty in the rewards estimates it
             metrics["kl"] = float((((token_lp - ref) * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean())
-        values = self.critic_train(packed["input_ids"].to(self.device), packed["attention_mask"].to(self.device))
-        self._value_loss = value_loss(values, at("values"), at("returns"), mask, self.VALUE_CLIP)
-        metrics["value_loss"] = float(self._value_loss.detach())
         metrics["reward"] = sum(guarded_reward(r["reward"], r["sample_ended"]) for r in batch) / len(batch)
         return loss, metrics
-
-    def train_step(self) -> dict[str, float]:
-        self.critic_train.train()
-        metrics = super().train_step()  # the policy's step; `loss` left the critic's loss for this batch
-        self.critic_stepper.backward(self._value_loss)
-        metrics["value_grad_norm"] = self.critic_stepper.step()
-        return metrics
-
-    def save(self, directory: str | Path) -> None:
-        super().save(directory)
-        if self.rank == 0:
-            save_file(lora.adapter_tensors(self.critic.body), Path(directory) / "critic_adapter.safetensors")
-            save_file(self.critic.head_tensors(), Path(directory) / "critic_head.safetensors")
-
-    def load(self, directory: str | Path) -> None:
-        d = Path(directory)
-        lora.load_adapter_tensors(self.critic.body, load_file(d / "critic_adapter.safetensors"))
-        self.critic.head.load_state_dict(load_file(d / "critic_head.safetensors"))
-        super().load(directory)
-
-    def export(self, directory: str | Path, probe: dict | None = None) -> None:
-        super().export(directory, probe)
-        self.critic.save(Path(directory) / CRITIC_DIR)

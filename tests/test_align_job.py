@@ -343,14 +343,17 @@ def test_grpo_and_ppo_run_an_iteration_end_to_end_and_log_a_finite_kl(
 ):
     """align.method=grpo|ppo: 4 samples per prompt rewarded (grpo: by their phone errors; ppo: by a trained reward
     model, its own role), every sample token scored by the sampling policy and the reference (ppo: the base),
-    clipped policy-gradient steps on Ray Train -> v1 (ppo: with its critic); the KL to the reference reaches MLflow
-    at every learner step, finite. grpo: advantages normalised in each prompt's group."""
+    clipped policy-gradient steps on Ray Train -> v1; the KL to the reference reaches MLflow at every learner step,
+    finite. grpo: advantages normalised in each prompt's group. ppo: the critic role wrote each sample's values,
+    advantages and returns into the pair set (version 0: a zero critic) and fitted critic v1 beside the learner,
+    its value loss in the learner's child run."""
     from jobs import align
     from sa_ray import tracking
     from sa_ray.config import load_config
     from sa_ray.grpo import group_advantages, guarded_rewards
     from sa_ray.metrics.phones import phone_error_rate
     from sa_ray.models.vocab import Vocab
+    from sa_ray.ppo import gae, guarded_reward
 
     argv, run_dir = _argv(
         prepared_tiny,
@@ -378,6 +381,10 @@ def test_grpo_and_ppo_run_an_iteration_end_to_end_and_log_a_finite_kl(
         if method == "ppo":  # the reward model's scores, the role's as the library's
             scores = reward_model.score([r["prompt_ids"] for r in group], [r["sample_ids"] for r in group])
             assert [r["reward"] for r in group] == pytest.approx(scores, abs=1e-5)
+            for r in group:  # the fresh critic values every state 0: GAE of the reward at the last token alone
+                n, reward = len(r["sample_ids"]), guarded_reward(r["reward"], r["sample_ended"])
+                adv, _ = gae([0.0] * (n - 1) + [reward], [0.0] * n, 1.0, 0.95)
+                assert r["values"] == [0.0] * n and r["advantages"] == pytest.approx(adv) == r["returns"]
             continue
         rewards = guarded_rewards(raw, [r["sample_ended"] for r in group])
         assert [r["reward"] for r in group] == pytest.approx(rewards)
@@ -387,7 +394,8 @@ def test_grpo_and_ppo_run_an_iteration_end_to_end_and_log_a_finite_kl(
     assert record["rollout_reward"] == pytest.approx(np.mean([r["reward"] for r in rows]))
     v1 = run_dir / "align" / "adapters" / "v1"
     assert np.isfinite(record["kl"]) and (v1 / "adapter_model.safetensors").is_file()
-    assert (v1 / "critic" / "head.safetensors").is_file() == (method == "ppo")
+    critic = run_dir / "align" / "critics" / "v1"  # the critic's own directory: the adapter is the policy alone
+    assert (critic / "head.safetensors").is_file() == (method == "ppo") and not (v1 / "critic").exists()
     cfg = load_config(argv[1], argv[2:])
     client = tracking.client(cfg)
     assert client.get_run(out["run_id"]).data.tags["sa_ray.reward"] == cfg.align.reward  # as given
@@ -396,6 +404,11 @@ def test_grpo_and_ppo_run_an_iteration_end_to_end_and_log_a_finite_kl(
     )
     kl = client.get_metric_history(child.info.run_id, "kl")
     assert sorted(m.step for m in kl) == [1, 2, 3, 4] and all(np.isfinite(m.value) for m in kl)
+    if method == "ppo":  # the critic role logged its steps into the learner's child run; its last in the record
+        for key in ("value_loss", "value_grad_norm"):
+            history = {m.step: m.value for m in client.get_metric_history(child.info.run_id, key)}
+            assert sorted(history) == [1, 2, 3, 4] and all(np.isfinite(v) for v in history.values())
+            assert record[key] == json.loads((critic / "critic.json").read_text())[key] == pytest.approx(history[4])
 
 
 def test_missing_held_out_audio_stops_the_job_before_any_work(prepared_tiny, tiny_base, tmp_path, capsys):

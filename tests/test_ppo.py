@@ -1,14 +1,19 @@
 """RLHF-PPO (`align.method=ppo`, sa_ray/ppo.py): GAE, the per-token rewards and the value loss against hand-worked
-cases; the learner's advantages from its critic, its resume, and the critic travelling with the adapter."""
+cases; the critic role (actors/critic.py, in-process) writing advantages and fitting beside the learner; the policy
+learner without a critic."""
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from sa_ray.config import AlignConfig, ConfigError
+from sa_ray.config import AlignConfig, ConfigError, ResourcesConfig
 from sa_ray.ppo import RUNAWAY_REWARD, PPOLearner, gae, guarded_reward, token_rewards, value_loss
 
 
@@ -43,8 +48,8 @@ def test_config_takes_ppo_and_the_base_as_reference():
     AlignConfig(method="ppo", reference="base").validate()
     with pytest.raises(ConfigError, match="align.reference must be policy or base"):
         AlignConfig(reference="start").validate()
-    with pytest.raises(ConfigError, match="align.deepspeed=null"):
-        AlignConfig(method="ppo", deepspeed=1).validate()
+    AlignConfig(method="ppo", deepspeed=1).validate()  # the learner holds the policy alone: ZeRO as for grpo
+    assert ResourcesConfig().critic.ray_options() == {"num_cpus": 0.0, "num_gpus": 0.0, "resources": {}}
 
 
 @pytest.fixture(scope="module")
@@ -74,49 +79,121 @@ def _cfg(**kw) -> AlignConfig:
     return AlignConfig(**{"method": "ppo", "batch_size": 2, "steps": 3, "lora_rank": 4, "lora_alpha": 8, **kw})
 
 
-def test_the_learners_first_advantages_are_the_whitened_rewards_of_a_zero_critic(ppo_rows):
+def _role(model_dir, **kw):
+    from actors.critic import CriticRole
+
+    return CriticRole(str(model_dir), _cfg(**kw))  # in-process: no Ray, so on the CPU
+
+
+def _valued(ppo_rows, critic_dir=None) -> list[dict]:
+    """The advantages stage on the fixture's rows: the role's output frame as the pair set holds it."""
     model_dir, rows = ppo_rows
-    learner = PPOLearner(model_dir, None, _cfg(), [dict(r) for r in rows])
-    by_utt = {r["utt_id"]: r for r in learner.pairs}
-    raw = []  # V = 0 and the reference is the sampling policy: only the sample's reward, at its last token
-    for r in rows:
+    return _role(model_dir).advantages(pd.DataFrame(rows), critic_dir).to_dict("records")
+
+
+def _pair_set(rows: list[dict], directory) -> str:
+    os.makedirs(directory, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), f"{directory}/part-0.parquet")
+    return str(directory)
+
+
+def test_version_0s_advantages_are_the_gae_of_the_rewards_under_a_zero_critic(ppo_rows):
+    _, rows = ppo_rows
+    valued = _valued(ppo_rows)
+    assert [r["utt_id"] for r in valued] == [r["utt_id"] for r in rows]  # the rows, with three columns more
+    for r, v in zip(rows, valued):
+        # V = 0 and the reference is the sampling policy: only the sample's reward, at its last token
         reward = guarded_reward(r["reward"], r["sample_ended"])
         adv, _ = gae([0.0] * (len(r["sample_ids"]) - 1) + [reward], [0.0] * len(r["sample_ids"]), 1.0, 0.95)
-        assert by_utt[r["utt_id"]]["values"] == pytest.approx([0.0] * len(adv), abs=1e-7)
-        raw.append(adv)
-    flat = torch.tensor([a for adv in raw for a in adv], dtype=torch.float64)
-    for r, adv in zip(rows, raw):
-        whitened = ((torch.tensor(adv, dtype=torch.float64) - flat.mean()) / (flat.std() + 1e-8)).tolist()
+        assert v["values"] == pytest.approx([0.0] * len(adv), abs=1e-7)
+        assert v["advantages"] == pytest.approx(adv, abs=1e-7) and v["returns"] == pytest.approx(adv, abs=1e-7)
+
+
+def test_the_learner_whitens_the_advantages_and_trains_the_policy_alone(ppo_rows):
+    model_dir, _ = ppo_rows
+    valued = _valued(ppo_rows)
+    learner = PPOLearner(model_dir, None, _cfg(), [dict(r) for r in valued])
+    assert not hasattr(learner, "critic")
+    flat = torch.tensor([a for r in valued for a in r["advantages"]], dtype=torch.float64)
+    by_utt = {r["utt_id"]: r for r in learner.pairs}
+    for r in valued:
+        whitened = ((torch.tensor(r["advantages"], dtype=torch.float64) - flat.mean()) / (flat.std() + 1e-8)).tolist()
         assert by_utt[r["utt_id"]]["advantages"] == pytest.approx(whitened, abs=1e-6)
     m = learner.train_step()
-    assert abs(m["kl"]) < 1e-6 and m["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and m["value_loss"] > 0
+    assert abs(m["kl"]) < 1e-6 and m["ratio_mean"] == pytest.approx(1.0, abs=1e-6) and "value_loss" not in m
 
 
-def test_a_resumed_learner_reproduces_the_uninterrupted_one_and_the_critic_goes_with_the_adapter(ppo_rows, tmp_path):
-    from sa_ray import lora
+def test_the_critic_steps_on_the_learners_batches(ppo_rows, monkeypatch):
+    from sa_ray import ppo
 
-    model_dir, rows = ppo_rows
-    whole = PPOLearner(model_dir, None, _cfg(), [dict(r) for r in rows])
-    for _ in range(3):
-        whole.train_step()
-    first = PPOLearner(model_dir, None, _cfg(), [dict(r) for r in rows])
-    first.train_step()
-    first.save(tmp_path / "ckpt")
-    resumed = PPOLearner(model_dir, None, _cfg(), [dict(r) for r in rows])
-    resumed.load(tmp_path / "ckpt")
-    for _ in range(2):
-        resumed.train_step()
-    for model in ("model", "critic"):
-        a = lora.adapter_tensors(getattr(whole, model) if model == "model" else whole.critic.body)
-        b = lora.adapter_tensors(getattr(resumed, model) if model == "model" else resumed.critic.body)
-        assert all(torch.equal(a[k], b[k]) for k in a)
-    assert torch.equal(whole.critic.head.weight, resumed.critic.head.weight)
-    whole.export(tmp_path / "v1")
-    head = load_file(tmp_path / "v1" / "critic" / "head.safetensors")
-    assert torch.equal(head["weight"], whole.critic.head.weight) and head["weight"].abs().sum() > 0  # it learned
-    # the next iteration's learner starts from v1's critic: its values are no longer the fresh critic's zeros
-    following = PPOLearner(model_dir, tmp_path / "v1", _cfg(), [dict(r) for r in rows])
-    assert any(abs(v) > 1e-6 for r in following.pairs for v in r["values"])
+    model_dir, _ = ppo_rows
+    valued, cfg = _valued(ppo_rows), _cfg(steps=5)  # 4 rows, 2 a step: the order is drawn again at step 3
+    learner = PPOLearner(model_dir, None, cfg, [dict(r) for r in valued])
+    policy = [[r["utt_id"] for r in learner.next_batch()] for _ in range(cfg.steps)]
+    seen = []
+    loss = ppo.critic_loss
+    monkeypatch.setattr(
+        ppo, "critic_loss", lambda critic, batch: seen.append([r["utt_id"] for r in batch]) or loss(critic, batch)
+    )
+    ppo.train_critic(_role(model_dir)._serve(None), list(reversed(valued)), cfg)
+    assert seen == policy
+
+
+def test_the_critic_fit_is_deterministic_and_values_the_next_iteration(ppo_rows, tmp_path):
+    """The role fits critic v1 on pair set 0 (twice, to the same tensors: a retried fit trains the same critic),
+    the run commits it with its metrics and lineage, and v1's values are no longer the fresh critic's zeros."""
+    from sa_ray import atomic, lineage
+    from sa_ray.align_run import AlignRun
+
+    model_dir, _ = ppo_rows
+    rows_dir = _pair_set(_valued(ppo_rows), tmp_path / "pairs")
+    role = _role(model_dir)
+    metrics = role.fit(rows_dir, None, str(tmp_path / "a"))
+    assert _role(model_dir).fit(rows_dir, None, str(tmp_path / "b")) == metrics
+    assert set(metrics) == {"value_loss", "value_grad_norm"} and metrics["value_loss"] > 0
+    for name in ("head.safetensors", "adapter/adapter_model.safetensors"):
+        a, b = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert load_file(tmp_path / "a" / "head.safetensors")["weight"].abs().sum() > 0  # it learned
+
+    made_from = {"base_fingerprint": "f00d", "base_dir": str(model_dir)}
+    run = AlignRun(tmp_path / "run", made_from)
+    assert run.critic_fitted(1) is None and run.critic_fitted(0) is None
+    staging = atomic.aside(run.critic(1))
+    role.fit(rows_dir, None, str(staging))
+    run.commit_critic(staging, 1, metrics)
+    assert run.critic_fitted(1) == metrics and lineage.read(run.critic(1))["base_fingerprint"] == "f00d"
+    with pytest.raises(lineage.LineageError, match="critics/v1"):  # a critic fits only its own base
+        AlignRun(tmp_path / "run", {**made_from, "base_fingerprint": "beef"})
+
+    following = _valued(ppo_rows, str(run.critic(1)))
+    assert any(abs(v) > 1e-6 for r in following for v in r["values"])
+    assert role.advantages(pd.DataFrame(ppo_rows[1]), str(run.critic(1)))["values"].tolist() == [
+        r["values"] for r in following
+    ]
+
+
+def test_ppo_trains_its_policy_under_zero_as_without(ppo_rows, zero_process_group):
+    """The learner holds the policy alone, so align.deepspeed applies to it as to every method."""
+    pytest.importorskip("deepspeed")
+    model_dir, _ = ppo_rows
+    valued = _valued(ppo_rows)
+    plain, zero = (PPOLearner(model_dir, None, _cfg(deepspeed=z), [dict(r) for r in valued]) for z in (None, 1))
+    p, z = ([lrn.train_step()["loss"] for _ in range(3)] for lrn in (plain, zero))
+    assert z[0] == p[0] and z == pytest.approx(p, rel=1e-5)
+
+
+@pytest.fixture
+def zero_process_group():
+    """make_stepper starts a gloo group of one in this process (and sets LOCAL_RANK): undo both afterwards."""
+    import torch.distributed as dist
+
+    env, had_group = dict(os.environ), dist.is_initialized()
+    yield
+    if dist.is_initialized() and not had_group:
+        dist.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(env)
 
 
 def test_a_base_reference_scores_the_base_beside_the_sampling_policy(ppo_rows, tmp_path):
@@ -125,7 +202,7 @@ def test_a_base_reference_scores_the_base_beside_the_sampling_policy(ppo_rows, t
     from actors.reference import ReferenceScorer
 
     model_dir, rows = ppo_rows
-    learner = PPOLearner(model_dir, None, _cfg(), [dict(r) for r in rows])
+    learner = PPOLearner(model_dir, None, _cfg(), _valued(ppo_rows))
     learner.train_step()
     learner.export(tmp_path / "v1")
     frame = pd.DataFrame([{k: r[k] for k in ("utt_id", "sample_idx", "prompt_ids", "sample_ids")} for r in rows])
