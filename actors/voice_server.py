@@ -2,7 +2,7 @@
 
     POST /synthesize  {"text": "...", "speaker": "mbrola-us1", "seed": 0, "temperature": 1.0}  -> audio/wav
                       ("prompt_wav": base64 of ~3 s of a voice to clone, instead of "speaker"; "best_of": N
-                      candidates, the one with the fewest phone errors spoken, up to serve.max_best_of)
+                      candidates, the best by serve.best_of_scorer spoken, up to serve.max_best_of)
     GET  /health      -> {"model": "models:/tiny-policy@latest", "version": 3, "speakers": [...], ...}
     GET  /            -> a listening page (sa_ray/web/voice.html) over the two
 
@@ -35,6 +35,7 @@ from ray import serve
 from ray.serve.config import BackpressureConfig
 from starlette.requests import ClientDisconnect
 
+from sa_ray import best_of
 from sa_ray.audio import wav_bytes
 from sa_ray.codec import load_codec
 from sa_ray.config import Config, ConfigError, ServeConfig, load_config
@@ -121,6 +122,9 @@ class VoiceServer:
             Spelling.of_config(cfg),
             cfg.eval.forced_phones,
             SamplingConfig(cfg_scale=cfg.eval.cfg_scale),  # each request states its temperature
+            scorer=(lambda vocab: best_of.make_scorer(cfg.serve.best_of_scorer, vocab, codec, cfg))
+            if cfg.serve.best_of_scorer
+            else None,  # phones where the model writes them
         )
         self.policy = RegisteredPolicy.of_config(cfg, base_dir)
         self.page = PAGE.read_text()

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> Path:
         prompt = bank.draw(args.speaker, "", random.Random(args.seed))
     scorer = None
     if args.best_of > 1:
-        scorer = best_of.make_scorer(args.scorer or best_of.default_scorer(tts.vocab), tts, cfg)
+        scorer = best_of.make_scorer(args.scorer or best_of.default_scorer(tts.vocab), tts.vocab, tts.codec, cfg)
     best = best_of.synthesize_best(
         tts,
         [Request(args.text, prompt, args.seed, args.speaker)],

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from sa_ray.config import Config, ConfigError
+from sa_ray.config import BEST_OF_SCORERS, Config, ConfigError
 from sa_ray.metrics.speaker import cosine
 from sa_ray.metrics.wer import wer
 from sa_ray.models.vocab import Vocab
@@ -188,36 +188,38 @@ class RewardModelScorer:
         return self.model.score([c.prompt_ids for c in candidates], [c.ar_tokens for c in candidates])
 
 
-def _reward_model(tts: CodecTTS, cfg: Config) -> Scorer:
+def _reward_model(vocab: Vocab, codec, cfg: Config) -> Scorer:
     from sa_ray.reward_model import RewardModel, checkpoint_dir
 
     return RewardModelScorer(RewardModel.load(checkpoint_dir(cfg)))
 
 
-def _phones(tts: CodecTTS, cfg: Config) -> Scorer:
-    return PhoneScorer(tts.vocab)
+def _phones(vocab: Vocab, codec, cfg: Config) -> Scorer:
+    return PhoneScorer(vocab)
 
 
-def _asr(tts: CodecTTS, cfg: Config, with_sim: bool = False) -> Scorer:
+def _asr(vocab: Vocab, codec, cfg: Config, with_sim: bool = False) -> Scorer:
     from sa_ray.metrics.backends import make_asr, make_sim  # the recogniser loads only when asked for
 
     asr = make_asr(cfg.eval.asr, Path(cfg.run_dir) / "data", cfg.corpus)
-    return AsrScorer(asr, tts.codec, make_sim(cfg.eval.sim) if with_sim else None)
+    return AsrScorer(asr, codec, make_sim(cfg.eval.sim) if with_sim else None)
 
 
-# name -> factory(tts, cfg): the backends come from the config (eval.asr, eval.sim), as the evaluation's
-SCORERS: dict[str, Callable[[CodecTTS, Config], Scorer]] = {
+# name -> factory(vocab, codec, cfg): the backends come from the config (eval.asr, eval.sim), as the evaluation's
+SCORERS: dict[str, Callable[[Vocab, object, Config], Scorer]] = {
     "phones": _phones,
     "asr": _asr,
-    "asr_sim": lambda tts, cfg: _asr(tts, cfg, with_sim=True),
+    "asr_sim": lambda vocab, codec, cfg: _asr(vocab, codec, cfg, with_sim=True),
     "reward_model": _reward_model,
 }
+assert tuple(SCORERS) == BEST_OF_SCORERS  # the config validates the names without loading this module
 
 
-def make_scorer(name: str, tts: CodecTTS, cfg: Config) -> Scorer:
+def make_scorer(name: str, vocab: Vocab, codec, cfg: Config) -> Scorer:
+    """The scorer `name` for a model of `vocab` speaking through `codec`."""
     if name not in SCORERS:
         raise ConfigError(f"unknown best-of scorer {name!r}; the scorers are {', '.join(sorted(SCORERS))}")
-    return SCORERS[name](tts, cfg)
+    return SCORERS[name](vocab, codec, cfg)
 
 
 def default_scorer(vocab: Vocab) -> str:

@@ -317,6 +317,7 @@ class PretrainConfig:
 
 METHODS = ("dpo", "cdpo", "ipo", "rpo", "sft", "simpo", "coh", "grpo", "ppo")
 SAMPLE_METHODS = ("grpo", "ppo")  # methods that learn from every rewarded sample, not from pairs
+BEST_OF_SCORERS = ("phones", "asr", "asr_sim", "reward_model")  # sa_ray.best_of.SCORERS
 
 
 @dataclass
@@ -719,8 +720,15 @@ class ServeConfig:
     max_text_chars: int = setting(400, "longest text a request may send (one sentence at a time)")
     max_best_of: int = setting(
         4,
-        "largest `best_of` a request may ask: candidates sampled in one batch, the best by its phones kept "
-        "(aligned models; each candidate costs its AR decoding)",
+        "largest `best_of` a request may ask: candidates sampled in one batch, the best by serve.best_of_scorer "
+        "kept (each candidate costs its AR decoding; a scorer that hears speech, its rendering too)",
+    )
+    best_of_scorer: str = setting(
+        "",
+        "what picks the best of a request's candidates: phones (free: the phones each wrote; aligned models) | asr "
+        "(minus the recogniser's WER: every candidate rendered) | asr_sim (+ SIM to the voice prompt) | "
+        'reward_model (the trained reward model, reward_model.path) | "" = phones where the model writes phones, '
+        "else asr",
     )
 
     def validate(self) -> None:
@@ -743,6 +751,10 @@ class ServeConfig:
         _require(self.refresh_seconds >= 0, "serve.refresh_seconds must be >= 0")
         _require(self.max_text_chars >= 1, "serve.max_text_chars must be >= 1")
         _require(self.max_best_of >= 1, "serve.max_best_of must be >= 1 (1: best-of-N off)")
+        _require(
+            self.best_of_scorer in ("", *BEST_OF_SCORERS),
+            f"serve.best_of_scorer must be one of {', '.join(BEST_OF_SCORERS)} or empty; got {self.best_of_scorer!r}",
+        )
 
     def model_uri(self, config_name: str) -> str:
         return self.model or f"models:/{config_name}-policy@champion"

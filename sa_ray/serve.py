@@ -5,7 +5,7 @@ No Ray here (actors/voice_server.py makes it a Ray Serve deployment). `parse_bod
 error); a `prompt_wav`'s length is read from its header and refused before a sample is decoded. `PolicyVoice`
 loads the base AR + NAR + codec once and merges one policy version (a LoRA adapter) into a copy of the AR when
 told to, as the evaluator does, so a served version speaks as it was evaluated; a request's `best_of` N has N
-candidates sampled in its batch and the one with the fewest phone errors spoken (`sa_ray.best_of`), which
+candidates sampled in its batch and the best by `serve.best_of_scorer` spoken (`sa_ray.best_of`), which
 `speech_headers` reports. `served_model` and `check_exposure` are the checks made before a deployment is built
 (jobs.serve and the RayService builder).
 """
@@ -20,6 +20,7 @@ import math
 import os
 import random
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from sa_ray.config import Config, ConfigError, ServeConfig
 from sa_ray.data.examples import PromptBank
 from sa_ray.models.ar import load_ar
 from sa_ray.models.nar import NARModel
+from sa_ray.models.vocab import Vocab
 from sa_ray.sampling import SamplingConfig
 from sa_ray.synthesis import CodecTTS, Request, Spelling, TextError
 
@@ -69,7 +71,7 @@ class SpeechRequest:
     seed: int = 0
     temperature: float = 1.0
     prompt: tuple[np.ndarray, int] | None = None  # (mono wav, sample rate) of the voice to clone
-    best_of: int = 1  # candidates sampled (seeds seed .. seed+best_of-1), the best by its phones spoken
+    best_of: int = 1  # candidates sampled (seeds seed .. seed+best_of-1), the best by serve.best_of_scorer spoken
 
 
 _FIELDS = ("text", "speaker", "prompt_wav", "seed", "temperature", "best_of")
@@ -273,6 +275,7 @@ class PolicyVoice:
         spelling: Spelling,
         forced_phones: bool = False,
         sampling: SamplingConfig = SamplingConfig(),
+        scorer: Callable[[Vocab], best_of.Scorer] | None = None,
     ):
         self.base, self.vocab = load_ar(Path(base_dir) / "ar")
         self.nar, self.codec = NARModel.from_pretrained(Path(base_dir) / "nar"), codec
@@ -283,9 +286,9 @@ class PolicyVoice:
         self.bank, self.prompt_frames = PromptBank.of_voices(data_dir, prompt_frames, codec.n_codebooks), prompt_frames
         self.speakers = sorted(self.bank.by_speaker)
         self.tts: CodecTTS | None = None
-        # best-of-N picks by the phones a candidate wrote: free, scored before rendering (only the chosen one is
-        # vocoded); a model whose targets write no phones has nothing to pick by and speaks best of 1 only
-        self.scorer = best_of.PhoneScorer(self.vocab) if self.vocab.aligned else None
+        # best-of-N picks by `scorer`, by default the phones a candidate wrote: free, scored before rendering (only
+        # the chosen one is vocoded); a model whose targets write no phones then speaks best of 1 only
+        self.scorer = scorer(self.vocab) if scorer else best_of.PhoneScorer(self.vocab) if self.vocab.aligned else None
 
     def use(self, adapter_dir: str | Path | None) -> None:
         """base + the adapter (None: the base alone), merged into a copy; the base weights stay untouched."""
@@ -311,7 +314,7 @@ class PolicyVoice:
                 out[i] = BadRequest(
                     "best_of",
                     "must be 1 for this model: best-of-N picks by the phones a candidate wrote, and this model's "
-                    "targets write none (plain codes)",
+                    "targets write none (plain codes; serve.best_of_scorer=asr picks by the recogniser)",
                 )
                 continue
             if r.prompt is None:

@@ -26,7 +26,7 @@ from sa_ray.best_of import (
 )
 from sa_ray.config import Config, ConfigError
 from sa_ray.models.vocab import EOS, Vocab
-from sa_ray.synthesis import Request, Synthesis
+from sa_ray.synthesis import Request, Spelling, Synthesis
 
 VOCAB = Vocab(("a", "b", "c", "d"), codebook_size=8, aligned=True)
 A, B, C, D = VOCAB.text_ids(["a", "b", "c", "d"])
@@ -148,9 +148,9 @@ def test_the_phone_scorer_refuses_a_vocabulary_that_writes_no_phones():
     with pytest.raises(ConfigError, match="scorer phones needs an aligned model.*use the asr scorer"):
         PhoneScorer(plain)
     with pytest.raises(ConfigError, match="aligned"):
-        make_scorer("phones", ScriptedTTS([RIGHT], plain), Config())
+        make_scorer("phones", plain, None, Config())
     with pytest.raises(ConfigError, match="unknown best-of scorer 'nope'; the scorers are asr, asr_sim, phones"):
-        make_scorer("nope", ScriptedTTS([RIGHT]), Config())
+        make_scorer("nope", VOCAB, None, Config())
     assert {"phones", "asr", "asr_sim"} <= set(SCORERS)  # a reward model's scorer joins them there
 
 
@@ -248,7 +248,6 @@ def voice(prepared_in_process, base_in_process):
 
     from sa_ray.codec import load_codec
     from sa_ray.serve import PolicyVoice
-    from sa_ray.synthesis import Spelling
 
     cfg, _, _ = prepared_in_process
     threads = torch.get_num_threads()
@@ -306,6 +305,31 @@ def test_the_serve_voice_speaks_best_of_within_its_batch(voice):
     finally:
         voice.scorer = scorer
     assert isinstance(refused, BadRequest) and refused.field == "best_of" and "must be 1" in refused.message
+
+
+def test_the_serve_voice_picks_by_the_scorer_its_setting_names(prepared_in_process, base_in_process):
+    """serve.best_of_scorer=asr: every candidate rendered and heard by the evaluation's recogniser, the chosen one
+    the argmax of minus their WERs; the setting refuses a scorer that does not exist."""
+    from sa_ray.codec import load_codec
+    from sa_ray.config import ServeConfig
+    from sa_ray.serve import PolicyVoice, SpeechRequest
+
+    cfg, _, _ = prepared_in_process
+    codec = load_codec(cfg.codec, Path(cfg.run_dir) / "codec")
+    voice = PolicyVoice(
+        base_in_process,
+        codec,
+        Path(cfg.run_dir) / "data",
+        cfg.model.prompt_frames(codec.frame_rate),
+        Spelling(),
+        scorer=lambda vocab: make_scorer("asr", vocab, codec, cfg),
+    )
+    voice.use(None)
+    (best,) = voice.speak([SpeechRequest(TEXT, "mbrola-us1", seed=3, best_of=2)])
+    assert best.scorer == "asr" and len(best.scores) == 2 and all(-1e9 < s <= 0 for s in best.scores)
+    assert best.chosen == choose(best.scores)
+    with pytest.raises(ConfigError, match="serve.best_of_scorer must be one of phones, asr, asr_sim, reward_model"):
+        ServeConfig(best_of_scorer="loudest").validate()
 
 
 def test_synthesize_best_of_prints_every_candidate_and_keeps_the_best(
