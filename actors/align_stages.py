@@ -17,15 +17,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import ray
 
 from actors.learner import fit_learner
 from actors.pipeline import make_pairs
-from sa_ray import atomic, guards, lineage, tracking
+from sa_ray import atomic, guards, lineage, tracking, votes
 from sa_ray.align_run import AlignRun
 from sa_ray.config import Config
 from sa_ray.metrics.stats import record_wer_changes
 from sa_ray.models.vocab import Vocab
+from sa_ray.preference import read_manifest
 
 WER_TAG = "sa_ray.heldout_sentences_wer"
 
@@ -67,10 +69,12 @@ def roll_out(loop: Loop, i: int) -> dict:
         loop.frame_rate,
         loop.roles,
         policy,
+        vote_pairs(loop, i) if loop.cfg.align.uses_votes else None,
     )
     return {
         "pairs": manifest["pairs"],
         "prompts": manifest["prompts"],
+        **({"vote_pairs": manifest["vote_pairs"]} if "vote_pairs" in manifest else {}),
         "rollout_tokens_per_s": manifest.get("rollout_tokens_per_s"),
         "rollout_seconds": time.perf_counter() - start,
         **{
@@ -82,6 +86,25 @@ def roll_out(loop: Loop, i: int) -> dict:
         **({"rollout_reward": manifest["sample_reward"]} if "sample_reward" in manifest else {}),
         **length_guard(loop, i, manifest),
     }
+
+
+def vote_pairs(loop: Loop, i: int) -> votes.VotePairs:
+    """The pairs the listeners' votes make for iteration i (`sa_ray.votes.vote_pairs`): every usable vote of this
+    base that no earlier pair set of the run holds, each vote trained on once (`align.replay` may replay it), with
+    what was left out said on the terminal. align.pairs=votes with no such vote stops the job, naming why."""
+    source = votes.align_source(loop.cfg)
+    earlier = [d for d in map(loop.run.pairs, range(i)) if read_manifest(d) and any(d.glob("*.parquet"))]
+    used = votes.used_votes(
+        u for d in earlier for u in pq.read_table(d, columns=["utt_id"]).column("utt_id").to_pylist()
+    )
+    made = votes.vote_pairs(votes.load_votes(source), loop.lineage["base_fingerprint"], i, used)
+    print(made.summary(source), flush=True)
+    if not made.rows and loop.cfg.align.rollout_pairs is None:
+        raise votes.VotesError(
+            f"align.pairs=votes: no new vote to learn from for iteration {i} ({made.summary(source)}); vote on more "
+            "takes of the endpoint and run the job again (it resumes here), or use align.pairs=golden+votes"
+        )
+    return made
 
 
 def length_guard(loop: Loop, i: int, manifest: dict) -> dict:

@@ -2,6 +2,7 @@
 
     prompt rows -> requests -> RolloutEngine -> [reward terms -> their mix] -> pair builder -> ReferenceScorer
                 -> [Critic] -> Parquet
+                                                  listeners' votes (sa_ray.votes) -/
 
 Batches stream through map_batches stages; the engines are actors created once per job, called from
 zero-CPU forwarding tasks, so the driver never holds an iteration and no engine restarts per iteration.
@@ -14,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
@@ -28,6 +30,10 @@ from sa_ray.models.vocab import tag_prompt
 
 PAIR_COLUMNS = ["iteration", "utt_id", "sample_idx", "prompt_ids", "chosen_ids", "rejected_ids"]
 ROW_COLUMNS = ["utt_id", "speaker", "text", "text_norm", "phones", "phone_ms", "audio_path", "codes_0"]
+
+# a vote's pair beside the pairs of a rollout strategy (align.pairs=golden+votes, ranked+votes): the columns both
+# have, a ranked pair's rewards NaN for a vote (it has none; the manifest's means skip them)
+MIXED_COLUMNS = {"golden": PAIR_COLUMNS, "ranked": [*PAIR_COLUMNS, "chosen_reward", "rejected_reward"]}
 
 
 def _requests(
@@ -125,13 +131,45 @@ def _rewarded(samples, a, vocab, roles):
     return samples.map_batches(_mixed, batch_format="pandas", fn_kwargs=dict(terms=terms))
 
 
+def _vote_dataset(voted, quality: str | None, columns: list[str]):
+    """The votes' pairs (`sa_ray.votes.VotePairs`) as a dataset of `columns`, each asked as this run's policy is
+    prompted (a Chain-of-Hindsight policy: with its tag, as its rollouts are)."""
+    rows = [
+        {
+            **dict.fromkeys(columns, float("nan")),
+            **row,
+            "prompt_ids": tag_prompt(row["prompt_ids"], quality) if quality else row["prompt_ids"],
+        }
+        for row in voted.rows
+    ]
+    # Arrow blocks, as the pair builders' outputs are: a batch of the union never mixes two block types
+    return ray.data.from_arrow(pa.Table.from_pandas(pd.DataFrame(rows, columns=columns), preserve_index=False))
+
+
 def make_pairs(
-    iteration: int, cfg, data_dir: Path, out_dir: Path, vocab, bank_ref, frame_rate: float, roles: dict, policy: dict
+    iteration: int,
+    cfg,
+    data_dir: Path,
+    out_dir: Path,
+    vocab,
+    bank_ref,
+    frame_rate: float,
+    roles: dict,
+    policy: dict,
+    voted=None,
 ) -> dict:
-    """Runs the pipeline for `iteration` and commits `out_dir`; returns its manifest."""
+    """Runs the pipeline for `iteration` and commits `out_dir`; returns its manifest. `voted`: the listeners' pairs
+    of this iteration (`sa_ray.votes.VotePairs`), for an align.pairs with votes."""
     from sa_ray import lora
 
     a = cfg.align
+    quality = lora.prompt_tag(policy["adapter_dir"])  # a Chain-of-Hindsight policy is asked with its tag
+    if a.rollout_pairs is None:  # align.pairs=votes: the listeners' pairs alone, nothing rolled out
+        pairs = _vote_dataset(voted, quality, PAIR_COLUMNS)
+        prompts = len({tuple(row["prompt_ids"]) for row in voted.rows})
+        return _score_and_commit(
+            iteration, cfg, out_dir, roles, policy, pairs, {"prompts": prompts, "samples": 0}, voted
+        )
     source = data_dir / a.prompt_split
     ids = pq.read_table(source, columns=["utt_id"]).column("utt_id").to_pylist() if source.is_dir() else []
     if not ids:
@@ -164,7 +202,7 @@ def make_pairs(
             seed=a.seed,
             samples=a.samples_per_prompt,
             max_len=max_len,
-            quality=lora.prompt_tag(policy["adapter_dir"]),
+            quality=quality,
         ),
     )
     samples = requests.map_batches(
@@ -179,14 +217,25 @@ def make_pairs(
         pairs = pairs.map_groups(_groups, batch_format="pandas")
     elif a.method == "ppo":  # every sample with its reward; the critic makes the advantages once it is scored
         pairs = _rewarded(samples, a, vocab, roles).map_batches(_ppo_rows, batch_format="pandas")
-    elif a.pairs == "golden":
+    elif a.rollout_pairs == "golden":
         pairs = samples.map_batches(_golden, batch_format="pandas")
-    elif a.pairs == "corrections":  # each sample alone: its first wrong decision, if any
+    elif a.rollout_pairs == "corrections":  # each sample alone: its first wrong decision, if any
         pairs = samples.map_batches(_corrections, batch_format="pandas", fn_kwargs=dict(vocab=vocab))
     else:
         # an utterance's samples may straddle two batches: group them (a few partitions, not Ray's default 200)
         pairs = _rewarded(samples, a, vocab, roles).groupby("utt_id", num_partitions=min(blocks, 8))
         pairs = pairs.map_groups(_ranked, batch_format="pandas")
+    if voted is not None and voted.rows:
+        columns = MIXED_COLUMNS[a.rollout_pairs]
+        pairs = pairs.select_columns(columns).union(_vote_dataset(voted, quality, columns))
+    rolled = {"prompts": len(chosen), "samples": len(chosen) * a.samples_per_prompt}
+    return _score_and_commit(iteration, cfg, out_dir, roles, policy, pairs, rolled, voted)
+
+
+def _score_and_commit(iteration: int, cfg, out_dir: Path, roles: dict, policy: dict, pairs, counts: dict, voted):
+    """The iteration's pairs (or samples) scored by the reference (and valued by the critic), written to a staging
+    directory and committed with their manifest."""
+    a = cfg.align
     scored = pairs.map_batches(
         _call,
         batch_format="pandas",
@@ -208,17 +257,18 @@ def make_pairs(
         )
     staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
     scored.write_parquet(str(staging))
-    stats = ray.get(roles["rollout"].stats.remote())
+    # the engine's tokens/s and guards of the version's rollouts; align.pairs=votes rolled nothing out
+    stats = ray.get(roles["rollout"].stats.remote()) if a.rollout_pairs is not None else {}
     return preference.commit_pairs(
         staging,
         out_dir,
         {
             "iteration": iteration,
-            "prompts": len(chosen),
-            "samples": len(chosen) * a.samples_per_prompt,
+            **counts,
             "strategy": {"grpo": "groups", "ppo": "samples"}.get(a.method, a.pairs),
             "policy_version": policy["version"],
             **stats,
+            **(voted.stats() if voted is not None else {}),
         },
     )
 

@@ -3,19 +3,23 @@
     POST /synthesize  {"text": "...", "speaker": "mbrola-us1", "seed": 0, "temperature": 1.0}  -> audio/wav
                       ("prompt_wav": base64 of ~3 s of a voice to clone, instead of "speaker"; "best_of": N
                       candidates, the best by serve.best_of_scorer spoken, up to serve.max_best_of)
+    POST /v1/votes    {"a": take id, "b": take id, "first": "a", "verdict": "b"}  -> 201 {"id": 7}
+                      (a listener's verdict on two takes; a take id is the X-Take-Id header of a /synthesize answer)
+    GET  /v1/votes    ?format=json|csv  -> every vote with its takes' tokens (sa_ray/votes.py)
     GET  /health      -> {"model": "models:/tiny-policy@latest", "version": 3, "speakers": [...], ...}
     GET  /            -> a listening page (sa_ray/web/voice.html) over the two
 
 Bad input is answered with a 4xx JSON error {"error", "field"}. A replica looks its alias up again at most every
 `serve.refresh_seconds` and merges in a version it has not served yet, so each version an align job registers is
 heard without a redeploy; the response's X-Policy-Version header says which version spoke (and X-Best-Of-* which
-candidate of a best_of request was kept, with its score).
+candidate of a best_of request was kept, with its score). Each take spoken is kept in the votes store for
+`serve.take_ttl_seconds` under its X-Take-Id, so that a listener's vote on it can become a preference pair.
 
 What an attacker can send is bounded (docs/serve.md, "Limits"): a body over `serve.max_body_bytes` is answered 413
 before more of it is read; a `prompt_wav` is measured by its header before it is decoded, and decoded off the
-event loop; with `serve.auth_token` set, /health and /synthesize answer 401 without `Authorization: Bearer <token>`;
-a request not answered within `serve.request_timeout_seconds` is answered 503 with Retry-After, and beyond
-`serve.max_ongoing_requests` + `serve.max_queued_requests` Serve's proxy answers 503 with Retry-After at once.
+event loop; with `serve.auth_token` set, /health, /synthesize and /v1/votes answer 401 without `Authorization:
+Bearer <token>`; a request not answered within `serve.request_timeout_seconds` is answered 503 with Retry-After, and
+beyond `serve.max_ongoing_requests` + `serve.max_queued_requests` Serve's proxy answers 503 with Retry-After at once.
 
 `app_builder` builds the application from a config file, for a KubeRay RayService (serveConfigV2's import_path);
 `voice_app` does it from a Config (jobs/serve.py).
@@ -25,6 +29,7 @@ import asyncio
 import hmac
 import logging
 import math
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -35,7 +40,7 @@ from ray import serve
 from ray.serve.config import BackpressureConfig
 from starlette.requests import ClientDisconnect
 
-from sa_ray import best_of
+from sa_ray import best_of, votes
 from sa_ray.audio import wav_bytes
 from sa_ray.codec import load_codec
 from sa_ray.config import Config, ConfigError, ServeConfig, load_config
@@ -127,6 +132,7 @@ class VoiceServer:
             else None,  # phones where the model writes them
         )
         self.policy = RegisteredPolicy.of_config(cfg, base_dir)
+        self.votes = votes.VoteStore(votes.store_path(cfg), cfg.serve.votes_journal, cfg.serve.take_ttl_seconds)
         self.page = PAGE.read_text()
         self._speak.set_max_batch_size(cfg.serve.max_batch)
         self._speak.set_batch_wait_timeout_s(cfg.serve.batch_wait_seconds)
@@ -165,12 +171,35 @@ class VoiceServer:
         with self.lock:
             self._refresh()
             version, self.largest_batch = self._version_label(), max(self.largest_batch, len(requests))
-            return [
+            made = self.voice.speak(requests)
+            answers = [
                 out
                 if isinstance(out, BadRequest)
                 else (wav_bytes(out.synthesis.wav, self.voice.codec.sample_rate), speech_headers(out, version))
-                for out in self.voice.speak(requests)
+                for out in made
             ]
+        self._keep_takes(requests, made, answers)  # outside the lock: a version swap never waits for the store
+        return answers
+
+    def _keep_takes(self, requests: list[SpeechRequest], made: list, answers: list) -> None:
+        """Each spoken take kept in the votes store (one write for the batch) and named in its answer's X-Take-Id.
+        A store that cannot keep them (a full disk) leaves the header out, logged: the speech is answered anyway."""
+        spoken = [(r, m, a[1]) for r, m, a in zip(requests, made, answers) if not isinstance(m, BadRequest)]
+        if not spoken:
+            return
+        takes = [
+            votes.Take.spoken(r, m, h["X-Policy-Version"], self.policy.name, self.policy.base_fingerprint)
+            for r, m, h in spoken
+        ]
+        try:
+            ids = self.votes.add_takes(takes)
+        except (sqlite3.Error, OSError):
+            log.warning(
+                "could not keep %d takes in %s: answered without X-Take-Id", len(takes), self.votes.path, exc_info=True
+            )
+            return
+        for (_, _, headers), take_id in zip(spoken, ids):
+            headers["X-Take-Id"] = take_id
 
     def _version_label(self) -> str:
         return "base" if self.version is None else str(self.version)
@@ -245,6 +274,46 @@ class VoiceServer:
             return _refusal(exc)
         wav, headers = result
         return Response(wav, media_type="audio/wav", headers=headers)
+
+    @app.post("/v1/votes")
+    async def vote(self, request: Request) -> Response:
+        """A listener's vote on two takes this endpoint spoke (sa_ray.votes): 201 {"id"}, or a 4xx naming the field."""
+        settings = self.settings
+        if (refused := _unauthorized(request, settings.auth_token)) is not None:
+            return refused
+        try:
+            raw = await asyncio.wait_for(read_body(request, settings.max_body_bytes), settings.request_timeout_seconds)
+            vote = votes.parse_vote_body(raw)
+            # a write waits for the other replicas' (votes.BUSY_SECONDS at most): in a thread, off the event loop
+            vote_id = await asyncio.to_thread(self.votes.add_vote, vote)
+        except asyncio.TimeoutError:
+            return JSONResponse(
+                {"error": f"the body did not arrive within {settings.request_timeout_seconds:g} s", "field": "body"},
+                status_code=408,
+            )
+        except BadRequest as exc:
+            return _refusal(exc)
+        except sqlite3.OperationalError:  # locked past votes.BUSY_SECONDS by other writers
+            log.warning("could not record a vote in %s", self.votes.path, exc_info=True)
+            return JSONResponse(
+                {"error": "the votes store is busy; try again later", "field": None},
+                status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        return JSONResponse({"id": vote_id}, status_code=201)
+
+    @app.get("/v1/votes")
+    async def export_votes(self, request: Request) -> Response:
+        """Every vote with its takes (their tokens too): ?format=json (default) or csv."""
+        if (refused := _unauthorized(request, self.settings.auth_token)) is not None:
+            return refused
+        form = request.query_params.get("format", "json")
+        if form not in ("json", "csv"):
+            return _refusal(BadRequest("format", "must be json or csv"))
+        cast = await asyncio.to_thread(self.votes.votes)
+        if form == "csv":
+            return Response(votes.to_csv(cast), media_type="text/csv")
+        return Response(votes.to_json(cast), media_type="application/json")
 
 
 def voice_app(cfg: Config) -> serve.Application:

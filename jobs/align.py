@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from jobs import _cli
-from sa_ray import lineage, tracking
+from sa_ray import lineage, tracking, votes
 from sa_ray.align_run import AlignRun, format_changes, format_summary, format_table, settings_changes
 from sa_ray.config import Config
 from sa_ray.data.examples import PromptBank
@@ -77,6 +77,8 @@ def setup(cfg: Config) -> Loop:
     cfg.align.check_model(vocab.aligned)
     if "reward_model" in cfg.align.reward_roles:
         checkpoint_dir(cfg)  # a missing reward model is said before Ray starts
+    if cfg.align.uses_votes:
+        votes.load_votes(votes.align_source(cfg))  # so is a missing votes store
     cfg.eval.check_model(vocab.aligned)
     prompt_frames = cfg.model.prompt_frames(frame_rate)
 

@@ -6,6 +6,8 @@
 Reads each selected run's metric history (step = iteration) and writes into --out (default
 <run_dir>/compare): compare.md (one table per ASR backend, since WER from different recognisers is not
 comparable), compare.csv (every metric) and, per backend, one PNG per key metric (one line per run).
+Where listeners voted on the endpoint's takes (the votes store of align.votes_path, or --votes), compare.md also
+has each pair of versions' win rate with its 95% interval, and win_rates.csv the same.
 The files are logged to the job's own MLflow run (tag sa_ray.job=compare) and the tables printed.
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from jobs import _cli
-from sa_ray import tracking
+from sa_ray import tracking, votes
 from sa_ray.config import load_config
 from sa_ray.plots import metric_curves
 
@@ -61,6 +63,11 @@ def parse(argv: list[str] | None):
     ap.add_argument("--out", default=None, help="output folder (default <run_dir>/compare)")
     ap.add_argument("--job", default="align", help="compare the runs tagged sa_ray.job=JOB (default align)")
     ap.add_argument("--runs", default=None, help="comma-separated run ids or names, instead of --job")
+    ap.add_argument(
+        "--votes",
+        default=None,
+        help="a votes store (or its JSON export) whose win rates to report (default: align.votes_path's, if it exists)",
+    )
     ap.add_argument("overrides", nargs="*", help="dotted.key=value")
     args = ap.parse_args(argv)
     return load_config(args.config, args.overrides), args
@@ -160,6 +167,30 @@ def write_section(rows: list[dict], backend: str, out: Path) -> tuple[list[str],
     return lines, plots
 
 
+WIN_RATE_COLUMNS = ("a", "b", "n", "wins_a", "wins_b", "ties", "rate", "lo", "hi")
+
+
+def win_rate_section(source: Path) -> tuple[list[str], list[votes.WinRate]]:
+    """The Markdown lines of the listeners' win rates: per pair of versions, A the newer (`sa_ray.votes.win_rates`)."""
+    cast = votes.load_votes(source)
+    rates = votes.win_rates(cast)
+    lines = [
+        "## Listening tests: win rates",
+        "",
+        f"{len(cast)} votes in {source}. A is the newer version; a tie counts half a win for each side (and is "
+        "counted apart); the interval is Wilson's 95% score interval of the win rate (`sa_ray/metrics/stats.py`).",
+        "",
+    ]
+    if rates:
+        lines += ["| A vs B | n | wins A | wins B | ties | win rate A [95%] |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"| {w.a} vs {w.b} | {w.n} | {w.wins_a} | {w.wins_b} | {w.ties} | {votes.format_rate(w)} |" for w in rates
+        ]
+    else:
+        lines.append("No vote compares two versions yet (both takes of every vote were spoken by one version).")
+    return [*lines, ""], rates
+
+
 def main(argv: list[str] | None = None) -> dict:
     cfg, args = parse(argv)
     wanted = {w.strip() for w in (args.runs or "").split(",") if w.strip()}
@@ -175,6 +206,16 @@ def main(argv: list[str] | None = None) -> dict:
     for backend in sorted({r["asr_backend"] for r in rows}):
         section, plots = write_section([r for r in rows if r["asr_backend"] == backend], backend, out)
         lines, files = lines + section, files + plots
+    source = Path(args.votes) if args.votes else votes.align_source(cfg)
+    rates = None
+    if args.votes or source.is_file():  # a store named and missing is an error; the default, a run without votes
+        section, rates = win_rate_section(source)
+        lines += section
+        with open(out / "win_rates.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=WIN_RATE_COLUMNS)
+            writer.writeheader()
+            writer.writerows({k: getattr(w, k) for k in WIN_RATE_COLUMNS} for w in rates)
+        files.append(out / "win_rates.csv")
     markdown = "\n".join(lines)
     (out / "compare.md").write_text(markdown)
     metrics = sorted({k for r in rows for k in r} - set(_FIXED))
@@ -189,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
             tracking.log_artifact(path, (Path("compare") / path.parent.relative_to(out)).as_posix())
         tracking.log_dict({"runs": [r.info.run_id for r in runs]}, "compare/runs.json")
     print(f"{markdown}\nwritten to {out}")
-    return {"out": out, "rows": rows, "markdown": markdown, "files": files}
+    return {"out": out, "rows": rows, "markdown": markdown, "files": files, "win_rates": rates}
 
 
 if __name__ == "__main__":

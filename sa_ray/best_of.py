@@ -44,12 +44,14 @@ class Candidate:
 @dataclass(frozen=True)
 class Best:
     """What best-of-N made of one request: the chosen candidate's speech, its index (its seed is the request's seed
-    + index) and every candidate's score, in seed order (empty for best of 1: nothing is scored)."""
+    + index) and every candidate's score, in seed order (empty for best of 1: nothing is scored); `prompt_ids` the AR
+    prompt it was sampled from (with `synthesis.ar_tokens`, what a listener's vote on it trains: `sa_ray.votes`)."""
 
     synthesis: Synthesis
     chosen: int
     scores: tuple[float, ...]
     scorer: str | None = None
+    prompt_ids: tuple[int, ...] = ()
 
     @property
     def score(self) -> float | None:
@@ -111,7 +113,7 @@ def synthesize_best(
 def _pick(tts: CodecTTS, candidates: list[Candidate], scorer: Scorer | None) -> Best:
     if len(candidates) == 1:  # best of 1: nothing to compare, nothing scored
         only = candidates[0]
-        return Best(tts.finish(only.request, only.ar_tokens, only.text_ids), 0, ())
+        return Best(tts.finish(only.request, only.ar_tokens, only.text_ids), 0, (), prompt_ids=tuple(only.prompt_ids))
     if scorer.hears:
         for c in candidates:
             c.speech = tts.finish(c.request, c.ar_tokens, c.text_ids)
@@ -121,7 +123,7 @@ def _pick(tts: CodecTTS, candidates: list[Candidate], scorer: Scorer | None) -> 
     chosen = choose(scores)
     best = candidates[chosen]
     speech = best.speech if best.speech is not None else tts.finish(best.request, best.ar_tokens, best.text_ids)
-    return Best(speech, chosen, scores, scorer.name)
+    return Best(speech, chosen, scores, scorer.name, prompt_ids=tuple(best.prompt_ids))
 
 
 # ------------------------------------------------------------------------------------------------------ scorers

@@ -317,6 +317,8 @@ class PretrainConfig:
 
 METHODS = ("dpo", "cdpo", "ipo", "rpo", "sft", "simpo", "coh", "grpo", "ppo")
 SAMPLE_METHODS = ("grpo", "ppo")  # methods that learn from every rewarded sample, not from pairs
+# corrections+votes is not one: a correction's margin is on one token, a vote's on a whole take (beta would mean both)
+PAIR_STRATEGIES = ("golden", "ranked", "corrections", "votes", "golden+votes", "ranked+votes")
 BEST_OF_SCORERS = ("phones", "asr", "asr_sim", "reward_model")  # sa_ray.best_of.SCORERS
 
 
@@ -333,8 +335,16 @@ class AlignConfig:
         (
             "golden: chosen = golden, rejected = own sample (the paper) | ranked: best vs worst sample | corrections "
             "(aligned vocabularies): each sample's first wrong phone or EOS decision, chosen = the due token, "
-            "rejected = the written one, prompt = everything before it"
+            "rejected = the written one, prompt = everything before it | votes: listeners' votes on the endpoint's "
+            "takes (align.votes_path), chosen = the preferred take's tokens, rejected = the other's, each vote once a "
+            "run, no rollouts | golden+votes, ranked+votes: the iteration's golden or ranked pairs and the new votes' "
+            "pairs together"
         ),
+    )
+    votes_path: str = setting(
+        "",
+        "the votes store align.pairs=votes reads: the endpoint's SQLite file, or a JSON export of it (GET /v1/votes) "
+        '("" = the endpoint\'s own, serve.votes_path: by default <run_dir>/votes.sqlite)',
     )
     prompt_split: str = setting(
         "align", "where prompts come from: align (sentences the base never saw, corpus.align_sentences) | train"
@@ -465,8 +475,13 @@ class AlignConfig:
             f"align.backend must be auto, vllm or torch; got {self.backend!r}",
         )
         _require(
-            self.pairs in ("golden", "ranked", "corrections"),
-            f"align.pairs must be golden, ranked or corrections; got {self.pairs!r}",
+            self.pairs in PAIR_STRATEGIES,
+            f"align.pairs must be {', '.join(PAIR_STRATEGIES[:-1])} or {PAIR_STRATEGIES[-1]}; got {self.pairs!r}",
+        )
+        _require(
+            not (self.uses_votes and self.nll_target == "golden"),
+            f"align.pairs={self.pairs} with align.nll_target=golden: a vote's takes have no golden target (a listener "
+            "may vote on any text); use align.nll_target=chosen",
         )
         try:
             reward_terms(self.reward)
@@ -521,7 +536,7 @@ class AlignConfig:
         ):
             _require(getattr(self, name) >= 1, f"align.{name} must be >= 1")
         _require(
-            self.pairs != "ranked" or self.samples_per_prompt >= 2,
+            self.rollout_pairs != "ranked" or self.samples_per_prompt >= 2,
             "align.pairs=ranked needs align.samples_per_prompt >= 2 (best vs worst of a prompt's samples)",
         )
         # forced samples all score phones 0: alone the term ties every sample; in a mix it only adds a constant
@@ -567,9 +582,21 @@ class AlignConfig:
         _require(self.max_failures >= -1, "align.max_failures must be >= -1 (-1: restart without limit)")
 
     @property
+    def rollout_pairs(self) -> str | None:
+        """The pairs made from the iteration's rollouts: golden, ranked or corrections; None for align.pairs=votes
+        (no rollouts)."""
+        made = self.pairs.removesuffix("+votes")
+        return None if made == "votes" else made
+
+    @property
+    def uses_votes(self) -> bool:
+        """Whether the iteration's pairs hold the listeners' votes (align.pairs=votes, golden+votes, ranked+votes)."""
+        return self.pairs.endswith("votes")
+
+    @property
     def rewards_samples(self) -> bool:
         """Whether this run rewards its samples, i.e. reads align.reward: ranked pairs, grpo and ppo."""
-        return self.pairs == "ranked" or self.method in SAMPLE_METHODS
+        return self.rollout_pairs == "ranked" or self.method in SAMPLE_METHODS
 
     @property
     def reward_terms(self) -> dict[str, float]:
@@ -730,6 +757,20 @@ class ServeConfig:
         'reward_model (the trained reward model, reward_model.path) | "" = phones where the model writes phones, '
         "else asr",
     )
+    votes_path: str = setting(
+        "",
+        "the listeners' votes (POST /v1/votes) and the spoken takes they may refer to: a SQLite file every replica "
+        'writes ("" = <run_dir>/votes.sqlite)',
+    )
+    votes_journal: str = setting(
+        "wal",
+        "the votes store's SQLite journal: wal (readers never wait for a writer; the replicas and readers on one "
+        "machine) | delete (a store on a file system shared by several nodes, where WAL's shared memory does not work)",
+    )
+    take_ttl_seconds: float = setting(
+        3600.0,
+        "how long a spoken take can be voted on: its tokens (X-Take-Id) are kept that long unless a vote keeps them",
+    )
 
     def validate(self) -> None:
         _require(
@@ -751,6 +792,11 @@ class ServeConfig:
         _require(self.refresh_seconds >= 0, "serve.refresh_seconds must be >= 0")
         _require(self.max_text_chars >= 1, "serve.max_text_chars must be >= 1")
         _require(self.max_best_of >= 1, "serve.max_best_of must be >= 1 (1: best-of-N off)")
+        _require(
+            self.votes_journal in ("wal", "delete"),
+            f"serve.votes_journal must be wal or delete; got {self.votes_journal!r}",
+        )
+        _require(self.take_ttl_seconds > 0, "serve.take_ttl_seconds must be > 0")
         _require(
             self.best_of_scorer in ("", *BEST_OF_SCORERS),
             f"serve.best_of_scorer must be one of {', '.join(BEST_OF_SCORERS)} or empty; got {self.best_of_scorer!r}",

@@ -12,6 +12,8 @@ Pair strategies:
 - corrections (on-policy, aligned vocabularies): every sample with a content error gives a pair on its FIRST wrong
   decision (`sa_ray.corrections`): prompt = AR prompt + the sample up to it, chosen = [the token that was due],
   rejected = [the token the sample wrote]. The margin is on that one decision; the sample's right ones stay out.
+- votes (`sa_ray.votes`): a listener preferred one of two takes of the endpoint: chosen = its tokens, rejected =
+  the other's, prompt = the one both were written after. Alone, or beside golden or ranked pairs.
 """
 
 from __future__ import annotations
@@ -200,8 +202,11 @@ def commit_pairs(staging: str | Path, final: str | Path, stats: dict) -> dict:
         "files_sha256": {p.name: _sha256(p) for p in sorted(staging.glob("*.parquet"))},
     }
     for side in ("chosen", "rejected"):  # ranked pairs: how good the policy's best and worst samples were
-        if table is not None and f"{side}_reward" in table.column_names and len(table):
-            manifest[f"{side}_reward"] = float(np.mean(table.column(f"{side}_reward").to_numpy()))
+        if table is not None and f"{side}_reward" in table.column_names:
+            rewards = np.asarray(table.column(f"{side}_reward").to_pylist(), dtype=float)
+            rewards = rewards[~np.isnan(rewards)]  # a listener's pair beside them (ranked+votes) has no reward
+            if len(rewards):
+                manifest[f"{side}_reward"] = float(np.mean(rewards))
     if table is not None and "reward" in table.column_names and len(table):  # grpo's groups: the samples' reward
         manifest["sample_reward"] = float(np.mean(table.column("reward").to_numpy()))
     if table is not None and "error_kind" in table.column_names:  # corrections: which decisions the pairs fix

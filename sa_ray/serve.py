@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from sa_ray import best_of, lineage, lora, tracking
+from sa_ray import best_of, lineage, lora, tracking, votes
 from sa_ray.audio import read_mono
+from sa_ray.bad_request import BadRequest
 from sa_ray.codec import Codec
 from sa_ray.config import Config, ConfigError, ServeConfig
 from sa_ray.data.examples import PromptBank
@@ -45,23 +46,6 @@ PROMPT_RATES = (8_000, 192_000)  # Hz: from the telephone to the studio
 PROMPT_CHANNELS = 8
 MAX_PROMPT_BYTES = 8 * 2**20  # the file itself (serve.max_body_bytes, 1 MiB by default, bounds it first)
 TOKEN_ENV = "SA_RAY_SERVE_TOKEN"  # serve.auth_token when the config leaves it empty: no secret on a command line
-
-
-class BadRequest(ValueError):
-    """A request that breaks a rule; `status` is the HTTP code to answer with (4xx)."""
-
-    def __init__(self, field: str, message: str, status: int = 422):
-        super().__init__(f"{field}: {message}")
-        self.field, self.message, self.status = field, message, status
-
-    def body(self) -> dict:
-        """The JSON answer; a field named by the client (an unknown one) is cut short and escaped, so that a lone
-        surrogate or a megabyte-long key is not echoed back (nor breaks the JSON encoder: a 500)."""
-        return {"error": _printable(self.message, 2000), "field": _printable(self.field, 60)}
-
-
-def _printable(text: str, limit: int) -> str:
-    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -208,10 +192,10 @@ def check_exposure(settings: ServeConfig) -> None:
 
 def served_model(cfg: Config) -> Path:
     """The checks before a deployment is built: the run's prepared data, its base model (align.base_model, else
-    <run_dir>/pretrain/model, as the align job), options that fit that model, a token off loopback. Sets what the
-    replicas are given: cfg.run_dir made absolute (they may start in another working directory), an empty
-    serve.auth_token taken from $SA_RAY_SERVE_TOKEN (a Kubernetes Secret's, in clusters/kuberay/rayservice.yaml).
-    Returns the base model's directory."""
+    <run_dir>/pretrain/model, as the align job), options that fit that model, a token off loopback, a votes store
+    that opens. Sets what the replicas are given: cfg.run_dir and the votes store's path made absolute (they may
+    start in another working directory), an empty serve.auth_token taken from $SA_RAY_SERVE_TOKEN (a Kubernetes
+    Secret's, in clusters/kuberay/rayservice.yaml). Returns the base model's directory."""
     from sa_ray.data.prepare import require_prepared
     from sa_ray.models import base_model_dir
     from sa_ray.models.vocab import Vocab
@@ -220,6 +204,8 @@ def served_model(cfg: Config) -> Path:
     check_exposure(cfg.serve)
     cfg.run_dir = str(Path(cfg.run_dir).resolve())
     require_prepared(cfg.run_dir)
+    cfg.serve.votes_path = str(votes.store_path(cfg).resolve())
+    votes.VoteStore(cfg.serve.votes_path, cfg.serve.votes_journal)  # made (or refused, named) here, not in a replica
     base_dir = base_model_dir(cfg)
     cfg.eval.check_model(Vocab.load(base_dir / "ar").aligned)
     return base_dir

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -299,6 +300,100 @@ def test_ranked_pairs_by_phone_errors_run_end_to_end(prepared_tiny, tiny_base, t
         assert out["records"][1][f"pairs_{side}_reward"] == pytest.approx(np.mean([p[f"{side}_reward"] for p in pairs]))
     for r in out["records"]:
         assert 0 <= r["heldout_sentences_phone_error_rate"] and 0 <= r["heldout_voices_phone_error_rate"]
+
+
+def test_listeners_votes_become_the_pairs_an_iteration_trains_on(prepared_tiny, tiny_base, tmp_path, ray_local, capsys):
+    """align.pairs=votes: takes of the tiny base spoken as the endpoint speaks them (PolicyVoice, no Serve) and voted
+    on in the run's votes store; each vote A > B of one prompt becomes a pair (chosen = A's tokens), a tie, a take of
+    another base and takes of two voice crops are left out and counted; the pairs are scored by the reference and
+    trained on (adapter v1), and the reward model's pair source reads them. The run resumed with
+    align.pairs=golden+votes: the golden pairs and the one vote cast since (the earlier ones are not made pairs
+    again) make version 2."""
+    from jobs import align
+    from sa_ray import lineage, votes
+    from sa_ray.codec import load_codec
+    from sa_ray.config import load_config
+    from sa_ray.reward_model import read_pair_sets
+    from sa_ray.serve import PolicyVoice, SpeechRequest
+    from sa_ray.synthesis import Spelling
+
+    argv, run_dir = _argv(
+        prepared_tiny,
+        tiny_base,
+        tmp_path,
+        "align.backend=torch",
+        "align.pairs=votes",
+        "align.iterations=1",
+        "align.steps=2",
+        "eval.gap_utterances=0",
+    )
+    cfg = load_config(argv[1], argv[2:])
+    codec = load_codec(cfg.codec, run_dir / "codec")
+    voice = PolicyVoice(
+        tiny_base, codec, run_dir / "data", cfg.model.prompt_frames(codec.frame_rate), Spelling.of_config(cfg)
+    )
+    voice.use(None)
+    text = "The cat sat on the mat."
+    requests = [
+        SpeechRequest(text, "mbrola-us1", seed, temperature)
+        for seed, temperature in ((1, 1.0), (1, 1.4), (1, 0.7), (2, 1.0))
+    ]
+    made = voice.speak(requests)
+    fingerprint = lineage.fingerprint(tiny_base, run_dir / "codec", cfg.codec.kind)
+    takes = [votes.Take.spoken(r, m, "base", None, fingerprint) for r, m in zip(requests, made)]
+    # one seed, one voice crop: one prompt; seed 2 crops another
+    assert len({t.prompt_ids for t in takes[:3]}) == 1 and takes[3].prompt_ids != takes[0].prompt_ids
+    assert len({t.ar_tokens for t in takes}) == 4
+    store = votes.VoteStore(run_dir / "votes.sqlite")  # where the endpoint of this run keeps them
+    t0, t1, t2, t3, elsewhere = store.add_takes([*takes, replace(takes[1], base_fingerprint="ffffffffffffffff")])
+    for a, b, verdict in ((t0, t1, "a"), (t2, t0, "b"), (t1, t2, "tie"), (t0, t3, "a"), (elsewhere, t0, "a")):
+        store.add_vote(votes.parse_vote({"a": a, "b": b, "first": "a", "verdict": verdict}))
+
+    out = align.main(argv)
+    printed = capsys.readouterr().out
+    assert f"votes: 5 in {run_dir / 'votes.sqlite'}, 2 new pairs; left out: 1 ties; 1 with a take spoken on " in printed
+    pairs_dir = run_dir / "align" / "pairs" / "iter_0"
+    manifest = read_manifest(pairs_dir)
+    assert manifest["strategy"] == "votes" and manifest["vote_pairs"] == manifest["pairs"] == 2
+    assert manifest["votes_left_out"] == {
+        "tie": 1,
+        "other_base": 1,
+        "prompted_differently": 1,
+        "same_tokens": 0,
+        "used": 0,
+    }
+    pairs = sorted(pq.read_table(pairs_dir).to_pylist(), key=lambda p: p["utt_id"])
+    assert [(p["utt_id"], p["chosen_ids"], p["rejected_ids"]) for p in pairs] == [
+        ("vote-1", list(takes[0].ar_tokens), list(takes[1].ar_tokens)),
+        ("vote-2", list(takes[0].ar_tokens), list(takes[2].ar_tokens)),
+    ]
+    for p in pairs:  # the prompt the takes were written after, scored by the reference (version 0: the base)
+        assert p["prompt_ids"] == list(takes[0].prompt_ids) and p["reference_version"] == 0
+        assert np.isfinite(p["ref_chosen_logp"]) and np.isfinite(p["ref_rejected_logp"])
+    record = out["records"][1]
+    assert record["pairs"] == record["vote_pairs"] == 2 and np.isfinite(record["dpo_loss"])
+    assert (run_dir / "align" / "adapters" / "v1" / "adapter_model.safetensors").is_file()
+    assert len(read_pair_sets([pairs_dir])) == 2  # jobs.reward_model trains on them as on any pair set
+
+    # the next round, resumed with the golden pairs beside the votes: only the vote cast since becomes a pair
+    store.add_vote(votes.parse_vote({"a": t2, "b": t1, "first": "b", "verdict": "b"}))
+    out = align.main([*argv, "align.pairs=golden+votes", "align.iterations=2"])
+    assert "votes: 6 in " in capsys.readouterr().out
+    manifest = read_manifest(run_dir / "align" / "pairs" / "iter_1")
+    assert (
+        manifest["strategy"] == "golden+votes"
+        and manifest["vote_pairs"] == 1
+        and manifest["votes_left_out"]["used"] == 2
+    )
+    pairs = pq.read_table(run_dir / "align" / "pairs" / "iter_1").to_pylist()
+    (voted,) = [p for p in pairs if p["utt_id"].startswith("vote-")]
+    assert (voted["utt_id"], voted["chosen_ids"], voted["rejected_ids"]) == (
+        "vote-6",
+        list(takes[1].ar_tokens),
+        list(takes[2].ar_tokens),
+    )
+    assert len(pairs) > 1 and {p["reference_version"] for p in pairs} == {1}  # golden ones too, scored by v1
+    assert out["records"][2]["vote_pairs"] == 1 and (run_dir / "align" / "adapters" / "v2").is_dir()
 
 
 def _tiny_reward_model(run_dir: Path, base: Path):

@@ -6,9 +6,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import socket
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -107,6 +109,55 @@ def test_best_of_speaks_the_candidate_with_the_fewest_phone_errors_and_says_whic
     assert _call(f"{url}/synthesize", request)[2] == wav  # the same request, the same choice and speech
     plain = _call(f"{url}/synthesize", {**request, "best_of": 1})[1]
     assert "x-best-of-chosen" not in plain  # best of 1: nothing scored
+
+
+def test_a_listeners_vote_on_two_takes_keeps_the_tokens_each_take_wrote(endpoint, tiny_base):
+    """Two takes of one text and voice (one seed: one voice prompt; two temperatures), each named by its X-Take-Id;
+    a vote on them is answered 201 and exported with the tokens each take wrote (as long as its WAV), the prompt
+    both were written after and what spoke them; a vote on takes of two texts is answered 422 naming the field."""
+    from sa_ray import lineage
+    from sa_ray.models.vocab import Vocab
+
+    url, cfg = endpoint
+    request = {"text": "The cat sat on the mat.", "speaker": "mbrola-us1", "seed": 11}
+    (_, a, wav), (_, b, _), (_, other, _) = (
+        _call(f"{url}/synthesize", body)
+        for body in ({**request, "temperature": 1.0}, {**request, "temperature": 0.6}, {**request, "text": "Hello."})
+    )
+    ids = [h["x-take-id"] for h in (a, b, other)]
+    assert all(re.fullmatch("[0-9a-f]{32}", i) for i in ids) and len(set(ids)) == 3
+    status, _, body = _call(
+        f"{url}/v1/votes", {"a": ids[0], "b": ids[1], "first": "b", "verdict": "a", "naturalness_a": 4}
+    )
+    assert status == 201
+    vote_id = json.loads(body)["id"]
+    status, headers, body = _call(f"{url}/v1/votes")
+    assert status == 200 and headers["content-type"] == "application/json"
+    (cast,) = [v for v in json.loads(body)["votes"] if v["id"] == vote_id]
+    assert (cast["text"], cast["speaker"], cast["first"], cast["verdict"]) == (request["text"], "mbrola-us1", "b", "a")
+    fingerprint = lineage.fingerprint(tiny_base, f"{cfg.run_dir}/codec", cfg.codec.kind)
+    for side, headers, temperature in (("a", a, 1.0), ("b", b, 0.6)):
+        take = cast[side]
+        assert (take["take"], take["version"], take["temperature"], take["seed"]) == (
+            headers["x-take-id"],
+            headers["x-policy-version"],
+            temperature,
+            11,
+        )
+        assert take["base_fingerprint"] == fingerprint and take["ended"] == (headers["x-ended"] == "true")
+    assert cast["a"]["naturalness"] == 4 and cast["b"]["naturalness"] is None
+    assert cast["a"]["prompt_ids"] == cast["b"]["prompt_ids"] and cast["a"]["ar_tokens"] != cast["b"]["ar_tokens"]
+    vocab = Vocab.load(tiny_base / "ar")
+    assert vocab.prompt_text_ids(cast["a"]["prompt_ids"])  # the prompt asks for the text
+    frames = len(vocab.parse_target(cast["a"]["ar_tokens"])[0])  # the tokens are the WAV's: as many frames
+    frame_rate = json.loads((Path(cfg.run_dir) / "data" / "summary.json").read_text())["codec"]["frame_rate"]
+    audio, sample_rate = sf.read(io.BytesIO(wav))
+    assert len(audio) == pytest.approx(frames * sample_rate / frame_rate, abs=sample_rate / frame_rate)
+
+    status, _, body = _call(f"{url}/v1/votes", {"a": ids[0], "b": ids[2], "first": "a", "verdict": "tie"})
+    assert (status, json.loads(body)["field"]) == (422, "b")
+    status, headers, body = _call(f"{url}/v1/votes?format=csv")
+    assert status == 200 and headers["content-type"].startswith("text/csv") and ids[0] in body.decode()
 
 
 def test_a_voice_given_as_prompt_wav_is_cloned(endpoint):

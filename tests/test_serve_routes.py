@@ -27,9 +27,11 @@ HARNESS = textwrap.dedent("""
     import asyncio, inspect, json, threading, time, types
     from fastapi import FastAPI
     from ray.serve._private.http_util import _walk_fastapi_routes
+    import tempfile
     from actors import voice_server
     from sa_ray.config import ServeConfig
     from sa_ray.serve import PAGE
+    from sa_ray.votes import VoteStore
 
     SERVER = voice_server.VoiceServer.func_or_class  # the deployment's class, as serve.ingress wrapped it
     SLOW_PARSE, SLOW_SPEAK = "__slow_parse__", "__slow_speak__"  # texts the stand-in takes seconds over
@@ -40,6 +42,10 @@ HARNESS = textwrap.dedent("""
         voice = types.SimpleNamespace(speakers=["mbrola-us1"], codec=types.SimpleNamespace(sample_rate=24000))
         settings = ServeConfig(**SETTINGS)
         policy = types.SimpleNamespace(uri="models:/tiny-policy@latest")
+        # the real votes store, in settings.votes_path (the test's, to hand it takes) or a fresh file
+        votes = VoteStore(
+            settings.votes_path or f"{tempfile.mkdtemp()}/votes.sqlite", take_ttl=settings.take_ttl_seconds
+        )
         page = PAGE.read_text()
         lock = threading.Lock()
         largest_batch = 0
