@@ -27,7 +27,7 @@ from sa_ray.config import Config
 from sa_ray.metrics.stats import record_wer_changes
 from sa_ray.models.vocab import Vocab
 
-WER_TAG = "sa_ray.heldout_sentences_wer"
+WER_TAG = lineage.WER_TAG
 
 
 @dataclass
