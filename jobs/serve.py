@@ -5,6 +5,8 @@
     ray job submit --working-dir . -- python -m jobs.serve --detach run_dir=/abs/runs/tiny
 
     curl -s localhost:8000/synthesize -d '{"text": "The cat sat on the mat.", "speaker": "mbrola-us2"}' -o cat.wav
+    curl -s localhost:8000/synthesize -d '{"text": "...", "speaker": "mbrola-us2", "version": "best"}' -o best.wav
+    curl -s localhost:8000/v1/models                                  # the versions a request may name
 
 The base model is align.base_model (else <run_dir>/pretrain/model), the voices those of <run_dir>/data. Without
 --detach the job holds the endpoint until Ctrl-C; with it (on a running cluster) the endpoint outlives the job.

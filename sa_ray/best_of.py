@@ -4,7 +4,8 @@
 The N candidates are the request at seeds seed, seed+1, ..., seed+N-1, with the request's own voice prompt: the
 first is what the request alone speaks (best of 1 is the plain request) and any candidate is reproduced by its
 seed alone. Every candidate of every request is decoded in one `CodecTTS.generate` call (the sampler batches
-them). A scorer that reads tokens (`phones`) scores them before the NAR model and the vocoder run, so only the
+them; requests of several voices, the Serve endpoint's policy versions, in one call per voice, or per engine:
+`synthesis.generate_each`). A scorer that reads tokens (`phones`) scores them before the NAR model and the vocoder run, so only the
 chosen candidate is rendered (as `reward_model`); a scorer that hears speech (`asr`, `asr_sim`) has every
 candidate rendered.
 
@@ -27,7 +28,7 @@ from sa_ray.metrics.wer import wer
 from sa_ray.models.vocab import Vocab
 from sa_ray.preference import phone_reward
 from sa_ray.sampling import SamplingConfig
-from sa_ray.synthesis import CodecTTS, Request, Synthesis
+from sa_ray.synthesis import CodecTTS, Request, Synthesis, generate_each
 
 
 @dataclass
@@ -82,7 +83,7 @@ def candidate_seeds(seed: int, n: int) -> list[int]:
 
 
 def synthesize_best(
-    tts: CodecTTS,
+    tts: CodecTTS | list[CodecTTS],
     requests: list[Request],
     n: Sequence[int],
     scorer: Scorer | None,
@@ -90,22 +91,31 @@ def synthesize_best(
     fit_positions: bool = False,
     prompted: tuple[list, list, list] | None = None,
 ) -> list[Best]:
-    """Each request's best of `n[i]` candidates by `scorer` (None: every n must be 1). `prompted`: what
-    `tts.prompts(requests)` returned, when the caller has it already (as for `CodecTTS.synthesize`). A request of
-    n 1 is exactly `tts.synthesize` of it, so requests with and without best-of share one batch."""
+    """Each request's best of `n[i]` candidates by `scorer` (None: every n must be 1). `tts`: the voice of every
+    request, or one per request (the Serve endpoint's policy versions, `synthesis.generate_each`: versions over
+    one engine are sampled in one call). `prompted`: what `prompts(requests)` of their voices returned, when the
+    caller has it already (as for `CodecTTS.synthesize`). A request of n 1 is exactly `synthesize` of it by its
+    voice, so requests with and without best-of share one batch."""
     if len(n) != len(requests) or any(k < 1 for k in n):
         raise ValueError(f"one candidate count >= 1 per request; got {list(n)} for {len(requests)} requests")
     if scorer is None and any(k > 1 for k in n):
         raise ValueError("best of more than 1 needs a scorer")
+    several = isinstance(tts, (list, tuple))
+    voices = list(tts) if several else [tts] * len(requests)
+    if len(voices) != len(requests):
+        raise ValueError(f"one voice per request; got {len(voices)} for {len(requests)} requests")
+    if prompted is None and several:  # each by its own voice (a version's prompt tag)
+        each = [v.prompts([r], fit_positions) for v, r in zip(voices, requests)]
+        prompted = tuple([p[k][0] for p in each] for k in range(3))
     prompts, budgets, texts = prompted or tts.prompts(requests, fit_positions)
     owner = [i for i, k in enumerate(n) for _ in range(k)]  # the request of each candidate, in order
     expanded = [replace(requests[i], seed=s) for i, k in enumerate(n) for s in candidate_seeds(requests[i].seed, k)]
     per_candidate = tuple([part[i] for i in owner] for part in (prompts, budgets, texts))  # prompted once a request
-    generated, _ = tts.generate(expanded, sampling, prompted=per_candidate)
+    generated = generate_each([voices[i] for i in owner], expanded, sampling, per_candidate)
     out, start = [], 0
     for i, k in enumerate(n):
         group = [Candidate(expanded[j], prompts[i], generated[j], texts[i]) for j in range(start, start + k)]
-        out.append(_pick(tts, group, scorer))
+        out.append(_pick(voices[i], group, scorer))
         start += k
     return out
 

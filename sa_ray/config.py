@@ -771,6 +771,17 @@ class ServeConfig:
         3600.0,
         "how long a spoken take can be voted on: its tokens (X-Take-Id) are kept that long unless a vote keeps them",
     )
+    backend: str = setting(
+        "auto",
+        "what samples the AR tokens: vllm (one engine over the base, each version a LoRA request, a batch's "
+        "versions sampled together) | torch (the torch sampler over a merged copy per version) | auto (vllm when "
+        "installed, else torch; torch where eval.cfg_scale != 1: vLLM samples without guidance)",
+    )
+    max_versions: int = setting(
+        3,
+        "policy versions a replica holds loaded at once (least recently used goes first): torch, a merged copy "
+        "of the AR model each; vllm, an adapter each (vLLM's LoRA slots)",
+    )
 
     def validate(self) -> None:
         _require(
@@ -801,9 +812,21 @@ class ServeConfig:
             self.best_of_scorer in ("", *BEST_OF_SCORERS),
             f"serve.best_of_scorer must be one of {', '.join(BEST_OF_SCORERS)} or empty; got {self.best_of_scorer!r}",
         )
+        _require(
+            self.backend in ("auto", "vllm", "torch"),
+            f"serve.backend must be auto, vllm or torch; got {self.backend!r}",
+        )
+        _require(self.max_versions >= 1, "serve.max_versions must be >= 1")
 
     def model_uri(self, config_name: str) -> str:
         return self.model or f"models:/{config_name}-policy@champion"
+
+    def model_name(self, config_name: str) -> str:
+        """The registered model whose versions a request may name: serve.model's (<config name>-policy when it
+        is empty or `base`)."""
+        if self.model.startswith("models:/"):
+            return self.model.removeprefix("models:/").split("@")[0].rsplit("/", 1)[0]
+        return f"{config_name}-policy"
 
 
 @dataclass
@@ -880,7 +903,8 @@ class ResourcesConfig:
 
 @dataclass
 class VLLMConfig:
-    """vLLM engines (the rollout engine with align.backend=vllm): how much of their device they take."""
+    """vLLM engines (the rollout engine with align.backend=vllm, the endpoint's with serve.backend=vllm): how much
+    of their device they take."""
 
     gpu_memory_utilization: float = setting(
         0.9, "GPU: the share of its memory vLLM takes (weights + KV cache); CPU: unused (kv_cache_gib is)"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 LINEAGE = "lineage.json"
 TAG = "sa_ray."  # registry tags: sa_ray.base_fingerprint, sa_ray.run_id, sa_ray.config, sa_ray.eval_protocol
+WER_TAG = TAG + "heldout_sentences_wer"  # and the held-out sentence WER its evaluation recorded
 
 
 class LineageError(ValueError):

@@ -1,13 +1,14 @@
-"""The voice behind the Serve endpoint: a JSON request, validated, -> speech of the current policy, as WAV.
+"""The voice behind the Serve endpoint: a JSON request, validated, -> speech of the policy version it names, as WAV.
 
 No Ray here (actors/voice_server.py makes it a Ray Serve deployment). `parse_body` turns a body into a
 `SpeechRequest` or a `BadRequest` naming the field and the rule (the endpoint answers it with a 4xx JSON
 error); a `prompt_wav`'s length is read from its header and refused before a sample is decoded. `PolicyVoice`
-loads the base AR + NAR + codec once and merges one policy version (a LoRA adapter) into a copy of the AR when
-told to, as the evaluator does, so a served version speaks as it was evaluated; a request's `best_of` N has N
-candidates sampled in its batch and the best by `serve.best_of_scorer` spoken (`sa_ray.best_of`), which
-`speech_headers` reports. `served_model` and `check_exposure` are the checks made before a deployment is built
-(jobs.serve and the RayService builder).
+loads the base AR + NAR + codec once and speaks each request with the version it names (`sa_ray.versions`:
+serve.model's when it names none), as the evaluator does: with the torch sampler over a copy of the AR with that
+version's LoRA adapter merged in, or with one vLLM engine over the base that samples every version as a LoRA
+request (`serve.backend`). A request's `best_of` N has N candidates sampled in its batch and the best by
+`serve.best_of_scorer` spoken (`sa_ray.best_of`), which `speech_headers` reports. `served_model` and
+`check_exposure` are the checks made before a deployment is built (jobs.serve and the RayService builder).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import base64
 import io
 import ipaddress
 import json
+import logging
 import math
 import os
 import random
@@ -23,22 +25,28 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import soundfile as sf
+from mlflow.exceptions import MlflowException
 
-from sa_ray import best_of, lineage, lora, tracking, votes
+from sa_ray import best_of, lora, votes
 from sa_ray.audio import read_mono
 from sa_ray.bad_request import BadRequest
 from sa_ray.codec import Codec
 from sa_ray.config import Config, ConfigError, ServeConfig
 from sa_ray.data.examples import PromptBank
+from sa_ray.engines import resolve_backend
+from sa_ray.lineage import LineageError
 from sa_ray.models.ar import load_ar
 from sa_ray.models.nar import NARModel
 from sa_ray.models.vocab import Vocab
 from sa_ray.sampling import SamplingConfig
 from sa_ray.synthesis import CodecTTS, Request, Spelling, TextError
+from sa_ray.versions import LoadedVersions, RefusedVersion, RegisteredPolicy, UnknownVersion, label, parse_version
 
+log = logging.getLogger(__name__)
 PAGE = Path(__file__).parent / "web" / "voice.html"  # the listening page the endpoint serves at /
 MAX_TEMPERATURE = 2.0
 PROMPT_SECONDS = (0.5, 30.0)  # a voice to clone: long enough to hear, short enough to read in one go
@@ -56,18 +64,29 @@ class SpeechRequest:
     temperature: float = 1.0
     prompt: tuple[np.ndarray, int] | None = None  # (mono wav, sample rate) of the voice to clone
     best_of: int = 1  # candidates sampled (seeds seed .. seed+best_of-1), the best by serve.best_of_scorer spoken
+    version: str | None = None  # the policy version to speak with (sa_ray.versions.parse_version); None: serve.model's
 
 
-_FIELDS = ("text", "speaker", "prompt_wav", "seed", "temperature", "best_of")
+_FIELDS = ("text", "speaker", "prompt_wav", "seed", "temperature", "best_of", "version")
+MULTIPLEXED_HEADER = "serve_multiplexed_model_id"  # Ray Serve's model header: the version when the body names none
 
 
-def parse_body(raw: bytes, speakers: list[str], max_text_chars: int, max_best_of: int = 1) -> SpeechRequest:
-    """A request's body (bytes) -> SpeechRequest; not JSON is a BadRequest of status 400 (field `body`)."""
+def parse_body(
+    raw: bytes, speakers: list[str], max_text_chars: int, max_best_of: int = 1, version: str | None = None
+) -> SpeechRequest:
+    """A request's body (bytes) -> SpeechRequest; not JSON is a BadRequest of status 400 (field `body`).
+    `version`: what the request named outside its body (MULTIPLEXED_HEADER), for a body that names none."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[... nested past the C stack
         raise BadRequest("body", "the body is not JSON", 400) from None
-    return parse_request(body, speakers, max_text_chars, max_best_of)
+    request = parse_request(body, speakers, max_text_chars, max_best_of)
+    if request.version is None and version:
+        try:
+            request = replace(request, version=parse_version(version))
+        except ValueError as exc:
+            raise BadRequest("version", f"(the {MULTIPLEXED_HEADER} header) {exc}") from None
+    return request
 
 
 def parse_request(body: object, speakers: list[str], max_text_chars: int, max_best_of: int = 1) -> SpeechRequest:
@@ -112,7 +131,11 @@ def parse_request(body: object, speakers: list[str], max_text_chars: int, max_be
         raise BadRequest(
             "best_of", f"must be an integer in [1, {max_best_of}] (serve.max_best_of): the candidates sampled, 1 = off"
         )
-    return SpeechRequest(text, body.get("speaker"), seed, float(temperature), prompt, n)
+    try:
+        version = parse_version(body["version"]) if "version" in body else None
+    except ValueError as exc:
+        raise BadRequest("version", str(exc)) from None
+    return SpeechRequest(text, body.get("speaker"), seed, float(temperature), prompt, n, version)
 
 
 def _control(c: str) -> bool:
@@ -208,49 +231,33 @@ def served_model(cfg: Config) -> Path:
     votes.VoteStore(cfg.serve.votes_path, cfg.serve.votes_journal)  # made (or refused, named) here, not in a replica
     base_dir = base_model_dir(cfg)
     cfg.eval.check_model(Vocab.load(base_dir / "ar").aligned)
+    serve_backend(cfg)
     return base_dir
 
 
-class RegisteredPolicy:
-    """Which policy version to serve: `base`, a fixed `models:/<name>/<version>`, or `models:/<name>@<alias>`,
-    followed: `resolve` looks the alias up again and downloads a version it has not seen (into `cache_dir`).
-    An alias with no version yet (`champion` before any version beat the base beyond noise) serves the base until
-    one appears. A version trained on another base than `base_dir` is refused (sa_ray.lineage), naming both."""
-
-    def __init__(self, uri: str, tracking_uri: str, cache_dir: str | Path, base_dir: Path, base_fingerprint: str):
-        self.uri, self.tracking_uri, self.cache_dir = uri, tracking_uri, Path(cache_dir)
-        self.name, self.alias, self.version = (None, None, None) if uri == "base" else tracking.model_ref(uri)
-        self.base_dir, self.base_fingerprint = base_dir, base_fingerprint
-
-    @classmethod
-    def of_config(cls, cfg, base_dir: str | Path) -> RegisteredPolicy:
-        """`serve.model` of a config, looked up in its tracking store, cached under <run_dir>/serve/adapters, for
-        the base in `base_dir` with the codec of <run_dir>/codec."""
-        base_dir = Path(base_dir)
-        return cls(
-            cfg.serve.model_uri(cfg.name),
-            tracking.resolve_uri(cfg.tracking.uri),
-            Path(cfg.run_dir) / "serve" / "adapters",
-            base_dir,
-            lineage.fingerprint(base_dir, Path(cfg.run_dir) / "codec", cfg.codec.kind),
-        )
-
-    def resolve(self) -> tuple[int | None, Path | None]:
-        """(version, its adapter directory); (None, None) for the base."""
-        if self.name is None:
-            return None, None
-        version = self.version or tracking.alias_version(self.name, self.alias, self.tracking_uri)
-        if version is None:
-            return None, None
-        local = self.cache_dir / self.name / f"v{version}"
-        if not (local / "adapter_config.json").is_file():
-            tracking.download_model(f"models:/{self.name}/{version}", local, self.tracking_uri)
-        lineage.check(local, self.base_fingerprint, self.base_dir, f"models:/{self.name}/{version} ({self.uri})")
-        return version, local
+def serve_backend(cfg: Config) -> str:
+    """What samples the endpoint's AR tokens, as `align.backend` resolves (auto: vllm where it is installed, else
+    torch); but vLLM samples without classifier-free guidance, so auto is torch where eval.cfg_scale != 1, and
+    vllm there a ConfigError."""
+    backend = resolve_backend(cfg.serve.backend)
+    if backend == "vllm" and cfg.eval.cfg_scale != 1:
+        if cfg.serve.backend == "vllm":
+            raise ConfigError(
+                f"serve.backend=vllm samples without classifier-free guidance, and eval.cfg_scale is "
+                f"{cfg.eval.cfg_scale:g}: set eval.cfg_scale=1, or serve.backend=torch (or auto)"
+            )
+        return "torch"
+    return backend
 
 
 class PolicyVoice:
-    """Base AR + NAR + codec, loaded once; `use` swaps in a policy version; `speak` answers one request."""
+    """Base AR + NAR + codec, loaded once; `speak` answers a batch of requests, each with the version it names.
+
+    `policy` resolves a version's name (None: every request speaks with the base); the voices of the last
+    `max_versions` versions spoken with are held (`sa_ray.versions.LoadedVersions`). Without `engine` a version
+    speaks through the torch sampler over a copy of the AR with its adapter merged in; with one (a vLLM engine
+    over the base, `sa_ray.engines.vllm_engine`, LoRA enabled for `max_versions` adapters) every version is a LoRA
+    request to it, and a batch's versions are sampled in one engine call."""
 
     def __init__(
         self,
@@ -262,6 +269,9 @@ class PolicyVoice:
         forced_phones: bool = False,
         sampling: SamplingConfig = SamplingConfig(),
         scorer: Callable[[Vocab], best_of.Scorer] | None = None,
+        policy: RegisteredPolicy | None = None,
+        engine=None,
+        max_versions: int = 3,
     ):
         self.base, self.vocab = load_ar(Path(base_dir) / "ar")
         self.nar, self.codec = NARModel.from_pretrained(Path(base_dir) / "nar"), codec
@@ -271,30 +281,67 @@ class PolicyVoice:
         self.sampling = sampling
         self.bank, self.prompt_frames = PromptBank.of_voices(data_dir, prompt_frames, codec.n_codebooks), prompt_frames
         self.speakers = sorted(self.bank.by_speaker)
-        self.tts: CodecTTS | None = None
+        self.policy, self.engine = policy, engine
+        self.loaded = LoadedVersions(max_versions, self._load)
         # best-of-N picks by `scorer`, by default the phones a candidate wrote: free, scored before rendering (only
         # the chosen one is vocoded); a model whose targets write no phones then speaks best of 1 only
         self.scorer = scorer(self.vocab) if scorer else best_of.PhoneScorer(self.vocab) if self.vocab.aligned else None
 
-    def use(self, adapter_dir: str | Path | None) -> None:
-        """base + the adapter (None: the base alone), merged into a copy; the base weights stay untouched."""
-        self.tts = None  # the previous version's copy goes before the next is made
-        self.tts = CodecTTS(
-            lora.policy(self.base, adapter_dir),
-            self.vocab,
-            self.nar,
-            self.codec,
-            self.spelling,
-            self.forced_phones,
+    def _load(self, version: int | None, adapter: Path | None) -> CodecTTS:
+        """A version's voice: base + its adapter merged into a copy (the base weights stay untouched), or, over the
+        engine, the base and the adapter as a LoRA request (its int id is the version number: vLLM caches adapters
+        by id, and a version's files never change)."""
+        if self.engine is None:
+            ar, lora_request = lora.policy(self.base, adapter), None
+        else:
+            ar, lora_request = self.base, None if version is None else (f"v{version}", version, str(adapter))
+            if lora_request is not None:
+                self._fits_engine(version, adapter)
+                try:  # a bad adapter fails here, alone, not in a batch
+                    self.engine.load_lora(lora_request)
+                except Exception as exc:
+                    raise RefusedVersion(
+                        f"version {version}: the vLLM engine could not load its adapter: {exc}"
+                    ) from exc
+        return CodecTTS(
+            ar, self.vocab, self.nar, self.codec, self.spelling, self.forced_phones, self.engine, lora_request
         )
 
-    def speak(self, requests: list[SpeechRequest]) -> list[best_of.Best | BadRequest]:
-        """Requests that arrived together, sampled as one batch per temperature (a request's `best_of` candidates
-        all in it); one whose text cannot be said gets its BadRequest and the others their speech. The voice prompt
-        and the sampling follow each `seed`: the same request to the same version gives the same speech (up to
-        float rounding when it shares a batch)."""
-        out: list[best_of.Best | BadRequest | None] = [None] * len(requests)
-        groups: dict[float, list[tuple[int, Request, tuple, int]]] = {}
+    def _fits_engine(self, version: int, adapter: Path) -> None:
+        rank = json.loads((adapter / "adapter_config.json").read_text()).get("r", 0)
+        if rank > self.engine.max_lora_rank:
+            raise RefusedVersion(
+                f"version {version}: its adapter has rank {rank}, and the vLLM engine serves ranks up to "
+                f"{self.engine.max_lora_rank} (align.lora_rank): raise align.lora_rank, or serve.backend=torch"
+            )
+
+    def version(self, asked: str | None = None) -> tuple[str, CodecTTS] | BadRequest:
+        """The version `asked` names (`parse_version`'s; None: serve.model's) as X-Policy-Version says it, and its
+        voice, loaded unless held; or why it cannot speak: 404 no such version or alias, 409 an adapter of another
+        base (or one the engine cannot load), 503 the registry out of reach."""
+        try:
+            version, adapter = (None, None) if self.policy is None else self.policy.resolve(asked)
+            return label(version), self.loaded.get(version, adapter)
+        except UnknownVersion as exc:
+            return BadRequest("version", str(exc), 404)
+        except (LineageError, RefusedVersion) as exc:
+            return BadRequest("version", str(exc), 409)
+        except (MlflowException, OSError) as exc:
+            log.warning("could not look up version %s", asked, exc_info=True)
+            return BadRequest(
+                "version", f"version {asked or self.policy.uri}: the registry did not answer ({exc})", 503
+            )
+
+    def speak(self, requests: list[SpeechRequest]) -> list[tuple[best_of.Best, str] | BadRequest]:
+        """Requests that arrived together -> each one's best candidate and the version that spoke it, sampled as one
+        batch per temperature (a request's `best_of` candidates all in it, every version's requests together:
+        one sampler call per version, or one engine call); a request whose text cannot be said or whose version
+        cannot speak gets its BadRequest and the others their speech. The voice prompt and the sampling follow each
+        `seed`: the same request to the same version gives the same speech (up to float rounding when it shares a
+        batch)."""
+        out: list[tuple[best_of.Best, str] | BadRequest | None] = [None] * len(requests)
+        groups: dict[float, list[_Asked]] = {}
+        versions: dict[str | None, tuple[str, CodecTTS] | BadRequest] = {}  # each named looked up once a batch
         for i, r in enumerate(requests):
             if r.best_of > 1 and self.scorer is None:
                 out[i] = BadRequest(
@@ -303,30 +350,46 @@ class PolicyVoice:
                     "targets write none (plain codes; serve.best_of_scorer=asr picks by the recogniser)",
                 )
                 continue
+            if r.version not in versions:
+                versions[r.version] = self.version(r.version)
+            speaker = versions[r.version]
+            if isinstance(speaker, BadRequest):
+                out[i] = speaker
+                continue
             if r.prompt is None:
                 prompt = self.bank.draw(r.speaker, "", random.Random(r.seed))
             else:  # the first prompt_frames of the voice given, as `jobs.synthesize --prompt-wav`
                 prompt = self.codec.encode(*r.prompt)[:, : self.prompt_frames]
             request = Request(r.text, prompt, r.seed, r.speaker if r.prompt is None else None)
             try:
-                prompted = self.tts.prompts([request], fit_positions=True)  # alone: its error is its own
+                prompted = speaker[1].prompts([request], fit_positions=True)  # alone: its error is its own
             except TextError as exc:
                 out[i] = BadRequest("text", str(exc))
                 continue
-            groups.setdefault(r.temperature, []).append((i, request, prompted, r.best_of))
+            groups.setdefault(r.temperature, []).append(_Asked(i, request, *speaker, prompted, r.best_of))
         for temperature, group in groups.items():
-            prompted = tuple([p[k][0] for _, _, p, _ in group] for k in range(3))  # (prompts, budgets, texts) of all
             made = best_of.synthesize_best(
-                self.tts,
-                [request for _, request, _, _ in group],
-                [n for *_, n in group],
+                [a.voice for a in group],
+                [a.request for a in group],
+                [a.best_of for a in group],
                 self.scorer,
                 replace(self.sampling, temperature=temperature),
-                prompted=prompted,
+                prompted=tuple([a.prompted[k][0] for a in group] for k in range(3)),  # (prompts, budgets, texts)
             )
-            for (i, *_), best in zip(group, made):
-                out[i] = best
+            for asked, best in zip(group, made):
+                out[asked.index] = (best, asked.version)
         return out
+
+
+class _Asked(NamedTuple):
+    """A request of a batch, ready to sample: its place, its version and that version's voice and prompt."""
+
+    index: int
+    request: Request
+    version: str
+    voice: CodecTTS
+    prompted: tuple
+    best_of: int
 
 
 def speech_headers(best: best_of.Best, version: str) -> dict[str, str]:

@@ -1,7 +1,9 @@
 """Text + voice prompt -> speech: AR sample (layer 0, and phones when aligned) -> NAR -> codec decode.
 
 `CodecTTS` bundles the three models a voice needs and is what the evaluator, the synthesize job and
-Serve use. The AR step goes through `sa_ray.sampling` here; the rollout engine may use vLLM instead.
+Serve use. The AR step goes through `sa_ray.sampling` over the voice's own AR model, or through an engine of
+`sa_ray.engines` (vLLM: the Serve endpoint's `serve.backend=vllm`) with the voice's adapter as a LoRA request;
+`generate_each` samples requests of several voices (policy versions) over one engine in one call.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sa_ray import lora as lora_lib
 from sa_ray.codec import Codec
 from sa_ray.config import Config
 from sa_ray.corpus.voices import Voice
@@ -84,15 +87,28 @@ class CodecTTS:
         codec: Codec,
         spelling: Spelling | str = Spelling(),
         forced_phones: bool = False,
+        engine=None,
+        lora: tuple[str, int, str] | None = None,
     ):
         if forced_phones and not vocab.aligned:
             raise ValueError("forced phones need an aligned model (targets that write their phones)")
         self.ar, self.vocab, self.nar, self.codec = ar.eval(), vocab, nar.eval(), codec
+        # an engine (sa_ray.engines: vLLM) samples the AR tokens instead of `sample` over `ar`, with `lora` (this
+        # voice's adapter as (name, int id, directory); None: the base); `ar` is then the base, read for its
+        # positions only
+        self.engine, self.lora = engine, lora
+        self._lora_tag = lora_lib.prompt_tag(lora[2]) if lora else None
         self.spelling = Spelling(spelling) if isinstance(spelling, str) else spelling
         self.spelling.voice(None)  # a bad default voice fails here, not at the first request
         # decode with the asked phones forced in order (`eval.forced_phones`): no phone errors by construction,
         # the model still chooses when each phone starts and every frame
         self.forced_phones = forced_phones
+
+    @property
+    def prompt_tag(self) -> str | None:
+        """What a Chain-of-Hindsight policy is asked for (`good`): its adapter's, which a merged AR's config holds
+        (`lora.policy`); None for any other policy."""
+        return self._lora_tag if self.lora else getattr(self.ar.config, "prompt_tag", None)
 
     @classmethod
     def load(
@@ -134,9 +150,7 @@ class CodecTTS:
             except ValueError as exc:
                 raise TextError(str(exc)) from None
             prompt = self.vocab.prompt(text_ids, r.prompt_codes[0])
-            # a Chain-of-Hindsight policy is asked for its `good` tag (`lora.policy` set it from the adapter)
-            quality = getattr(self.ar.config, "prompt_tag", None)
-            prompts.append(tag_prompt(prompt, quality) if quality else prompt)
+            prompts.append(tag_prompt(prompt, self.prompt_tag) if self.prompt_tag else prompt)
             extra = len(text_ids) if self.vocab.aligned else 0
             budgets.append(extra + int(2 * expected) + 20)
             texts.append(text_ids)
@@ -154,17 +168,34 @@ class CodecTTS:
         sampling: SamplingConfig = SamplingConfig(),
         fit_positions: bool = False,
         prompted: tuple[list, list, list] | None = None,
+        loras: list | None = None,
     ) -> tuple[list[list[int]], list[list[int]]]:
         """The AR stage alone: generated target tokens and the text ids asked for, per request. `prompted`:
         what `prompts(requests)` returned, when the caller has it already. `sampling.cfg_scale` != 1 (classifier-free
-        guidance, `eval.cfg_scale`) decodes each request beside its text-less twin (`Vocab.unconditional_prompt`)."""
+        guidance, `eval.cfg_scale`) decodes each request beside its text-less twin (`Vocab.unconditional_prompt`):
+        the torch sampler only. `loras`: over an engine, each request's adapter (other versions' voices over the
+        same engine: `generate_each`); by default this voice's."""
         prompts, budgets, texts = prompted or self.prompts(requests, fit_positions)
         options = {"forced": texts, "forced_ids": self.vocab.text_id_range} if self.forced_phones else {}
+        seeds = [r.seed for r in requests]
+        if self.engine is not None:
+            if sampling.cfg_scale != 1:
+                raise ValueError("an engine samples without classifier-free guidance: cfg_scale must be 1")
+            return self.engine.generate(
+                prompts,
+                self.vocab.generation_ids(),
+                EOS,
+                budgets,
+                seeds,
+                temperature=sampling.temperature,
+                top_k=sampling.top_k,
+                top_p=sampling.top_p,
+                lora=[self.lora] * len(requests) if loras is None else list(loras),
+                **options,
+            ), texts
         if sampling.cfg_scale != 1:  # the same voice prompt without the text: what condition dropout trained
             options["uncond_prompts"] = [self.vocab.unconditional_prompt(r.prompt_codes[0]) for r in requests]
-        return sample(
-            self.ar, prompts, self.vocab.generation_ids(), EOS, budgets, [r.seed for r in requests], sampling, **options
-        ), texts
+        return sample(self.ar, prompts, self.vocab.generation_ids(), EOS, budgets, seeds, sampling, **options), texts
 
     def synthesize(
         self,
@@ -188,3 +219,27 @@ class CodecTTS:
         with torch.inference_mode():
             codes = self.nar.generate(text, request.prompt_codes, level0, frame_text)
         return Synthesis(self.codec.decode(codes), codes, ar_tokens, ended, text_ids)
+
+
+def generate_each(
+    voices: list[CodecTTS], requests: list[Request], sampling: SamplingConfig, prompted: tuple[list, list, list]
+) -> list[list[int]]:
+    """The AR tokens of each request by its own voice (`voices[i]` speaks `requests[i]`; `prompted`: each
+    request's prompt, budget and text ids, by its voice). Voices over one engine are sampled in ONE engine call,
+    each request with its voice's adapter, so that vLLM batches the versions together; a voice with an AR model of
+    its own samples its requests in one call."""
+    out: list[list[int]] = [[] for _ in requests]
+    groups: dict[int, list[int]] = {}
+    for i, voice in enumerate(voices):
+        engine = getattr(voice, "engine", None)  # getattr: a stand-in voice (tests/test_best_of.py) has none
+        groups.setdefault(id(voice if engine is None else engine), []).append(i)
+    for rows in groups.values():
+        part = tuple([p[i] for i in rows] for p in prompted)
+        lead, asked = voices[rows[0]], [requests[i] for i in rows]
+        if getattr(lead, "engine", None) is None:
+            made, _ = lead.generate(asked, sampling, prompted=part)
+        else:
+            made, _ = lead.generate(asked, sampling, prompted=part, loras=[voices[i].lora for i in rows])
+        for i, ids in zip(rows, made):
+            out[i] = ids
+    return out

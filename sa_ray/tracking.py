@@ -203,6 +203,34 @@ def find_versions(name: str, tags: dict[str, str], tracking_uri: str | None = No
     return sorted(int(v.version) for v in _registry_client(tracking_uri).search_model_versions(where))
 
 
+def model_versions(name: str, tracking_uri: str | None = None) -> list[dict]:
+    """Every version of registered model `name`, oldest first, as {version, aliases, tags, created} (`created`: ms
+    since the epoch); `latest` is among the aliases of the newest, as `alias_version` resolves it. [] when there is
+    no such model."""
+    client = _registry_client(tracking_uri)
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    found = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+    aliases: dict[int, list[str]] = {}
+    for alias, version in model.aliases.items():
+        aliases.setdefault(int(version), []).append(alias)
+    if found:
+        aliases.setdefault(int(found[-1].version), []).append(_LATEST)
+    return [
+        {
+            "version": int(v.version),
+            "aliases": sorted(aliases.get(int(v.version), [])),
+            "tags": dict(v.tags),
+            "created": v.creation_timestamp,
+        }
+        for v in found
+    ]
+
+
 def version_tags(name: str, version: int, tracking_uri: str | None = None) -> dict[str, str]:
     return dict(_registry_client(tracking_uri).get_model_version(name, str(version)).tags)
 

@@ -243,7 +243,7 @@ TEXT = "Hi there."  # short: rendering (the codec's decoder) is what costs here,
 
 @pytest.fixture(scope="module")
 def voice(prepared_in_process, base_in_process):
-    """The Serve voice over the tiny base (no Ray): its `tts` is the CodecTTS the synthesize job also builds."""
+    """The Serve voice over the tiny base (no Ray): its base's voice is the CodecTTS the synthesize job builds."""
     import torch
 
     from sa_ray.codec import load_codec
@@ -256,14 +256,13 @@ def voice(prepared_in_process, base_in_process):
     voice = PolicyVoice(
         base_in_process, codec, Path(cfg.run_dir) / "data", cfg.model.prompt_frames(codec.frame_rate), Spelling()
     )
-    voice.use(None)
     yield voice
     torch.set_num_threads(threads)
 
 
 def test_on_the_tiny_model_the_best_of_n_is_the_argmax_of_the_phone_scores_of_n_seeds(voice):
-    tts = voice.tts
-    assert tts.vocab.aligned
+    version, tts = voice.version()  # no registry: the base
+    assert version == "base" and tts.vocab.aligned
     request = Request(TEXT, voice.bank.draw("mbrola-us1", "", random.Random(0)), 11, "mbrola-us1")
     best, one = synthesize_best(tts, [request, request], [4, 1], PhoneScorer(tts.vocab))
     # the same seeds sampled in a batch of the same shape (11 to 14, then 11 again), scored by hand
@@ -292,8 +291,13 @@ def test_the_serve_voice_speaks_best_of_within_its_batch(voice):
         SpeechRequest(TEXT, "mbrola-us2", seed=3),
         SpeechRequest("... -- ...", "mbrola-us1", best_of=2),  # nothing to say: refused alone
     ]
-    best, plain, refused = voice.speak(requests)
-    assert len(best.scores) == 3 and best.chosen == choose(best.scores) and best.score == max(best.scores)
+    (best, version), (plain, _), refused = voice.speak(requests)
+    assert (
+        version == "base"
+        and len(best.scores) == 3
+        and best.chosen == choose(best.scores)
+        and best.score == max(best.scores)
+    )
     assert plain.scores == () and plain.chosen == 0 and plain.synthesis.text_ids
     assert isinstance(refused, BadRequest) and refused.field == "text"
     headers = speech_headers(best, "base")
@@ -324,8 +328,7 @@ def test_the_serve_voice_picks_by_the_scorer_its_setting_names(prepared_in_proce
         Spelling(),
         scorer=lambda vocab: make_scorer("asr", vocab, codec, cfg),
     )
-    voice.use(None)
-    (best,) = voice.speak([SpeechRequest(TEXT, "mbrola-us1", seed=3, best_of=2)])
+    ((best, _),) = voice.speak([SpeechRequest(TEXT, "mbrola-us1", seed=3, best_of=2)])
     assert best.scorer == "asr" and len(best.scores) == 2 and all(-1e9 < s <= 0 for s in best.scores)
     assert best.chosen == choose(best.scores)
     with pytest.raises(ConfigError, match="serve.best_of_scorer must be one of phones, asr, asr_sim, reward_model"):

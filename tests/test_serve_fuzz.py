@@ -183,6 +183,7 @@ def cases() -> tuple[Case, ...]:
                 "seed": ["1", 1.5, 2**63, -1, None, [], True],
                 "temperature": ["hot", None, [], True, -0.1, 2.0001],
                 "best_of": ["2", 2.0, None, [], True, 0, -1, ServeConfig().max_best_of + 1, 10**6],
+                "version": [0, -1, 2.0, None, [], True, "", "la test", "v" * 100, 2**40, "\u00b2", "1e3"],
             }.items()
             for i, value in enumerate(values)
         ],

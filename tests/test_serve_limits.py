@@ -113,6 +113,7 @@ def test_without_the_token_every_route_but_the_page_answers_401(stub, authorizat
     for status, answer_headers, content in (
         post(stub, _json(GOOD), headers),
         _get(f"{stub}/health", {} if authorization is None else {"Authorization": authorization}),
+        _get(f"{stub}/v1/models", {} if authorization is None else {"Authorization": authorization}),
     ):
         assert status == 401 and json.loads(content)["field"] == "authorization", content
         assert answer_headers["www-authenticate"].startswith("Bearer")
@@ -123,6 +124,8 @@ def test_without_the_token_every_route_but_the_page_answers_401(stub, authorizat
 def test_with_the_token_the_routes_answer(stub):
     status, _, content = _get(f"{stub}/health", {"Authorization": f"Bearer {TOKEN}"})
     assert status == 200 and json.loads(content)["speakers"] == ["mbrola-us1"]
+    status, _, content = _get(f"{stub}/v1/models", {"Authorization": f"Bearer {TOKEN}"})
+    assert status == 200 and json.loads(content)["versions"][0]["version"] == "base"
     assert post(stub, _json(GOOD), {"Authorization": f"bearer  {TOKEN} "})[0] == 200  # the scheme in any case
 
 
@@ -244,6 +247,7 @@ def served(prepared_tiny, tiny_base, corpus_cache, tmp_path_factory, ray_local):
         corpus_cache,
         f"align.base_model={tiny_base}",
         "serve.model=base",
+        "serve.backend=torch",
         "resources.serve.num_cpus=0.5",
         f"serve.auth_token={TOKEN}",
         "serve.max_ongoing_requests=1",

@@ -49,24 +49,25 @@ HARNESS = textwrap.dedent("""
         page = PAGE.read_text()
         lock = threading.Lock()
         largest_batch = 0
+        version, backend = "base", "torch"
         sampled = []
 
-        def _parse(self, raw):
+        def _parse(self, raw, version=""):
             if SLOW_PARSE.encode() in raw:
                 time.sleep(5)  # blocks its thread: the event loop, were the endpoint to parse on it
-            return SERVER._parse(self, raw)
+            return SERVER._parse(self, raw, version)
 
         def _refresh(self):
             pass
 
-        def _version_label(self):
-            return "base"
+        def _catalogue(self):
+            return {"model": "tiny-policy", "versions": [{"version": "base", "aliases": []}]}
 
         async def _speak(self, request):
             Replica.sampled.append(request.text)
             if request.text == SLOW_SPEAK:
                 await asyncio.sleep(30)
-            return b"RIFF-a-take", {"X-Policy-Version": "base", "X-Ended": "true"}
+            return b"RIFF-a-take", {"X-Policy-Version": request.version or "base", "X-Ended": "true"}
 
     # the app a replica serves: the copy serve.ingress froze (cloudpickled) after building its class-based view
     app = next(cell.cell_contents for cell in SERVER.__init__.__closure__ if isinstance(cell.cell_contents, FastAPI))

