@@ -345,9 +345,11 @@ def test_versions_side_by_side_each_request_speaks_with_the_version_it_names(end
         assert status == 409 and "0123456789abcdef" in json.loads(body)["error"]
 
 
-def test_the_listening_page_speaks_in_chromium(endpoint, tmp_path):
+def test_the_listening_page_speaks_and_takes_a_vote_in_chromium(endpoint, tmp_path):
     """The page at / in a real (headless) Chromium: the voices from /health, a take that plays, an error that
-    names its field and marks its input."""
+    names its field and marks its input; then a listening test: two servable versions (the base and the champion
+    registered above) speak the text at one seed in a random order, and the vote cast on the page is in the store
+    with both takes, the order shown and the naturalness given, on the side it was given for."""
     import shutil
 
     from playwright.sync_api import sync_playwright
@@ -387,8 +389,33 @@ def test_the_listening_page_speaks_in_chromium(endpoint, tmp_path):
         assert page.inner_text("#error").startswith("text: nothing to say")
         assert "bad" in page.get_attribute("#text", "class")
         assert page.locator("#takes li").count() == 1
-        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+
+        page.fill("#text", "The cat sat on the mat.")
+        page.click("#trial")
+        page.wait_for_selector("#votes button", state="visible")
+        for take in ("#take1", "#take2"):  # both takes play
+            assert (
+                page.eval_on_selector(
+                    take,
+                    "a => new Promise(done => a.readyState >= 1 ? done(a.duration)"
+                    " : a.addEventListener('loadedmetadata', () => done(a.duration)))",
+                )
+                > 0
+            )
+        page.select_option("#nat2", "4")
+        page.screenshot(path=str(tmp_path / "listening-test.png"), full_page=True)
+        page.click("#votes button[data-verdict='1']")
+        page.wait_for_function("document.getElementById('ab-status').textContent.includes('recorded')")
+        vote_id = int(re.search(r"vote (\d+) recorded", page.inner_text("#ab-status")).group(1))
         browser.close()
+    (cast,) = [v for v in json.loads(_call(f"{url}/v1/votes")[2])["votes"] if v["id"] == vote_id]
+    shown_second = "b" if cast["first"] == "a" else "a"
+    assert cast["verdict"] == cast["first"]  # take 1 was preferred: the side the page played first
+    assert cast[shown_second]["naturalness"] == 4 and cast[cast["first"]]["naturalness"] is None
+    assert cast["a"]["seed"] == cast["b"]["seed"] and cast["a"]["prompt_ids"] == cast["b"]["prompt_ids"]
+    servable = {str(v["version"]) for v in json.loads(_call(f"{url}/v1/models")[2])["versions"] if v["servable"]}
+    assert cast["a"]["version"] != cast["b"]["version"] and {cast["a"]["version"], cast["b"]["version"]} <= servable
+    assert cast["text"] == "The cat sat on the mat." and cast["speaker"] == "mbrola-us2"
 
 
 @pytest.mark.vllm
