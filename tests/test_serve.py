@@ -347,8 +347,8 @@ def test_versions_side_by_side_each_request_speaks_with_the_version_it_names(end
 
 def test_the_listening_page_speaks_and_takes_a_vote_in_chromium(endpoint, tmp_path):
     """The page at / in a real (headless) Chromium: the voices from /health, a take that plays, an error that
-    names its field and marks its input; then a listening test: two servable versions (the base and the champion
-    registered above) speak the text at one seed in a random order, and the vote cast on the page is in the store
+    names its field and marks its input; then a listening test: two of the servable versions of /v1/models
+    speak the text at one seed in a random order, and the vote cast on the page is in the store
     with both takes, the order shown and the naturalness given, on the side it was given for."""
     import shutil
 
