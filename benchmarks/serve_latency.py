@@ -19,6 +19,7 @@ import argparse
 import io
 import json
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,11 +29,15 @@ import pyarrow.parquet as pq
 import soundfile as sf
 
 
-def _post(url: str, body: dict) -> tuple[float, float, str]:
+def _post(url: str, body: dict) -> tuple[float, float, str] | None:
+    """One request: (wall seconds, speech seconds, X-Ended), or None when it is not answered 200."""
     start = time.perf_counter()
     request = urllib.request.Request(f"{url}/synthesize", data=json.dumps(body).encode())
-    with urllib.request.urlopen(request, timeout=600) as response:
-        wav, ended = response.read(), response.headers["X-Ended"]
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            wav, ended = response.read(), response.headers["X-Ended"]
+    except (urllib.error.URLError, TimeoutError):  # an HTTP error status too: counted, not fatal to the run
+        return None
     wall = time.perf_counter() - start
     audio, sample_rate = sf.read(io.BytesIO(wav))
     return wall, len(audio) / sample_rate, ended
@@ -40,11 +45,12 @@ def _post(url: str, body: dict) -> tuple[float, float, str]:
 
 def measure(url: str, bodies: list[dict], clients: int) -> dict:
     """`bodies` sent from `clients` clients at once: wall per request (p50, p99), speech per request, real-time
-    factor, requests that hit the length limit."""
+    factor, requests that hit the length limit, and requests not answered 200 (`errors`)."""
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(lambda body: _post(url, body), bodies))
+        answered = list(pool.map(lambda body: _post(url, body), bodies))
     total = time.perf_counter() - start
+    results = [r for r in answered if r is not None] or [(float("nan"), 0.0, "")]
     walls, seconds = [r[0] for r in results], [r[1] for r in results]
     return {
         "p50": float(np.percentile(walls, 50)),
@@ -52,6 +58,7 @@ def measure(url: str, bodies: list[dict], clients: int) -> dict:
         "speech": float(np.median(seconds)),
         "rtf": sum(seconds) / total,
         "cut": sum(r[2] == "false" for r in results),
+        "errors": sum(r is None for r in answered),
     }
 
 
@@ -73,7 +80,10 @@ def main() -> None:
     cfg = load_config(args.config, overrides)
     rows = pq.read_table(Path(cfg.run_dir) / "data" / "heldout_sentences", columns=["text"]).to_pylist()
     print(f"{args.requests} requests per row; wall per request p50 / p99; real-time factor of all clients together")
-    print(f"{'backend':<8} {'clients':>7} {'p50 s':>7} {'p99 s':>7} {'speech s':>8} {'RTF':>6} {'largest batch':>13}")
+    print(
+        f"{'backend':<8} {'clients':>7} {'p50 s':>7} {'p99 s':>7} {'speech s':>8} {'RTF':>6} {'largest batch':>13} "
+        f"{'errors':>6}"
+    )
     for backend in ["torch", "vllm"] if args.backend == "both" else [args.backend]:
         start = time.perf_counter()
         url = serve_job.main(["--config", args.config, "--detach", *overrides, f"serve.backend={backend}"])
@@ -91,7 +101,7 @@ def main() -> None:
             largest = json.load(urllib.request.urlopen(f"{url}/health"))["largest_batch"]
             print(
                 f"{backend:<8} {clients:>7} {m['p50']:>7.2f} {m['p99']:>7.2f} {m['speech']:>8.2f} {m['rtf']:>6.2f} "
-                f"{largest:>13}" + (f"  ({m['cut']} hit the length limit)" if m["cut"] else ""),
+                f"{largest:>13} {m['errors']:>6}" + (f"  ({m['cut']} hit the length limit)" if m["cut"] else ""),
                 flush=True,
             )
         print(f"{backend:<8} deployed and warm in {ready:.0f} s (version {health['version']} of {health['model']})")
