@@ -136,5 +136,5 @@ def test_corrections_settings_are_checked():
             AlignConfig(pairs="corrections", **options).validate()
     with pytest.raises(ConfigError, match="align.pairs=corrections needs a model whose targets write their phones"):
         AlignConfig(pairs="corrections").check_model(aligned=False)
-    with pytest.raises(ConfigError, match="align.pairs must be golden, ranked or corrections"):
+    with pytest.raises(ConfigError, match="align.pairs must be golden, ranked, corrections, votes"):
         AlignConfig(pairs="fixes").validate()
