@@ -69,15 +69,19 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(
     from sa_ray import tracking
     from sa_ray.config import load_config
 
-    argv, run_dir = _argv(prepared_tiny, tiny_base, tmp_path, f"align.backend={backend}", "align.replay=0.5")
+    # vLLM: one iteration without the gap analysis (the loop's logic is the torch run's; what vLLM adds is the
+    # rollout engine, and its adapter swaps are tests/test_vllm.py's and test_align.py's)
+    vllm = ["align.iterations=1", "eval.gap_utterances=0"] if backend == "vllm" else []
+    argv, run_dir = _argv(prepared_tiny, tiny_base, tmp_path, f"align.backend={backend}", "align.replay=0.5", *vllm)
     out = align.main(argv)
     records = out["records"]
-    assert [r["iteration"] for r in records] == [0, 1, 2]
-    for i in (0, 1):
+    versions = [0, 1] if vllm else [0, 1, 2]
+    assert [r["iteration"] for r in records] == versions
+    for i in versions[:-1]:
         assert set(_keys(run_dir / "align" / "pairs" / f"iter_{i}")) == _expected_keys(run_dir, i)
     # the second learner trained on its pairs and the replayed half of the first's (a draw by key)
     replayed = [k for k in _keys(run_dir / "align" / "pairs" / "iter_0") if preference.replayed(k, 0.5, 0)]
-    assert records[1]["train_pairs"] == 6 and records[2]["train_pairs"] == 6 + len(replayed)
+    assert records[1]["train_pairs"] == 6 and (vllm or records[2]["train_pairs"] == 6 + len(replayed))
     for r in records[1:]:
         assert r["pairs"] == 6 and 0 <= r["heldout_sentences_wer"] and r["rollout_tokens_per_s"] > 0
         assert abs(r["dpo_loss"]) < 10 and 0 <= r["reward_acc"] <= 1
@@ -88,12 +92,12 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(
             <= r["heldout_sentences_wer_change_hi"]
         )
     summary = json.loads((run_dir / "align" / "summary.json").read_text())
-    assert [r["iteration"] for r in summary["iterations"]] == [0, 1, 2]
+    assert [r["iteration"] for r in summary["iterations"]] == versions
     printed = capsys.readouterr().out
-    assert "WER sent" in printed and "iter 2: WER change vs base" in printed
+    assert "WER sent" in printed and f"iter {versions[-1]}: WER change vs base" in printed
     assert f"rollout engine: {backend} (" in printed  # the user is told which engine sampled
     # each adapter is a PEFT directory and carries the learner's probe value
-    for k in (1, 2):
+    for k in versions[1:]:
         adapter = run_dir / "align" / "adapters" / f"v{k}"
         assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "probe.json").is_file()
 
@@ -103,19 +107,21 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(
     assert run.data.tags["sa_ray.job"] == "align" and run.data.tags["sa_ray.method"] == cfg.align.method
     assert run.data.tags["sa_ray.rollout_engine"].startswith(backend)
     wer = client.get_metric_history(out["run_id"], "heldout_sentences_wer")
-    assert sorted(m.step for m in wer) == [0, 1, 2]
-    assert sorted(m.step for m in client.get_metric_history(out["run_id"], "pairs")) == [1, 2]
+    assert sorted(m.step for m in wer) == versions
+    assert sorted(m.step for m in client.get_metric_history(out["run_id"], "pairs")) == versions[1:]
     assert tracking.alias_version(f"{cfg.name}-policy", "latest", tracking.resolve_uri(cfg.tracking.uri)) is not None
-    for r in records:  # the distribution gap of every policy version
+    for r in records if not vllm else []:  # the distribution gap of every policy version
         assert 0 <= r["gap_probe_acc"] <= 1 and 0 <= r["gap_paired_probe_acc"] <= 1
         assert r["nar_golden_wer"] >= 0 and r["nar_synthetic_wer"] >= 0
-    assert {a.path for a in client.list_artifacts(out["run_id"], "gap")} == {f"gap/iter_{k}.png" for k in range(3)}
-    artifacts = {a.path for a in client.list_artifacts(out["run_id"], "samples/iter_2")}
+    gaps = {a.path for a in client.list_artifacts(out["run_id"], "gap")}
+    assert gaps == (set() if vllm else {f"gap/iter_{k}.png" for k in range(3)})
+    artifacts = {a.path for a in client.list_artifacts(out["run_id"], f"samples/iter_{versions[-1]}")}
     assert artifacts and all(p.endswith(".wav") for p in artifacts)
     children = client.search_runs(
         [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{out['run_id']}'"
     )
-    assert len(children) == 2 and all(client.get_metric_history(c.info.run_id, "dpo_loss") for c in children)
+    assert len(children) == len(versions) - 1
+    assert all(client.get_metric_history(c.info.run_id, "dpo_loss") for c in children)
 
     if backend == "torch":  # `evaluate` scores the registered policy through its MLflow model URI
         from jobs import evaluate
