@@ -199,7 +199,9 @@ def test_killed_after_rollout_and_mid_learner_resubmitted_completes_with_the_exp
     """SIGKILLed (driver and its local cluster) once its pair set is committed, resubmitted, SIGKILLed again in the
     middle of its learner, resubmitted: the pairs are never rolled out again, the learner goes on from its
     checkpoint, and one MLflow run holds it all."""
-    argv, run_dir = _argv(prepared_tiny, tiny_base, tmp_path, "align.backend=torch", "align.iterations=1")
+    argv, run_dir = _argv(
+        prepared_tiny, tiny_base, tmp_path, "align.backend=torch", "align.iterations=1", "eval.gap_utterances=0"
+    )
     cmd = [sys.executable, "-m", "jobs.align", *argv]
     env = {**os.environ, "RAY_ADDRESS": ""}  # its own local cluster, like a fresh submission
     env.pop("RAY_ADDRESS")

