@@ -112,6 +112,11 @@ def _unauthorized(request: Request, token: str) -> JSONResponse | None:
     )
 
 
+def _body_too_slow(seconds: float) -> JSONResponse:
+    """408: a body (of /synthesize or /v1/votes) that did not arrive within serve.request_timeout_seconds."""
+    return JSONResponse({"error": f"the body did not arrive within {seconds:g} s", "field": "body"}, status_code=408)
+
+
 def _refusal(exc: BadRequest) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status)
 
@@ -293,10 +298,7 @@ class VoiceServer:
         try:
             raw = await asyncio.wait_for(read_body(request, settings.max_body_bytes), settings.request_timeout_seconds)
         except asyncio.TimeoutError:
-            return JSONResponse(
-                {"error": f"the body did not arrive within {settings.request_timeout_seconds:g} s", "field": "body"},
-                status_code=408,
-            )
+            return _body_too_slow(settings.request_timeout_seconds)
         except BadRequest as exc:
             return _refusal(exc)
 
@@ -338,10 +340,7 @@ class VoiceServer:
             # a write waits for the other replicas' (votes.BUSY_SECONDS at most): in a thread, off the event loop
             vote_id = await asyncio.to_thread(self.votes.add_vote, vote)
         except asyncio.TimeoutError:
-            return JSONResponse(
-                {"error": f"the body did not arrive within {settings.request_timeout_seconds:g} s", "field": "body"},
-                status_code=408,
-            )
+            return _body_too_slow(settings.request_timeout_seconds)
         except BadRequest as exc:
             return _refusal(exc)
         except sqlite3.OperationalError:  # locked past votes.BUSY_SECONDS by other writers
