@@ -325,6 +325,22 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def zero_process_group():
+    """make_stepper starts a gloo group of one in this process (and sets LOCAL_RANK): a module that trains under
+    ZeRO in-process ends that group (and DeepSpeed's clones of it) and the variable."""
+    import torch.distributed as dist
+
+    from sa_ray.engines.deepspeed_engine import release_process_group
+
+    env, had_group = dict(os.environ), dist.is_initialized()
+    yield
+    if not had_group:
+        release_process_group()
+    os.environ.clear()
+    os.environ.update(env)
+
+
 def tiny_llama(vocab_size: int, heads: int = 4, max_len: int = 256, eos_scale: float = 1.0):
     """A tiny random Llama (hidden 64 x 2 layers, `heads` heads, seed 0) in eval mode, for the samplers' tests.
     Initialised peaky (range 0.1: few near-ties); `eos_scale` multiplies EOS's output row (more rollouts end)."""

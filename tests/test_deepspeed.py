@@ -38,17 +38,8 @@ def train_rows(prepared_in_process):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def process_group():
-    """make_stepper starts a gloo group of one in this process (and sets LOCAL_RANK): undo both afterwards."""
-    import torch.distributed as dist
-
-    env, had_group = dict(os.environ), dist.is_initialized()
+def one_thread_one_group(zero_process_group):
     torch.set_num_threads(1)
-    yield
-    if dist.is_initialized() and not had_group:
-        dist.destroy_process_group()
-    os.environ.clear()
-    os.environ.update(env)
 
 
 def _losses(trainer: CodecLMTrainer, n: int) -> list[float]:
@@ -137,6 +128,21 @@ def _toy(zero: int | None):
         grad_clip=0.5,
         zero_stage=zero,
     )
+
+
+def test_a_released_process_group_leaves_no_group_behind_for_the_next_engine():
+    """A process that trains under ZeRO, releases its group and trains again (a test session, a notebook) gets a
+    working engine: DeepSpeed's clone of the first world goes with it (torch's teardown alone left it cached)."""
+    import torch.distributed as dist
+
+    from sa_ray.engines.deepspeed_engine import release_process_group
+
+    for _ in range(2):
+        _, stepper = _toy(1)
+        assert dist.is_initialized() and stepper.module is not None
+        release_process_group()
+        assert not dist.is_initialized()
+    release_process_group()  # nothing to release: no error
 
 
 def _toy_steps(stepper, rank: int, start: int, n: int) -> list[float]:

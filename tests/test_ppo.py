@@ -183,19 +183,6 @@ def test_ppo_trains_its_policy_under_zero_as_without(ppo_rows, zero_process_grou
     assert z[0] == p[0] and z == pytest.approx(p, rel=1e-5)
 
 
-@pytest.fixture
-def zero_process_group():
-    """make_stepper starts a gloo group of one in this process (and sets LOCAL_RANK): undo both afterwards."""
-    import torch.distributed as dist
-
-    env, had_group = dict(os.environ), dist.is_initialized()
-    yield
-    if dist.is_initialized() and not had_group:
-        dist.destroy_process_group()
-    os.environ.clear()
-    os.environ.update(env)
-
-
 def test_a_base_reference_scores_the_base_beside_the_sampling_policy(ppo_rows, tmp_path):
     """align.reference=base: each sample token under the version that sampled it (old) and under the base (ref),
     the base being that version with its adapter switched off."""

@@ -170,6 +170,22 @@ def ensure_process_group() -> None:
         os.environ["LOCAL_RANK"] = "0"
 
 
+def release_process_group() -> None:
+    """Undo `ensure_process_group` in a process that lives on (a test session, a notebook). Through DeepSpeed's
+    own teardown, which also drops the groups it cloned from this world: destroyed by torch alone, they stay
+    cached, and the next world's engine meets them unregistered ("Group ... is not registered")."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    import deepspeed.comm
+
+    if deepspeed.comm.is_initialized():
+        deepspeed.comm.destroy_process_group()
+    else:
+        dist.destroy_process_group()
+
+
 def make_stepper(
     model: torch.nn.Module,
     params: Iterable[torch.nn.Parameter],
