@@ -240,7 +240,8 @@ def test_killed_after_rollout_and_mid_learner_resubmitted_completes_with_the_exp
 def test_ranked_pairs_run_end_to_end(prepared_tiny, tiny_base, tmp_path, ray_local):
     """align.pairs=ranked through the whole pipeline: N samples per prompt -> rewards (split over two
     RewardScorers) -> best vs worst per utterance -> reference -> learner -> adapter v1, on the torch backend; every
-    evaluation at two sampling seeds."""
+    evaluation at two sampling seeds, with the policy's held-out phone error rate. (Rewards by phone errors: the
+    GRPO test below.)"""
     from jobs import align
 
     argv, run_dir = _argv(
@@ -270,43 +271,11 @@ def test_ranked_pairs_run_end_to_end(prepared_tiny, tiny_base, tmp_path, ray_loc
         assert p["chosen_reward"] > p["rejected_reward"] and p["chosen_ids"] != p["rejected_ids"]
         assert p["reference_version"] == 0
     assert (run_dir / "align" / "adapters" / "v1" / "adapter_model.safetensors").is_file()
+    for side in ("chosen", "rejected"):  # the policy's best and worst samples, per iteration in the record
+        assert out["records"][1][f"pairs_{side}_reward"] == pytest.approx(np.mean([p[f"{side}_reward"] for p in pairs]))
     for r in out["records"]:  # two sampling seeds per evaluation: utterance-seed pairs and the spread across seeds
         assert len(r["heldout_sentences_utt_errors"]) == 2 * r["heldout_sentences_n"] == 4
         assert 0 <= r["heldout_sentences_wer_spread"] <= 1
-
-
-def test_ranked_pairs_by_phone_errors_run_end_to_end(prepared_tiny, tiny_base, tmp_path, ray_local):
-    """align.reward=phones: the rewards are the phone error rates of the samples' own targets, computed in the
-    pipeline (no RewardScorer), and every evaluation reports the policy's held-out phone error rate."""
-    from jobs import align
-    from sa_ray.metrics.phones import phone_errors
-    from sa_ray.models.vocab import Vocab
-
-    argv, run_dir = _argv(
-        prepared_tiny,
-        tiny_base,
-        tmp_path,
-        "align.backend=torch",
-        "align.pairs=ranked",
-        "align.reward=phones",
-        "align.samples_per_prompt=4",
-        "align.prompts_per_iteration=6",
-        "align.iterations=1",
-        "eval.gap_utterances=0",
-        "align.temperature=1.5",
-    )
-    out = align.main(argv)
-    vocab = Vocab.load(tiny_base / "ar")
-    pairs = pq.read_table(run_dir / "align" / "pairs" / "iter_0").to_pylist()
-    assert out["records"][1]["pairs"] == len(pairs) > 0  # T=1.5: a tiny model's samples disagree on their phones
-    for p in pairs:
-        text = vocab.prompt_text_ids(p["prompt_ids"])
-        for side in ("chosen", "rejected"):
-            assert p[f"{side}_reward"] == pytest.approx(-phone_errors(p[f"{side}_ids"], text, vocab) / len(text))
-        assert p["chosen_reward"] > p["rejected_reward"]
-    for side in ("chosen", "rejected"):  # the policy's best and worst samples, per iteration in the record
-        assert out["records"][1][f"pairs_{side}_reward"] == pytest.approx(np.mean([p[f"{side}_reward"] for p in pairs]))
-    for r in out["records"]:
         assert 0 <= r["heldout_sentences_phone_error_rate"] and 0 <= r["heldout_voices_phone_error_rate"]
 
 
