@@ -26,8 +26,9 @@ from sa_ray import tracking, votes
 from sa_ray.config import load_config
 from sa_ray.plots import metric_curves
 
-# the table's columns, in this order, when a run logged them; the CSV keeps every metric. A WER change's `_mde`
-# is the change that evaluation detects 80% of the time: a change below it that shows no effect is no evidence
+# the table's columns, in this order, when a run logged them; the CSV keeps every metric. A WER change is shown
+# with its 95% interval (`_lo`, `_hi`); its `_mde` is the change that evaluation detects 80% of the time: a
+# change below it that shows no effect is no evidence
 KEY_METRICS = (
     "heldout_sentences_wer",
     "heldout_sentences_wer_change",
@@ -142,6 +143,14 @@ def fmt(value) -> str:
     return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:.4g}"
 
 
+def cell(row: dict, metric: str) -> str:
+    """A metric's table cell; a WER change with its 95% interval where the evaluation logged one."""
+    lo, hi = row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
+    if metric.endswith("_wer_change") and fmt(row.get(metric)) and fmt(lo) and fmt(hi):
+        return f"{row[metric]:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    return fmt(row.get(metric))
+
+
 def write_section(rows: list[dict], backend: str, out: Path) -> tuple[list[str], list[Path]]:
     """The Markdown lines and plots of one ASR backend's rows."""
     present = {k for r in rows for k in r} - set(_FIXED)
@@ -153,7 +162,7 @@ def write_section(rows: list[dict], backend: str, out: Path) -> tuple[list[str],
         "|" + "---|" * (3 + len(metrics)),
     ]
     lines += [
-        "| " + " | ".join([r["run"], r["method"], str(r["iteration"]), *(fmt(r.get(m)) for m in metrics)]) + " |"
+        "| " + " | ".join([r["run"], r["method"], str(r["iteration"]), *(cell(r, m) for m in metrics)]) + " |"
         for r in rows
     ]
     labelled = [{**r, "label": f"{r['method']}: {r['run']}"} for r in rows]

@@ -156,3 +156,20 @@ def test_each_wer_change_is_shown_beside_its_minimum_detectable_change():
     for split in ("heldout_sentences", "heldout_voices"):
         at = compare.KEY_METRICS.index(f"{split}_wer_change")
         assert compare.KEY_METRICS[at + 1] == f"{split}_wer_change_mde"
+
+
+def test_a_wer_change_is_shown_with_its_interval(tmp_path):
+    """The table's WER change cell holds the change and its 95% interval; the CSV keeps the three numbers apart."""
+    cfg = load_config(CONFIG, _overrides(tmp_path))
+    change = {"heldout_sentences_wer_change": [0.0, -0.031, -0.05], "heldout_sentences_wer_change_mde": [0.06] * 3}
+    bounds = {
+        "heldout_sentences_wer_change_lo": [0.0, -0.072, -0.09],
+        "heldout_sentences_wer_change_hi": [0.0, 0.01, -0.004],
+    }
+    _log_run(cfg, "align", "sft", "pocketsphinx-domain", {**change, **bounds})
+    markdown = compare.main(["--config", CONFIG, *_overrides(tmp_path)])["out"] / "compare.md"
+    rows = [line for line in markdown.read_text().splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert header[3:] == ["heldout_sentences_wer_change", "heldout_sentences_wer_change_mde"]  # bounds in the cell
+    cells = [[c.strip() for c in line.strip("|").split("|")][3] for line in rows[1:]]
+    assert cells == ["+0.000 [+0.000, +0.000]", "-0.031 [-0.072, +0.010]", "-0.050 [-0.090, -0.004]"]
