@@ -158,6 +158,22 @@ def tiny_aligned_ar(tmp_path_factory):
     return out, vocab
 
 
+def tiny_samples(vocab) -> tuple[list[int], list[list[int]]]:
+    """A prompt (text a b c, voice codes 0 1 2) and four samples of unequal lengths in `tiny_aligned_ar`'s
+    vocabulary: a whole one, one ended early, one with a repeated frame, one that never ends."""
+    from sa_ray.models.vocab import EOS
+
+    a, b, c, _ = vocab.text_ids(["a", "b", "c", "d"])
+    code = vocab.code_offset
+    samples = [
+        [a, code, b, code + 1, c, code + 2, EOS],
+        [a, code, EOS],
+        [a, code + 3, b, code + 4, code + 4, c, code, EOS],
+        [a] * 9,
+    ]
+    return vocab.prompt([a, b, c], [0, 1, 2]), samples
+
+
 @pytest.fixture(scope="session")
 def corpus_cache(tmp_path_factory) -> Path:
     """Synthesised audio shared by every test of the session (built once, like the real cache)."""

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from sa_ray import lora
 from sa_ray.config import AlignConfig
-from sa_ray.models.vocab import BOS, EOS, QUALITY_TAGS, SEP, SPEECH, Vocab, tag_prompt, untag_prompt
+from sa_ray.models.vocab import BOS, QUALITY_TAGS, SEP, SPEECH, Vocab, tag_prompt, untag_prompt
+from tests.conftest import tiny_samples
 
 
 def test_a_tag_goes_before_speech_and_comes_out_again():
@@ -34,13 +35,8 @@ def test_a_tag_goes_before_speech_and_comes_out_again():
 
 
 def _pairs(vocab: Vocab) -> list[dict]:
-    a, b, c, _ = vocab.text_ids(["a", "b", "c", "d"])
-    code = vocab.code_offset
-    prompt = vocab.prompt([a, b, c], [0, 1, 2])
-    sides = [
-        ([a, code, b, code + 1, c, code + 2, EOS], [a, code, EOS]),
-        ([a, code + 3, b, code + 4, code + 4, c, code, EOS], [a] * 9),
-    ]
+    prompt, samples = tiny_samples(vocab)
+    sides = [(samples[0], samples[1]), (samples[2], samples[3])]
     return [
         {"utt_id": f"u{i}", "sample_idx": 0, "iteration": 0, "prompt_ids": prompt, "chosen_ids": ch, "rejected_ids": rj}
         for i, (ch, rj) in enumerate(sides)

@@ -11,6 +11,7 @@ import torch
 
 from sa_ray.config import AlignConfig, ConfigError
 from sa_ray.grpo import ADVANTAGE_EPS, GRPOLearner, group_advantages, group_rows, grpo_loss, guarded_rewards
+from tests.conftest import tiny_samples
 
 
 def test_group_advantages_match_a_hand_computation():
@@ -99,18 +100,9 @@ def test_the_learners_step0_has_ratio_1_and_kl_0_on_rows_the_reference_scored(ti
     import pandas as pd
 
     from actors.reference import ReferenceScorer
-    from sa_ray.models.vocab import EOS
 
     model_dir, vocab = tiny_aligned_ar
-    a, b, c, _ = vocab.text_ids(["a", "b", "c", "d"])
-    code = vocab.code_offset
-    prompt = vocab.prompt([a, b, c], [0, 1, 2])
-    samples = [
-        [a, code, b, code + 1, c, code + 2, EOS],
-        [a, code, EOS],
-        [a, code + 3, b, code + 4, code + 4, c, code, EOS],
-        [a] * 9,
-    ]
+    prompt, samples = tiny_samples(vocab)
     s = [
         {"utt_id": "u", "sample_idx": i, "iteration": 0, "prompt_ids": prompt, "sample_ids": x, "sample_ended": i < 3}
         for i, x in enumerate(samples)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sa_ray.losses import LN2, METHODS, preference_loss
+from tests.conftest import tiny_samples
 
 
 def _sig(x: float) -> float:
@@ -92,15 +93,15 @@ def scored_pairs(tiny_aligned_ar):
     model_dir, vocab = tiny_aligned_ar
     a, b, c, _ = vocab.text_ids(["a", "b", "c", "d"])
     code = vocab.code_offset
-    prompt = vocab.prompt([a, b, c], [0, 1, 2])
+    prompt, (whole, early, repeated, endless) = tiny_samples(vocab)
     pairs = [
         {"utt_id": f"u{i}", "sample_idx": 0, "iteration": 0, "prompt_ids": prompt, "chosen_ids": ch, "rejected_ids": rj}
         for i, (ch, rj) in enumerate(
             [
-                ([a, code, b, code + 1, c, code + 2, EOS], [a, code, EOS]),
+                (whole, early),
                 ([b], [c]),  # a correction: one token each
-                ([a, code + 3, b, code + 4, code + 4, c, code, EOS], [a, code + 5, c, code, code, code, code, EOS]),
-                ([a, code, b, code, c, code, EOS], [a] * 9),
+                (repeated, [a, code + 5, c, code, code, code, code, EOS]),
+                ([a, code, b, code, c, code, EOS], endless),
             ]
         )
     ]

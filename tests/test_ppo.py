@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from sa_ray.config import AlignConfig, ConfigError, ResourcesConfig
 from sa_ray.ppo import RUNAWAY_REWARD, PPOLearner, gae, guarded_reward, token_rewards, value_loss
+from tests.conftest import tiny_samples
 
 
 def test_gae_matches_a_hand_computation():
@@ -60,10 +61,7 @@ def ppo_rows(tiny_aligned_ar):
     from sa_ray.models.vocab import EOS
 
     model_dir, vocab = tiny_aligned_ar
-    a, b, c, _ = vocab.text_ids(["a", "b", "c", "d"])
-    code = vocab.code_offset
-    prompt = vocab.prompt([a, b, c], [0, 1, 2])
-    samples = [[a, code, b, code + 1, c, code + 2, EOS], [a, code, EOS], [a, code + 3, b, c, code, EOS], [a] * 9]
+    prompt, samples = tiny_samples(vocab)
     rows = [
         sample_row(
             {"iteration": 0, "utt_id": f"u{i}", "sample_idx": 0, "prompt_ids": prompt, "sample_ids": x}
