@@ -22,6 +22,7 @@ import ray
 
 from actors.learner import fit_learner
 from actors.pipeline import make_pairs
+from actors.usage import peak_rss_mb
 from sa_ray import atomic, guards, lineage, tracking, votes
 from sa_ray.align_run import AlignRun
 from sa_ray.config import Config
@@ -159,13 +160,41 @@ def evaluate(loop: Loop, k: int, base: dict | None) -> dict:
     out = ray.get(evaluator.evaluate.remote(adapter, ceiling=k == 0))
     if base is not None:
         out.update(record_wer_changes(base, out))
-    out["eval_seconds"] = time.perf_counter() - start
     if loop.cfg.eval.gap_utterances:
         gap, png = ray.get(evaluator.gap.remote(adapter, f"golden vs synthetic, iteration {k}"))
         out.update(gap)
         tracking.log_bytes(png, f"gap/iter_{k}.png")
     for name, wav, sr in ray.get(evaluator.samples.remote(adapter)):
         tracking.log_wav(wav, sr, f"samples/iter_{k}/{name}")
+    out["eval_seconds"] = time.perf_counter() - start  # the whole stage: metrics, gap, samples
+    return out
+
+
+def role_usage(loop: Loop) -> dict[str, dict[str, float]]:
+    """Every long-lived role's busy seconds so far and peak RSS (`actors.usage`); the reward scorers as one role
+    (their seconds summed, the largest peak)."""
+    handles = {name: h if isinstance(h, list) else [h] for name, h in loop.roles.items()}
+    handles = {name: h for name, h in handles.items() if h}
+    usages = ray.get([h.usage.remote() for hs in handles.values() for h in hs])
+    out, at = {}, 0
+    for name, hs in handles.items():
+        mine, at = usages[at : at + len(hs)], at + len(hs)
+        out[name] = {
+            "busy_seconds": sum(u["busy_seconds"] for u in mine),
+            "peak_rss_mb": max(u["peak_rss_mb"] for u in mine),
+        }
+    out["driver"] = {"busy_seconds": 0.0, "peak_rss_mb": peak_rss_mb()}
+    return out
+
+
+def usage_record(loop: Loop, before: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The iteration profile of a version: each role's busy seconds while it was made (`busy_<role>_seconds`) and
+    its peak RSS so far (`peak_rss_<role>_mb`); the learner's come with its metrics."""
+    out = {}
+    for name, now in role_usage(loop).items():
+        if name != "driver":
+            out[f"busy_{name}_seconds"] = now["busy_seconds"] - before[name]["busy_seconds"]
+        out[f"peak_rss_{name}_mb"] = now["peak_rss_mb"]
     return out
 
 

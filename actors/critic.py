@@ -15,12 +15,13 @@ import pyarrow.parquet as pq
 import torch
 
 from actors.placement import role_device
+from actors.usage import Metered, metered
 from sa_ray import ppo
 from sa_ray.config import AlignConfig
 from sa_ray.tracking import RunLogger
 
 
-class CriticRole:
+class CriticRole(Metered):
     def __init__(self, base_dir: str, cfg: AlignConfig, num_gpus: float = 0.0):
         self.base_dir, self.cfg = base_dir, cfg
         self.device = role_device("critic", num_gpus)
@@ -34,11 +35,13 @@ class CriticRole:
             self.critic_dir = critic_dir
         return self.critic
 
+    @metered
     def advantages(self, batch: pd.DataFrame, critic_dir: str | None) -> pd.DataFrame:
         """The batch's rows with the values, GAE advantages and returns of the critic in `critic_dir`."""
         rows = ppo.advantages(self._serve(critic_dir), batch.to_dict("records"), self.cfg)
         return batch.assign(**{key: [r[key] for r in rows] for key in ("values", "advantages", "returns")})
 
+    @metered
     def fit(
         self,
         rows_dir: str,

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from actors.placement import role_device
+from actors.usage import Metered, metered
 from sa_ray import lora
 from sa_ray.codec import load_codec
 from sa_ray.config import Config
@@ -25,7 +26,7 @@ from sa_ray.sampling import SamplingConfig
 from sa_ray.synthesis import CodecTTS, Request, Spelling
 
 
-class Evaluator:
+class Evaluator(Metered):
     def __init__(self, cfg: Config, base_dir: str):
         # Every core of the node: the evaluator works while the rollout engine and the learner wait (Ray would
         # give a zero-CPU actor one thread), and the vocoder, most of its time, runs about 1.5x faster on two (`benchmarks.eval_bench`).
@@ -77,6 +78,7 @@ class Evaluator:
             )
         return self._policy[1]
 
+    @metered
     def evaluate(
         self,
         adapter_dir: str | None,
@@ -127,6 +129,7 @@ class Evaluator:
                 logp, tokens, hits = logp + float(lp.sum()), tokens + int(count.sum()), hits + int(hit.sum())
         return -logp / max(tokens, 1), hits / max(tokens, 1)
 
+    @metered
     def gap(self, adapter_dir: str | None, plot_title: str) -> tuple[dict[str, float], bytes]:
         """The distribution gap (`sa_ray.evaluation.distribution_gap`) of policy base + adapter on
         `eval.gap_utterances` held-out sentences, embedded by the fixed base: (metrics, t-SNE PNG)."""
@@ -139,6 +142,7 @@ class Evaluator:
             self._golden = golden_side(tts, self.base, rows, bank, self.asr, self.sim)
         return distribution_gap(tts, self.base, rows, bank, self.asr, self.sim, self.sampling, plot_title, self._golden)
 
+    @metered
     def samples(self, adapter_dir: str | None, n: int = 2) -> list[tuple[str, np.ndarray, int]]:
         """A few held-out sentences spoken by the policy: (name, wav, sample rate), to listen to in MLflow."""
         tts, rows, bank = self._tts(adapter_dir), self._rows()[:n], self.banks["heldout_sentences"]

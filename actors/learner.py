@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from functools import partial
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from actors import failpoints
 from actors.placement import role_device, train_backend
+from actors.usage import peak_rss_mb
 from sa_ray import tracking
 from sa_ray.coh import CoHLearner
 from sa_ray.config import AlignConfig
@@ -63,17 +65,23 @@ def learn_loop(config: dict) -> None:
     if checkpoint:
         with checkpoint.as_directory() as d:
             learner.load(d)
+    busy = 0.0  # this attempt's seconds of model work (steps, checkpoints): the iteration profile's learner row
     while learner.step_count < cfg.steps:
+        start = time.perf_counter()
         metrics = learner.train_step()
+        busy += time.perf_counter() - start
         step = learner.step_count
         metrics["step"] = step
         if logger:
             logger.log(metrics, step)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             with tempfile.TemporaryDirectory() as d:
+                start = time.perf_counter()
                 learner.save(d)  # every rank (ZeRO gathers the optimiser state collectively); rank 0 writes
                 if rank == 0 and step == cfg.steps:
                     learner.export(f"{d}/adapter", config["probe"])
+                busy += time.perf_counter() - start
+                metrics.update(busy_learner_seconds=busy, peak_rss_learner_mb=peak_rss_mb())
                 # only with a checkpoint: every step's metrics are in MLflow already, and Ray Train logs each report
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d) if rank == 0 else None)
             failpoints.hit("learner.after_checkpoint")  # tests: a worker dies; Ray Train restores the checkpoint

@@ -9,6 +9,7 @@ import torch
 
 from actors import failpoints
 from actors.placement import role_device
+from actors.usage import Metered, metered
 from sa_ray import lora
 from sa_ray.dpo import MarginTokens, pair_logprobs, probe_logprob
 from sa_ray.grpo import sample_token_logprobs
@@ -16,7 +17,7 @@ from sa_ray.losses import pack, token_logprobs
 from sa_ray.models.ar import load_ar
 
 
-class ReferenceScorer:
+class ReferenceScorer(Metered):
     def __init__(
         self,
         model_dir: str,
@@ -44,9 +45,11 @@ class ReferenceScorer:
         if version != self.version or adapter_dir != self.adapter_dir:  # e.g. after a restart
             self.load_adapter(version, adapter_dir)
 
+    @metered
     def probe(self, probe: dict) -> float:
         return probe_logprob(self.model, probe)
 
+    @metered
     def score(self, batch: pd.DataFrame, version: int, adapter_dir: str | None) -> pd.DataFrame:
         self._serve(*self._reference(version, adapter_dir))
         rows = batch.to_dict("records")
@@ -72,6 +75,7 @@ class ReferenceScorer:
     def _reference(self, version: int, adapter_dir: str | None) -> tuple[int, str | None]:
         return (0, None) if self.reference == "base" else (version, adapter_dir)
 
+    @metered
     def score_samples(self, batch: pd.DataFrame, version: int, adapter_dir: str | None) -> pd.DataFrame:
         """GRPO's and PPO's rows: every sample token's logprob under the policy that sampled it (`old_token_logps`)
         and under the reference (`ref_token_logps`; the same numbers when the reference is that policy), by the

@@ -5,11 +5,12 @@ batches of (prompt, target) token lists. It sits on the device `resources.reward
 from __future__ import annotations
 
 from actors.placement import role_device
+from actors.usage import Metered, metered
 from sa_ray import reward_model
 from sa_ray.config import RewardModelConfig
 
 
-class RewardModelRole:
+class RewardModelRole(Metered):
     def __init__(self, checkpoint: str | None = None, num_gpus: float = 0.0, base_fingerprint: str | None = None):
         """With `checkpoint`, the reward model saved there (checked against `base_fingerprint` when given);
         without, none until `train`."""
@@ -20,6 +21,7 @@ class RewardModelRole:
                 checkpoint, device=self.device, base_fingerprint=base_fingerprint
             )
 
+    @metered
     def train(self, base_dir: str, pairs: list[dict], cfg: RewardModelConfig, out_dir: str, made_from: dict) -> dict:
         """Trains on `pairs` (held-out sentences aside), saves the checkpoint to `out_dir`, keeps the model to score
         with, and returns the training report (`sa_ray.reward_model.train`)."""
@@ -27,6 +29,7 @@ class RewardModelRole:
         self.model.save(out_dir)
         return report
 
+    @metered
     def score(self, prompts: list[list[int]], targets: list[list[int]]) -> list[float]:
         if self.model is None:
             raise RuntimeError("RewardModelRole: no reward model loaded or trained yet")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from actors.placement import role_device
+from actors.usage import Metered, metered
 from sa_ray.codec import load_codec
 from sa_ray.config import Config
 from sa_ray.metrics.backends import make_asr, make_sim
@@ -16,7 +17,7 @@ from sa_ray.rewards import AsrSimReward, train_prompt_bank
 from sa_ray.synthesis import CodecTTS, Spelling
 
 
-class RewardScorer:
+class RewardScorer(Metered):
     def __init__(self, cfg: Config, base_dir: str):
         run_dir = Path(cfg.run_dir)
         codec = load_codec(cfg.codec, run_dir / "codec")
@@ -28,6 +29,7 @@ class RewardScorer:
             tts, make_asr(cfg.eval.asr, run_dir / "data", cfg.corpus), make_sim(cfg.eval.sim), bank, cfg.align.seed
         )
 
+    @metered
     def reward(self, batch: pd.DataFrame) -> pd.DataFrame:
         """`batch` with each sample's `sample_wer`, `sample_sim` and `reward`."""
         return batch.assign(**self.scorer.rewards(batch.to_dict("records")))

@@ -17,6 +17,7 @@ import torch
 
 from actors import failpoints
 from actors.placement import role_device
+from actors.usage import Metered, metered
 from sa_ray.config import RoleResources, VLLMConfig
 from sa_ray.engines import describe, resolve_backend
 from sa_ray.guards import RolloutGuards
@@ -61,7 +62,7 @@ def make_engine(
     return TorchEngine(model_dir, max_model_len=max_model_len, device=device)
 
 
-class RolloutEngine:
+class RolloutEngine(Metered):
     def __init__(
         self,
         backend: str,
@@ -106,6 +107,7 @@ class RolloutEngine:
         self.guards = RolloutGuards()
         return value
 
+    @metered
     def rollout(self, batch: pd.DataFrame, policy: dict) -> pd.DataFrame:
         """Samples for a batch of requests with policy {version, adapter_dir, probe, tolerance}; an engine that
         was restarted (or switched by someone else) reloads and re-proves the version first."""

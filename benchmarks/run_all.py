@@ -43,6 +43,10 @@ UNITS = {
     "flop_per_step": "FLOP",
     "mfu": "of matmul FLOP/s",
     "ratio": "ratio",
+    "busy_seconds": "s",
+    "other_seconds": "s",
+    "other_share": "of wall",
+    "peak_rss_mb": "MiB",
     "speed_vs_sa_ray": "x sa-ray's pairs/s",
 }
 # head size 64 / 2 = 32: the smallest vLLM's CPU attention serves (tests/test_vllm.py)
@@ -59,6 +63,8 @@ def plan(args: argparse.Namespace) -> dict[str, tuple[list[str], str | None]]:
     q, run, base = args.quick, shlex.quote(args.run_dir), shlex.quote(args.base)  # quoted: the plan is split below
     prepared = (Path(args.run_dir) / "data").is_dir()
     unprepared = None if prepared else f"no prepared run: {args.run_dir}/data is missing (make demo)"
+    aligned = any(Path(args.run_dir).glob("align/records/iter_*.json"))
+    unaligned = None if aligned else f"no align run: {args.run_dir}/align/records is empty (make demo)"
     no_vllm = None if importlib.util.find_spec("vllm") else "vllm is not installed"
     no_trl = None if importlib.util.find_spec("trl") else "trl is not installed (pip install -r requirements/bench.txt)"
     benches = {
@@ -67,6 +73,7 @@ def plan(args: argparse.Namespace) -> dict[str, tuple[list[str], str | None]]:
         "vllm_forced_bench": (f"{TINY_LLAMA} --repeats 1" if q else "", no_vllm),
         "learner_bench": (LEARNER_QUICK if q else "", no_trl),
         "codec_intelligibility": (f"--run-dir {run} --n {2 if q else 40}", unprepared),
+        "iteration_profile": (f"--run-dir {run}", unaligned),
         "eval_bench": (
             f"--base {base} --n {2 if q else 16} --threads {1 if q else '1,2'} run_dir={run} codec.path={base}/codec",
             unprepared,

@@ -111,10 +111,10 @@ def setup(cfg: Config) -> Loop:
 
 def make_version(loop: Loop, k: int, records: list[dict]) -> dict:
     """Policy version k's record: made from version k-1 (k > 0), evaluated, published, saved."""
-    from actors.align_stages import evaluate, learn, publish, roll_out
+    from actors.align_stages import evaluate, learn, publish, role_usage, roll_out, usage_record
 
     settings = dataclasses.asdict(loop.cfg.align)
-    record = {"iteration": k, "align_settings": settings}
+    record, usage = {"iteration": k, "align_settings": settings}, role_usage(loop)
     if k > 0:
         note_settings_changes(records[-1].get("align_settings", settings), settings, k)
         print(f"version {k}: rolling out pairs from version {k - 1}", flush=True)
@@ -123,6 +123,7 @@ def make_version(loop: Loop, k: int, records: list[dict]) -> dict:
         record.update(learn(loop, k))
     print(f"version {k}: evaluating", flush=True)
     record.update(evaluate(loop, k, records[0] if k else None))
+    record.update(usage_record(loop, usage))
     publish(loop, k, record, records)
     loop.run.save_record(k, record)
     return record

@@ -91,6 +91,24 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(
             <= r["heldout_sentences_wer_change"]
             <= r["heldout_sentences_wer_change_hi"]
         )
+        # the iteration profile: each role's own work inside its stage's wall time, and its peak memory
+        assert (
+            0 < r["busy_rollout_seconds"] <= r["rollout_seconds"]
+            and 0 < r["busy_reference_seconds"] <= r["rollout_seconds"]
+        )
+        assert (
+            0 < r["busy_learner_seconds"] <= r["learn_seconds"] and 0 < r["busy_evaluator_seconds"] <= r["eval_seconds"]
+        )
+        assert all(r[f"peak_rss_{role}_mb"] > 50 for role in ("rollout", "reference", "learner", "evaluator", "driver"))
+    from benchmarks import iteration_profile
+
+    profiled = iteration_profile.main(["--run-dir", str(run_dir)])
+    assert [(p["version"], p["stage"]) for p in profiled if "stage" in p][:4] == [
+        (0, "evaluate"),
+        (1, "rollout"),
+        (1, "learn"),
+        (1, "evaluate"),
+    ]
     summary = json.loads((run_dir / "align" / "summary.json").read_text())
     assert [r["iteration"] for r in summary["iterations"]] == versions
     printed = capsys.readouterr().out

@@ -54,3 +54,6 @@ def test_quick_run_writes_numbers_says_why_it_skipped_and_fails_on_a_failure(tmp
     assert "--skip" in benches["vllm_forced_bench"]["reason"]
     for name in ("codec_intelligibility", "eval_bench"):
         assert benches[name]["status"] == "skipped" and "no-run/data" in benches[name]["reason"]
+    assert (
+        benches["iteration_profile"]["status"] == "skipped" and "no-run/align" in benches["iteration_profile"]["reason"]
+    )
