@@ -47,6 +47,10 @@ UNITS = {
     "other_seconds": "s",
     "other_share": "of wall",
     "peak_rss_mb": "MiB",
+    "rollout_seconds": "s",
+    "learn_seconds": "s",
+    "per_pair_seconds": "s/pair",
+    "r2": "R^2",
     "speed_vs_sa_ray": "x sa-ray's pairs/s",
 }
 # head size 64 / 2 = 32: the smallest vLLM's CPU attention serves (tests/test_vllm.py)
@@ -74,6 +78,10 @@ def plan(args: argparse.Namespace) -> dict[str, tuple[list[str], str | None]]:
         "learner_bench": (LEARNER_QUICK if q else "", no_trl),
         "codec_intelligibility": (f"--run-dir {run} --n {2 if q else 40}", unprepared),
         "iteration_profile": (f"--run-dir {run}", unaligned),
+        "iteration_scaling": (
+            f"--run-dir {run} --base {base}" + (" --sizes 4,8,12 --batch-size 4" if q else ""),
+            unprepared,
+        ),
         "eval_bench": (
             f"--base {base} --n {2 if q else 16} --threads {1 if q else '1,2'} run_dir={run} codec.path={base}/codec",
             unprepared,

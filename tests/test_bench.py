@@ -8,6 +8,8 @@ import math
 import subprocess
 import sys
 
+import pytest
+
 from benchmarks.run_all import metrics
 from tests.conftest import REPO
 
@@ -52,8 +54,18 @@ def test_quick_run_writes_numbers_says_why_it_skipped_and_fails_on_a_failure(tmp
     train = measured(benches["train_step_bench"])
     assert all_finite_positive(train["s_per_step"]) and len(train["s_per_step"]) == 2  # fp32, bf16
     assert "--skip" in benches["vllm_forced_bench"]["reason"]
-    for name in ("codec_intelligibility", "eval_bench"):
+    for name in ("codec_intelligibility", "eval_bench", "iteration_scaling"):
         assert benches[name]["status"] == "skipped" and "no-run/data" in benches[name]["reason"]
     assert (
         benches["iteration_profile"]["status"] == "skipped" and "no-run/align" in benches["iteration_profile"]["reason"]
     )
+
+
+def test_the_scaling_fit_reads_a_fixed_cost_and_a_cost_per_pair():
+    from benchmarks.iteration_scaling import fit, main
+
+    fixed, per_pair, r2 = fit([64, 128, 256], [20 + 0.5 * n for n in (64, 128, 256)])
+    assert (fixed, per_pair, r2) == (pytest.approx(20), pytest.approx(0.5), pytest.approx(1))
+    assert fit([1, 2, 3], [1, 5, 2])[2] < 0.5  # not a line
+    with pytest.raises(SystemExit, match="at least three sizes"):
+        main(["--sizes", "8,16"])
