@@ -328,3 +328,10 @@ def start_roles(cfg, base_dir: Path, base_fingerprint: str | None = None) -> dic
             .remote(str(base_dir / "ar"), a, res.critic.num_gpus)
         )
     return roles
+
+
+def stop_roles(roles: dict) -> None:
+    """Ends the loop's roles and frees their models' memory: a driver that lives on after its job (a notebook, a test
+    session) would otherwise keep them for as long as anything (Ray Data's plans among them) holds a handle."""
+    for handle in (h for hs in roles.values() for h in (hs if isinstance(hs, list) else [hs])):
+        ray.kill(handle)

@@ -37,8 +37,18 @@ if typing.TYPE_CHECKING:
 def main(argv: list[str] | None = None) -> dict:
     cfg, args = _cli.parse(argv, __doc__.splitlines()[0])
     loop = setup(cfg)
-    run = loop.run
-    with tracking.job_run(cfg, "align", args.run_id or (run.load("state.json") or {}).get("run_id")) as mlrun:
+    try:
+        return align(loop, args.run_id)
+    finally:
+        from actors.pipeline import stop_roles
+
+        stop_roles(loop.roles)
+
+
+def align(loop: Loop, run_id: str | None) -> dict:
+    """Makes and records every policy version the run still lacks, in one MLflow run (resumed by `run_id`)."""
+    cfg, run = loop.cfg, loop.run
+    with tracking.job_run(cfg, "align", run_id or (run.load("state.json") or {}).get("run_id")) as mlrun:
         run.save("state.json", {"run_id": mlrun.info.run_id})
         loop.run_id = mlrun.info.run_id
         tracking.set_tags(loop.tags)
