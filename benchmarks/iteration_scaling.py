@@ -2,7 +2,7 @@
 and a straight-line fit: the fixed cost of a stage (start-up, scheduling) and its cost per pair.
 
     python -m benchmarks.iteration_scaling --run-dir runs/tiny --base checkpoints/base    # after make demo
-    python -m benchmarks.iteration_scaling --run-dir runs/tiny --sizes 32,64,128 --json scaling.json
+    python -m benchmarks.iteration_scaling --run-dir runs/tiny --sizes 32,64,128 --json scaling.json --keep runs/scaling
 
 Each size is `jobs.align` (one iteration, golden pairs, `align.prompts_per_iteration` = size and one learner
 epoch over them: `align.steps` = size / `align.batch_size`) in a fresh run directory beside the prepared data of
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--sizes", default="64,128,256", help="comma-separated pair counts (at least three)")
     ap.add_argument("--batch-size", type=int, default=16, help="align.batch_size (steps = pairs / batch size)")
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--keep", default=None, help="keep the runs in this folder (default: a temporary one)")
     ap.add_argument("overrides", nargs="*", help="more dotted.key=value overrides for every run")
     args = ap.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not (run_dir / "data").is_dir():
         raise SystemExit(f"no prepared run: {run_dir}/data is missing (make demo)")
     with tempfile.TemporaryDirectory() as tmp:
-        records = [run_size(run_dir, args.base, n, args.batch_size, Path(tmp), args.overrides) for n in sizes]
+        workdir = Path(args.keep or tmp)  # kept: `benchmarks.iteration_profile --run-dir <keep>/pairs-<n>` reads one
+        records = [run_size(run_dir, args.base, n, args.batch_size, workdir, args.overrides) for n in sizes]
     rows = [{"pairs": n, **{s: r[s] for s in STAGES}} for n, r in zip(sizes, records)]
     fits = []
     for stage in STAGES:
