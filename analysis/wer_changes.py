@@ -52,12 +52,23 @@ def same_samples(evaluation: dict, base: dict) -> bool:
     return all(len(evaluation[k]) == len(base[k]) for k in keys if k in evaluation and k in base)
 
 
+# what a comparison may differ in: the decoding is compared (each version at its own best, the protocol says), not
+# the measurement; any other eval setting (forced phones, the recogniser, the utterances) makes numbers incomparable
+DECODING = ("temperature", "top_k", "top_p", "cfg_scale")
+
+
+def measured_by(evaluation: dict) -> dict | None:
+    protocol = evaluation.get("protocol")
+    return None if protocol is None else {k: v for k, v in protocol.items() if k not in DECODING}
+
+
 def side_by_side(files: list[str]) -> list[dict]:
-    """Each `jobs.evaluate --out` file's figures and its WER change against the first file's."""
+    """Each `jobs.evaluate --out` file's figures and its WER change against the first file's (the same samples,
+    prompts and seeds; the decodings may differ)."""
     evaluations = [json.loads(Path(f).read_text()) for f in files]
     base = evaluations[0]
     for f, e in zip(files, evaluations):
-        if e.get("protocol") != base.get("protocol"):  # e.g. forced phones against free sampling
+        if measured_by(e) != measured_by(base):  # e.g. forced phones against free sampling
             raise ValueError(
                 f"{f}: evaluated with eval settings {e.get('protocol')}, {files[0]} with "
                 f"{base.get('protocol')}: not comparable"

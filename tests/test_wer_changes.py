@@ -49,6 +49,8 @@ def test_files_side_by_side_change_against_the_first_with_intervals(tmp_path, ca
     free = _evaluation(tmp_path / "free.json", [3] * 40, words, {**PROTOCOL, "forced_phones": False})
     with pytest.raises(SystemExit, match="not comparable"):
         main([base, free])
+    guided = _evaluation(tmp_path / "guided.json", [4] * 40, words, {**PROTOCOL, "temperature": 0.4, "cfg_scale": 2.0})
+    assert main([base, guided])[1]["heldout_sentences_wer_change"] == pytest.approx(0.1)  # another decoding: compared
     short = _evaluation(tmp_path / "short.json", [3] * 20, words[:20])
     with pytest.raises(SystemExit, match="not the same held-out samples"):
         main([base, short])
