@@ -193,7 +193,8 @@ def usage_record(loop: Loop, before: dict[str, dict[str, float]]) -> dict[str, f
     out = {}
     for name, now in role_usage(loop).items():
         if name != "driver":
-            out[f"busy_{name}_seconds"] = now["busy_seconds"] - before[name]["busy_seconds"]
+            busy, earlier = now["busy_seconds"], before[name]["busy_seconds"]
+            out[f"busy_{name}_seconds"] = busy - earlier if busy >= earlier else busy  # less: Ray restarted it
         out[f"peak_rss_{name}_mb"] = now["peak_rss_mb"]
     return out
 
