@@ -183,18 +183,16 @@ def role_usage(loop: Loop) -> dict[str, dict[str, float]]:
             "busy_seconds": sum(u["busy_seconds"] for u in mine),
             "peak_rss_mb": max(u["peak_rss_mb"] for u in mine),
         }
-    out["driver"] = {"busy_seconds": 0.0, "peak_rss_mb": peak_rss_mb()}
     return out
 
 
 def usage_record(loop: Loop, before: dict[str, dict[str, float]]) -> dict[str, float]:
     """The iteration profile of a version: each role's busy seconds while it was made (`busy_<role>_seconds`) and
     its peak RSS so far (`peak_rss_<role>_mb`); the learner's come with its metrics."""
-    out = {}
+    out = {"peak_rss_driver_mb": peak_rss_mb()}
     for name, now in role_usage(loop).items():
-        if name != "driver":
-            busy, earlier = now["busy_seconds"], before[name]["busy_seconds"]
-            out[f"busy_{name}_seconds"] = busy - earlier if busy >= earlier else busy  # less: Ray restarted it
+        busy, earlier = now["busy_seconds"], before[name]["busy_seconds"]
+        out[f"busy_{name}_seconds"] = busy - earlier if busy >= earlier else busy  # less: Ray restarted it
         out[f"peak_rss_{name}_mb"] = now["peak_rss_mb"]
     return out
 

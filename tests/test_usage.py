@@ -12,32 +12,46 @@ from actors.usage import Metered, metered, peak_rss_mb
 from benchmarks import iteration_profile
 
 
+class _Clock:
+    """time.perf_counter for actors.usage: each call's work moves it on by exactly its seconds."""
+
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class _Role(Metered):
+    def __init__(self, clock: _Clock):
+        self.clock = clock
+
     @metered
     def work(self, seconds: float) -> float:
-        time.sleep(seconds)
+        self.clock.now += seconds
         return seconds
 
     @metered
     def fail(self):
-        time.sleep(0.05)
+        self.clock.now += 0.05
         raise ValueError("no")
 
     def idle(self) -> None:
-        time.sleep(0.05)
+        self.clock.now += 0.05
 
 
-def test_a_roles_metered_calls_count_as_its_busy_time_and_failures_too():
-    role = _Role()
+def test_a_roles_metered_calls_count_as_its_busy_time_and_failures_too(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr(time, "perf_counter", clock)  # the seconds counted are the seconds spent, exactly
+    role = _Role(clock)
     assert role.usage()["busy_seconds"] == 0.0
     assert role.work(0.05) == 0.05 and role.work.__name__ == "work"  # wrapped as itself (Ray reads the names)
     with pytest.raises(ValueError):
         role.fail()
     role.idle()  # not metered: not counted
     usage = role.usage()
-    assert 0.1 <= usage["busy_seconds"] < 0.15
+    assert usage["busy_seconds"] == pytest.approx(0.1)
     assert usage["peak_rss_mb"] == pytest.approx(peak_rss_mb(), rel=0.05) and usage["peak_rss_mb"] > 10
-    assert _Role().usage()["busy_seconds"] == 0.0  # per instance
+    assert _Role(clock).usage()["busy_seconds"] == 0.0  # per instance
 
 
 def _record(k: int, **extra) -> dict:
