@@ -83,7 +83,11 @@ def roll_out(loop: Loop, i: int) -> dict:
             for key in ("chosen_reward", "rejected_reward", "error_kinds")
             if key in manifest
         },
-        **{key: manifest[key] for key in ("rollout_duration_ratio", "rollout_nll_per_token") if key in manifest},
+        **{
+            key: manifest[key]
+            for key in ("rollout_engines", "rollout_duration_ratio", "rollout_nll_per_token")
+            if key in manifest
+        },
         **({"rollout_reward": manifest["sample_reward"]} if "sample_reward" in manifest else {}),
         **length_guard(loop, i, manifest),
     }

@@ -60,11 +60,14 @@ def _call(batch: pd.DataFrame, actor, method: str, args: tuple) -> pd.DataFrame:
     return ray.get(getattr(actor, method).remote(batch, *args))
 
 
-def _reward(batch: pd.DataFrame, scorers: list) -> pd.DataFrame:
-    """One batch's samples dealt out over the reward scorers and scored in parallel: `sample_wer`, `sample_sim`
-    (row order is free: each row carries its own columns, and the pair builder groups by utterance next)."""
-    parts = [batch.iloc[i :: len(scorers)] for i in range(min(len(scorers), len(batch)))]
-    return pd.concat(ray.get([s.reward.remote(part) for s, part in zip(scorers, parts)]), ignore_index=True)
+def _dealt(batch: pd.DataFrame, actors: list, method: str, args: tuple = ()) -> pd.DataFrame:
+    """One batch dealt out over `actors` in contiguous parts (a prompt's samples stay together) and processed side by
+    side: the rollout engine replicas, the reward scorers (row order is free: each row carries its own columns, and
+    the pair builders group by utterance)."""
+    n = max(1, min(len(actors), len(batch)))
+    cuts = [len(batch) * i // n for i in range(n + 1)]
+    calls = [getattr(a, method).remote(batch.iloc[lo:hi], *args) for a, lo, hi in zip(actors, cuts, cuts[1:])]
+    return pd.concat(ray.get(calls), ignore_index=True)
 
 
 def _phone_reward(batch: pd.DataFrame, vocab) -> pd.DataFrame:
@@ -116,11 +119,11 @@ def _rewarded(samples, a, vocab, roles):
     terms, needs = a.reward_terms, a.reward_roles
     if "scorers" in needs:
         samples = samples.map_batches(
-            _reward,
+            _dealt,
             batch_format="pandas",
             batch_size=16 * len(roles["scorers"]),
             num_cpus=0,
-            fn_kwargs=dict(scorers=roles["scorers"]),
+            fn_kwargs=dict(actors=roles["scorers"], method="reward"),
         )
     if "phones" in terms:
         samples = samples.map_batches(_phone_reward, batch_format="pandas", fn_kwargs=dict(vocab=vocab))
@@ -206,11 +209,11 @@ def make_pairs(
         ),
     )
     samples = requests.map_batches(
-        _call,
+        _dealt,
         batch_format="pandas",
-        batch_size=64,
+        batch_size=64 * len(roles["rollout"]),
         num_cpus=0,
-        fn_kwargs=dict(actor=roles["rollout"], method="rollout", args=(policy,)),
+        fn_kwargs=dict(actors=roles["rollout"], method="rollout", args=(policy,)),
     )
     if a.method == "grpo":  # every sample, with its advantage in its prompt's group
         pairs = _rewarded(samples, a, vocab, roles).groupby("utt_id", num_partitions=min(blocks, 8))
@@ -257,8 +260,12 @@ def _score_and_commit(iteration: int, cfg, out_dir: Path, roles: dict, policy: d
         )
     staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
     scored.write_parquet(str(staging))
-    # the engine's tokens/s and guards of the version's rollouts; align.pairs=votes rolled nothing out
-    stats = ray.get(roles["rollout"].stats.remote()) if a.rollout_pairs is not None else {}
+    # the engines' tokens/s and guards of the version's rollouts; align.pairs=votes rolled nothing out
+    stats = {}
+    if a.rollout_pairs is not None:
+        from actors.rollout import merged_stats
+
+        stats = merged_stats(ray.get([engine.tally.remote() for engine in roles["rollout"]]))
     return preference.commit_pairs(
         staging,
         out_dir,
@@ -287,20 +294,16 @@ def start_roles(cfg, base_dir: Path, base_fingerprint: str | None = None) -> dic
 
     a, res = cfg.align, cfg.resources
     sampling = {"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p}
+    # engine replicas spread over the nodes that have their resources (one per GPU node, as far as there are nodes)
+    spread = {"scheduling_strategy": "SPREAD"} if a.rollout_engines > 1 else {}
+    engine_args = (a.backend, str(base_dir / "ar"), sampling, a.lora_rank, cfg.model.max_positions, a.seed)
     roles = {
-        "rollout": ray.remote(RolloutEngine)
-        .options(**actor_options(res.rollout))
-        .remote(
-            a.backend,
-            str(base_dir / "ar"),
-            sampling,
-            a.lora_rank,
-            cfg.model.max_positions,
-            a.seed,
-            a.forced_phones,
-            resources=res.rollout,
-            vllm=cfg.vllm,
-        ),
+        "rollout": [
+            ray.remote(RolloutEngine)
+            .options(**actor_options(res.rollout, **spread))
+            .remote(*engine_args, a.forced_phones, resources=res.rollout, vllm=cfg.vllm)
+            for _ in range(a.rollout_engines)
+        ],
         "reference": ray.remote(ReferenceScorer)
         .options(**actor_options(res.reference))
         .remote(

@@ -1,7 +1,7 @@
 """RolloutEngine role: samples first-layer codes (and phones) with the current policy, base + adapter v.
 
-One engine per job (vLLM, or the torch sampler), created once; `load_adapter` switches the policy per
-iteration and PROVES it: the logprob of a fixed probe sequence must match the learner's value for that
+One engine per replica (vLLM, or the torch sampler; `align.rollout_engines` of them), created once per job;
+`load_adapter` switches the policy per iteration and PROVES it: the logprob of a fixed probe sequence must match the learner's value for that
 version, else `AdapterProbeError` stops the iteration (a stale adapter would silently poison the pairs).
 Beside tokens/s it keeps the version's length and entropy guards (`sa_ray.guards`): the samples' duration against
 their golden targets and their mean -log p per token, which the engine returns as it samples (`return_logprobs`).
@@ -143,10 +143,20 @@ class RolloutEngine(Metered):
         batch["policy_version"] = self.version
         return batch
 
+    def tally(self) -> tuple[int, float, RolloutGuards]:
+        """The version's rollouts so far as sums: tokens, seconds spent sampling them, guards (`merged_stats`)."""
+        return self.tokens, self.seconds, self.guards
+
     def stats(self) -> dict[str, float]:
-        """The version's rollouts so far: tokens, tokens/s of sampling, and the guards (`sa_ray.guards`)."""
-        return {
-            "rollout_tokens": self.tokens,
-            "rollout_tokens_per_s": self.tokens / max(self.seconds, 1e-9),
-            **self.guards.stats(),
-        }
+        return merged_stats([self.tally()])
+
+
+def merged_stats(tallies: list[tuple[int, float, RolloutGuards]]) -> dict[str, float]:
+    """A version's rollouts over its engine replicas' tallies: tokens, tokens/s (the replicas sample side by side:
+    the sum of their rates), the guards of all their samples (`sa_ray.guards`) and how many engines sampled."""
+    return {
+        "rollout_tokens": sum(tokens for tokens, _, _ in tallies),
+        "rollout_tokens_per_s": sum(tokens / max(seconds, 1e-9) for tokens, seconds, _ in tallies),
+        "rollout_engines": sum(tokens > 0 for tokens, _, _ in tallies),
+        **sum((guards for _, _, guards in tallies), RolloutGuards()).stats(),
+    }

@@ -1,12 +1,12 @@
 """Every benchmark in turn, one table of their numbers and one JSON file (`make bench`).
 
     python -m benchmarks.run_all [--quick] [--json bench.json] [--run-dir runs/tiny] [--base checkpoints/base]
-    python -m benchmarks.run_all --quick --skip vllm_forced_bench --args "train_step_bench=--threads 2"
+    python -m benchmarks.run_all --quick --skip rollout_bench --args "train_step_bench=--threads 2"
 
 Each benchmark runs as `python -m benchmarks.<name> ... --json <tmp>` in a fresh process, so one's threads and
 memory do not shape the next one's numbers. --quick: tiny sizes and one repeat (CI: do they run and write
 numbers?); otherwise each benchmark's documented defaults. The evaluation and codec benchmarks need a prepared
-run (`make demo`), vllm_forced_bench needs vllm and learner_bench needs TRL (`pip install -r requirements/bench.txt`,
+run (`make demo`), rollout_bench needs vllm and learner_bench needs TRL (`pip install -r requirements/bench.txt`,
 which `make bench` does); without them they are listed as skipped, with the reason.
 A failed benchmark is listed as failed and makes the exit status non-zero, after the rest have run.
 serve_latency (starts Ray Serve on a run of its own) and run_wall_time (reads logged runs) are run by hand.
@@ -74,12 +74,16 @@ def plan(args: argparse.Namespace) -> dict[str, tuple[list[str], str | None]]:
     benches = {
         "sampler_bench": (f"{TINY_LLAMA} --batch-size 4 --threads 1 --repeats 1 --forced" if q else "--forced", None),
         "train_step_bench": ("--batch 2 --length 32 --repeats 1" if q else "", None),
-        "vllm_forced_bench": (f"{TINY_LLAMA} --repeats 1" if q else "", no_vllm),
+        "rollout_bench": (f"{TINY_LLAMA} --repeats 1" if q else "", no_vllm),
         "learner_bench": (LEARNER_QUICK if q else "", no_trl),
         "codec_intelligibility": (f"--run-dir {run} --n {2 if q else 40}", unprepared),
         "iteration_profile": (f"--run-dir {run}", unaligned),
         "iteration_scaling": (
             f"--run-dir {run} --base {base}" + (" --sizes 4,8,12 --batch-size 4" if q else ""),
+            unprepared,
+        ),
+        "rollout_replicas": (
+            f"--run-dir {run} --base {base}" + (" --pairs 8 --batch-size 4" if q else ""),
             unprepared,
         ),
         "eval_bench": (

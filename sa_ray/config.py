@@ -329,6 +329,11 @@ class AlignConfig:
     iterations: int = setting(3, "loop iterations, one policy version each")
     base_model: str | None = setting(None, "base model directory (ar/ + nar/); null = <run_dir>/pretrain/model")
     backend: str = setting("auto", "rollout engine: vllm | torch | auto (vllm when installed, else the torch sampler)")
+    rollout_engines: int = setting(
+        1,
+        "rollout engine replicas, each its own actor with resources.rollout (a GPU each on a cluster, spread over the "
+        "nodes): every batch of requests is dealt out over them and sampled side by side",
+    )
     # pairs
     pairs: str = setting(
         "golden",
@@ -527,6 +532,7 @@ class AlignConfig:
             "prompts_per_iteration",
             "samples_per_prompt",
             "reward_workers",
+            "rollout_engines",
             "steps",
             "batch_size",
             "checkpoint_every",

@@ -52,6 +52,13 @@ class RolloutGuards:
             self.nll_sum -= logprob
             self.nll_tokens += scored
 
+    def __add__(self, other: RolloutGuards) -> RolloutGuards:
+        """Both sums: the guards of a version whose rollouts several engine replicas sampled."""
+        out = RolloutGuards()
+        for name in vars(out):
+            setattr(out, name, getattr(self, name) + getattr(other, name))
+        return out
+
     def stats(self) -> dict[str, float]:
         out = {}
         if self.samples:

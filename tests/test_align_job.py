@@ -72,7 +72,16 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(
     # vLLM: one iteration without the gap analysis (the loop's logic is the torch run's; what vLLM adds is the
     # rollout engine, and its adapter swaps are tests/test_vllm.py's and test_align.py's)
     vllm = ["align.iterations=1", "eval.gap_utterances=0"] if backend == "vllm" else []
-    argv, run_dir = _argv(prepared_tiny, tiny_base, tmp_path, f"align.backend={backend}", "align.replay=0.5", *vllm)
+    replicas = 1 if vllm else 2  # torch: two engine replicas, each batch of requests dealt out over both
+    argv, run_dir = _argv(
+        prepared_tiny,
+        tiny_base,
+        tmp_path,
+        f"align.backend={backend}",
+        "align.replay=0.5",
+        *vllm,
+        f"align.rollout_engines={replicas}",
+    )
     out = align.main(argv)
     records = out["records"]
     versions = [0, 1] if vllm else [0, 1, 2]
@@ -84,6 +93,7 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(
     assert records[1]["train_pairs"] == 6 and (vllm or records[2]["train_pairs"] == 6 + len(replayed))
     for r in records[1:]:
         assert r["pairs"] == 6 and 0 <= r["heldout_sentences_wer"] and r["rollout_tokens_per_s"] > 0
+        assert r["rollout_engines"] == replicas  # every replica sampled
         assert abs(r["dpo_loss"]) < 10 and 0 <= r["reward_acc"] <= 1
         # paired with the base's evaluation: the WER change and its interval
         assert (

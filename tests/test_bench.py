@@ -37,12 +37,12 @@ def all_finite_positive(values: list[float]) -> bool:
 
 
 def test_quick_run_writes_numbers_says_why_it_skipped_and_fails_on_a_failure(tmp_path):
-    # one run for all three (each benchmark is a fresh process: seconds of imports): vllm_forced_bench starts an
+    # one run for all three (each benchmark is a fresh process: seconds of imports): rollout_bench starts a vLLM
     # engine (~40-70 s here, left out), the sampler gets a setting torch refuses, the run dir does not exist
     code, benches = run_all(
         tmp_path,
         "--skip",
-        "vllm_forced_bench",
+        "rollout_bench",
         "--run-dir",
         str(tmp_path / "no-run"),
         "--args",
@@ -53,8 +53,8 @@ def test_quick_run_writes_numbers_says_why_it_skipped_and_fails_on_a_failure(tmp
     assert "thread" in benches["sampler_bench"]["reason"].lower()  # torch's own complaint, passed on
     train = measured(benches["train_step_bench"])
     assert all_finite_positive(train["s_per_step"]) and len(train["s_per_step"]) == 2  # fp32, bf16
-    assert "--skip" in benches["vllm_forced_bench"]["reason"]
-    for name in ("codec_intelligibility", "eval_bench", "iteration_scaling"):
+    assert "--skip" in benches["rollout_bench"]["reason"]
+    for name in ("codec_intelligibility", "eval_bench", "iteration_scaling", "rollout_replicas"):
         assert benches[name]["status"] == "skipped" and "no-run/data" in benches[name]["reason"]
     assert (
         benches["iteration_profile"]["status"] == "skipped" and "no-run/align" in benches["iteration_profile"]["reason"]

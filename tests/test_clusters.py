@@ -429,7 +429,7 @@ def _stages(cfg: Config) -> dict[str, list[tuple[RoleResources, int]]]:
         "prepare": [(r.tokenizer, cfg.prepare.encoders)],
         "pretrain": [(r.pretrain, cfg.pretrain.workers)],
         "align": [
-            (r.rollout, 1),
+            (r.rollout, cfg.align.rollout_engines),
             (r.reference, 1),
             (r.reward, reward),
             (r.evaluator, 1),

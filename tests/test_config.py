@@ -87,6 +87,7 @@ def test_a_reward_mix_on_the_command_line_stays_as_written(mix):
         ("serve.port=0", "serve.port must be in [1, 65535]"),
         ("eval.gap_utterances=2", "eval.gap_utterances must be 0 (off) or >= 4"),
         ("eval.seeds=0", "eval.utterances and eval.seeds must be >= 1"),
+        ("align.rollout_engines=0", "align.rollout_engines must be >= 1"),
         # the evaluation protocol moved under eval.*: the old key names the new one
         ("align.eval_utterances=80", "align.eval_utterances has moved to eval.utterances"),
         ("align.eval_seeds=2", "align.eval_seeds has moved to eval.seeds"),

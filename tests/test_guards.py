@@ -27,6 +27,25 @@ def test_rollout_duration_and_nll_per_token():
     )
 
 
+def test_replicas_tallies_merge_into_one_versions_stats():
+    """align.rollout_engines > 1: each replica's sums add up (its samples' guards, its tokens), and their rates add
+    up too, since the replicas sample side by side; a replica that sampled nothing counts for nothing."""
+    from actors.rollout import merged_stats
+
+    golden = [A, F, F, B, F, F, EOS]
+    one, two = RolloutGuards(), RolloutGuards()
+    one.add([A, F, F, F, B, F, F, F, EOS], golden, VOCAB, logprob=-18.0, scored=9)
+    two.add([A, F, B, F, EOS], golden, VOCAB, logprob=-3.0, scored=5)
+    two.add([A, F, F, B, F, F, EOS], golden, VOCAB)
+    both = one + two
+    assert both.stats() == pytest.approx({"rollout_duration_ratio": 1.0, "rollout_nll_per_token": 1.5})
+    assert one.stats()["rollout_nll_per_token"] == 2.0  # the sum is new: neither part changed
+    merged = merged_stats([(900, 3.0, one), (1000, 2.0, two), (0, 0.0, RolloutGuards())])
+    assert merged == pytest.approx(
+        {"rollout_tokens": 1900, "rollout_tokens_per_s": 300 + 500, "rollout_engines": 2, **both.stats()}
+    )
+
+
 @pytest.mark.parametrize(
     "ratio, previous, flagged",
     [
