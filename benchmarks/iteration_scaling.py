@@ -22,7 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-STAGES = ("rollout_seconds", "learn_seconds")
+from benchmarks import iteration_profile
+
+# the stages that grow with the pairs (the evaluation does not): their wall-time keys in a version's record
+STAGES = tuple(iteration_profile.STAGES[stage][0] for stage in ("rollout", "learn"))
 
 
 def run_size(run_dir: Path, base: str, size: int, batch: int, workdir: Path, overrides: list[str]) -> dict:
