@@ -31,10 +31,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cluster(monkeypatch, gpu_nodes: int):
-    """A head without resources, `gpu_nodes` nodes with 2 logical GPUs and gpu_node, one CPU node (cpu_node)."""
+@pytest.fixture(scope="module")
+def four_nodes():
+    """A head without resources, two nodes with 2 logical GPUs and gpu_node each, one CPU node (cpu_node): one
+    cluster for the module (the refusal test runs first: the placement test removes a node)."""
     from ray.cluster_utils import Cluster
 
+    monkeypatch = pytest.MonkeyPatch()
     dashboard = _free_port()
     # Ray Train asks the State API whether its controller lives: the workers must ask THIS cluster's dashboard,
     # not the machine's newest Ray instance (jobs._cli.start_local_ray says why)
@@ -51,18 +54,14 @@ def _cluster(monkeypatch, gpu_nodes: int):
         },
     )
     nodes = {"head": cluster.head_node}
-    for i in range(gpu_nodes):
-        nodes["gpu" + "2" * i] = cluster.add_node(num_cpus=2, num_gpus=2, resources={"gpu_node": 1})
+    for name in ("gpu", "gpu2"):
+        nodes[name] = cluster.add_node(num_cpus=2, num_gpus=2, resources={"gpu_node": 1})
     nodes["cpu"] = cluster.add_node(num_cpus=1, resources={"cpu_node": 1})
     try:
         yield cluster, nodes
     finally:
         cluster.shutdown()
-
-
-@pytest.fixture
-def four_nodes(monkeypatch):
-    yield from _cluster(monkeypatch, gpu_nodes=2)
+        monkeypatch.undo()
 
 
 def _placed(cluster, node_ids: dict[str, str]) -> dict[str, set[str]]:
@@ -71,6 +70,35 @@ def _placed(cluster, node_ids: dict[str, str]) -> dict[str, set[str]]:
     for actor in cluster.global_state.actor_table(None).values():
         placed.setdefault(actor["ActorClassName"], set()).add(actor["Address"]["NodeID"])
     return {cls: {n for n, i in node_ids.items() if i in ids} for cls, ids in placed.items()}
+
+
+def test_a_relative_run_dir_is_refused_on_a_multi_node_cluster(
+    four_nodes, prepared_in_process, base_in_process, tmp_path
+):
+    """Nodes read run_dir where the roles run: a path relative to one process's working directory is refused at
+    start-up, naming the rule (an absolute path is then checked from every node: the test above)."""
+    cluster, _ = four_nodes
+    cfg, argv, _ = prepared_in_process
+    copy_prepared(cfg.run_dir, tmp_path)  # tmp_path/run
+    job = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.align",
+            *argv,
+            "run_dir=run",
+            f"align.base_model={base_in_process}",
+            f"ray.address={cluster.address}",
+        ],
+        cwd=tmp_path,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert job.returncode == 2, job.stderr[-3000:]
+    assert "error: run_dir=run is relative: on a multi-node cluster it must be an absolute path" in job.stderr
+    assert "Traceback" not in job.stderr
 
 
 def test_each_role_runs_where_its_resources_say_and_the_learner_survives_losing_its_node(
@@ -130,32 +158,3 @@ def test_each_role_runs_where_its_resources_say_and_the_learner_survives_losing_
     for role in ("rollout", "reference"):
         assert f"{role} asked for" in said and "running on the CPU" in said, said[-4000:]
     assert "evaluator asked for" not in said
-
-
-def test_a_relative_run_dir_is_refused_on_a_multi_node_cluster(
-    four_nodes, prepared_in_process, base_in_process, tmp_path
-):
-    """Nodes read run_dir where the roles run: a path relative to one process's working directory is refused at
-    start-up, naming the rule (an absolute path is then checked from every node: the test above)."""
-    cluster, _ = four_nodes
-    cfg, argv, _ = prepared_in_process
-    copy_prepared(cfg.run_dir, tmp_path)  # tmp_path/run
-    job = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jobs.align",
-            *argv,
-            "run_dir=run",
-            f"align.base_model={base_in_process}",
-            f"ray.address={cluster.address}",
-        ],
-        cwd=tmp_path,
-        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert job.returncode == 2, job.stderr[-3000:]
-    assert "error: run_dir=run is relative: on a multi-node cluster it must be an absolute path" in job.stderr
-    assert "Traceback" not in job.stderr
