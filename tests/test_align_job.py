@@ -221,12 +221,11 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(
             )
 
 
-def test_killed_after_rollout_and_mid_learner_resubmitted_completes_with_the_expected_pairs(
+def test_killed_mid_learner_after_its_pairs_were_committed_resubmitted_completes_with_the_expected_pairs(
     prepared_tiny, tiny_base, tmp_path
 ):
-    """SIGKILLed (driver and its local cluster) once its pair set is committed, resubmitted, SIGKILLed again in the
-    middle of its learner, resubmitted: the pairs are never rolled out again, the learner goes on from its
-    checkpoint, and one MLflow run holds it all."""
+    """SIGKILLed (driver and its local cluster) in the middle of its learner, its pair set committed, resubmitted:
+    the pairs are never rolled out again, the learner goes on from its checkpoint, and one MLflow run holds it all."""
     argv, run_dir = _argv(
         prepared_tiny, tiny_base, tmp_path, "align.backend=torch", "align.iterations=1", "eval.gap_utterances=0"
     )
@@ -249,10 +248,9 @@ def test_killed_after_rollout_and_mid_learner_resubmitted_completes_with_the_exp
             os.killpg(proc.pid, signal.SIGKILL)  # ...and the job dies right then, driver and local cluster alike
             proc.wait()
 
-    kill_when(lambda: read_manifest(pairs0) is not None, "committing its pairs")
-    committed = read_manifest(pairs0)
     kill_when(lambda: any(learner0.glob("checkpoint_*")), "its learner's first checkpoint")
-    assert read_manifest(pairs0) == committed and not (run_dir / "align" / "adapters" / "v1").exists()
+    committed = read_manifest(pairs0)
+    assert committed is not None and not (run_dir / "align" / "adapters" / "v1").exists()
 
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
