@@ -41,6 +41,8 @@ from pathlib import Path
 import psutil
 import yaml
 
+from jobs._cli import LOCAL_RAY_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: `ray`, and the `python` a submitted job runs
 RAY = str(BIN / "ray")
@@ -161,6 +163,7 @@ def start_head(num_cpus: int = 2, timeout: float = 240, autoscaling: dict | None
         RAY_USAGE_STATS_ENABLED="0",
         RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="5",  # else a detached actor (Ray Data's) holds it 30 s
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        **LOCAL_RAY_ENV,  # Ray Train polls as on a job's local Ray
     )  # a job's `python` is this venv's
     extra = []
     if autoscaling is not None:
