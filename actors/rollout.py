@@ -1,8 +1,9 @@
 """RolloutEngine role: samples first-layer codes (and phones) with the current policy, base + adapter v.
 
 One engine per replica (vLLM, or the torch sampler; `align.rollout_engines` of them), created once per job;
-`load_adapter` switches the policy per iteration and PROVES it: the logprob of a fixed probe sequence must match the learner's value for that
-version, else `AdapterProbeError` stops the iteration (a stale adapter would silently poison the pairs).
+`load_adapter` switches the policy per iteration and PROVES it: the logprob of a fixed probe sequence must match the
+learner's value for that version, else `AdapterProbeError` stops the iteration (a stale adapter would silently poison
+the pairs).
 Beside tokens/s it keeps the version's length and entropy guards (`sa_ray.guards`): the samples' duration against
 their golden targets and their mean -log p per token, which the engine returns as it samples (`return_logprobs`).
 """

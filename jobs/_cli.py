@@ -13,13 +13,13 @@ from sa_ray.config import Config, ConfigError, describe_settings, load_config
 
 DEFAULT_CONFIG = "configs/tiny.yaml"
 VERBOSE = "SA_RAY_VERBOSE"
-# The workers of a local instance: no weight-loading bars, no deprecation notices, vLLM's errors only (its
-# warnings on CPU are about missing GPU-side optimisations).
 # Ray Train's controller looks at its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default) and waits that
 # long at each step of a run's start and end: a learner stage of the tests' align jobs took 20.6 s with it, 14.0 s at
 # 0.25 s (tests/test_align_job.py's grpo run, one each), for a few more RPCs a second. Every job's local Ray has it;
 # a cluster's jobs get it from their runtime environment (docs/cluster.md).
 LOCAL_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+# The workers of a local instance: no weight-loading bars, no deprecation notices, vLLM's errors only (its
+# warnings on CPU are about missing GPU-side optimisations).
 QUIET_WORKERS = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TRANSFORMERS_VERBOSITY": "error",

@@ -99,8 +99,8 @@ def setup(cfg: Config) -> Loop:
     from actors.pipeline import start_roles
 
     roles = start_roles(cfg, base_dir, made_from["base_fingerprint"])
-    engine = ray.get(roles["rollout"][0].describe.remote())
-    print(f"rollout engine: {engine}" + f" x {len(roles['rollout'])}" * (len(roles["rollout"]) > 1), flush=True)
+    engine, replicas = ray.get(roles["rollout"][0].describe.remote()), len(roles["rollout"])
+    print(f"rollout engine: {engine}" + (f" x {replicas}" if replicas > 1 else ""), flush=True)
     tags = {
         "sa_ray.method": cfg.align.method,
         "sa_ray.pairs": cfg.align.pairs,
