@@ -296,12 +296,20 @@ def start_roles(cfg, base_dir: Path, base_fingerprint: str | None = None) -> dic
     sampling = {"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p}
     # engine replicas spread over the nodes that have their resources (one per GPU node, as far as there are nodes)
     spread = {"scheduling_strategy": "SPREAD"} if a.rollout_engines > 1 else {}
-    engine_args = (a.backend, str(base_dir / "ar"), sampling, a.lora_rank, cfg.model.max_positions, a.seed)
+    engine_args = (
+        a.backend,
+        str(base_dir / "ar"),
+        sampling,
+        a.lora_rank,
+        cfg.model.max_positions,
+        a.seed,
+        a.forced_phones,
+    )
     roles = {
         "rollout": [
             ray.remote(RolloutEngine)
             .options(**actor_options(res.rollout, **spread))
-            .remote(*engine_args, a.forced_phones, resources=res.rollout, vllm=cfg.vllm)
+            .remote(*engine_args, resources=res.rollout, vllm=cfg.vllm)
             for _ in range(a.rollout_engines)
         ],
         "reference": ray.remote(ReferenceScorer)

@@ -148,9 +148,6 @@ class RolloutEngine(Metered):
         """The version's rollouts so far as sums: tokens, seconds spent sampling them, guards (`merged_stats`)."""
         return self.tokens, self.seconds, self.guards
 
-    def stats(self) -> dict[str, float]:
-        return merged_stats([self.tally()])
-
 
 def merged_stats(tallies: list[tuple[int, float, RolloutGuards]]) -> dict[str, float]:
     """A version's rollouts over its engine replicas' tallies: tokens, tokens/s (the replicas sample side by side:

@@ -19,24 +19,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import tempfile
 from pathlib import Path
 
 from benchmarks.iteration_scaling import run_size
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from jobs._cli import free_port
 
 
 def start_cluster(nodes: int, cpus: int):
     """A head without resources and `nodes` nodes with `cpus` CPUs and one `rollout_node` each."""
     from ray.cluster_utils import Cluster
 
-    dashboard = _free_port()
+    dashboard = free_port()
     # Ray Train asks the State API whether its controller lives: this cluster's dashboard, not the machine's newest
     # Ray instance (jobs._cli.start_local_ray says why); the nodes' processes inherit the variable
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard}"

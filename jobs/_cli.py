@@ -16,7 +16,7 @@ VERBOSE = "SA_RAY_VERBOSE"
 # Ray Train's controller looks at its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default) and waits that
 # long at each step of a run's start and end: a learner stage of the tests' align jobs took 20.6 s with it, 14.0 s at
 # 0.25 s (tests/test_align_job.py's grpo run, one each), for a few more RPCs a second. Every job's local Ray has it;
-# a cluster's jobs get it from their runtime environment (docs/cluster.md).
+# a cluster's jobs get it from their runtime environment (docs/cluster.md). A value the user exported wins.
 LOCAL_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
 # The workers of a local instance: no weight-loading bars, no deprecation notices, vLLM's errors only (its
 # warnings on CPU are about missing GPU-side optimisations).
@@ -156,6 +156,20 @@ def log_libraries_to(path: Path) -> None:
         logger.propagate = False
 
 
+def local_ray_env() -> dict[str, str]:
+    """LOCAL_RAY_ENV, each variable as the user exported it where they did."""
+    return {name: os.environ.get(name, value) for name, value in LOCAL_RAY_ENV.items()}
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_local_ray(num_cpus: int | None = None, env: dict[str, str] | None = None, **init):
     """A local Ray instance whose State API answers for it, and only for it.
 
@@ -166,14 +180,10 @@ def start_local_ray(num_cpus: int | None = None, env: dict[str, str] | None = No
     killing it (seen here: a pretrain run killed by a second `ray.init` on the machine). So the dashboard
     runs on a port picked here and every worker of this instance is told, by RAY_API_SERVER_ADDRESS, where it is.
     """
-    import socket
-
     import ray
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**LOCAL_RAY_ENV, **(env or {}), "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    port = free_port()
+    env = {**local_ray_env(), **(env or {}), "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
     return ray.init(
         num_cpus=num_cpus,
         include_dashboard=True,

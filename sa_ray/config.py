@@ -58,6 +58,14 @@ class CorpusConfig:
         "among corpus.voices; recorded corpora: speaker ids of the data)",
     )
     heldout_sentences: int = setting(80, "sentences never trained on, spoken by every voice")
+    heldout_start: int | None = setting(
+        None,
+        (
+            "synthetic: null = the held-out sentences are a seeded sample of the corpus's; N = the grammar's sentences "
+            "N, N+1, ... instead (at or after the align and extra ones): a fresh held-out set that no base or align run "
+            "of these sizes has seen, to confirm once a result first seen on the test split (evaluate with eval.split=all)"
+        ),
+    )
     align_sentences: int = setting(
         256,
         (
@@ -109,6 +117,13 @@ class CorpusConfig:
         )
         _require(self.align_sentences >= 0, "corpus.align_sentences must be >= 0")
         _require(self.extra_train_sentences >= 0, "corpus.extra_train_sentences must be >= 0")
+        first_free = self.n_sentences + self.align_sentences + self.extra_train_sentences
+        _require(
+            self.heldout_start is None or self.heldout_start >= first_free,
+            f"corpus.heldout_start must be null or >= {first_free} (n_sentences + align_sentences + "
+            f"extra_train_sentences: a fresh held-out sentence is none of this corpus's training or align text); "
+            f"got {self.heldout_start}",
+        )
         if self.kind == "synthetic":  # for recorded corpora heldout_voices are speaker ids of the data
             _require(len(self.voices) > 0, "corpus.voices must name at least one voice")
             unknown = sorted(set(self.heldout_voices) - set(self.voices))

@@ -41,7 +41,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from jobs._cli import LOCAL_RAY_ENV
+from jobs._cli import local_ray_env
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: `ray`, and the `python` a submitted job runs
@@ -163,7 +163,7 @@ def start_head(num_cpus: int = 2, timeout: float = 240, autoscaling: dict | None
         RAY_USAGE_STATS_ENABLED="0",
         RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="5",  # else a detached actor (Ray Data's) holds it 30 s
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        **LOCAL_RAY_ENV,  # Ray Train polls as on a job's local Ray
+        **local_ray_env(),  # Ray Train polls as on a job's local Ray
     )  # a job's `python` is this venv's
     extra = []
     if autoscaling is not None:

@@ -6,13 +6,13 @@ through the learner, the node its worker runs on is removed."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
+from jobs._cli import free_port
 from tests.conftest import REPO, align_command, copy_prepared
 
 pytestmark = pytest.mark.slow
@@ -25,12 +25,6 @@ ROLES = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def four_nodes():
     """A head without resources, two nodes with 2 logical GPUs and gpu_node each, one CPU node (cpu_node): one
@@ -38,7 +32,7 @@ def four_nodes():
     from ray.cluster_utils import Cluster
 
     monkeypatch = pytest.MonkeyPatch()
-    dashboard = _free_port()
+    dashboard = free_port()
     # Ray Train asks the State API whether its controller lives: the workers must ask THIS cluster's dashboard,
     # not the machine's newest Ray instance (jobs._cli.start_local_ray says why)
     monkeypatch.setenv("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{dashboard}")
@@ -47,7 +41,7 @@ def four_nodes():
         initialize_head=True,
         head_node_args={
             "num_cpus": 0,
-            "gcs_server_port": _free_port(),
+            "gcs_server_port": free_port(),
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
             "dashboard_port": dashboard,

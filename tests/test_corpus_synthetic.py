@@ -83,6 +83,20 @@ def test_extra_train_sentences_add_training_utterances_and_move_nothing_else(tmp
     assert not {t for _, _, t, _ in added} & texts  # new sentences, not new takes of old ones
 
 
+def test_a_fresh_heldout_set_is_sentences_after_every_training_and_align_one(tmp_path):
+    cfg, fresh = _cfg(tmp_path), _cfg(tmp_path, heldout_start=40)
+    assert heldout_sentence_ids(fresh) == set(range(40, 45))
+    plan, texts = plan_synthetic_corpus(fresh), make_sentences(45, cfg.seed)
+    spoken = {(v.speaker, i) for v, i, *_ in plan}
+    # every voice speaks the fresh sentences (the held-out voice nothing else); the corpus's own 30 all train
+    assert {i for s, i in spoken if s == "mbrola-en1"} == set(range(40, 45))
+    assert {i for s, i in spoken if s == "mbrola-us1"} == set(range(34)) | set(range(40, 45))
+    assert all(t == texts[i] for _, i, t, _ in plan)
+    assert align_sentence_ids(fresh) == align_sentence_ids(cfg)  # the align pool does not move
+    with pytest.raises(ValueError, match=r"corpus.heldout_start must be null or >= 34"):
+        _cfg(tmp_path, heldout_start=33)
+
+
 def test_sampling_and_slicing_keep_every_voice(tmp_path):
     sampled = plan_synthetic_corpus(_cfg(tmp_path, utterances_per_voice=10))
     # 10 sampled training sentences + the 5 held-out and the 4 align ones for each training voice

@@ -77,7 +77,7 @@ def test_rollout_guards_from_the_sampled_logprobs_equal_a_second_scoring_pass(tm
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from actors.rollout import RolloutEngine
+    from actors.rollout import RolloutEngine, merged_stats
     from sa_ray.models.ar import save_ar
 
     vocab = Vocab(tuple("abcdef"), codebook_size=16, aligned=True)
@@ -118,7 +118,7 @@ def test_rollout_guards_from_the_sampled_logprobs_equal_a_second_scoring_pass(tm
     before = RolloutGuards()
     for i, (row, sample) in enumerate(zip(rows, samples)):
         before.add(sample, row["chosen_ids"], vocab, scored.get(i), len(sample))
-    stats = engine.stats()
+    stats = merged_stats([engine.tally()])
     assert stats["rollout_tokens"] == sum(map(len, samples))
     tolerance = 1e-5 if backend == "torch" else 1e-3  # vLLM's decode vs prefill kernels, as tests/test_vllm.py
     assert {k: stats[k] for k in before.stats()} == pytest.approx(before.stats(), abs=tolerance)

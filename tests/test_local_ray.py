@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from jobs._cli import LOCAL_RAY_ENV, local_ray_env
+
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
 
 _JOB = """
 import ray
@@ -48,6 +49,15 @@ sys.stdin.read()  # until the test closes it
 """
 
 
+def test_a_local_ray_takes_the_users_exported_settings_over_its_own(monkeypatch):
+    for name, value in LOCAL_RAY_ENV.items():
+        monkeypatch.delenv(name, raising=False)
+        assert local_ray_env()[name] == value
+        monkeypatch.setenv(name, "2")
+        assert local_ray_env()[name] == "2"
+
+
+@pytest.mark.slow
 def test_the_state_api_of_a_jobs_ray_is_its_own(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     other = subprocess.Popen(

@@ -41,7 +41,10 @@ class Planned(NamedTuple):
 
 
 def heldout_sentence_ids(cfg: CorpusConfig) -> set[int]:
-    """Seeded choice of the sentence indices no model trains on."""
+    """The sentence indices no model trains on: a seeded choice among the corpus's, or the grammar's sentences
+    from `heldout_start` on (a fresh set, after every training and align sentence)."""
+    if cfg.heldout_start is not None:
+        return set(range(cfg.heldout_start, cfg.heldout_start + cfg.heldout_sentences))
     return set(random.Random(cfg.seed + 1).sample(range(cfg.n_sentences), cfg.heldout_sentences))
 
 
@@ -56,9 +59,16 @@ def extra_train_sentence_ids(cfg: CorpusConfig) -> range:
     return range(start, start + cfg.extra_train_sentences)
 
 
+def corpus_sentences(cfg: CorpusConfig) -> list[str]:
+    """The grammar's sentences up to the last one the corpus speaks (indexed by sentence id)."""
+    return make_sentences(
+        max([extra_train_sentence_ids(cfg).stop, *(i + 1 for i in heldout_sentence_ids(cfg))]), cfg.seed
+    )
+
+
 def plan_synthetic_corpus(cfg: CorpusConfig) -> list[Planned]:
     """(voice, sentence index, text, rendition) for every utterance of the corpus, in a fixed order."""
-    sentences = make_sentences(extra_train_sentence_ids(cfg).stop, cfg.seed)
+    sentences = corpus_sentences(cfg)
     heldout = heldout_sentence_ids(cfg)
     train_ids = [i for i in range(cfg.n_sentences) if i not in heldout] + list(extra_train_sentence_ids(cfg))
     plan = []

@@ -65,10 +65,14 @@ def load_corpus(corpus: CorpusConfig, progress: bool = True) -> tuple[list[Utter
     """Every utterance of the configured corpus (built first when synthetic) and the normalised texts
     reserved for the `heldout_sentences` and `align` splits."""
     if corpus.kind == "synthetic":
-        from sa_ray.corpus.sentences import make_sentences
-        from sa_ray.corpus.synthetic import align_sentence_ids, build_synthetic_corpus, heldout_sentence_ids
+        from sa_ray.corpus.synthetic import (
+            align_sentence_ids,
+            build_synthetic_corpus,
+            corpus_sentences,
+            heldout_sentence_ids,
+        )
 
-        sentences = make_sentences(corpus.n_sentences + corpus.align_sentences, corpus.seed)
+        sentences = corpus_sentences(corpus)
         reserved = {
             "heldout_sentences": {normalize_text(sentences[i]) for i in heldout_sentence_ids(corpus)},
             "align": {normalize_text(sentences[i]) for i in align_sentence_ids(corpus)},
