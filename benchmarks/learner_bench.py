@@ -10,7 +10,8 @@
 One process, one thread count (--threads, default every usable CPU), one AR model (a random-initialised Llama with
 the shipped config, or --hidden/--layers/--heads/--intermediate), one set of pairs, and per repeat, interleaved:
 - `sa-ray`: `sa_ray.dpo.DPOLearner.train_step`, the step the Ray Train worker (actors/learner.py `learn_loop`) runs,
-  called in-process without Ray: one concatenated chosen+rejected forward of base+LoRA, the DPO loss on reference
+  called in-process without Ray: the prompts through base+LoRA once, chosen and rejected on their keys and values
+  (`sa_ray.losses.shared_prompt_logprobs`), the DPO loss on reference
   logprobs that came with the pairs, backward, clip, AdamW. The reference logprobs are computed beforehand by the
   ReferenceScorer role's own `score` (actors/reference.py), timed separately (`ref_pairs_per_s`).
 - `trl`: TRL's DPOTrainer (`trainer.train()`), reference log-probs on the fly: its extra no-grad forward of the
@@ -27,8 +28,9 @@ LoRA (rank, alpha, targets, dropout 0: AlignConfig's defaults through `sa_ray.lo
 (dpo = TRL's `sigmoid`, AlignConfig's beta), optimiser (torch AdamW, non-fused, betas (0.9, 0.95), no weight decay,
 lr, warmup steps, clipping at grad_clip), float32 (TRL's default bf16 and gradient checkpointing are turned off), no
 truncation, no evaluation, no logging, no checkpoints, no dataloader workers. Not aligned (TRL's own choices): TRL
-scores only the completion positions through its fused LM head, in tiles (sa-ray's `token_logprobs` computes the full
-log-softmax at every position, prompt included); TRL computes entropy, mean-logit and top-1 metrics each step; the
+scores only the completion positions through its fused LM head, in tiles (sa-ray scores them through a full
+log-softmax; a prompt's positions skip the LM head in both); TRL puts the prompt through the model once per side, sa-ray
+once per pair; TRL computes entropy, mean-logit and top-1 metrics each step; the
 learning-rate schedule (TRL's cosine ends at 0, sa-ray's warmup_cosine at 10%: no speed difference).
 
 Measured: seconds per optimiser step, each `--steps` steps after `--warmup` untimed ones per repeat (each repeat
@@ -39,7 +41,8 @@ shared machine whose load drifts, the paired ratio is the number to compare. The
 `seconds.init`: building the learner or trainer (TRL's: tokenizing the pairs and, with precompute, its first pass).
 
 FLOP/s of the sa-ray step: model FLOPs of its forward + backward, by formula, over the real (unpadded) tokens of
-each timed batch. Per token: forward 2 P_dense (the frozen linear weights: q, k, v, o, gate, up, down of every layer
+each timed batch: each prompt once, each side but its last token (`step_tokens`), a prompt's positions but its last
+without the LM head. Per token: forward 2 P_dense (the frozen linear weights: q, k, v, o, gate, up, down of every layer
 and the LM head) + 2 P_lora (each adapter's r x (in + out)) + attention 4 ctx d_attn per layer (QK^T and AV over the
 causal context ctx = position + 1, d_attn = heads x head dim). Backward with a frozen base: activation gradients
 only, 2 P_dense (no weight gradients for the base: not 6 x params), 4 P_lora (input and A/B gradients), 2 x the
@@ -131,31 +134,42 @@ def make_pairs(args: argparse.Namespace, vocab: Vocab, n: int) -> list[dict]:
 # --------------------------------------------------------------------------------------------------------- FLOPs
 
 
-def linear_flops_per_token(model: torch.nn.Module) -> tuple[int, int, int]:
-    """(forward + backward FLOPs of the linear layers per token, P_dense, P_lora): 4 P_dense + 6 P_lora - 2 P_0, with
-    P_dense the frozen linear weights the tokens go through (LM head included, embeddings not), P_lora the adapters'
-    A and B elements, and P_0 layer 0's q, k, v weights and their A matrices, whose input (the normed output of the
-    frozen embeddings) needs no gradient, so autograd skips those products."""
-    dense = lora = skipped = 0
+def linear_flops_per_token(model: torch.nn.Module) -> tuple[int, int, int, int]:
+    """(forward + backward FLOPs of the linear layers per token, of those the LM head's, P_dense, P_lora): 4 P_dense +
+    6 P_lora - 2 P_0, with P_dense the frozen linear weights the tokens go through (LM head included, embeddings
+    not), P_lora the adapters' A and B elements, and P_0 layer 0's q, k, v weights and their A matrices, whose input
+    (the normed output of the frozen embeddings) needs no gradient, so autograd skips those products. The LM head's
+    share (4 x its weights) is what a prompt position skips: only a prompt's last position is scored."""
+    dense = lora = skipped = head = 0
     for name, p in model.named_parameters():
         if "lora_" in name:
             lora += p.numel()
         elif p.dim() == 2 and "embed_tokens" not in name:
             dense += p.numel()
+            head += p.numel() if "lm_head" in name else 0
         first = any(f"layers.0.self_attn.{m}_proj." in name for m in "qkv")
         if first and p.dim() == 2 and "lora_B" not in name:
             skipped += p.numel()
-    return 4 * dense + 6 * lora - 2 * skipped, dense, lora
+    return 4 * dense + 6 * lora - 2 * skipped, 4 * head, dense, lora
 
 
-def step_flops(batch: list[dict], linear: int, layers: int, d_attn: int) -> float:
+def step_tokens(pair: dict) -> tuple[int, list[int]]:
+    """What one pair puts through the model in a learner step (`sa_ray.losses.shared_prompt_logprobs`): its prompt
+    once, and each side but its last token (token t predicts token t + 1; the prompt's last position predicts
+    token 0)."""
+    return len(pair["prompt_ids"]), [len(pair["chosen_ids"]) - 1, len(pair["rejected_ids"]) - 1]
+
+
+def step_flops(batch: list[dict], linear: int, head: int, layers: int, d_attn: int) -> float:
     """Model FLOPs of one LoRA training step's forward + backward over the batch's real (unpadded) tokens: the
-    linear layers' per token, and attention's 3 x 4 x ctx x d_attn per layer and token (the module docstring)."""
+    linear layers' per token (a prompt's positions but its last without the LM head), and attention's
+    3 x 4 x ctx x d_attn per layer and token, ctx the causal context (the module docstring)."""
     total = 0.0
     for p in batch:
-        for cont in (p["chosen_ids"], p["rejected_ids"]):
-            t = len(p["prompt_ids"]) + len(cont)
-            total += t * linear + 12 * layers * d_attn * t * (t + 1) / 2  # the causal contexts sum to t(t+1)/2
+        prompt, sides = step_tokens(p)
+        total += prompt * (linear - head) + head + 12 * layers * d_attn * prompt * (prompt + 1) / 2
+        for m in sides:  # contexts prompt + 1 ... prompt + m
+            total += m * linear + 12 * layers * d_attn * (m * prompt + m * (m + 1) / 2)
     return total
 
 
@@ -360,21 +374,26 @@ def measure(args: argparse.Namespace, methods: list[str], tmp: Path) -> list[dic
     batches = [learner.next_batch() for _ in range(steps_per_repeat)]  # the learner's own draw order ...
     learner.epoch, learner.position = 0, 0  # ... which every repeat replays
     ordered = [p for b in batches for p in b]
-    linear, dense, lora = linear_flops_per_token(learner.model)
+    linear, head, dense, lora = linear_flops_per_token(learner.model)
     d_attn = hf.num_attention_heads * (getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads)
     timed = batches[args.warmup :]
-    flops = [step_flops(b, linear, hf.num_hidden_layers, d_attn) for b in timed]
-    real = [sum(2 * len(p["prompt_ids"]) + len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in b) for b in timed]
-    padded = [  # the learner packs its chosen and rejected rows into one [2 x batch, longest] tensor
-        2 * len(b) * max(len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in b)
+    flops = [step_flops(b, linear, head, hf.num_hidden_layers, d_attn) for b in timed]
+    real = [sum(prompt + sum(sides) for prompt, sides in map(step_tokens, b)) for b in timed]
+    # as the learner pads them: the prompts [batch, longest prompt], the sides [2 x batch, longest side - 1]
+    padded = [
+        (len(b) * max(p for p, _ in map(step_tokens, b)), 2 * len(b) * max(max(s) for _, s in map(step_tokens, b)))
         for b in timed
     ]
-    linear_check = counted_linear_flops(learner, timed[0]) / (padded[0] * linear)
+    prompts, sides = padded[0]
+    linear_check = counted_linear_flops(learner, timed[0]) / (
+        prompts * (linear - head) + len(timed[0]) * head + sides * linear
+    )
+    padded = [sum(p) for p in padded]
     print(
         f"AR model: hidden {hf.hidden_size}, {hf.num_hidden_layers} layers, {hf.num_attention_heads} heads, "
         f"MLP {hf.intermediate_size}, vocab {hf.vocab_size}: P_dense {dense / 1e6:.2f} M, P_lora {lora / 1e6:.3f} M, "
         f"{statistics.mean(flops) / 1e9:.1f} GFLOP per step; {len(pairs)} pairs, batch {cfg.batch_size}, "
-        f"{sum(real) / len(real) / cfg.batch_size / 2:.0f} tokens per sequence, {1 - sum(real) / sum(padded):.0%} "
+        f"{sum(real) / len(real) / cfg.batch_size:.0f} tokens per pair, {1 - sum(real) / sum(padded):.0%} "
         f"padding; torch's count of the linear FLOPs / the formula's: {linear_check:.4f}; "
         f"{torch.get_num_threads()} threads",
         flush=True,

@@ -3,8 +3,8 @@
 The policy is base + LoRA; it starts from the adapter that produced the iteration's rejected samples (a
 fresh, zero adapter at iteration 0), which is also the iteration's reference, so step 0 has policy ==
 reference. Reference logprobs come precomputed with each pair (the ReferenceScorer used `pair_logprobs`,
-as the learner does): the learner never holds a reference model. Chosen and rejected sequences of a batch
-go through ONE concatenated forward. The checkpoint holds adapter, optimiser, scheduler, RNG and data
+as the learner does): the learner never holds a reference model. A batch's prompts run once, and its chosen
+and rejected sequences together on their keys and values (`shared_prompt_logprobs`). The checkpoint holds adapter, optimiser, scheduler, RNG and data
 position: a resumed run reproduces the uninterrupted one step for step.
 
 Workers. `align.batch_size` is the pairs of one optimiser step, whatever the number of workers: every
@@ -33,7 +33,7 @@ from sa_ray import lora
 from sa_ray.checkpoint import load_state, save_state
 from sa_ray.config import AlignConfig
 from sa_ray.engines.deepspeed_engine import make_stepper
-from sa_ray.losses import PER_TOKEN_METHODS, pack, preference_loss, sequence_logprobs, token_logprobs
+from sa_ray.losses import PER_TOKEN_METHODS, pack, preference_loss, sequence_logprobs, shared_prompt_logprobs
 from sa_ray.metrics.phones import wrong_phone_positions
 from sa_ray.models.ar import IGNORE, load_ar
 from sa_ray.models.vocab import EOS, Vocab
@@ -56,8 +56,8 @@ class MarginTokens:
         self.phone_ids = torch.tensor([*vocab.text_id_range, EOS])
 
     def mask(self, pairs: list[dict], labels: torch.Tensor) -> torch.Tensor | None:
-        """Which label positions count, for the chosen rows then the rejected rows of `pair_logprobs`'s pack
-        ([2n, T]); None: all of them."""
+        """Which label positions count, for the chosen rows then the rejected rows of `pair_logprobs`'s labels
+        ([2n, T], column j the continuation's token j); None: all of them."""
         if self.tokens == "all":
             return None
         n = len(pairs)
@@ -67,10 +67,9 @@ class MarginTokens:
         if self.tokens == "errors":
             keep[n:] = False
             for i, p in enumerate(pairs):
-                start = len(p["prompt_ids"]) - 1  # labels are shifted by one: target token j scores at start + j
                 text = self.vocab.prompt_text_ids(p["prompt_ids"])
                 wrong = wrong_phone_positions(p["rejected_ids"], text, self.vocab)
-                keep[n + i, torch.tensor([start + j for j in wrong], dtype=torch.long)] = True
+                keep[n + i, torch.tensor(wrong, dtype=torch.long)] = True  # column j: the continuation's token j
         return keep
 
 
@@ -84,12 +83,13 @@ def pair_logprobs(
     """Chosen [B] and rejected [B] logprobs summed over their target tokens (over those `margin` counts when
     given), and the mean logprob per token over ALL tokens of each pair's chosen (or, with
     `nll_target="golden"`, its golden target): rpo's NLL. With `counts`, also how many tokens each chosen and
-    rejected sum is over (`align.length_normalize` divides by them). One forward."""
+    rejected sum is over (`align.length_normalize` divides by them). Each prompt runs once for all its sides
+    (`shared_prompt_logprobs`)."""
     n = len(pairs)
-    conts = [p["chosen_ids"] for p in pairs] + [p["rejected_ids"] for p in pairs]
-    if nll_target == "golden":
-        conts += [p["golden_ids"] for p in pairs]
-    token_lp, labels, _ = token_logprobs(model, pack([p["prompt_ids"] for p in pairs] * (len(conts) // n), conts))
+    sides = ["chosen_ids", "rejected_ids"] + (["golden_ids"] if nll_target == "golden" else [])
+    token_lp, labels = shared_prompt_logprobs(
+        model, [p["prompt_ids"] for p in pairs], [[p[side] for p in pairs] for side in sides]
+    )
     mask = None if margin is None else margin.mask(pairs, labels)
     logp = (token_lp[: 2 * n] if mask is None else token_lp[: 2 * n] * mask).sum(-1)
     nll_rows = slice(2 * n, 3 * n) if nll_target == "golden" else slice(0, n)

@@ -69,6 +69,51 @@ def token_logprobs(
     return token_lp * (labels != IGNORE), labels, logits
 
 
+def shared_prompt_logprobs(
+    model: torch.nn.Module, prompts: list[list[int]], continuations: list[list[list[int]]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_logprobs` of k continuations of each of n prompts, each prompt through the model ONCE.
+
+    `continuations` holds k lists of n (continuation j of prompt i is `continuations[j][i]`: a pair's chosen, its
+    rejected, ...). Each prompt (left-padded, so every one ends at the last column) runs once; its keys and values
+    are then repeated for its k continuations, which run on them (right-padded, positions going on from their
+    prompt's length). A speech prompt (text and a 3 s voice prompt) is about as long as the speech it asks for, so
+    `pack`ing prompt + continuation k times computes the prompt k times: for a pair, a quarter of the tokens. Same
+    values as `token_logprobs(model, pack(prompts * k, <the continuations in order>))`, up to float rounding, in
+    continuation coordinates: rows j*n + i, column t scores token t of the continuation ([k*n, C]; 0 and IGNORE
+    past a row's end). Returns (logprobs, labels)."""
+    device = next(model.parameters()).device
+    n, k = len(prompts), len(continuations)
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros((n, width), dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :], mask[i, width - len(p) :] = torch.as_tensor(p), 1
+    ids, mask = ids.to(device), mask.to(device)
+    first = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), logits_to_keep=1)
+    cache = first.past_key_values
+    cache.batch_repeat_interleave(k)  # row i*k + j: prompt i's keys and values for its continuation j
+    rows = [continuations[j][i] for i in range(n) for j in range(k)]
+    length = max(1, max(len(c) for c in rows))
+    labels = torch.full((n * k, length), IGNORE, dtype=torch.long)
+    for r, c in enumerate(rows):
+        labels[r, : len(c)] = torch.as_tensor(c, dtype=torch.long)
+    labels = labels.to(device)
+    logits = first.logits[:, -1:].repeat_interleave(k, 0)  # the prompt's last position predicts token 0
+    if length > 1:  # token t + 1 is predicted at token t
+        positions = mask.sum(-1).repeat_interleave(k)[:, None] + torch.arange(length - 1, device=device)
+        rest = model(
+            input_ids=labels[:, :-1].clamp(min=0),
+            attention_mask=torch.cat([mask.repeat_interleave(k, 0), (labels[:, :-1] != IGNORE).long()], 1),
+            position_ids=positions,
+            past_key_values=cache,
+        ).logits
+        logits = torch.cat([logits, rest], 1)
+    token_lp = torch.gather(F.log_softmax(logits.float(), dim=-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    order = torch.tensor([i * k + j for j in range(k) for i in range(n)], device=device)  # back to rows j*n + i
+    return (token_lp * (labels != IGNORE))[order], labels[order]
+
+
 def sequence_logprobs(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], hits: bool = False
 ) -> tuple[torch.Tensor, ...]:

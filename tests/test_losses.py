@@ -284,3 +284,47 @@ def test_the_learner_gives_ipo_and_simpo_per_token_means_whatever_length_normali
         want = float(-torch.nn.functional.logsigmoid(beta * (mean_c - mean_r) - gamma).mean())
         assert steps[False]["chosen_reward"] == pytest.approx(beta * float(mean_c.mean()), rel=1e-5)
     assert steps[False]["dpo_loss"] == pytest.approx(want, rel=1e-5)
+
+
+def test_a_prompt_run_once_for_all_its_continuations_gives_what_packing_gives(tmp_path):
+    """`shared_prompt_logprobs` against `token_logprobs` on the packed sequences: values and gradients, through a
+    LoRA adapter as the learner has, with prompts of several lengths and an empty continuation."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sa_ray.losses import pack, shared_prompt_logprobs, token_logprobs
+    from sa_ray.models.ar import IGNORE
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+    )
+    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    for name, p in model.named_parameters():  # a trained adapter: B is zero when LoRA starts
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    rng = torch.Generator().manual_seed(1)
+
+    def seq(n: int) -> list[int]:
+        return torch.randint(1, 97, (n,), generator=rng).tolist()
+
+    prompts = [seq(5), seq(11), seq(8)]
+    sides = [[seq(7), seq(3), seq(9)], [seq(4), [], seq(12)], [seq(6), seq(6), seq(1)]]  # chosen, rejected, golden
+
+    packed_lp, packed_labels, _ = token_logprobs(model, pack(prompts * 3, [c for side in sides for c in side]))
+    shared_lp, labels = shared_prompt_logprobs(model, prompts, sides)
+    for row, cont in enumerate(c for side in sides for c in side):
+        start = len(prompts[row % 3]) - 1  # where `pack`'s shifted labels put token 0
+        assert labels[row, : len(cont)].tolist() == cont == packed_labels[row, start : start + len(cont)].tolist()
+        assert (labels[row, len(cont) :] == IGNORE).all()
+        assert torch.allclose(shared_lp[row, : len(cont)], packed_lp[row, start : start + len(cont)], atol=1e-5)
+    assert torch.allclose(shared_lp.sum(-1), packed_lp.sum(-1), atol=1e-5)
+
+    def grads(total: torch.Tensor) -> list[torch.Tensor]:
+        model.zero_grad()
+        (total * torch.arange(1, 10)).sum().backward()  # a weight per row: each row's gradient counts apart
+        return [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    packed_grads = grads(token_logprobs(model, pack(prompts * 3, [c for side in sides for c in side]))[0].sum(-1))
+    shared_grads = grads(shared_prompt_logprobs(model, prompts, sides)[0].sum(-1))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(packed_grads, shared_grads))
