@@ -8,7 +8,7 @@ ARGS ?=
 BASE ?= checkpoints/base
 BASE_STEPS ?= 2500
 
-.PHONY: install lock lint format demo test test-fast prepare pretrain pretrain-base pretrain-base-big align arms compare-methods serve bench clean
+.PHONY: install lock lint format demo test test-fast prepare pretrain pretrain-base pretrain-base-big align arms arms-test compare-methods serve bench clean
 
 $(STAMP): pyproject.toml requirements/*.txt scripts/install.sh scripts/install-system.sh
 	bash scripts/install.sh
@@ -52,6 +52,9 @@ arms: install  ## after `make demo`: the evidence arms side by side, one iterati
 	bash scripts/arms.sh $(ARGS)
 
 METHODS ?= sft dpo cdpo ipo rpo simpo coh grpo ppo
+arms-test: install  ## after `make arms` and the more-prompts arms: docs/results.md's test table (each arm evaluated on test once; scripts/test_table.sh)
+	bash scripts/test_table.sh
+
 compare-methods: install  ## after `make demo`: every method, one iteration each from the same base and budget, side by side on dev (table + plots)
 	OUT=runs/methods PREFIX=method ARMS="$(METHODS)" bash scripts/arms.sh $(ARGS)
 	$(PY) -m jobs.compare --config $(CONFIG) --runs "$(shell echo $(addprefix align-method-,$(METHODS)) | tr ' ' ,)" \
