@@ -1,8 +1,9 @@
 """Sequence log-probabilities and the preference losses of the align loop (DPO and its relatives).
 
-`token_logprobs` (summed per row by `sequence_logprobs`) is THE function behind every logprob of the loop:
-the learner's policy terms, the ReferenceScorer's reference terms and the adapter probe all call it, so at
-step 0 of an iteration (policy == reference) the DPO loss is exactly ln 2 and the margins are 0.
+One function behind each kind of logprob of the loop: `shared_prompt_logprobs` for the learner's policy terms and the
+ReferenceScorer's reference terms (so at step 0 of an iteration, policy == reference, the DPO loss is exactly ln 2
+and the margins are 0), `token_logprobs` (summed per row by `sequence_logprobs`) for the adapter probe, the sample
+scorers and everything else; the two agree to float rounding (tests/test_losses.py).
 
 Losses (Rafailov et al. 2023 and the variants the SpeechAlign paper compares), with
 h = beta * [(pi_c - ref_c) - (pi_r - ref_r)] the scaled log-ratio margin:

@@ -16,6 +16,9 @@ ARMS=${ARMS:-"runs/arms/dev/sft runs/arms/dev/rpo-sftdom runs/arms/dev/corr-dpo 
                runs/arms-more/dev/sft runs/arms-more/dev/rpo"}
 TEST=(--base checkpoints/base --no-ceiling run_dir="$RUN_DIR" eval.split=test eval.utterances=120
       eval.gap_utterances=0 eval.temperature=0.4)
+for arm in $ARMS; do
+  [ -d "$arm/align/adapters/v1" ] || { echo "no adapter $arm/align/adapters/v1: train the arm first (make arms)" >&2; exit 2; }
+done
 mkdir -p "$OUT"
 records=()
 evaluate() {  # evaluate <out file> [--adapter <dir>]
@@ -26,7 +29,6 @@ evaluate() {  # evaluate <out file> [--adapter <dir>]
 }
 evaluate "$OUT/base.json"
 for arm in $ARMS; do
-  [ -d "$arm/align/adapters/v1" ] || { echo "no adapter $arm/align/adapters/v1: train the arm first (make arms)" >&2; exit 2; }
   name=${arm#runs/}
   evaluate "$OUT/${name//\//-}.json" --adapter "$arm/align/adapters/v1"
 done
