@@ -4,8 +4,8 @@ The policy is base + LoRA; it starts from the adapter that produced the iteratio
 fresh, zero adapter at iteration 0), which is also the iteration's reference, so step 0 has policy ==
 reference. Reference logprobs come precomputed with each pair (the ReferenceScorer used `pair_logprobs`,
 as the learner does): the learner never holds a reference model. A batch's prompts run once, and its chosen
-and rejected sequences together on their keys and values (`shared_prompt_logprobs`). The checkpoint holds adapter, optimiser, scheduler, RNG and data
-position: a resumed run reproduces the uninterrupted one step for step.
+and rejected sequences together on their keys and values (`shared_prompt_logprobs`). The checkpoint holds
+adapter, optimiser, scheduler, RNG and data position: a resumed run reproduces the uninterrupted one step for step.
 
 Workers. `align.batch_size` is the pairs of one optimiser step, whatever the number of workers: every
 worker holds ALL pairs and draws the same order (seeded by seed and epoch, not rank); a step takes the next
