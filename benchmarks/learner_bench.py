@@ -378,17 +378,15 @@ def measure(args: argparse.Namespace, methods: list[str], tmp: Path) -> list[dic
     d_attn = hf.num_attention_heads * (getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads)
     timed = batches[args.warmup :]
     flops = [step_flops(b, linear, head, hf.num_hidden_layers, d_attn) for b in timed]
-    real = [sum(prompt + sum(sides) for prompt, sides in map(step_tokens, b)) for b in timed]
+    tokens = [[step_tokens(p) for p in b] for b in timed]
+    real = [sum(prompt + sum(sides) for prompt, sides in t) for t in tokens]
     # as the learner pads them: the prompts [batch, longest prompt], the sides [2 x batch, longest side - 1]
-    padded = [
-        (len(b) * max(p for p, _ in map(step_tokens, b)), 2 * len(b) * max(max(s) for _, s in map(step_tokens, b)))
-        for b in timed
-    ]
-    prompts, sides = padded[0]
+    padded_prompts = [len(t) * max(prompt for prompt, _ in t) for t in tokens]
+    padded_sides = [2 * len(t) * max(max(sides) for _, sides in t) for t in tokens]
     linear_check = counted_linear_flops(learner, timed[0]) / (
-        prompts * (linear - head) + len(timed[0]) * head + sides * linear
+        padded_prompts[0] * (linear - head) + len(timed[0]) * head + padded_sides[0] * linear
     )
-    padded = [sum(p) for p in padded]
+    padded = [a + b for a, b in zip(padded_prompts, padded_sides)]
     print(
         f"AR model: hidden {hf.hidden_size}, {hf.num_hidden_layers} layers, {hf.num_attention_heads} heads, "
         f"MLP {hf.intermediate_size}, vocab {hf.vocab_size}: P_dense {dense / 1e6:.2f} M, P_lora {lora / 1e6:.3f} M, "

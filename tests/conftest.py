@@ -22,12 +22,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub at test time: every model
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TQDM_MININTERVAL", "5")
 
-from jobs._cli import LOCAL_RAY_ENV  # noqa: E402
+from jobs._cli import local_ray_env  # noqa: E402
 from sa_ray.config import Config  # noqa: E402
 
 # the Ray clusters the tests make themselves (multi-node, autoscaler, `ray start` heads) poll as a job's local Ray does
-for _name, _value in LOCAL_RAY_ENV.items():
-    os.environ.setdefault(_name, _value)
+os.environ.update(local_ray_env())
 
 REPO = Path(__file__).resolve().parents[1]
 
