@@ -412,8 +412,12 @@ class AlignConfig:
         ),
     )
     beta: float = setting(
-        0.1,
-        "preference loss's beta (grpo: the KL penalty's weight): the larger, the closer the policy stays to the reference",
+        0.01,
+        (
+            "preference loss's beta (grpo, ppo: the KL penalty's weight): the larger, the closer the policy stays to "
+            "the reference. 0.01 with length_normalize and rpo is the published TTS recipes' regime (CosyVoice, "
+            "Magpie-TTS) and the best loss measured at the demo's budget (docs/results.md); TRL's DPO default is 0.1"
+        ),
     )
     clip_eps: float = setting(
         0.2, "grpo, ppo: the policy ratio's clip range [1 - clip_eps, 1 + clip_eps] (PPO's epsilon)"
@@ -432,7 +436,7 @@ class AlignConfig:
         "chosen", "rpo/sft's NLL on: chosen (CosyVoice) | golden (ranked pairs: the prompt's recording)"
     )
     length_normalize: bool = setting(
-        False,
+        True,
         (
             "the margin on each side's per-token MEAN logprob (policy and reference) instead of its sum (TRL's ipo, "
             "SimPO); with method=rpo and beta=0.01 the SFT-dominant regime of CosyVoice's and Magpie-TTS's recipes"
