@@ -32,7 +32,7 @@ from sa_ray.config import AlignConfig
 from sa_ray.dpo import DPOLearner
 from sa_ray.grpo import GRPOLearner
 from sa_ray.ppo import PPOLearner
-from sa_ray.preference import replayed
+from sa_ray.preference import replayed_row
 from sa_ray.tracking import RunLogger
 
 LEARNERS = {"grpo": GRPOLearner, "ppo": PPOLearner, "coh": CoHLearner}  # every other method: the preference learner
@@ -87,10 +87,6 @@ def learn_loop(config: dict) -> None:
             failpoints.hit("learner.after_checkpoint")  # tests: a worker dies; Ray Train restores the checkpoint
 
 
-def _replayed(row: dict, fraction: float, seed: int) -> bool:
-    return replayed((row["iteration"], row["utt_id"], row["sample_idx"]), fraction, seed)
-
-
 def fit_learner(cfg, run, i: int, base_dir: Path, probe: dict, parent_run_id: str) -> dict:
     """Iteration i's learner on Ray Train: adapter v_i -> v_{i+1} (resumes from its own checkpoints); commits
     v_{i+1} with the learner's final metrics and returns them."""
@@ -100,7 +96,7 @@ def fit_learner(cfg, run, i: int, base_dir: Path, probe: dict, parent_run_id: st
     pairs = ray.data.read_parquet(str(run.pairs(i)), file_extensions=["parquet"])
     if a.replay and i:  # earlier iterations' pairs beside the new ones, a reproducible share of each
         earlier = ray.data.read_parquet([str(run.pairs(j)) for j in range(i)], file_extensions=["parquet"])
-        keep = partial(_replayed, fraction=a.replay, seed=a.seed)
+        keep = partial(replayed_row, fraction=a.replay, seed=a.seed)
         pairs = pairs.union(earlier.filter(keep).select_columns(pairs.columns()))
     # The workers read the pairs with this dataset's own DataContext (a copy), not their current one: a progress
     # bar there repeats in the job's log for as long as the worker lives.

@@ -20,13 +20,13 @@ import pyarrow.parquet as pq
 import ray
 
 from actors.placement import actor_options
-from sa_ray import preference, reward_mix
+from sa_ray import groups, preference, reward_mix
 from sa_ray.config import SAMPLE_METHODS
 from sa_ray.models.vocab import tag_prompt
 
 # The stages below run as Ray tasks in pooled workers, each of which imports this module first: so it imports only
-# what they run (pandas, the pair builders). The roles, models and the learners' modules (transformers, peft,
-# vLLM: seconds of CPU a worker) load where they are used, in start_roles' actors and the grpo/ppo stages.
+# what they run (pandas, the pair and group builders). The roles, models and the learners' modules (torch,
+# transformers, peft, vLLM: seconds of CPU a worker) load where they are used, in start_roles' actors.
 
 PAIR_COLUMNS = ["iteration", "utt_id", "sample_idx", "prompt_ids", "chosen_ids", "rejected_ids"]
 ROW_COLUMNS = ["utt_id", "speaker", "text", "text_norm", "phones", "phone_ms", "audio_path", "codes_0"]
@@ -93,15 +93,11 @@ def _ranked(group: pd.DataFrame) -> pd.DataFrame:
 
 
 def _groups(group: pd.DataFrame) -> pd.DataFrame:
-    from sa_ray import grpo
-
-    return pd.DataFrame(grpo.group_rows(group.to_dict("records")))
+    return pd.DataFrame(groups.group_rows(group.to_dict("records")))
 
 
 def _ppo_rows(batch: pd.DataFrame) -> pd.DataFrame:
-    from sa_ray import grpo
-
-    return pd.DataFrame([grpo.sample_row(s) for s in batch.to_dict("records")])
+    return pd.DataFrame([groups.sample_row(s) for s in batch.to_dict("records")])
 
 
 def _model_reward(batch: pd.DataFrame, model) -> pd.DataFrame:

@@ -9,15 +9,18 @@ a CPU build of torch) runs on the CPU and says so once, naming itself.
 from __future__ import annotations
 
 import logging
+import typing
 import uuid
 from pathlib import Path
 
 import ray
-import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors import failpoints
 from sa_ray.config import RoleResources
+
+if typing.TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ def actor_options(resources: RoleResources, **extra) -> dict:
 
 def role_device(role: str, asked_gpus: float) -> torch.device:
     """The device of this process's role: its Ray-assigned GPU when CUDA can use it, else the CPU."""
+    import torch  # here, not at the top: Ray Data's task workers import this module (actor_options) and never torch
+
     gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", []) if ray.is_initialized() else []
     if gpus and torch.cuda.is_available():
         return torch.device("cuda", 0)  # CUDA_VISIBLE_DEVICES holds exactly the assigned ids
@@ -100,6 +105,8 @@ def check_shared(run_dir: str | Path) -> int:
 
 
 def _cuda() -> bool:
+    import torch
+
     return torch.cuda.is_available()
 
 

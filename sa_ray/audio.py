@@ -9,11 +9,12 @@ from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 
 def resample(wav: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     """Polyphase resampling of a mono float waveform; a no-op when the rates match."""
+    from scipy.signal import resample_poly  # here: a second of imports that most of this module's users never need
+
     wav = np.asarray(wav, dtype=np.float32)
     if sr_in == sr_out:
         return wav

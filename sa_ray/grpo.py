@@ -3,7 +3,7 @@ groups of the policy's own samples, without a value model.
 
 One iteration of the align loop: `align.samples_per_prompt` samples per prompt from policy version i, each scored by
 `align.reward` (phones: minus its phone error rate; asr: SIM - WER), the rewards normalised within each prompt's
-group into advantages (`group_advantages`), every sample's tokens scored by the reference (base + v_i: the policy
+group into advantages (`sa_ray.groups`), every sample's tokens scored by the reference (base + v_i: the policy
 that sampled them, so it is also GRPO's "old" policy; `align.reference=base` keeps the KL to the base), then
 `align.steps` clipped policy-gradient steps
 (`grpo_loss`) make version i+1, which the rollout engine serves for the next group. With `align.steps` steps of
@@ -25,53 +25,7 @@ from sa_ray.dpo import DPOLearner
 from sa_ray.losses import pack, token_logprobs
 from sa_ray.models.ar import IGNORE
 
-ADVANTAGE_EPS = 1e-4  # TRL's GRPOTrainer: (r - mean) / (std + 1e-4)
 LOGPS = ("old_token_logps", "ref_token_logps")  # the ReferenceScorer's per-token scores of each sample
-
-
-def group_advantages(rewards: list[float]) -> list[float]:
-    """(r - mean) / (std + 1e-4) within one prompt's group, std with Bessel's correction (TRL's GRPOTrainer:
-    torch's default); a one-sample group has no spread and advantage 0."""
-    r = torch.tensor(rewards, dtype=torch.float64)
-    if len(rewards) < 2:
-        return [0.0] * len(rewards)
-    return ((r - r.mean()) / (r.std() + ADVANTAGE_EPS)).tolist()
-
-
-def guarded_rewards(rewards: list[float], ended: list[bool]) -> list[float]:
-    """A sample that never ended (no EOS within its budget) takes the group's lowest reward."""
-    floor = min(rewards)
-    return [r if e else floor for r, e in zip(rewards, ended)]
-
-
-def sample_row(s: dict) -> dict:
-    """A rewarded rollout sample as a training row: its key, prompt, sample, whether it ended and its reward."""
-    return {
-        "iteration": int(s["iteration"]),
-        "utt_id": s["utt_id"],
-        "sample_idx": int(s["sample_idx"]),
-        "prompt_ids": [int(t) for t in s["prompt_ids"]],
-        "sample_ids": [int(t) for t in s["sample_ids"]],
-        "sample_ended": bool(s["sample_ended"]),
-        "reward": float(s["reward"]),
-    }
-
-
-def group_rows(samples: list[dict]) -> list[dict]:
-    """Rewarded samples (rows with utt_id, sample_idx, prompt_ids, sample_ids, sample_ended, reward) -> one row per
-    sample with its guarded `reward`, its `advantage` and whether its group's rewards all tie (`group_tied`: kept
-    for the iteration's mean reward, never trained on)."""
-    by_utt: dict[str, list[dict]] = {}
-    for s in samples:
-        by_utt.setdefault(s["utt_id"], []).append(s)
-    rows = []
-    for group in by_utt.values():
-        group = sorted(group, key=lambda s: int(s["sample_idx"]))
-        rewards = guarded_rewards([float(s["reward"]) for s in group], [bool(s["sample_ended"]) for s in group])
-        tied = max(rewards) == min(rewards)
-        for s, r, a in zip(group, rewards, group_advantages(rewards)):
-            rows.append({**sample_row(s), "reward": r, "advantage": 0.0 if tied else a, "group_tied": tied})
-    return rows
 
 
 def target_positions(prompt_len: int, target_len: int) -> slice:
@@ -142,7 +96,7 @@ def dense(values: list[list[float]], rows: list[dict], shape: torch.Size, device
 
 class GRPOLearner(DPOLearner):
     """The LoRA learner of `align.method=grpo`: `DPOLearner`'s workers, data order, optimiser, checkpoints and
-    export, on group rows (`group_rows` + the ReferenceScorer's `old_token_logps` and `ref_token_logps`) instead of
+    export, on group rows (`sa_ray.groups.group_rows` + the ReferenceScorer's `old_token_logps` and `ref_token_logps`) instead of
     pairs. With the loop's default reference (the policy that sampled the rows) the two are the same numbers."""
 
     def __init__(self, base_dir, adapter_dir, cfg, rows: list[dict], **kwargs):

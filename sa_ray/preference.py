@@ -100,6 +100,12 @@ def replayed(key: tuple, fraction: float, seed: int) -> bool:
     return request_seed(seed, int(iteration), f"replay:{utt_id}", int(sample_idx)) < fraction * 2**63
 
 
+def replayed_row(row: dict, fraction: float, seed: int) -> bool:
+    """`replayed` of a pair set's row: the learner's Ray Data filter (a light module, which the task's worker imports
+    to run it)."""
+    return replayed((row["iteration"], row["utt_id"], row["sample_idx"]), fraction, seed)
+
+
 def golden_pairs(samples: list[dict]) -> list[dict]:
     """chosen = golden, rejected = sample; a sample equal to the golden target is no preference and is dropped."""
     return [

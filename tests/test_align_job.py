@@ -447,7 +447,7 @@ def test_grpo_and_ppo_run_an_iteration_end_to_end_and_log_a_finite_kl(
     from jobs import align
     from sa_ray import tracking
     from sa_ray.config import load_config
-    from sa_ray.grpo import group_advantages, guarded_rewards
+    from sa_ray.groups import group_advantages, guarded_rewards
     from sa_ray.metrics.phones import phone_error_rate
     from sa_ray.models.vocab import Vocab
     from sa_ray.ppo import gae, guarded_reward

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from sa_ray.config import AlignConfig, ConfigError
-from sa_ray.grpo import ADVANTAGE_EPS, GRPOLearner, group_advantages, group_rows, grpo_loss, guarded_rewards
+from sa_ray.groups import ADVANTAGE_EPS, group_advantages, group_rows, guarded_rewards
+from sa_ray.grpo import GRPOLearner, grpo_loss
 from tests.conftest import tiny_samples
 
 

@@ -57,7 +57,7 @@ def test_config_takes_ppo_and_the_base_as_reference():
 def ppo_rows(tiny_aligned_ar):
     """Four rewarded samples of one prompt scored by the reference scorer (the policy as reference)."""
     from actors.reference import ReferenceScorer
-    from sa_ray.grpo import sample_row
+    from sa_ray.groups import sample_row
     from sa_ray.models.vocab import EOS
 
     model_dir, vocab = tiny_aligned_ar
