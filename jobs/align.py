@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from jobs import _cli
 from sa_ray import lineage, tracking, votes
-from sa_ray.align_run import AlignRun, format_changes, format_summary, format_table, settings_changes
+from sa_ray.align_run import AlignRun, format_changes, format_summary, format_table, settings_changes, stalled_since
 from sa_ray.config import Config
 from sa_ray.data.examples import PromptBank
 from sa_ray.data.prepare import require_prepared
@@ -147,15 +147,6 @@ def note_settings_changes(before: dict, now: dict, k: int) -> None:
             flush=True,
         )
         tracking.set_tags({f"sa_ray.settings_changed.v{k}": "; ".join(changed)[:5000]})
-
-
-def stalled_since(records: list[dict], patience: int) -> int | None:
-    """The version with the best held-out WER when `patience` later ones did no better (early stopping; 0 = never)."""
-    k = len(records) - 1
-    if not patience or k <= patience:
-        return None
-    best_k = min(range(len(records)), key=lambda j: records[j]["heldout_sentences_wer"])
-    return best_k if k - best_k >= patience else None
 
 
 if __name__ == "__main__":

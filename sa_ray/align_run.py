@@ -157,6 +157,14 @@ TABLE = [
 ]
 
 
+def stalled_since(records: list[dict], patience: int) -> int | None:
+    """The version with the best held-out WER when `patience` later ones did no better (early stopping; 0 = never)."""
+    if not patience:
+        return None
+    best_k = min(range(len(records)), key=lambda j: records[j]["heldout_sentences_wer"])
+    return best_k if len(records) - 1 - best_k >= patience else None
+
+
 def format_table(records: list[dict]) -> str:
     """The per-iteration table the job prints (iteration k = the policy after k iterations; 0 = base)."""
     lines = [" ".join(_pad(h, fmt) for h, _, fmt in TABLE)]
