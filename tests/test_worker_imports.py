@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
 
 # actors.pipeline: the rollout pipeline's stages (with GRPO's and PPO's row builders, sa_ray.groups);
 # sa_ray.preference: the learner's replay filter; sa_ray.data.prepare: prepare's grouping and writing stages
