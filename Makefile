@@ -73,9 +73,11 @@ $(BENCH_STAMP): $(STAMP) requirements/bench.txt
 bench: install $(BENCH_STAMP)  ## every benchmark, one table + bench.json (after make demo: the evaluation and codec ones too)
 	$(PY) -m benchmarks.run_all --json bench.json --run-dir runs/tiny --base $(BASE) $(ARGS)
 
+# Two pytest-xdist workers: the tests that start Ray run in order on one, the unit tier on the other (tests/conftest.py)
+TEST_WORKERS ?= 2
 test: install lint  ## the whole suite, after the formatter and linter checks
 	bash scripts/install-system.sh --test
-	$(PY) -m pytest -q -ra --durations=30 $(ARGS)
+	$(PY) -m pytest -q -ra --durations=30 -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
 
 lint: install  ## ruff: the code is formatted (`make format` formats it) and lint-clean
 	$(VENV)/bin/ruff format --check --quiet .
@@ -85,7 +87,7 @@ format: install
 	$(VENV)/bin/ruff format --quiet . && $(VENV)/bin/ruff check --quiet --fix .
 
 test-fast: install  ## the unit tier, minutes: no Ray, no job (SA_RAY_TEST_FAST=1 fails a test that starts Ray)
-	SA_RAY_TEST_FAST=1 $(PY) -m pytest -q -m "not slow" $(ARGS)
+	SA_RAY_TEST_FAST=1 $(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) $(ARGS)
 
 clean:
 	rm -rf runs mlruns data/corpus .pytest_cache

@@ -17,7 +17,10 @@ VERBOSE = "SA_RAY_VERBOSE"
 # long at each step of a run's start and end: a learner stage of the tests' align jobs took 20.6 s with it, 14.0 s at
 # 0.25 s (tests/test_align_job.py's grpo run, one each), for a few more RPCs a second. Every job's local Ray has it;
 # a cluster's jobs get it from their runtime environment (docs/cluster.md). A value the user exported wins.
-LOCAL_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+# Ray Data's Parquet reader starts a pool of footer-reading actors for every read (32 by default), each a new worker
+# process, killed when the listing ends: on one machine, one does (an align iteration of the tests: 25 worker
+# processes started, 17 with one).
+LOCAL_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"}
 # The workers of a local instance: no weight-loading bars, no deprecation notices, vLLM's errors only (its
 # warnings on CPU are about missing GPU-side optimisations).
 QUIET_WORKERS = {

@@ -109,15 +109,26 @@ def ray_left_running() -> list[str]:
     return found
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup`): the tests that start Ray (marked slow)
+    form one group, run one after another on one worker, so one Ray instance runs at a time; the unit tier runs on
+    the other worker beside them (it keeps a core busy while the Ray tests wait on their clusters)."""
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
-    """Unit tier: a test that leaves Ray running fails, naming what runs (what ran before it is not its doing)."""
-    before = set(ray_left_running()) if FAST else set()
+    """A unit-tier test (not slow) that leaves Ray running fails, naming what runs (what ran before it is not its
+    doing): in `make test-fast`, and in `make test`, where it would run beside the Ray group's cluster."""
+    unit = item.get_closest_marker("slow") is None
+    before = set(ray_left_running()) if unit else set()
     result = yield
-    if FAST and (started := [r for r in ray_left_running() if r not in before]):
+    if unit and (started := [r for r in ray_left_running() if r not in before]):
         pytest.fail(
-            f"{item.nodeid} started Ray in the unit tier (SA_RAY_TEST_FAST=1): {', '.join(started)}; mark it slow",
-            pytrace=False,
+            f"{item.nodeid} is a unit-tier test but started Ray: {', '.join(started)}; mark it slow", pytrace=False
         )
     return result
 
