@@ -77,7 +77,7 @@ bench: install $(BENCH_STAMP)  ## every benchmark, one table + bench.json (after
 TEST_WORKERS ?= 2
 test: install lint  ## the whole suite, after the formatter and linter checks
 	bash scripts/install-system.sh --test
-	$(PY) -m pytest -q -ra --durations=30 -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
+	$(PY) -m pytest -q -ra --durations=30 -n $(TEST_WORKERS) $(ARGS)
 
 lint: install  ## ruff: the code is formatted (`make format` formats it) and lint-clean
 	$(VENV)/bin/ruff format --check --quiet .

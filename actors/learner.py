@@ -27,15 +27,23 @@ from actors import failpoints
 from actors.placement import role_device, train_backend
 from actors.usage import peak_rss_mb
 from sa_ray import tracking
-from sa_ray.coh import CoHLearner
 from sa_ray.config import AlignConfig
-from sa_ray.dpo import DPOLearner
-from sa_ray.grpo import GRPOLearner
-from sa_ray.ppo import PPOLearner
 from sa_ray.preference import replayed_row
 from sa_ray.tracking import RunLogger
 
-LEARNERS = {"grpo": GRPOLearner, "ppo": PPOLearner, "coh": CoHLearner}  # every other method: the preference learner
+
+def learner_class(method: str) -> type:
+    """The learner of `method`; imported here, on the Ray Train worker, so the job's driver (which only starts
+    the run) never imports transformers and peft (seconds of CPU a process)."""
+    if method == "grpo":
+        from sa_ray.grpo import GRPOLearner as learner
+    elif method == "ppo":
+        from sa_ray.ppo import PPOLearner as learner
+    elif method == "coh":
+        from sa_ray.coh import CoHLearner as learner
+    else:  # every other method: the preference learner
+        from sa_ray.dpo import DPOLearner as learner
+    return learner
 
 
 def learn_loop(config: dict) -> None:
@@ -48,7 +56,7 @@ def learn_loop(config: dict) -> None:
     # prepare_model for the plain path: onto the worker's device (its GPU with resources.learner.num_gpus), DDP
     # when world > 1. With align.deepspeed the learner builds a ZeRO engine on the process group Ray Train set up
     # (gloo on CPU, also for one worker), which places the model and reduces gradients itself.
-    learner = LEARNERS.get(cfg.method, DPOLearner)(
+    learner = learner_class(cfg.method)(
         config["base_dir"],
         config["adapter_dir"],
         cfg,

@@ -19,8 +19,13 @@ VERBOSE = "SA_RAY_VERBOSE"
 # a cluster's jobs get it from their runtime environment (docs/cluster.md). A value the user exported wins.
 # Ray Data's Parquet reader starts a pool of footer-reading actors for every read (32 by default), each a new worker
 # process, killed when the listing ends: on one machine, one does (an align iteration of the tests: 25 worker
-# processes started, 17 with one).
-LOCAL_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"}
+# processes started, 17 with one). Ray Train's preemption watcher (an actor per learner run) follows the draining of
+# cluster nodes that a cloud takes back: a local instance has none.
+LOCAL_RAY_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+    "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
 # The workers of a local instance: no weight-loading bars, no deprecation notices, vLLM's errors only (its
 # warnings on CPU are about missing GPU-side optimisations).
 QUIET_WORKERS = {

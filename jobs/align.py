@@ -23,12 +23,10 @@ from sa_ray import lineage, tracking, votes
 from sa_ray.align_run import AlignRun, format_changes, format_summary, format_table, settings_changes, stalled_since
 from sa_ray.config import Config
 from sa_ray.data.examples import PromptBank
-from sa_ray.data.prepare import require_prepared
-from sa_ray.evaluation import check_heldout_audio
+from sa_ray.data.prepare import check_heldout_audio, require_prepared
 from sa_ray.models import base_model_dir
 from sa_ray.models.vocab import Vocab
 from sa_ray.preference import probe_sequence
-from sa_ray.reward_model import checkpoint_dir
 
 if typing.TYPE_CHECKING:
     from actors.align_stages import Loop
@@ -86,6 +84,8 @@ def setup(cfg: Config) -> Loop:
     vocab, frame_rate = Vocab.load(base_dir / "ar"), summary["codec"]["frame_rate"]
     cfg.align.check_model(vocab.aligned)
     if "reward_model" in cfg.align.reward_roles:
+        from sa_ray.reward_model import checkpoint_dir  # here: the driver imports no torch model code otherwise
+
         checkpoint_dir(cfg)  # a missing reward model is said before Ray starts
     if cfg.align.uses_votes:
         votes.load_votes(votes.align_source(cfg))  # so is a missing votes store

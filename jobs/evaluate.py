@@ -19,7 +19,7 @@ from pathlib import Path
 from jobs import _cli
 from sa_ray import lineage, tracking
 from sa_ray.config import Config, load_config
-from sa_ray.evaluation import check_heldout_audio
+from sa_ray.data.prepare import check_heldout_audio
 from sa_ray.models import base_model_dir
 from sa_ray.models.vocab import Vocab
 

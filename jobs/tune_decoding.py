@@ -26,7 +26,7 @@ from jobs import _cli
 from jobs.evaluate import resolve_adapter
 from sa_ray import tracking
 from sa_ray.config import ConfigError, load_config
-from sa_ray.evaluation import check_heldout_audio
+from sa_ray.data.prepare import check_heldout_audio
 from sa_ray.models import base_model_dir
 from sa_ray.models.vocab import Vocab
 from sa_ray.sampling import SamplingConfig

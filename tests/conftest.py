@@ -109,14 +109,49 @@ def ray_left_running() -> list[str]:
     return found
 
 
+# `make test` runs two pytest-xdist workers: the tests that start Ray (marked slow) run one after another on one
+# worker, so one Ray instance runs at a time, and the unit tier runs on the other beside them (it keeps a core busy
+# while the Ray tests wait on their clusters). xdist's own `--dist loadgroup` cannot do it under pytest 9 (it renames
+# items' nodeids, which pytest 9 no longer lets it), and only the workers see the markers: each lists the slow tests
+# it collected in a file the scheduler reads.
+RAY_TESTS_FILE = "ray_tests_file"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """Controller: tells each worker where to list the tests that start Ray."""
+    config = node.config
+    if not hasattr(config, "_sa_ray_tests_file"):
+        import tempfile
+
+        config._sa_ray_tests_file = Path(tempfile.mkdtemp(prefix="sa-ray-xdist-")) / "ray_tests.txt"
+    node.workerinput[RAY_TESTS_FILE] = str(config._sa_ray_tests_file)
+
+
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """`make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup`): the tests that start Ray (marked slow)
-    form one group, run one after another on one worker, so one Ray instance runs at a time; the unit tier runs on
-    the other worker beside them (it keeps a core busy while the Ray tests wait on their clusters)."""
-    for item in items:
-        if item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
+def pytest_collection_finish(session):
+    """Worker: lists its slow tests before it reports its collection (every worker collects the same tests)."""
+    path = getattr(session.config, "workerinput", {}).get(RAY_TESTS_FILE)
+    if path:
+        tmp = Path(f"{path}.{os.getpid()}")
+        tmp.write_text("\n".join(item.nodeid for item in session.items if item.get_closest_marker("slow")))
+        tmp.replace(path)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Controller: the slow tests are one unit of work, in collection order; every other test is its own."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayTestsInOrder(LoadScopeScheduling):
+        ray_tests: set[str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.ray_tests is None:  # read once every worker has collected (the scheduler's first split)
+                self.ray_tests = set(config._sa_ray_tests_file.read_text().splitlines())
+            return "ray" if nodeid in self.ray_tests else nodeid
+
+    return RayTestsInOrder(config, log)
 
 
 @pytest.hookimpl(wrapper=True)

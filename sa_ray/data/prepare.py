@@ -245,3 +245,18 @@ def require_prepared(run_dir: str | Path) -> dict:
     if summary is None:
         raise FileNotFoundError(f"no prepared data in {Path(run_dir) / 'data'}: run `python -m jobs.prepare` first")
     return summary
+
+
+def check_heldout_audio(data_dir: str | Path) -> None:
+    """Evaluation reads the held-out utterances' real audio (speaker similarity, the golden ceiling): fail
+    before any work, naming a file, when it is not where the prepared data says it is."""
+    for split in ("heldout_sentences", "heldout_voices"):
+        paths = pq.read_table(Path(data_dir) / split, columns=["audio_path"]).column("audio_path").to_pylist()
+        missing = [p for p in paths if not Path(p).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{Path(data_dir) / split}: the audio of {len(missing)} of {len(paths)} utterances is missing, e.g. "
+                f"{missing[0]}; prepared data keeps audio paths as prepare found them (a relative corpus.cache_dir "
+                f"is relative to the directory prepare ran in, not {Path.cwd()}): run from that directory, or "
+                "prepare again with an absolute corpus.cache_dir"
+            )
