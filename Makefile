@@ -73,11 +73,9 @@ $(BENCH_STAMP): $(STAMP) requirements/bench.txt
 bench: install $(BENCH_STAMP)  ## every benchmark, one table + bench.json (after make demo: the evaluation and codec ones too)
 	$(PY) -m benchmarks.run_all --json bench.json --run-dir runs/tiny --base $(BASE) $(ARGS)
 
-# Two pytest-xdist workers: the tests that start Ray run in order on one, the unit tier on the other (tests/conftest.py)
-TEST_WORKERS ?= 2
 test: install lint  ## the whole suite, after the formatter and linter checks
 	bash scripts/install-system.sh --test
-	$(PY) -m pytest -q -ra --durations=30 -n $(TEST_WORKERS) $(ARGS)
+	$(PY) -m pytest -q -ra --durations=30 $(ARGS)
 
 lint: install  ## ruff: the code is formatted (`make format` formats it) and lint-clean
 	$(VENV)/bin/ruff format --check --quiet .
@@ -86,6 +84,9 @@ lint: install  ## ruff: the code is formatted (`make format` formats it) and lin
 format: install
 	$(VENV)/bin/ruff format --quiet . && $(VENV)/bin/ruff check --quiet --fix .
 
+# The unit tier keeps one core busy: pytest-xdist spreads it over TEST_WORKERS processes. (Not the whole suite: on
+# two cores its Ray tests already keep both busy, and beside the unit tier they ran as much slower as it saved.)
+TEST_WORKERS ?= 2
 test-fast: install  ## the unit tier, minutes: no Ray, no job (SA_RAY_TEST_FAST=1 fails a test that starts Ray)
 	SA_RAY_TEST_FAST=1 $(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) $(ARGS)
 

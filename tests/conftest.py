@@ -109,61 +109,15 @@ def ray_left_running() -> list[str]:
     return found
 
 
-# `make test` runs two pytest-xdist workers: the tests that start Ray (marked slow) run one after another on one
-# worker, so one Ray instance runs at a time, and the unit tier runs on the other beside them (it keeps a core busy
-# while the Ray tests wait on their clusters). xdist's own `--dist loadgroup` cannot do it under pytest 9 (it renames
-# items' nodeids, which pytest 9 no longer lets it), and only the workers see the markers: each lists the slow tests
-# it collected in a file the scheduler reads.
-RAY_TESTS_FILE = "ray_tests_file"
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node):
-    """Controller: tells each worker where to list the tests that start Ray."""
-    config = node.config
-    if not hasattr(config, "_sa_ray_tests_file"):
-        import tempfile
-
-        config._sa_ray_tests_file = Path(tempfile.mkdtemp(prefix="sa-ray-xdist-")) / "ray_tests.txt"
-    node.workerinput[RAY_TESTS_FILE] = str(config._sa_ray_tests_file)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_finish(session):
-    """Worker: lists its slow tests before it reports its collection (every worker collects the same tests)."""
-    path = getattr(session.config, "workerinput", {}).get(RAY_TESTS_FILE)
-    if path:
-        tmp = Path(f"{path}.{os.getpid()}")
-        tmp.write_text("\n".join(item.nodeid for item in session.items if item.get_closest_marker("slow")))
-        tmp.replace(path)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config, log):
-    """Controller: the slow tests are one unit of work, in collection order; every other test is its own."""
-    from xdist.scheduler import LoadScopeScheduling
-
-    class RayTestsInOrder(LoadScopeScheduling):
-        ray_tests: set[str] | None = None
-
-        def _split_scope(self, nodeid: str) -> str:
-            if self.ray_tests is None:  # read once every worker has collected (the scheduler's first split)
-                self.ray_tests = set(config._sa_ray_tests_file.read_text().splitlines())
-            return "ray" if nodeid in self.ray_tests else nodeid
-
-    return RayTestsInOrder(config, log)
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
-    """A unit-tier test (not slow) that leaves Ray running fails, naming what runs (what ran before it is not its
-    doing): in `make test-fast`, and in `make test`, where it would run beside the Ray group's cluster."""
-    unit = item.get_closest_marker("slow") is None
-    before = set(ray_left_running()) if unit else set()
+    """Unit tier: a test that leaves Ray running fails, naming what runs (what ran before it is not its doing)."""
+    before = set(ray_left_running()) if FAST else set()
     result = yield
-    if unit and (started := [r for r in ray_left_running() if r not in before]):
+    if FAST and (started := [r for r in ray_left_running() if r not in before]):
         pytest.fail(
-            f"{item.nodeid} is a unit-tier test but started Ray: {', '.join(started)}; mark it slow", pytrace=False
+            f"{item.nodeid} started Ray in the unit tier (SA_RAY_TEST_FAST=1): {', '.join(started)}; mark it slow",
+            pytrace=False,
         )
     return result
 
