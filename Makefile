@@ -84,11 +84,8 @@ lint: install  ## ruff: the code is formatted (`make format` formats it) and lin
 format: install
 	$(VENV)/bin/ruff format --quiet . && $(VENV)/bin/ruff check --quiet --fix .
 
-# The unit tier keeps one core busy: pytest-xdist spreads it over TEST_WORKERS processes. (Not the whole suite: on
-# two cores its Ray tests already keep both busy, and beside the unit tier they ran as much slower as it saved.)
-TEST_WORKERS ?= 2
 test-fast: install  ## the unit tier, minutes: no Ray, no job (SA_RAY_TEST_FAST=1 fails a test that starts Ray)
-	SA_RAY_TEST_FAST=1 $(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) $(ARGS)
+	SA_RAY_TEST_FAST=1 $(PY) -m pytest -q -m "not slow" $(ARGS)
 
 clean:
 	rm -rf runs mlruns data/corpus .pytest_cache
