@@ -242,7 +242,9 @@ def _register_adapter(
     from sa_ray import lineage, lora, tracking
     from sa_ray.models.ar import load_ar
 
-    model = lora.attach(load_ar(base_dir / "ar")[0], 4, 8, ["q_proj", "v_proj"])
+    with torch.random.fork_rng():  # LoRA A's initialisation drawn from `seed` too, whatever ran before
+        torch.manual_seed(seed)
+        model = lora.attach(load_ar(base_dir / "ar")[0], 4, 8, ["q_proj", "v_proj"])
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
