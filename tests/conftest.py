@@ -391,6 +391,25 @@ def tiny_llama(vocab_size: int, heads: int = 4, max_len: int = 256, eos_scale: f
     return model
 
 
+def tiny_adapter(base_dir: str | Path, folder: str | Path, seed: int) -> str | Path:
+    """A rank-4 LoRA adapter (q/v) of the base at `base_dir` that changes the policy (B != 0), every weight drawn
+    from `seed` whatever ran before, saved to `folder` as an align iteration saves one."""
+    import torch
+
+    from sa_ray import lora
+    from sa_ray.models.ar import load_ar
+
+    with torch.random.fork_rng():  # LoRA A's initialisation too
+        torch.manual_seed(seed)
+        model = lora.attach(load_ar(Path(base_dir) / "ar")[0], 4, 8, ["q_proj", "v_proj"])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(seed))
+    lora.save(model, folder)
+    return folder
+
+
 def copy_prepared(prepared_run_dir: str | Path, tmp: Path) -> Path:
     """A fresh run directory holding the prepared data and codec of another run (jobs write beside them)."""
     import shutil

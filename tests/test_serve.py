@@ -18,11 +18,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
-import torch
 
 from sa_ray.audio import wav_bytes
 
-from .conftest import config_of, copy_prepared, tiny_argv
+from .conftest import config_of, copy_prepared, tiny_adapter, tiny_argv
 
 pytestmark = pytest.mark.slow
 
@@ -239,18 +238,9 @@ def _register_adapter(
     base `fingerprint` is given."""
     import mlflow
 
-    from sa_ray import lineage, lora, tracking
-    from sa_ray.models.ar import load_ar
+    from sa_ray import lineage, tracking
 
-    with torch.random.fork_rng():  # LoRA A's initialisation drawn from `seed` too, whatever ran before
-        torch.manual_seed(seed)
-        model = lora.attach(load_ar(base_dir / "ar")[0], 4, 8, ["q_proj", "v_proj"])
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(seed))
-    folder = f"{cfg.run_dir}/made_adapter"
-    lora.save(model, folder)
+    folder = tiny_adapter(base_dir, f"{cfg.run_dir}/made_adapter", seed)
     fingerprint = fingerprint or lineage.fingerprint(base_dir, f"{cfg.run_dir}/codec", cfg.codec.kind)
     made_from = {"base_fingerprint": fingerprint, "base_dir": str(base_dir)}
     lineage.write(folder, made_from)

@@ -23,6 +23,8 @@ from sa_ray.versions import (
     parse_version,
 )
 
+from .conftest import tiny_adapter
+
 FINGERPRINT, OTHER = "a" * 16, "0123456789abcdef"
 SPEAKERS = ["mbrola-us1"]
 
@@ -200,24 +202,6 @@ def test_the_models_payload_lists_every_version_with_aliases_lineage_and_metrics
 # -- a batch of versions on the tiny base ---------------------------------------------------------------------------
 
 
-def _adapter(base_dir: Path, folder: Path, seed: int) -> Path:
-    """A LoRA adapter that changes the policy (B != 0), as an align iteration saves it."""
-    import torch
-
-    from sa_ray import lora
-    from sa_ray.models.ar import load_ar
-
-    with torch.random.fork_rng():  # LoRA A's initialisation drawn from `seed` too, whatever ran before
-        torch.manual_seed(seed)
-        model = lora.attach(load_ar(base_dir / "ar")[0], 4, 8, ["q_proj", "v_proj"])
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(seed))
-    lora.save(model, folder)
-    return folder
-
-
 @pytest.fixture()
 def tiny_voice(prepared_in_process, base_in_process, registry, tmp_path, one_thread):
     """A factory of Serve voices over the tiny base (max_versions 2; `engine`: serve.backend=vllm's), their
@@ -230,7 +214,7 @@ def tiny_voice(prepared_in_process, base_in_process, registry, tmp_path, one_thr
     fingerprint = lineage.fingerprint(base_in_process, Path(cfg.run_dir) / "codec", cfg.codec.kind)
     registry.register(tmp_path / "v1", fingerprint=OTHER)
     for seed in (2, 3):
-        registry.register(_adapter(base_in_process, tmp_path / f"v{seed}", seed), fingerprint=fingerprint)
+        registry.register(tiny_adapter(base_in_process, tmp_path / f"v{seed}", seed), fingerprint=fingerprint)
 
     def voice(engine=None) -> PolicyVoice:
         policy = RegisteredPolicy(
