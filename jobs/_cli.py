@@ -17,13 +17,14 @@ VERBOSE = "SA_RAY_VERBOSE"
 # long at each step of a run's start and end: a learner stage of the tests' align jobs took 20.6 s with it, 14.0 s at
 # 0.25 s (tests/test_align_job.py's grpo run, one each), for a few more RPCs a second. Every job's local Ray has it;
 # a cluster's jobs get it from their runtime environment (docs/cluster.md). A value the user exported wins.
-# Ray Data's Parquet reader starts a pool of footer-reading actors for every read (32 by default), each a new worker
-# process, killed when the listing ends: on one machine, one does (an align iteration of the tests: 25 worker
-# processes started, 17 with one). Ray Train's preemption watcher (an actor per learner run) follows the draining of
-# cluster nodes that a cloud takes back: a local instance has none.
+# Ray Data's Parquet reader (its "datasource v2") lists every read's files in a task and reads their footers in a pool
+# of actors (32 by default), new worker processes each time, built for listings of many remote files: on one machine
+# its first reader (v1) reads the footers where the read is planned (a tiny align iteration: 74 -> 66 s; its learner
+# stage 21 -> 15 s). Ray Train's preemption watcher (an actor per learner run) follows the draining of cluster nodes
+# that a cloud takes back: a local instance has none.
 LOCAL_RAY_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
-    "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
+    "RAY_DATA_USE_DATASOURCE_V2": "0",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
 }
 # The workers of a local instance: no weight-loading bars, no deprecation notices, vLLM's errors only (its
@@ -189,9 +190,12 @@ def start_local_ray(num_cpus: int | None = None, env: dict[str, str] | None = No
     runs on a port picked here and every worker of this instance is told, by RAY_API_SERVER_ADDRESS, where it is.
     """
     import ray
+    import ray.data
 
     port = free_port()
     env = {**local_ray_env(), **(env or {}), "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    # a read's datasource is picked where it is planned: in this process too, whose DataContext already exists
+    ray.data.DataContext.get_current().use_datasource_v2 = env["RAY_DATA_USE_DATASOURCE_V2"].lower() in ("1", "true")
     return ray.init(
         num_cpus=num_cpus,
         include_dashboard=True,

@@ -36,9 +36,15 @@ def state_of(actor_id):  # runs in a worker, where Ray Train's cleaner runs
     found = get_actor(actor_id, timeout=10)
     return None if found is None else found.state
 
+@ray.remote(num_cpus=0)
+def reader_v2():
+    import ray.data
+    return ray.data.DataContext.get_current().use_datasource_v2
+
 actor = Alive.remote()
 ray.get(actor.ping.remote())
 print("STATE", ray.get(state_of.remote(actor._actor_id.hex())))
+print("PARQUET V2", ray.data.DataContext.get_current().use_datasource_v2, ray.get(reader_v2.remote()))
 """
 
 _OTHER = """
@@ -79,3 +85,5 @@ def test_the_state_api_of_a_jobs_ray_is_its_own(tmp_path):
         other.wait(timeout=120)
     assert job.returncode == 0, job.stderr[-3000:]
     assert "STATE ALIVE" in job.stdout, job.stdout[-2000:]
+    # reads are planned by Ray Data's first Parquet reader, in the driver and in the workers (jobs._cli.LOCAL_RAY_ENV)
+    assert "PARQUET V2 False False" in job.stdout, job.stdout[-2000:]
