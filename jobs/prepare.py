@@ -29,6 +29,7 @@ from sa_ray.data.prepare import (
     write_output,
 )
 from sa_ray.data.validate import BadInputError, load_checked_audio
+from sa_ray.metrics.asr import domain_lm
 
 
 def codec_training_audio(cfg: Config, rows: list[dict], sample_rate: int = 22050):
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     (staging / "summary.json").write_text(json.dumps(summary, indent=2))
     save_config(cfg, staging / "config.yaml")  # what made this dataset, for later stages and people
     atomic.swap_in(staging, data_dir)  # the old dataset stays readable until the new one is in place
+    domain_lm(data_dir, cfg.corpus)  # the recognisers' LM: built here once, not by each role that starts first
 
     # Save: the record of this preparation in MLflow.
     with tracking.job_run(cfg, "prepare", args.run_id):

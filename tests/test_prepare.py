@@ -67,8 +67,9 @@ def test_prepare_writes_every_split_with_the_documented_schema(prepared_tiny):
     assert len(aligned) == 8 and not aligned & ({r["text_norm"] for r in rows} | {r["text_norm"] for r in held})
     assert {r["speaker"] for r in _table(cfg.run_dir, "heldout_voices").to_pylist()} == {"mbrola-en1"}
     assert _table(cfg.run_dir, "quarantine").num_rows == 0  # present and readable, though empty
-    # the codec the codes were made with is saved beside them
+    # the codec the codes were made with is saved beside them, and the recognisers' domain LM beside the data
     assert (Path(cfg.run_dir) / "codec" / "codec.json").is_file()
+    assert all((Path(cfg.run_dir) / "data" / "asr_lm" / f).stat().st_size for f in ("domain.lm", "domain.dict"))
 
 
 def test_rerun_is_idempotent(prepared_tiny, capsys):

@@ -72,7 +72,14 @@ class PocketSphinxASR:
 
 
 def domain_asr(data_dir: str | Path, corpus: CorpusConfig) -> PocketSphinxASR:
-    """pocketsphinx with an n-gram LM of the domain's text (built once, kept beside the data).
+    """pocketsphinx with an n-gram LM of the domain's text (`domain_lm`)."""
+    lm_dir = domain_lm(data_dir, corpus)
+    return PocketSphinxASR(str(lm_dir / "domain.lm"), str(lm_dir / "domain.dict"))
+
+
+def domain_lm(data_dir: str | Path, corpus: CorpusConfig) -> Path:
+    """The directory of the domain's n-gram LM and dictionary, `<data_dir>/asr_lm`: built once, by `jobs.prepare`
+    (or by the first recogniser of data prepared before it did).
 
     The generic LM's prior fights the corpus's unusual sentences (original audio of held-out
     sentences: WER 0.44 generic vs 0.24 with an LM of the 1,520 training sentences), so a domain LM
@@ -101,7 +108,7 @@ def domain_asr(data_dir: str | Path, corpus: CorpusConfig) -> PocketSphinxASR:
             shutil.rmtree(staging)
             if not (lm_dir / "domain.lm").is_file():
                 raise
-    return PocketSphinxASR(str(lm_dir / "domain.lm"), str(lm_dir / "domain.dict"))
+    return lm_dir
 
 
 def build_domain_lm(sentences: list[str], out_dir: str | Path, order: int = 3) -> tuple[Path, Path]:
