@@ -99,6 +99,30 @@ def _engine(backend: str, base_dir: Path):
     return make_engine(backend, base_dir / "ar", lora_rank=8, max_model_len=1024, seed=0)
 
 
+@pytest.fixture(scope="module")
+def module_vllm(base_dir):
+    """The module's one vLLM engine, as the loop's `make_engine` starts it: a start costs ~20 s here."""
+    engine = _engine("vllm", base_dir)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def engines(request, monkeypatch):
+    """`actors.rollout.make_engine` in a test of `backend`: vLLM's is the module's engine (its adapters dropped
+    after the test: vLLM keeps an adapter by its int id, and every test numbers its versions from 1), torch's a new
+    one."""
+    from actors import rollout
+
+    if request.node.callspec.params["backend"] != "vllm":
+        yield
+        return
+    shared = request.getfixturevalue("module_vllm")
+    monkeypatch.setattr(rollout, "make_engine", lambda backend, model_dir, *a, **kw: shared)
+    yield
+    shared.drop_adapters()
+
+
 def _scored(pairs, base_dir, version=0, adapter=None, scorer=None):
     import pandas as pd
 
@@ -129,43 +153,40 @@ def test_logprob_inputs_follow_the_model_to_its_device():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_step0_policy_equals_reference_so_dpo_loss_is_ln2(backend, rows, base_dir, tmp_path):
+def test_step0_policy_equals_reference_so_dpo_loss_is_ln2(backend, rows, base_dir, tmp_path, engines):
     from actors.reference import ReferenceScorer
     from sa_ray.models.vocab import Vocab
 
     vocab = Vocab.load(base_dir / "ar")
     engine = _engine(backend, base_dir)
     scorer = ReferenceScorer(str(base_dir / "ar"), batch_size=3)  # one per job: it switches adapters, as in the loop
-    try:
-        pairs = _scored(golden_pairs(_samples(engine, rows, vocab)), base_dir, scorer=scorer)
-        assert len(pairs) == 8
-        learner = DPOLearner(base_dir / "ar", None, _cfg(batch_size=8), pairs)
-        m = learner.train_step()  # metrics of the step-0 forward, before the first update
-        assert abs(m["dpo_loss"] - LN2) < 1e-5 and abs(m["reward_margin"]) < 1e-5
-        for _ in range(5):
-            m = learner.train_step()
-        assert m["dpo_loss"] < LN2 and m["reward_acc"] > 0.5  # it learns the preference
-        # iteration 1: v1 is the new policy AND reference; its samples, scored under v1, start at ln 2 again
-        probe = probe_sequence(rows[0], vocab, PromptBank.from_rows(rows, 20, 1), 43.066)
-        learner.export(tmp_path / "v1", probe)
-        lora = ("v1", 1, str(tmp_path / "v1"))
-        pairs1 = _scored(
-            golden_pairs(_samples(engine, rows, vocab, iteration=1, lora=lora)),
-            base_dir,
-            1,
-            str(tmp_path / "v1"),
-            scorer=scorer,
-        )
-        m1 = DPOLearner(base_dir / "ar", tmp_path / "v1", _cfg(batch_size=8), pairs1).train_step()
-        assert abs(m1["dpo_loss"] - LN2) < 1e-5 and abs(m1["reward_margin"]) < 1e-5
-        # the scorer's base is untouched by the adapter it held: back on version 0 it scores as a fresh one
-        again = _scored(pairs, base_dir, scorer=scorer)
-        assert [p["ref_chosen_logp"] for p in again] == [p["ref_chosen_logp"] for p in pairs]
-        assert [p["ref_chosen_logp"] for p in _scored(pairs1, base_dir, 1, str(tmp_path / "v1"))] == [
-            p["ref_chosen_logp"] for p in pairs1
-        ]
-    finally:
-        engine.close()
+    pairs = _scored(golden_pairs(_samples(engine, rows, vocab)), base_dir, scorer=scorer)
+    assert len(pairs) == 8
+    learner = DPOLearner(base_dir / "ar", None, _cfg(batch_size=8), pairs)
+    m = learner.train_step()  # metrics of the step-0 forward, before the first update
+    assert abs(m["dpo_loss"] - LN2) < 1e-5 and abs(m["reward_margin"]) < 1e-5
+    for _ in range(5):
+        m = learner.train_step()
+    assert m["dpo_loss"] < LN2 and m["reward_acc"] > 0.5  # it learns the preference
+    # iteration 1: v1 is the new policy AND reference; its samples, scored under v1, start at ln 2 again
+    probe = probe_sequence(rows[0], vocab, PromptBank.from_rows(rows, 20, 1), 43.066)
+    learner.export(tmp_path / "v1", probe)
+    lora = ("v1", 1, str(tmp_path / "v1"))
+    pairs1 = _scored(
+        golden_pairs(_samples(engine, rows, vocab, iteration=1, lora=lora)),
+        base_dir,
+        1,
+        str(tmp_path / "v1"),
+        scorer=scorer,
+    )
+    m1 = DPOLearner(base_dir / "ar", tmp_path / "v1", _cfg(batch_size=8), pairs1).train_step()
+    assert abs(m1["dpo_loss"] - LN2) < 1e-5 and abs(m1["reward_margin"]) < 1e-5
+    # the scorer's base is untouched by the adapter it held: back on version 0 it scores as a fresh one
+    again = _scored(pairs, base_dir, scorer=scorer)
+    assert [p["ref_chosen_logp"] for p in again] == [p["ref_chosen_logp"] for p in pairs]
+    assert [p["ref_chosen_logp"] for p in _scored(pairs1, base_dir, 1, str(tmp_path / "v1"))] == [
+        p["ref_chosen_logp"] for p in pairs1
+    ]
 
 
 def test_margin_over_phones_and_nll_on_golden(rows, base_dir):
@@ -273,7 +294,7 @@ def test_resumed_learner_reproduces_the_uninterrupted_run(rows, base_dir, tmp_pa
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_adapter_probe_fails_loudly_on_a_stale_adapter(backend, rows, base_dir, tmp_path):
+def test_adapter_probe_fails_loudly_on_a_stale_adapter(backend, rows, base_dir, tmp_path, engines):
     from actors.reference import ReferenceScorer
     from actors.rollout import AdapterProbeError, RolloutEngine
     from sa_ray.models.vocab import Vocab
@@ -291,19 +312,16 @@ def test_adapter_probe_fails_loudly_on_a_stale_adapter(backend, rows, base_dir, 
     assert abs(versions[1]["logprob"] - versions[2]["logprob"]) > 0.1
 
     engine = RolloutEngine(backend, str(base_dir / "ar"), {"temperature": 1.0}, 8, 1024)
-    try:
-        base_value = ReferenceScorer(str(base_dir / "ar")).probe(probe)
-        engine.load_adapter(0, None, {**probe, "logprob": base_value}, 0.02)
-        engine.load_adapter(1, str(tmp_path / "v1"), versions[1], 0.02)  # the right files: proven
-        with pytest.raises(AdapterProbeError, match="does not serve adapter v2"):
-            engine.load_adapter(2, str(tmp_path / "v1"), versions[2], 0.02)  # v1's files served as v2: stale
-        assert engine.version == 1
-    finally:
-        engine.engine.close()
+    base_value = ReferenceScorer(str(base_dir / "ar")).probe(probe)
+    engine.load_adapter(0, None, {**probe, "logprob": base_value}, 0.02)
+    engine.load_adapter(1, str(tmp_path / "v1"), versions[1], 0.02)  # the right files: proven
+    with pytest.raises(AdapterProbeError, match="does not serve adapter v2"):
+        engine.load_adapter(2, str(tmp_path / "v1"), versions[2], 0.02)  # v1's files served as v2: stale
+    assert engine.version == 1
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_forced_phone_rollouts_write_the_prompts_phones(backend, rows, base_dir):
+def test_forced_phone_rollouts_write_the_prompts_phones(backend, rows, base_dir, engines):
     """align.forced_phones: the RolloutEngine's samples write exactly their prompt's phones, in order, and differ
     from one another only in the frames (the phone reward of every finished sample is 0)."""
     import pandas as pd
@@ -317,18 +335,15 @@ def test_forced_phone_rollouts_write_the_prompts_phones(backend, rows, base_dir)
         rows[:6], vocab, PromptBank.from_rows(rows, 20, 1), 43.066, 0, seed=0, samples=2, max_len=1024
     )
     engine = RolloutEngine(backend, str(base_dir / "ar"), {"temperature": 1.0}, 8, 1024, forced_phones=True)
-    try:
-        out = engine.rollout(pd.DataFrame(reqs), {"version": 0, "adapter_dir": None}).to_dict("records")
-        free = engine.engine.generate(
-            [r["prompt_ids"] for r in reqs],
-            engine.allowed,
-            EOS,
-            [r["budget"] for r in reqs],
-            [r["seed"] for r in reqs],
-            temperature=1.0,
-        )  # the same requests, unforced
-    finally:
-        engine.engine.close()
+    out = engine.rollout(pd.DataFrame(reqs), {"version": 0, "adapter_dir": None}).to_dict("records")
+    free = engine.engine.generate(
+        [r["prompt_ids"] for r in reqs],
+        engine.allowed,
+        EOS,
+        [r["budget"] for r in reqs],
+        [r["seed"] for r in reqs],
+        temperature=1.0,
+    )  # the same requests, unforced
 
     def phones(ids):
         return [t for t in ids if vocab.is_text(np.array([t]))[0]]

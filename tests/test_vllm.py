@@ -153,6 +153,40 @@ def test_seeded_prompts_beyond_one_steps_token_budget(model_dir):
         assert eng.generate(prompts[5:6], ALLOWED, EOS, 20, seeds=[5]) == outs[5:6]
 
 
+_IN_PROCESS = """
+import json, sys
+import psutil
+from sa_ray.engines.vllm_engine import VLLMEngine
+
+if __name__ == "__main__":
+    model_dir, prompts, allowed, eos = json.loads(sys.argv[1])
+    eng = VLLMEngine(model_dir, max_model_len=256, kv_cache_bytes=64 * 2**20, seed=0, in_process=True)
+    print(json.dumps({
+        "engine_processes": len(psutil.Process().children(recursive=True)),
+        "greedy": eng.generate(prompts, allowed, eos, 30, 0, temperature=0),
+        "seeded": eng.generate(prompts, allowed, eos, 30, 7, temperature=1.0),
+    }))
+"""
+
+
+def test_an_engine_core_in_the_callers_process_samples_as_a_spawned_one(engine, model_dir):
+    """The rollout actor's engine (`in_process=True`: the actor is a process of its own; vLLM then changes the
+    caller's torch threads, RNG and process group, so it runs in a subprocess here, not in pytest's): no
+    engine-core process of its own, and the same greedy and seeded tokens as the spawned core's."""
+    import json
+    import subprocess
+    import sys
+
+    prompts = make_prompts(4, seed=5)
+    arg = json.dumps([str(model_dir), prompts, ALLOWED, EOS])
+    done = subprocess.run([sys.executable, "-c", _IN_PROCESS, arg], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["engine_processes"] == 0
+    assert got["greedy"] == engine.generate(prompts, ALLOWED, EOS, 30, 0, temperature=0)
+    assert got["seeded"] == engine.generate(prompts, ALLOWED, EOS, 30, 7, temperature=1.0)
+
+
 def test_sequence_logprob_matches_torch(engine, reference):
     prompts = make_prompts(3, seed=3)
     continuations = engine.generate(prompts, ALLOWED, EOS, 12, [1, 2, 3], temperature=1.0)

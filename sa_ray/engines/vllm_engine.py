@@ -311,6 +311,14 @@ class VLLMEngine:
             raise ValueError("LoRA int ids start at 1")
         return LoRARequest(str(name), int(int_id), str(path))
 
+    def drop_adapters(self) -> None:
+        """Forget every adapter the engine holds, and the prefix cache computed with them (keyed by their int ids):
+        a request naming an int id then loads its files again (see Pitfalls)."""
+        engine = self.llm.llm_engine
+        for lora_id in engine.list_loras():
+            engine.remove_lora(lora_id)
+        self.llm.reset_prefix_cache()
+
     def close(self) -> None:
         """Stop the engine-core process and free its KV cache. Idempotent."""
         llm, self.llm = getattr(self, "llm", None), None
