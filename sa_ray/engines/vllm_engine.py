@@ -97,7 +97,9 @@ class VLLMEngine:
         from vllm import LLM  # lazy: the module imports without vllm installed
         from vllm.platforms import current_platform
 
-        if in_process and current_platform.is_cpu():  # a process of its own (Pitfalls); a GPU's core keeps its own
+        # the caller does nothing else (Pitfalls); on a GPU the core keeps a process of its own, which schedules the
+        # next step while the GPU computes this one
+        if in_process and current_platform.is_cpu():
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
         _check_head_dim(model_dir)
