@@ -160,23 +160,24 @@ def learn(loop: Loop, k: int) -> dict:
 def evaluate(loop: Loop, k: int, base: dict | None) -> dict:
     """Held-out metrics of version k (paired with the base's: same utterances, prompts and seeds), its
     distribution gap and sample wavs (logged to MLflow)."""
-    evaluator, adapter, start = loop.roles["evaluator"], str(loop.run.adapter(k)) if k else None, time.perf_counter()
-    out = ray.get(evaluator.evaluate.remote(adapter, ceiling=k == 0))
+    from actors.evaluator import evaluate_version  # the roles' module (torch and the models): not at import time
+
+    adapter, start = str(loop.run.adapter(k)) if k else None, time.perf_counter()
+    title = f"golden vs synthetic, iteration {k}" if loop.cfg.eval.gap_utterances else None
+    out, png, samples = evaluate_version(loop.roles["evaluator"], adapter, ceiling=k == 0, gap_title=title, samples=2)
     if base is not None:
         out.update(record_wer_changes(base, out))
-    if loop.cfg.eval.gap_utterances:
-        gap, png = ray.get(evaluator.gap.remote(adapter, f"golden vs synthetic, iteration {k}"))
-        out.update(gap)
+    if png:
         tracking.log_bytes(png, f"gap/iter_{k}.png")
-    for name, wav, sr in ray.get(evaluator.samples.remote(adapter)):
+    for name, wav, sr in samples:
         tracking.log_wav(wav, sr, f"samples/iter_{k}/{name}")
     out["eval_seconds"] = time.perf_counter() - start  # the whole stage: metrics, gap, samples
     return out
 
 
 def role_usage(loop: Loop) -> dict[str, dict[str, float]]:
-    """Every long-lived role's busy seconds so far and peak RSS (`actors.usage`); the reward scorers as one role
-    (their seconds summed, the largest peak)."""
+    """Every long-lived role's busy seconds so far and peak RSS (`actors.usage`); a role of several actors (engine
+    replicas, evaluators, reward scorers) as one (their seconds summed, the largest peak)."""
     handles = {name: h if isinstance(h, list) else [h] for name, h in loop.roles.items()}
     handles = {name: h for name, h in handles.items() if h}
     usages = ray.get([h.usage.remote() for hs in handles.values() for h in hs])

@@ -281,7 +281,7 @@ def start_roles(cfg, base_dir: Path, base_fingerprint: str | None = None) -> dic
     its terms need them (`AlignConfig.reward_roles`); a reward model only if it was trained on this base
     (`base_fingerprint`)."""
     from actors.critic import CriticRole
-    from actors.evaluator import Evaluator
+    from actors.evaluator import start_evaluators
     from actors.reference import ReferenceScorer
     from actors.reward_model import RewardModelRole
     from actors.reward_scorer import RewardScorer
@@ -313,7 +313,7 @@ def start_roles(cfg, base_dir: Path, base_fingerprint: str | None = None) -> dic
         .remote(
             str(base_dir / "ar"), margin_tokens=a.margin_tokens, num_gpus=res.reference.num_gpus, reference=a.reference
         ),
-        "evaluator": ray.remote(Evaluator).options(**actor_options(res.evaluator)).remote(cfg, str(base_dir)),
+        "evaluator": start_evaluators(cfg, base_dir),
     }
     # a reward with ASR or SIM terms: reward_workers scorers side by side (the costly stage: every sample goes
     # through NAR, vocoder and ASR); they score while the evaluator waits for its next version, so no core is shared

@@ -21,14 +21,18 @@ def peak_rss_mb() -> float:
 
 
 def metered(method):
-    """Counts the seconds spent inside `method` (a role's method: one call at a time) as the role's busy time."""
+    """Counts the seconds spent inside `method` (a role's method: one call at a time) as the role's busy time; a
+    metered method called by another is counted once, in its caller's."""
 
     @functools.wraps(method)
     def timed(self, *args, **kwargs):
-        start = time.perf_counter()
+        if self.__dict__.get("_metering"):
+            return method(self, *args, **kwargs)
+        start, self._metering = time.perf_counter(), True
         try:
             return method(self, *args, **kwargs)
         finally:
+            self._metering = False
             self.busy_seconds = getattr(self, "busy_seconds", 0.0) + time.perf_counter() - start
 
     return timed

@@ -7,8 +7,9 @@ Per version and stage: the stage's wall time (the driver's clock around it), the
 own calls (`actors/usage.py`: the engine's sampling, the reward scorers, the reference's scoring, the learner's
 steps and checkpoints, the critic, the evaluator's metrics, gap and samples) and the rest, `other`: Ray scheduling,
 (de)serialisation, Parquet I/O, model loading, Ray Train's start-up and idle waits. The rollout stage streams
-batches through engine, scorers and reference side by side, so its roles' seconds can add up to more than its
-wall time; `other` is then a lower bound (0 at the least). Version 0's only stage is the base's evaluation.
+batches through engine, scorers and reference side by side, and the evaluate stage spreads its work over
+`eval.workers` evaluators, so a stage's roles' seconds can add up to more than its wall time; `other` is then a lower
+bound (0 at the least). Version 0's only stage is the base's evaluation.
 Then each role's peak resident memory over the run (the learner's: its Ray Train worker's).
 """
 

@@ -78,7 +78,7 @@ def setup(cfg: Config) -> Loop:
         "base_fingerprint": lineage.fingerprint(base_dir, run_dir / "codec", cfg.codec.kind),
         "base_dir": str(base_dir),
         "config": cfg.name,
-        "eval_protocol": lineage.protocol_key(dataclasses.asdict(cfg.eval)),
+        "eval_protocol": lineage.protocol_key(cfg.eval.protocol()),
     }
     run = AlignRun(run_dir, made_from)
     vocab, frame_rate = Vocab.load(base_dir / "ar"), summary["codec"]["frame_rate"]
@@ -107,7 +107,7 @@ def setup(cfg: Config) -> Loop:
         # the reward as given (a mix reads as written); a run that rewards no sample has none
         **({"sa_ray.reward": cfg.align.reward} if cfg.align.rewards_samples else {}),
         "sa_ray.rollout_engine": engine,
-        **ray.get(roles["evaluator"].backends.remote()),
+        **ray.get(roles["evaluator"][0].backends.remote()),
     }
     train_rows = pq.read_table(run_dir / "data" / "train", columns=["utt_id", "speaker", "codes_0"]).to_pylist()
     bank_ref = ray.put(PromptBank.from_rows(train_rows, prompt_frames, 1))

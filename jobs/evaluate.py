@@ -11,7 +11,6 @@ and, unless `eval.gap_utterances=0`, the distribution-gap analysis; every WER na
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -50,18 +49,16 @@ def main(argv: list[str] | None = None) -> dict:
     _cli.init_ray(cfg)
     import ray
 
-    from actors.evaluator import Evaluator
-    from actors.placement import actor_options
+    from actors.evaluator import evaluate_version, start_evaluators
 
     with tempfile.TemporaryDirectory() as tmp, tracking.job_run(cfg, "evaluate") as run:
         adapter = resolve_adapter(cfg, args.adapter, base_dir, Path(tmp))
-        evaluator = ray.remote(Evaluator).options(**actor_options(cfg.resources.evaluator)).remote(cfg, str(base_dir))
-        backends = ray.get(evaluator.backends.remote())
+        evaluators = start_evaluators(cfg, base_dir)
+        backends = ray.get(evaluators[0].backends.remote())
         tracking.set_tags({**backends, "sa_ray.adapter": args.adapter or "none", "sa_ray.base": str(base_dir)})
-        metrics = ray.get(evaluator.evaluate.remote(adapter, ceiling=not args.no_ceiling))
-        if cfg.eval.gap_utterances:
-            gap, png = ray.get(evaluator.gap.remote(adapter, f"golden vs synthetic: {args.adapter or 'base'}"))
-            metrics.update(gap)
+        title = f"golden vs synthetic: {args.adapter or 'base'}" if cfg.eval.gap_utterances else None
+        metrics, png, _ = evaluate_version(evaluators, adapter, ceiling=not args.no_ceiling, gap_title=title)
+        if png:
             tracking.log_bytes(png, "gap.png")
         tracking.log_metrics(metrics)
     if args.out:
@@ -73,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "base": str(base_dir),
                     "seed": cfg.eval.seed,
                     "eval_seeds": cfg.eval.seeds,
-                    "protocol": dataclasses.asdict(cfg.eval),
+                    "protocol": cfg.eval.protocol(),
                     **metrics,
                 }
             )

@@ -74,16 +74,15 @@ def main(argv: list[str] | None = None) -> dict:
     _cli.init_ray(cfg)
     import ray
 
-    from actors.evaluator import Evaluator
-    from actors.placement import actor_options
+    from actors.evaluator import evaluate_version, start_evaluators
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp, tracking.job_run(cfg, "tune_decoding"):
         adapter = resolve_adapter(cfg, args.adapter, base_dir, Path(tmp))
-        evaluator = ray.remote(Evaluator).options(**actor_options(cfg.resources.evaluator)).remote(cfg, str(base_dir))
-        tracking.set_tags({**ray.get(evaluator.backends.remote()), "sa_ray.adapter": args.adapter or "none"})
+        evaluators = start_evaluators(cfg, base_dir)
+        tracking.set_tags({**ray.get(evaluators[0].backends.remote()), "sa_ray.adapter": args.adapter or "none"})
         for step, sampling in enumerate(grid):
-            metrics = ray.get(evaluator.evaluate.remote(adapter, sampling=sampling))
+            metrics, _, _ = evaluate_version(evaluators, adapter, sampling=sampling)
             flat = {k: v for k, v in metrics.items() if not isinstance(v, list)}
             rows.append({**decoding(sampling), **flat})
             tracking.log_metrics({f"{s}_wer": metrics[f"{s}_wer"] for s in SPLITS if f"{s}_wer" in metrics}, step)

@@ -690,8 +690,18 @@ class EvalConfig:
     forced_phones: bool = setting(
         False, "aligned models: decode with the asked phones forced in order (no phone errors; docs/evaluation.md)"
     )
+    workers: int = setting(
+        2,
+        "evaluator processes sharing each evaluation (its batches of utterances, the gap, the samples) and their "
+        "node's cores; how the work is spread, not part of the protocol (docs/evaluation.md)",
+    )
+
+    def protocol(self) -> dict[str, Any]:
+        """What decides the meaning of a number: every eval setting but `workers`."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "workers"}
 
     def validate(self) -> None:
+        _require(self.workers >= 1, f"eval.workers must be >= 1; got {self.workers}")
         _require(
             self.asr == "pocketsphinx" or self.asr.startswith("whisper"),
             f"eval.asr must be pocketsphinx or whisper:<model>; got {self.asr!r}",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,95 @@ from sa_ray.sampling import SamplingConfig
 from sa_ray.synthesis import CodecTTS, Request
 from sa_ray.text import normalize_text
 
+EVAL_BATCH = 16  # held-out requests sampled in one AR batch: the unit an evaluation is spread over processes by
+
+
+@dataclass
+class HeldoutPlan:
+    """What `evaluate_tts` scores at one seed: the rows, each one's request (voice prompt and sampling seed) and the
+    real utterance of another speaker its SIM floor is measured against, all drawn up front in one fixed order, so
+    that any batch of it is scored alike in any process (`score_utterances`)."""
+
+    rows: list[dict]
+    requests: list[Request]
+    others: list[dict | None]
+
+
+def plan_heldout(rows: list[dict], bank: PromptBank, seed: int, others: list[dict] | None = None) -> HeldoutPlan:
+    rng = random.Random(seed)
+    requests = heldout_requests(rows, bank, rng, seed)
+    return HeldoutPlan(rows, requests, [_other_speaker(others or rows, row, rng) for row in rows])
+
+
+def score_utterances(
+    tts: CodecTTS,
+    plan: HeldoutPlan,
+    start: int,
+    stop: int,
+    asr,
+    sim,
+    sampling: SamplingConfig = SamplingConfig(),
+    ceiling: bool = True,
+    mos=None,
+) -> list[dict]:
+    """Rows `start:stop` of `plan` synthesised (one AR batch) and scored: one plain record per utterance, which
+    `summarize_utterances` turns into a set's metrics."""
+    rows, records = plan.rows[start:stop], []
+    outs = tts.synthesize(plan.requests[start:stop], sampling)
+    for row, other, out in zip(rows, plan.others[start:stop], outs):
+        sr = tts.codec.sample_rate
+        voice = sim.embed(out.wav, sr) if len(out.wav) else None  # once, for both SIMs
+        record = {
+            "hyp": asr.transcribe(out.wav, sr) if len(out.wav) else "",
+            "sim": cosine(voice, sim.embed_file(row["audio_path"])) if voice is not None else 0.0,
+            "sim_other": (
+                cosine(voice, sim.embed_file(other["audio_path"])) if other is not None and voice is not None else None
+            ),
+            "ratio": out.codes.shape[1] / max(1, row["frames"]),
+            "repeat": repetition_rate(out.codes[0]),
+            "ended": out.ended,
+        }
+        if tts.vocab.aligned:
+            record["phone_edits"], record["phones"] = (
+                phone_errors(out.ar_tokens, out.text_ids, tts.vocab),
+                len(out.text_ids),
+            )
+        if mos is not None and len(out.wav):
+            record["mos"] = mos.score(out.wav, sr)
+        if ceiling:
+            record["golden_hyp"] = asr.transcribe(tts.codec.decode(row_codes(row, tts.codec.n_codebooks)), sr)
+        records.append(record)
+    return records
+
+
+def summarize_utterances(rows: list[dict], records: list[dict]) -> dict[str, float]:
+    """A set's metrics from its rows' `score_utterances` records, in row order."""
+    refs = [r["text"] for r in rows]
+    errors, words = word_errors(refs, [rec["hyp"] for rec in records])
+    ratios = [rec["ratio"] for rec in records]
+    result = {
+        "wer": sum(errors) / sum(words),
+        "utt_errors": errors,
+        "utt_words": words,  # corpus WER, from its parts
+        "utt_sentences": [sentence_key(r) for r in rows],  # the bootstrap's clusters
+        "sim": float(np.mean([rec["sim"] for rec in records])),
+        "duration_ratio": float(np.mean(ratios)),
+        "duration_error": float(np.mean(np.abs(np.log(np.maximum(ratios, 1e-3))))),
+        "eos_failure_rate": 1.0 - float(np.mean([rec["ended"] for rec in records])),
+        "repetition_rate": float(np.mean([rec["repeat"] for rec in records])),
+        "n": len(rows),
+    }
+    if phones := sum(rec.get("phones", 0) for rec in records):
+        result["phone_error_rate"] = sum(rec["phone_edits"] for rec in records) / phones
+        result["phone_error_samples"] = sum(rec["phone_edits"] > 0 for rec in records) / len(rows)
+    if sims_other := [rec["sim_other"] for rec in records if rec["sim_other"] is not None]:
+        result["sim_other_speaker"] = float(np.mean(sims_other))  # real speech of ANOTHER speaker: the SIM floor
+    if scores := [rec["mos"] for rec in records if "mos" in rec]:
+        result["mos"] = float(np.mean(scores))
+    if records and "golden_hyp" in records[0]:
+        result["golden_wer"] = wer(refs, [rec["golden_hyp"] for rec in records])
+    return result
+
 
 def evaluate_tts(
     tts: CodecTTS,
@@ -39,62 +129,16 @@ def evaluate_tts(
     sim,
     seed: int = 0,
     sampling: SamplingConfig = SamplingConfig(),
-    batch_size: int = 16,
+    batch_size: int = EVAL_BATCH,
     ceiling: bool = True,
     desc: str = "evaluate",
     others: list[dict] | None = None,
     mos=None,
 ) -> dict[str, float]:
-    rng = random.Random(seed)
-    requests = heldout_requests(rows, bank, rng, seed)
-    hyps, sims, sims_other, ratios, ended, gold_hyps, repeats, scores = [], [], [], [], [], [], [], []
-    phone_edits, phones, samples_with_phone_errors = 0, 0, 0
+    plan, records = plan_heldout(rows, bank, seed, others), []
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
-        chunk = rows[start : start + batch_size]
-        for row, out in zip(chunk, tts.synthesize(requests[start : start + batch_size], sampling)):
-            hyps.append(asr.transcribe(out.wav, tts.codec.sample_rate) if len(out.wav) else "")
-            voice = sim.embed(out.wav, tts.codec.sample_rate) if len(out.wav) else None  # once, for both SIMs
-            sims.append(cosine(voice, sim.embed_file(row["audio_path"])) if voice is not None else 0.0)
-            other = _other_speaker(others or rows, row, rng)
-            if other is not None and voice is not None:
-                sims_other.append(cosine(voice, sim.embed_file(other["audio_path"])))
-            ratios.append(out.codes.shape[1] / max(1, row["frames"]))
-            repeats.append(repetition_rate(out.codes[0]))
-            ended.append(out.ended)
-            if tts.vocab.aligned:
-                edits = phone_errors(out.ar_tokens, out.text_ids, tts.vocab)
-                phone_edits, phones = phone_edits + edits, phones + len(out.text_ids)
-                samples_with_phone_errors += edits > 0
-            if mos is not None and len(out.wav):
-                scores.append(mos.score(out.wav, tts.codec.sample_rate))
-            if ceiling:
-                gold_hyps.append(
-                    asr.transcribe(tts.codec.decode(row_codes(row, tts.codec.n_codebooks)), tts.codec.sample_rate)
-                )
-    refs = [r["text"] for r in rows]
-    errors, words = word_errors(refs, hyps)
-    result = {
-        "wer": sum(errors) / sum(words),
-        "utt_errors": errors,
-        "utt_words": words,  # corpus WER, from its parts
-        "utt_sentences": [sentence_key(r) for r in rows],  # the bootstrap's clusters
-        "sim": float(np.mean(sims)),
-        "duration_ratio": float(np.mean(ratios)),
-        "duration_error": float(np.mean(np.abs(np.log(np.maximum(ratios, 1e-3))))),
-        "eos_failure_rate": 1.0 - float(np.mean(ended)),
-        "repetition_rate": float(np.mean(repeats)),
-        "n": len(rows),
-    }
-    if phones:
-        result["phone_error_rate"] = phone_edits / phones
-        result["phone_error_samples"] = samples_with_phone_errors / len(rows)
-    if sims_other:  # the same synthesised speech against real speech of ANOTHER speaker: the SIM floor
-        result["sim_other_speaker"] = float(np.mean(sims_other))
-    if scores:
-        result["mos"] = float(np.mean(scores))
-    if ceiling:
-        result["golden_wer"] = wer(refs, gold_hyps)
-    return result
+        records += score_utterances(tts, plan, start, start + batch_size, asr, sim, sampling, ceiling, mos)
+    return summarize_utterances(rows, records)
 
 
 def heldout_requests(rows: list[dict], bank: PromptBank, rng: random.Random, seed: int) -> list[Request]:
@@ -149,6 +193,22 @@ def prompt_banks(tables: dict[str, list[dict]], prompt_frames: int, n_codebooks:
     return {split: PromptBank.from_rows(rows, prompt_frames, n_codebooks) for split, rows in tables.items() if rows}
 
 
+def heldout_rows(tables: dict[str, list[dict]], n: int, split: str = "all") -> dict[str, list[dict]]:
+    """The utterances an evaluation scores per held-out set: an even spread of `n` of the `split` half
+    (`dev_test`) of each (the same ones every time)."""
+    out = {}
+    for name, rows in tables.items():
+        if not rows:
+            continue
+        half = dev_test(rows, split)
+        if not half:
+            raise ValueError(
+                f"eval.split={split}: {name} has {len(rows)} utterances, none in that half; use eval.split=all"
+            )
+        out[name] = pick_heldout(half, n)
+    return out
+
+
 def evaluate_heldout(
     tts: CodecTTS,
     tables: dict[str, list[dict]],
@@ -162,20 +222,10 @@ def evaluate_heldout(
     mos=None,
     split: str = "all",
 ) -> dict[str, dict[str, float]]:
-    """`evaluate_tts` on an even spread of `n` utterances of the `split` half (`dev_test`) of each held-out set
-    (the same ones every time), voice prompts drawn from `banks[name]` (the set's own utterances of the same
-    speaker, either half: a prompt is the voice, not the sentence)."""
-    out = {}
-    for name, rows in tables.items():
-        if not rows:
-            continue
-        half = dev_test(rows, split)
-        if not half:
-            raise ValueError(
-                f"eval.split={split}: {name} has {len(rows)} utterances, none in that half; use eval.split=all"
-            )
-        picked = pick_heldout(half, n)
-        out[name] = evaluate_tts(
+    """`evaluate_tts` on `heldout_rows` of each held-out set, voice prompts drawn from `banks[name]` (the set's own
+    utterances of the same speaker, either half: a prompt is the voice, not the sentence)."""
+    return {
+        name: evaluate_tts(
             tts,
             picked,
             banks[name],
@@ -188,7 +238,8 @@ def evaluate_heldout(
             others=tables["heldout_sentences"],
             mos=mos,
         )
-    return out
+        for name, picked in heldout_rows(tables, n, split).items()
+    }
 
 
 def distribution_gap(

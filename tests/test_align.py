@@ -509,6 +509,30 @@ def test_phone_errors_count_the_phones_an_aligned_target_got_wrong():
         phone_errors(right, text, Vocab(("a", "b", "c", "d"), codebook_size=8, aligned=False))
 
 
+def test_an_evaluation_spread_over_evaluators_equals_one_evaluators(prepared_in_process, base_dir):
+    """Any evaluator scores any batch of a version's evaluation alike, in any order: the batches of two evaluators,
+    summarised by one, are the one-process evaluation to the last digit (jobs spread them: `evaluate_version`)."""
+    import dataclasses
+
+    from actors.evaluator import Evaluator
+
+    cfg, _, _ = prepared_in_process
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, utterances=3, seeds=2, split="all"))
+    lead, other = Evaluator(cfg, str(base_dir)), Evaluator(cfg, str(base_dir))
+    whole = lead.evaluate(None, ceiling=True)
+    units = other.units()
+    assert {(name, seed) for name, seed, _, _ in units} == {
+        (name, seed) for name in ("heldout_sentences", "heldout_voices") for seed in (0, 1000)
+    }
+    scored = [None] * len(units)
+    for i in reversed(range(len(units))):  # last batch first, every other one by each evaluator
+        scored[i] = (lead if i % 2 else other).score(None, [units[i]], ceiling=True)[0]
+    spread = {**other.golden_fit(None), **lead.summarize(units, scored)}
+    assert spread == whole
+    assert "heldout_sentences_golden_wer" in whole and whole["heldout_voices_n"] == 3
+    assert "heldout_sentences_wer_spread" in whole  # two seeds, pooled
+
+
 def test_phone_error_benchmark_reproduces_the_evaluation(prepared_in_process, base_dir, tmp_path):
     """analysis.phone_errors samples exactly what the evaluation samples, from tokens alone."""
     import dataclasses

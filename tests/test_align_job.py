@@ -73,6 +73,7 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(
     # rollout engine, and its adapter swaps are tests/test_vllm.py's and test_align.py's)
     vllm = ["align.iterations=1", "eval.gap_utterances=0"] if backend == "vllm" else []
     replicas = 1 if vllm else 2  # torch: two engine replicas, each batch of requests dealt out over both
+    evaluators = replicas  # torch: each evaluation spread over two evaluators (and evaluate's and tune_decoding's)
     argv, run_dir = _argv(
         prepared_tiny,
         tiny_base,
@@ -81,6 +82,7 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(
         "align.replay=0.5",
         *vllm,
         f"align.rollout_engines={replicas}",
+        f"eval.workers={evaluators}",
     )
     out = align.main(argv)
     records = out["records"]
@@ -107,7 +109,8 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(
             and 0 < r["busy_reference_seconds"] <= r["rollout_seconds"]
         )
         assert (
-            0 < r["busy_learner_seconds"] <= r["learn_seconds"] and 0 < r["busy_evaluator_seconds"] <= r["eval_seconds"]
+            0 < r["busy_learner_seconds"] <= r["learn_seconds"]
+            and 0 < r["busy_evaluator_seconds"] <= evaluators * r["eval_seconds"]  # side by side: summed
         )
         assert all(r[f"peak_rss_{role}_mb"] > 50 for role in ("rollout", "reference", "learner", "evaluator", "driver"))
     from benchmarks import iteration_profile
