@@ -63,6 +63,10 @@ class Evaluator(Metered):
         self._golden: dict | None = None  # the distribution gap's golden side, made once
         self._plans: dict[tuple[str, int], HeldoutPlan] = {}
 
+    def threads(self) -> int:
+        """The torch threads this evaluator computes on."""
+        return torch.get_num_threads()
+
     def _rows(self) -> list[dict]:
         """The held-out sentences of `eval.split`: what every figure of a version is measured on."""
         return dev_test(self.tables["heldout_sentences"], self.cfg.eval.split)

@@ -87,7 +87,8 @@ def plan(args: argparse.Namespace) -> dict[str, tuple[list[str], str | None]]:
             unprepared,
         ),
         "eval_bench": (
-            f"--base {base} --n {2 if q else 16} --threads {1 if q else '1,2'} run_dir={run} codec.path={base}/codec",
+            f"--base {base} --n {2 if q else 16} --threads {1 if q else '1,2 --workers 2'} run_dir={run} "
+            f"codec.path={base}/codec",
             unprepared,
         ),
     }
