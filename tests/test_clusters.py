@@ -432,7 +432,7 @@ def _stages(cfg: Config) -> dict[str, list[tuple[RoleResources, int]]]:
             (r.rollout, cfg.align.rollout_engines),
             (r.reference, 1),
             (r.reward, reward),
-            (r.evaluator, 1),
+            (r.evaluator, cfg.eval.workers),
             (r.learner, cfg.align.workers),
         ],
         "serve": [(r.serve, cfg.serve.replicas)],
