@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from pathlib import Path
@@ -105,14 +106,18 @@ class Evaluator(Metered):
         return [
             (name, e.seed + 1000 * s, start, min(start + EVAL_BATCH, len(rows)))
             for s in range(e.seeds)
-            for name, rows in heldout_rows(self.tables, e.utterances, e.split).items()
+            for name, rows in self._picked.items()
             for start in range(0, len(rows), EVAL_BATCH)
         ]
 
+    @functools.cached_property
+    def _picked(self) -> dict[str, list[dict]]:
+        return heldout_rows(self.tables, self.cfg.eval.utterances, self.cfg.eval.split)
+
     def _plan(self, name: str, seed: int) -> HeldoutPlan:
         if (name, seed) not in self._plans:
-            rows = heldout_rows(self.tables, self.cfg.eval.utterances, self.cfg.eval.split)[name]
-            self._plans[name, seed] = plan_heldout(rows, self.banks[name], seed, self.tables["heldout_sentences"])
+            rows, others = self._picked[name], self.tables["heldout_sentences"]
+            self._plans[name, seed] = plan_heldout(rows, self.banks[name], seed, others)
         return self._plans[name, seed]
 
     @metered
