@@ -691,7 +691,7 @@ class EvalConfig:
         False, "aligned models: decode with the asked phones forced in order (no phone errors; docs/evaluation.md)"
     )
     workers: int = setting(
-        1,
+        2,
         "evaluator processes sharing each evaluation (its batches of utterances, the gap, the samples) and their "
         "node's cores; how the work is spread, not part of the protocol (docs/evaluation.md)",
     )
