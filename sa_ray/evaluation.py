@@ -46,6 +46,7 @@ class HeldoutPlan:
 
 
 def plan_heldout(rows: list[dict], bank: PromptBank, seed: int, others: list[dict] | None = None) -> HeldoutPlan:
+    """`rows`' plan at `seed`: prompts from `bank`, the SIM floor's speaker from `others` (default: `rows`)."""
     rng = random.Random(seed)
     requests = heldout_requests(rows, bank, rng, seed)
     return HeldoutPlan(rows, requests, [_other_speaker(others or rows, row, rng) for row in rows])
@@ -64,10 +65,9 @@ def score_utterances(
 ) -> list[dict]:
     """Rows `start:stop` of `plan` synthesised (one AR batch) and scored: one plain record per utterance, which
     `summarize_utterances` turns into a set's metrics."""
-    rows, records = plan.rows[start:stop], []
+    rows, records, sr = plan.rows[start:stop], [], tts.codec.sample_rate
     outs = tts.synthesize(plan.requests[start:stop], sampling)
     for row, other, out in zip(rows, plan.others[start:stop], outs):
-        sr = tts.codec.sample_rate
         voice = sim.embed(out.wav, sr) if len(out.wav) else None  # once, for both SIMs
         record = {
             "hyp": asr.transcribe(out.wav, sr) if len(out.wav) else "",
