@@ -73,9 +73,9 @@ $(BENCH_STAMP): $(STAMP) requirements/bench.txt
 bench: install $(BENCH_STAMP)  ## every benchmark, one table + bench.json (after make demo: the evaluation and codec ones too)
 	$(PY) -m benchmarks.run_all --json bench.json --run-dir runs/tiny --base $(BASE) $(ARGS)
 
-test: install lint  ## the whole suite, after the formatter and linter checks
+test: install lint  ## the whole suite (its Ray tier and unit tier side by side: scripts/test.sh), after the formatter and linter checks
 	bash scripts/install-system.sh --test
-	$(PY) -m pytest -q -ra --durations=30 $(ARGS)
+	PY=$(PY) bash scripts/test.sh $(ARGS)
 
 lint: install  ## ruff: the code is formatted (`make format` formats it) and lint-clean
 	$(VENV)/bin/ruff format --check --quiet .

@@ -76,6 +76,7 @@ TINY_OVERRIDES = [
     "codec.fit_utterances=40",
     "prepare.encoders=1",
     "prepare.batch_size=16",
+    "codec.vocoder=griffinlim",
     "eval.workers=1",  # a tiny evaluation is one batch a set: a second evaluator only costs its start
 ]
 
