@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
         print(
             f"threads {threads}: {n} utterances in {seconds:.1f} s, {seconds / n:.2f} s each "
-            f"({ {k: round(v, 4) for k, v in metrics.items() if k.endswith('_wer')} }): "
+            f"({wers(metrics)}): "
             + ", ".join(f"{s} {v:.3f}" for s, v in stages.items())
             + f", other {seconds / n - sum(stages.values()):.3f}",
             flush=True,
@@ -99,6 +99,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows
+
+
+def wers(metrics: dict) -> dict:
+    """Each set's WER, rounded: what the runs print beside their times (the same work gives the same WERs)."""
+    return {k: round(v, 4) for k, v in metrics.items() if k.endswith("_wer")}
 
 
 def spread(cfg, base_dir: Path, workers: int) -> dict:
@@ -120,9 +125,9 @@ def spread(cfg, base_dir: Path, workers: int) -> dict:
     for e in evaluators:
         ray.kill(e)
     n = int(sum(v for k, v in metrics.items() if k.endswith("_n")))
-    wers = {k: round(v, 4) for k, v in metrics.items() if k.endswith("_wer")}
     print(
-        f"{workers} workers x {threads[0]} threads: {n} utterances in {seconds:.1f} s, {seconds / n:.2f} s each; {wers}"
+        f"{workers} workers x {threads[0]} threads: {n} utterances in {seconds:.1f} s, {seconds / n:.2f} s each; "
+        f"{wers(metrics)}"
     )
     return {"workers": workers, "threads": threads[0], "utterances": n, "seconds": seconds, "s_per_utt": seconds / n}
 

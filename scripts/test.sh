@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make test`: the whole suite as its two tiers side by side. The Ray tier (`-m slow`: local Ray clusters, jobs,
 # Serve) spends part of its time waiting on process starts, Ray's scheduling and health checks; the unit tier
-# (`make test-fast`: no Ray, SA_RAY_TEST_FAST=1 fails a test that starts it) uses those idle cores. Its output
-# follows the Ray tier's. Arguments go to both (a path or -k that selects no test of one tier is fine; neither
+# (`make test-fast`: no Ray, SA_RAY_TEST_FAST=1 fails a test that starts it) uses those idle cores, at the lowest
+# priority (nice 19): Ray runs its workers at nice 15, so a unit tier at 0 would take the cores from them. Its
+# output follows the Ray tier's. Arguments go to both (a path or -k that selects no test of one tier is fine; neither
 # selecting any test fails, as pytest does).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ PY=${PY:-.venv/bin/python}
 unit_log=$(mktemp) unit=""
 trap 'rm -f "$unit_log"; [ -z "$unit" ] || kill "$unit" 2>/dev/null' EXIT
 
-SA_RAY_TEST_FAST=1 "$PY" -m pytest -q -ra -m "not slow" -o cache_dir=.pytest_cache/unit "$@" >"$unit_log" 2>&1 &
+SA_RAY_TEST_FAST=1 nice -n 19 "$PY" -m pytest -q -ra -m "not slow" -o cache_dir=.pytest_cache/unit "$@" >"$unit_log" 2>&1 &
 unit=$!
 echo "make test: the unit tier runs beside the Ray tier; its report follows this one"
 "$PY" -m pytest -q -ra --durations=30 -m slow "$@"

@@ -76,6 +76,9 @@ TINY_OVERRIDES = [
     "codec.fit_utterances=40",
     "prepare.encoders=1",
     "prepare.batch_size=16",
+    # HiFi-GAN is most of a tiny job's evaluation and reward scoring (0.72 s an audio second, Griffin-Lim 0.22): the
+    # tests' slice vocodes with Griffin-Lim; HiFi-GAN itself is tests/test_codec_mel_kmeans.py's and the
+    # intelligibility test's
     "codec.vocoder=griffinlim",
     "eval.workers=1",  # a tiny evaluation is one batch a set: a second evaluator only costs its start
 ]
