@@ -3,6 +3,7 @@
 # decoding (temperature 0.4), 120 + 40 utterances at seed 0, each arm paired with the base sample by sample.
 #
 #   bash scripts/test_table.sh          # or: make arms-test
+#   bash scripts/test_table.sh eval.workers=1   # overrides for every evaluation (not the decoding: see below)
 #
 # Needs the arms trained on dev: `make arms` (runs/arms/dev) and the more-prompts arms (runs/arms-more/dev, the
 # commands in docs/results.md "More prompts"). Every arm's adapter is evaluated on the held-out sentences of the
@@ -12,7 +13,7 @@
 #   OWN_DECODING=1 bash scripts/test_table.sh   # then a second table: each arm at its own best decoding
 #
 # OWN_DECODING=1: the protocol's other half. Each arm's decoding is chosen on dev as the base's was
-# (`jobs.tune_decoding` over the temperatures DECODINGS, 120 + 40 utterances at two seeds; OUT/dev/<arm>.json), then
+# (`jobs.tune_decoding` over the temperatures DECODINGS, 120 + 40 utterances at SEEDS=2 seeds; OUT/dev/<arm>.json), then
 # evaluated on test once at that decoding; the second table pairs them, and the base at temperature 1, with the base
 # at its own best (0.4).
 set -euo pipefail
@@ -24,7 +25,7 @@ ARMS=${ARMS:-"runs/arms/dev/sft runs/arms/dev/rpo-sftdom runs/arms/dev/corr-dpo 
 TEST_DECODING="eval.temperature=0.4 eval.top_k=0 eval.top_p=1.0 eval.cfg_scale=1.0"  # the base's best on dev
 # shellcheck disable=SC2206 # the decoding is several overrides
 TEST=(--base checkpoints/base --no-ceiling run_dir="$RUN_DIR" eval.split=test eval.utterances=120
-      eval.gap_utterances=0 $TEST_DECODING)
+      eval.gap_utterances=0 $TEST_DECODING "$@")
 for arm in $ARMS; do
   [ -d "$arm/align/adapters/v1" ] || { echo "no adapter $arm/align/adapters/v1: train the arm first (make arms)" >&2; exit 2; }
 done
@@ -46,7 +47,8 @@ $PY -m analysis.wer_changes "${records[@]}"
 [ "${OWN_DECODING:-0}" = 1 ] || exit 0
 
 DECODINGS=${DECODINGS:-0.4,0.5,0.6,0.8,1.0}
-DEV=(--base checkpoints/base run_dir="$RUN_DIR" eval.utterances=120 eval.seeds=2 eval.gap_utterances=0)
+SEEDS=${SEEDS:-2}  # the base's search had two sampling seeds
+DEV=(--base checkpoints/base run_dir="$RUN_DIR" eval.utterances=120 eval.seeds="$SEEDS" eval.gap_utterances=0 "$@")
 records=("$OUT/base.json")
 evaluate "$OUT/base-t1.0.json" eval.temperature=1.0
 for arm in $ARMS; do
