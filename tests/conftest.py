@@ -4,9 +4,10 @@ Unit tier (`make test-fast`: SA_RAY_TEST_FAST=1, `-m "not slow"`): no Ray, no jo
 tiny slice prepared in this process by the library functions behind `jobs.prepare` (corpus synthesis, codec fit,
 `tokenize_rows`; no Ray Data), in the job's layout; `base_in_process` is a tiny base model trained on it.
 
-Slow tier (`make test`): ONE local Ray cluster per session (`ray_local`), the same slice prepared by the job
-itself (`prepared_tiny`) and a tiny base trained on that (`tiny_base`). Under SA_RAY_TEST_FAST=1 these fixtures
-fail, and any test that leaves Ray running (in this process or as a child process) fails too.
+Slow tier (`-m slow`; `make test` runs it with the unit tier beside it: scripts/test.sh): ONE local Ray cluster per
+session (`ray_local`), the same slice prepared by the job itself (`prepared_tiny`) and a tiny base trained on that
+(`tiny_base`). Under SA_RAY_TEST_FAST=1 these fixtures fail, and any test that leaves Ray running (in this process
+or as a child process) fails too.
 """
 
 from __future__ import annotations
