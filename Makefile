@@ -85,7 +85,7 @@ format: install
 	$(VENV)/bin/ruff format --quiet . && $(VENV)/bin/ruff check --quiet --fix .
 
 test-fast: install  ## the unit tier, minutes: no Ray, no job (SA_RAY_TEST_FAST=1 fails a test that starts Ray)
-	SA_RAY_TEST_FAST=1 $(PY) -m pytest -q -m "not slow" $(ARGS)
+	PY=$(PY) bash scripts/test.sh --unit $(ARGS)
 
 clean:
 	rm -rf runs mlruns data/corpus .pytest_cache

@@ -80,8 +80,8 @@ class RolloutEngine(Metered):
         vllm: VLLMConfig | None = None,
         dedicated: bool = False,
     ):
-        self.backend = resolve_backend(backend)
         device = role_device("rollout", resources.num_gpus if resources else 0.0)
+        self.asked, self.backend = backend, resolve_backend(backend, on_cpu=device.type == "cpu")
         self.engine = make_engine(
             self.backend, model_dir, lora_rank, max_model_len, seed, device, vllm, dedicated=dedicated
         )
@@ -95,7 +95,7 @@ class RolloutEngine(Metered):
         self.guards = RolloutGuards()
 
     def describe(self) -> str:
-        return describe(self.backend)
+        return describe(self.backend, self.asked)
 
     def start_seconds(self) -> float:
         return float(self.engine.start_seconds)

