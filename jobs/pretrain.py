@@ -100,13 +100,13 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.pretrain.warm_start:  # absolute: the Ray Train workers read it
         cfg.pretrain.warm_start = str(base_model_dir(cfg, cfg.pretrain.warm_start, "set pretrain.warm_start to one"))
 
-    _cli.init_ray(cfg)
     with tracking.job_run(cfg, "pretrain", args.run_id) as run:
         if cfg.pretrain.init_from:  # e.g. the shipped base model: it becomes this run's model, untrained further
-            model_dir = run_dir / "pretrain" / "model"
+            model_dir = run_dir / "pretrain" / "model"  # (a copy: no Ray started for it)
             if Path(cfg.pretrain.init_from).resolve() != model_dir.resolve():
                 atomic.copy_in(cfg.pretrain.init_from, model_dir, ignore=shutil.ignore_patterns("codec"))
         else:
+            _cli.init_ray(cfg)
             model_dir = train(cfg, run_dir, summary, run.info.run_id)
         tracking.log_artifact(model_dir, "model")
         tracking.register_model(f"{cfg.name}-base", run.info.run_id, "model", ["latest"])

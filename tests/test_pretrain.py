@@ -233,3 +233,28 @@ def test_pretrain_job_trains_on_ray_exports_and_evaluates(prepared_tiny, tmp_pat
     wav, sr = read_wav(wav_path)
     expected = sum(Voice.parse("mbrola-us1").phones(text)[1]) / 1000
     assert 0.05 < len(wav) / sr <= 2.5 * expected
+
+
+def test_init_from_makes_a_given_model_the_runs_base_without_starting_ray(
+    prepared_in_process, base_in_process, tmp_path
+):
+    """`make demo`'s second step: the shipped model copied in as the run's base and registered; a copy needs no
+    Ray (the unit tier fails a test that leaves Ray running)."""
+    import sys
+
+    from jobs import pretrain
+    from sa_ray import tracking
+    from tests.conftest import copy_prepared
+
+    cfg, argv, _ = prepared_in_process
+    run_dir, uri = copy_prepared(cfg.run_dir, tmp_path), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = pretrain.main(
+        [*argv, f"run_dir={run_dir}", f"pretrain.init_from={base_in_process}", "pretrain.eval_utterances=0",
+         f"tracking.uri={uri}"]
+    )  # fmt: skip
+    model_dir = Path(out["model_dir"])
+    assert model_dir == run_dir / "pretrain" / "model" and out["metrics"] == {}
+    given = {p.relative_to(base_in_process): p.read_bytes() for p in base_in_process.rglob("*") if p.is_file()}
+    assert given and {p: (model_dir / p).read_bytes() for p in given} == given
+    assert tracking.alias_version(f"{cfg.name}-base", "latest", uri) is not None
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
