@@ -1,11 +1,13 @@
 """The align loop's stages, each a function of the loop's long-lived state (`Loop`) with its inputs and outputs in
-the open; jobs/align.py composes them into policy versions:
+the open, composed into a policy version by `make_version` (roll_out, learn) and `finish_version` (the waited-for
+Evaluation, publish); jobs/align.py schedules versions, each evaluation beside the next version's making:
 
     roll_out(i)  pairs sampled from policy version i, scored by the reference       -> pair set i (committed)
                  (ppo: valued by critic version i: values, advantages, returns)
     learn(k)     version k from version k-1 and pair set k-1, on Ray Train          -> adapter v_k (committed)
                  (ppo: beside it, critic v_k from critic v_{k-1} in the critic role  -> critic v_k (committed))
-    evaluate(k)  held-out metrics of version k, paired with the base's, gap, wavs   -> metrics
+    Evaluation   held-out metrics of version k, paired with the base's, gap, wavs   -> metrics
+                 (started, then waited for: it runs beside version k+1's roll_out and learn)
     publish(k)   metrics to MLflow; v_k registered as <name>-policy (latest, best)  -> registry version
 
 A new method is another composition of these (and of new stages), not a branch inside the loop.
@@ -14,7 +16,9 @@ A new method is another composition of these (and of new stages), not a branch i
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -24,13 +28,15 @@ from actors.learner import fit_learner
 from actors.pipeline import make_pairs
 from actors.usage import peak_rss_mb
 from sa_ray import atomic, guards, lineage, tracking, votes
-from sa_ray.align_run import AlignRun
+from sa_ray.align_run import AlignRun, settings_changes
 from sa_ray.config import Config
 from sa_ray.metrics.stats import record_wer_changes
 from sa_ray.models.vocab import Vocab
 from sa_ray.preference import read_manifest
 
 WER_TAG = lineage.WER_TAG
+# one evaluation at a time, beside the driver's other stages (the evaluators are roles of their own)
+_EVALUATING = ThreadPoolExecutor(1, thread_name_prefix="evaluate")
 
 
 @dataclass
@@ -157,29 +163,56 @@ def learn(loop: Loop, k: int) -> dict:
     return {**learned, **(run.critic_fitted(k) or {}), "learn_seconds": time.perf_counter() - start}
 
 
-def evaluate(loop: Loop, k: int, base: dict | None) -> dict:
-    """Held-out metrics of version k (paired with the base's: same utterances, prompts and seeds), its
-    distribution gap and sample wavs (logged to MLflow)."""
-    from actors.evaluator import evaluate_version  # the roles' module (torch and the models): not at import time
+@dataclass
+class Evaluation:
+    """Version k's held-out metrics (paired with the base's: same utterances, prompts and seeds), its distribution
+    gap and sample wavs, computed by the evaluators while the driver goes on (the next version's rollout and
+    learner); `result` waits for them and logs them to MLflow from the job's thread (MLflow's active run is the
+    thread's)."""
 
-    adapter, start = str(loop.run.adapter(k)) if k else None, time.perf_counter()
-    title = f"golden vs synthetic, iteration {k}" if loop.cfg.eval.gap_utterances else None
-    out, png, samples = evaluate_version(loop.roles["evaluator"], adapter, ceiling=k == 0, gap_title=title, samples=2)
-    if base is not None:
-        out.update(record_wer_changes(base, out))
-    if png:
-        tracking.log_bytes(png, f"gap/iter_{k}.png")
-    for name, wav, sr in samples:
-        tracking.log_wav(wav, sr, f"samples/iter_{k}/{name}")
-    out["eval_seconds"] = time.perf_counter() - start  # the whole stage: metrics, gap, samples
-    return out
+    loop: Loop
+    k: int
+    usage: dict
+    future: Future
+    start: float
+
+    @classmethod
+    def start(cls, loop: Loop, k: int, beside: bool = False) -> Evaluation:
+        """`beside`: the next version is made meanwhile (no progress bar: it would break the lines of that)."""
+        from actors.evaluator import evaluate_version  # the roles' module (torch and the models): not at import time
+
+        print(f"version {k}: evaluating" + (f" (beside version {k + 1})" if beside else ""), flush=True)
+        usage, start = role_usage(loop, ["evaluator"]), time.perf_counter()
+        title = f"golden vs synthetic, iteration {k}" if loop.cfg.eval.gap_utterances else None
+        adapter = str(loop.run.adapter(k)) if k else None
+        call = partial(
+            evaluate_version,
+            loop.roles["evaluator"],
+            adapter,
+            ceiling=k == 0,
+            gap_title=title,
+            samples=2,
+            progress=not beside,
+        )
+        return cls(loop, k, usage, _EVALUATING.submit(lambda: (call(), time.perf_counter())), start)
+
+    def result(self, base: dict | None) -> dict:
+        (out, png, samples), end = self.future.result()
+        if base is not None:
+            out.update(record_wer_changes(base, out))
+        if png:
+            tracking.log_bytes(png, f"gap/iter_{self.k}.png")
+        for name, wav, sr in samples:
+            tracking.log_wav(wav, sr, f"samples/iter_{self.k}/{name}")
+        out["eval_seconds"] = end - self.start  # the whole stage (metrics, gap, samples), not the wait for it
+        return {**out, **usage_record(self.loop, self.usage)}
 
 
-def role_usage(loop: Loop) -> dict[str, dict[str, float]]:
-    """Every long-lived role's busy seconds so far and peak RSS (`actors.usage`); a role of several actors (engine
-    replicas, evaluators, reward scorers) as one (their seconds summed, the largest peak)."""
+def role_usage(loop: Loop, names=None) -> dict[str, dict[str, float]]:
+    """The long-lived roles' busy seconds so far and peak RSS (`actors.usage`), all or those `names`d; a role of
+    several actors (engine replicas, evaluators, reward scorers) as one (their seconds summed, the largest peak)."""
     handles = {name: h if isinstance(h, list) else [h] for name, h in loop.roles.items()}
-    handles = {name: h for name, h in handles.items() if h}
+    handles = {name: h for name, h in handles.items() if h and (names is None or name in names)}
     usages = ray.get([h.usage.remote() for hs in handles.values() for h in hs])
     out, at = {}, 0
     for name, hs in handles.items():
@@ -192,10 +225,11 @@ def role_usage(loop: Loop) -> dict[str, dict[str, float]]:
 
 
 def usage_record(loop: Loop, before: dict[str, dict[str, float]]) -> dict[str, float]:
-    """The iteration profile of a version: each role's busy seconds while it was made (`busy_<role>_seconds`) and
-    its peak RSS so far (`peak_rss_<role>_mb`); the learner's come with its metrics."""
+    """The iteration profile of a stage: the busy seconds of each role of `before` while it ran
+    (`busy_<role>_seconds`), its peak RSS so far (`peak_rss_<role>_mb`) and the driver's; the learner's come with
+    its metrics. Only `before`'s roles are asked: a role at work beside this stage would answer when done."""
     out = {"peak_rss_driver_mb": peak_rss_mb()}
-    for name, now in role_usage(loop).items():
+    for name, now in role_usage(loop, before).items():
         busy, earlier = now["busy_seconds"], before[name]["busy_seconds"]
         out[f"busy_{name}_seconds"] = busy - earlier if busy >= earlier else busy  # less: Ray restarted it
         out[f"peak_rss_{name}_mb"] = now["peak_rss_mb"]
@@ -229,3 +263,36 @@ def publish(loop: Loop, k: int, record: dict, records: list[dict]) -> None:
         tracking.set_alias(name, "champion", version)
         record["aliases"].append("champion")
     record["champion_note"] = f"{'champion' if promoted else 'not champion'}: {why}"
+
+
+def make_version(loop: Loop, k: int, previous: dict | None) -> dict:
+    """Policy version k made from version k-1 (k > 0): its record so far (pairs, learner, their roles' work)."""
+    settings = asdict(loop.cfg.align)
+    usage = role_usage(loop, [name for name in loop.roles if name != "evaluator"])  # it may be at version k-1
+    record = {"iteration": k, "align_settings": settings}
+    if k > 0:
+        note_settings_changes(previous.get("align_settings", settings), settings, k)
+        print(f"version {k}: rolling out pairs from version {k - 1}", flush=True)
+        record.update(roll_out(loop, k - 1))
+        print(f"version {k}: learning from {record['pairs']} pairs", flush=True)
+        record.update(learn(loop, k))
+    return {**record, **usage_record(loop, usage)}
+
+
+def finish_version(loop: Loop, record: dict, evaluation: Evaluation, records: list[dict]) -> dict:
+    """Version k's record completed with its evaluation (waited for), published and saved; `records`: versions < k."""
+    k = record["iteration"]
+    record.update(evaluation.result(records[0] if k else None))
+    publish(loop, k, record, records)
+    loop.run.save_record(k, record)
+    return record
+
+
+def note_settings_changes(before: dict, now: dict, k: int) -> None:
+    """A resumed run may continue under changed overrides (an SFT iteration, then a preference one): said."""
+    if changed := settings_changes(before, now):
+        print(
+            f"note: version {k} is made with settings that differ from version {k - 1}'s: " + "; ".join(changed),
+            flush=True,
+        )
+        tracking.set_tags({f"sa_ray.settings_changed.v{k}": "; ".join(changed)[:5000]})

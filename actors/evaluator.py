@@ -241,11 +241,13 @@ def evaluate_version(
     sampling: SamplingConfig | None = None,
     gap_title: str | None = None,
     samples: int = 0,
+    progress: bool = True,
 ) -> tuple[dict[str, float], bytes | None, list[tuple[str, np.ndarray, int]]]:
     """One version's evaluation spread over `evaluators`: each batch of held-out utterances (`Evaluator.units`),
     the golden fit, the distribution gap (with a `gap_title`; always on the last evaluator, which keeps its golden
     side) and `samples` wavs go to whichever evaluator is free next; the first summarises. The metrics equal one
-    evaluator's (`Evaluator.evaluate`, then `gap`) on as many threads each. Returns (metrics, gap PNG or None,
+    evaluator's (`Evaluator.evaluate`, then `gap`) on as many threads each. `progress`: a bar on the terminal (not
+    for an evaluation beside other stages, whose lines it would break). Returns (metrics, gap PNG or None,
     samples)."""
     import ray
 
@@ -258,20 +260,20 @@ def evaluate_version(
         calls.append(("samples", (adapter_dir, samples), None))
     head = len(calls)
     calls += [("score", (adapter_dir, [unit], ceiling, sampling), None) for unit in units]
-    done = _spread(evaluators, calls)
+    done = _spread(evaluators, calls, progress)
     results = {method: result for (method, _, _), result in zip(calls[:head], done[:head])}
     metrics = {**results["golden_fit"], **ray.get(lead.summarize.remote(units, [r[0] for r in done[head:]]))}
     gap, png = results.get("gap", ({}, None))
     return {**metrics, **gap}, png, results.get("samples", [])
 
 
-def _spread(evaluators: list, calls: list[tuple[str, tuple, int | None]]) -> list:
+def _spread(evaluators: list, calls: list[tuple[str, tuple, int | None]], progress: bool) -> list:
     """Each `(method, args, pinned)` of `calls` run on the evaluator `pinned` names, or on the next free one when
     it names none, at most one call per evaluator at a time; the results in call order."""
     import ray
 
     results, todo, free, busy = [None] * len(calls), list(range(len(calls))), list(range(len(evaluators))), {}
-    with tqdm(total=len(calls), desc=f"evaluate on {len(evaluators)}", unit="task") as bar:
+    with tqdm(total=len(calls), desc=f"evaluate on {len(evaluators)}", unit="task", disable=not progress) as bar:
         while todo or busy:
             for i in list(todo):
                 pinned = calls[i][2]

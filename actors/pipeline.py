@@ -71,7 +71,7 @@ def _through_actors(ds, fn, batch_size: int, **fn_kwargs):
     )
 
 
-def _call(batch: pd.DataFrame, actor, method: str, args: tuple = ()) -> pd.DataFrame:
+def _call(batch: pd.DataFrame, actor, method: str, args: tuple) -> pd.DataFrame:
     return ray.get(getattr(actor, method).remote(batch, *args))
 
 

@@ -20,7 +20,7 @@ from actors import failpoints
 from actors.placement import role_device
 from actors.usage import Metered, metered
 from sa_ray.config import RoleResources, VLLMConfig
-from sa_ray.engines import describe, resolve_backend
+from sa_ray.engines import choose_backend, describe, resolve_backend
 from sa_ray.guards import RolloutGuards
 from sa_ray.models.vocab import EOS, Vocab
 
@@ -81,7 +81,7 @@ class RolloutEngine(Metered):
         dedicated: bool = False,
     ):
         device = role_device("rollout", resources.num_gpus if resources else 0.0)
-        self.asked, self.backend = backend, resolve_backend(backend, on_cpu=device.type == "cpu")
+        self.backend, self.why = choose_backend(backend, on_cpu=device.type == "cpu")
         self.engine = make_engine(
             self.backend, model_dir, lora_rank, max_model_len, seed, device, vllm, dedicated=dedicated
         )
@@ -95,7 +95,7 @@ class RolloutEngine(Metered):
         self.guards = RolloutGuards()
 
     def describe(self) -> str:
-        return describe(self.backend, self.asked)
+        return describe(self.backend, self.why)
 
     def start_seconds(self) -> float:
         return float(self.engine.start_seconds)

@@ -12,7 +12,6 @@ after the last completed stage, inside the same MLflow parent run.
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pyarrow.parquet as pq
 
 from jobs import _cli
 from sa_ray import lineage, tracking, votes
-from sa_ray.align_run import AlignRun, format_changes, format_summary, format_table, settings_changes, stalled_since
+from sa_ray.align_run import AlignRun, format_changes, format_summary, format_table, stalled_since
 from sa_ray.config import Config
 from sa_ray.data.examples import PromptBank
 from sa_ray.data.prepare import check_heldout_audio, require_prepared
@@ -44,29 +43,57 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def align(loop: Loop, run_id: str | None) -> dict:
-    """Makes and records every policy version the run still lacks, in one MLflow run (resumed by `run_id`)."""
+    """Makes and records every policy version the run still lacks, in one MLflow run (resumed by `run_id`). Version
+    k's evaluation runs beside version k+1's rollout and learner (the evaluators are roles of their own); with
+    `align.early_stopping` each evaluation is waited for, as it decides whether the next version is made."""
+    from actors.align_stages import Evaluation, finish_version, make_version  # torch: not at import time
+
     cfg, run = loop.cfg, loop.run
     with tracking.job_run(cfg, "align", run_id or (run.load("state.json") or {}).get("run_id")) as mlrun:
         run.save("state.json", {"run_id": mlrun.info.run_id})
         loop.run_id = mlrun.info.run_id
         tracking.set_tags(loop.tags)
         records: list[dict] = []
+        previous, evaluating = None, None  # evaluating: a made version and its evaluation, not yet finished
+        patience = cfg.align.early_stopping
         for k in range(cfg.align.iterations + 1):  # policy version k = the base after k iterations
-            record = run.record(k) or make_version(loop, k, records)
-            records.append(record)
-            print(format_table(records[-1:]) if k else format_table(records), flush=True)
-            if k:
-                print(format_changes(record), flush=True)
-            if "champion_note" in record:
-                aliases = ", ".join(record["aliases"])
-                print(f"registered as version {record['registered_version']} ({aliases}); {record['champion_note']}")
-            if (best_k := stalled_since(records, cfg.align.early_stopping)) is not None:
-                print(f"early stop: no better held-out WER since iteration {best_k}")
+            record = run.record(k)
+            made = record is None
+            if made:
+                record = make_version(loop, k, previous)
+            if evaluating:  # no early stopping here: it cannot end the run
+                report(finish_version(loop, *evaluating, records), records, patience)
+                evaluating = None
+            if not made:
+                stop = report(record, records, patience)
+            elif patience:  # the evaluation decides whether there is a next version: waited for
+                stop = report(finish_version(loop, record, Evaluation.start(loop, k), records), records, patience)
+            else:
+                evaluating, stop = (record, Evaluation.start(loop, k, beside=k < cfg.align.iterations)), False
+            previous = record
+            if stop:
                 break
+        if evaluating:
+            report(finish_version(loop, *evaluating, records), records, patience)
         run.save("summary.json", {"run_id": mlrun.info.run_id, "iterations": records})
         tracking.log_artifact(run.root / "summary.json")
     print("\n" + format_summary(records))
     return {"run_id": mlrun.info.run_id, "records": records, "root": str(run.root)}
+
+
+def report(record: dict, records: list[dict], patience: int) -> bool:
+    """Version k's record joins the run's and is printed; True when early stopping ends the run here."""
+    records.append(record)
+    print(format_table(records[-1:]) if record["iteration"] else format_table(records), flush=True)
+    if record["iteration"]:
+        print(format_changes(record), flush=True)
+    if "champion_note" in record:
+        aliases = ", ".join(record["aliases"])
+        print(f"registered as version {record['registered_version']} ({aliases}); {record['champion_note']}")
+    if (best_k := stalled_since(records, patience)) is not None:
+        print(f"early stop: no better held-out WER since iteration {best_k}")
+        return True
+    return False
 
 
 def setup(cfg: Config) -> Loop:
@@ -117,36 +144,6 @@ def setup(cfg: Config) -> Loop:
     )
     run.save("probe.json", probe)
     return Loop(cfg, run, base_dir, vocab, frame_rate, roles, bank_ref, probe, tags, made_from)
-
-
-def make_version(loop: Loop, k: int, records: list[dict]) -> dict:
-    """Policy version k's record: made from version k-1 (k > 0), evaluated, published, saved."""
-    from actors.align_stages import evaluate, learn, publish, role_usage, roll_out, usage_record
-
-    settings = dataclasses.asdict(loop.cfg.align)
-    record, usage = {"iteration": k, "align_settings": settings}, role_usage(loop)
-    if k > 0:
-        note_settings_changes(records[-1].get("align_settings", settings), settings, k)
-        print(f"version {k}: rolling out pairs from version {k - 1}", flush=True)
-        record.update(roll_out(loop, k - 1))
-        print(f"version {k}: learning from {record['pairs']} pairs", flush=True)
-        record.update(learn(loop, k))
-    print(f"version {k}: evaluating", flush=True)
-    record.update(evaluate(loop, k, records[0] if k else None))
-    record.update(usage_record(loop, usage))
-    publish(loop, k, record, records)
-    loop.run.save_record(k, record)
-    return record
-
-
-def note_settings_changes(before: dict, now: dict, k: int) -> None:
-    """A resumed run may continue under changed overrides (an SFT iteration, then a preference one): said."""
-    if changed := settings_changes(before, now):
-        print(
-            f"note: version {k} is made with settings that differ from version {k - 1}'s: " + "; ".join(changed),
-            flush=True,
-        )
-        tracking.set_tags({f"sa_ray.settings_changed.v{k}": "; ".join(changed)[:5000]})
 
 
 if __name__ == "__main__":

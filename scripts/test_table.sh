@@ -4,6 +4,7 @@
 #
 #   bash scripts/test_table.sh          # or: make arms-test
 #   bash scripts/test_table.sh eval.workers=1   # overrides for every evaluation (not the decoding: see below)
+#   BASE_TEMPERATURE=0.6 bash scripts/test_table.sh   # the test decoding, if the base's best on dev were another
 #
 # Needs the arms trained on dev: `make arms` (runs/arms/dev) and the more-prompts arms (runs/arms-more/dev, the
 # commands in docs/results.md "More prompts"). Every arm's adapter is evaluated on the held-out sentences of the
@@ -23,13 +24,19 @@ OUT=${OUT:-runs/arms/test}
 ARMS=${ARMS:-"runs/arms/dev/sft runs/arms/dev/rpo-sftdom runs/arms/dev/corr-dpo runs/arms/dev/corr-sft
                runs/arms-more/dev/sft runs/arms-more/dev/rpo"}
 # the base's best on dev (docs/results.md), spelled as `jobs.tune_decoding` writes a best decoding
-TEST_DECODING=$($PY -c 'import sys; from jobs.tune_decoding import decoding, overrides; from sa_ray.sampling import SamplingConfig
+TEST_DECODING=$($PY -c '
+import sys
+from jobs.tune_decoding import decoding, overrides
+from sa_ray.sampling import SamplingConfig
 print(overrides(decoding(SamplingConfig(temperature=float(sys.argv[1])))))' "${BASE_TEMPERATURE:-0.4}")
 # shellcheck disable=SC2206 # the decoding is several overrides
-TEST=(--base checkpoints/base --no-ceiling run_dir="$RUN_DIR" eval.split=test eval.utterances=120
-      eval.gap_utterances=0 $TEST_DECODING "$@")
+TEST=(--base checkpoints/base --no-ceiling run_dir="$RUN_DIR" eval.split=test eval.utterances=120 eval.gap_utterances=0
+      $TEST_DECODING "$@")
 for arm in $ARMS; do
-  [ -d "$arm/align/adapters/v1" ] || { echo "no adapter $arm/align/adapters/v1: train the arm first (make arms)" >&2; exit 2; }
+  if [ ! -d "$arm/align/adapters/v1" ]; then
+    echo "no adapter $arm/align/adapters/v1: train the arm first (make arms)" >&2
+    exit 2
+  fi
 done
 mkdir -p "$OUT"
 records=()

@@ -189,21 +189,28 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(
         with pytest.raises(ConfigError, match="decoding is chosen on dev"):
             tune_decoding.main([*tune, *argv[2:], "eval.split=test"])
 
-        # killed after v2 was committed but before its record: the resumed job evaluates v2, never retrains it
-        (run_dir / "align" / "records" / "iter_2.json").unlink()
-        monkeypatch.setattr("actors.learner.fit_learner", lambda *a, **k: pytest.fail("v2 was trained again"))
+        # killed after v1 and v2 were committed but before their records: the resumed job evaluates them, never
+        # retrains them; with early stopping it waits for each evaluation, so v1's ran alone this time, and not
+        # beside v2's rollout and learner as before: the same metrics to the last digit
+        for k in (1, 2):
+            (run_dir / "align" / "records" / f"iter_{k}.json").unlink()
+        monkeypatch.setattr("actors.learner.fit_learner", lambda *a, **k: pytest.fail("a version was trained again"))
         capsys.readouterr()
         again = align.main([*argv, "align.early_stopping=5"])  # resumed under a changed setting: said, recorded
         assert again["run_id"] == out["run_id"] and again["records"][2]["dpo_loss"] == records[2]["dpo_loss"]
-        assert [r["align_settings"]["early_stopping"] for r in again["records"]] == [0, 0, 5]
+        measured = [key for key in records[1] if key.startswith(("heldout_", "gap_", "nar_"))]
+        assert len(measured) > 20 and {key: again["records"][1][key] for key in measured} == {
+            key: records[1][key] for key in measured
+        }
+        assert [r["align_settings"]["early_stopping"] for r in again["records"]] == [0, 5, 5]
         changed = "align.early_stopping: 0 -> 5"
         assert (
-            f"note: version 2 is made with settings that differ from version 1's: {changed}" in capsys.readouterr().out
+            f"note: version 1 is made with settings that differ from version 0's: {changed}" in capsys.readouterr().out
         )
-        assert client.get_run(out["run_id"]).data.tags["sa_ray.settings_changed.v2"] == changed
+        assert client.get_run(out["run_id"]).data.tags["sa_ray.settings_changed.v1"] == changed
 
-        # v2 was registered before the kill: the resumed job registers nothing twice, and every version carries
-        # the base it was trained on
+        # v1 and v2 were registered before the kill: the resumed job registers nothing twice, and every version
+        # carries the base it was trained on
         versions = client.search_model_versions("name = 'tiny-policy'")
         assert sorted(int(v.version) for v in versions) == [1, 2]
         base = {v.tags["sa_ray.base_fingerprint"] for v in versions}

