@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def align(loop: Loop, run_id: str | None) -> dict:
-    """Makes and records every policy version the run still lacks, in one MLflow run (resumed by `run_id`). Version
-    k's evaluation runs beside version k+1's rollout and learner (the evaluators are roles of their own); with
-    `align.early_stopping` each evaluation is waited for, as it decides whether the next version is made."""
+    """Makes and records every policy version the run still lacks, in one MLflow run (resumed by `run_id`). With
+    `align.evaluate_beside`, version k's evaluation runs while version k+1 is rolled out and trained (the evaluators
+    are roles of their own); with `align.early_stopping` each is waited for: it decides whether there is a next."""
     from actors.align_stages import Evaluation, finish_version, make_version  # torch: not at import time
 
     cfg, run = loop.cfg, loop.run
@@ -66,7 +66,9 @@ def align(loop: Loop, run_id: str | None) -> dict:
                 evaluating = None
             if not made:
                 stop = report(record, records, patience)
-            elif patience:  # the evaluation decides whether there is a next version: waited for
+            elif (
+                patience or not cfg.evaluates_beside
+            ):  # early stopping: the evaluation decides whether there is a next version
                 stop = report(finish_version(loop, record, Evaluation.start(loop, k), records), records, patience)
             else:
                 evaluating, stop = (record, Evaluation.start(loop, k, beside=k < cfg.align.iterations)), False

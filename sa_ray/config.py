@@ -489,6 +489,12 @@ class AlignConfig:
     )
     # after each version's evaluation (its protocol: eval.*)
     early_stopping: int = setting(0, "stop after this many iterations without a better held-out WER (0 = never)")
+    evaluate_beside: bool | None = setting(
+        None,
+        "evaluate version k while version k+1 is rolled out and trained: true | false | null (auto: true where the "
+        "evaluator reserves CPUs or GPUs of its own, resources.evaluator; on shared cores the stages only slow each "
+        "other: docs/align.md). With align.early_stopping each evaluation is waited for",
+    )
     probe_tolerance: float = setting(
         0.02,
         "largest |engine - learner| logprob of the probe sequence (nats, summed): "
@@ -890,6 +896,10 @@ class RoleResources:
             )
             _require(amount > 0, f"resources.{role}.resources.{name} must be > 0")
 
+    def reserved(self) -> bool:
+        """The role holds CPUs or GPUs of its own, which the scheduler keeps from the other roles."""
+        return self.num_cpus > 0 or self.num_gpus > 0
+
     def ray_options(self) -> dict[str, Any]:
         """As `ray.remote(...).options(**...)` takes them."""
         return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "resources": dict(self.resources)}
@@ -1050,6 +1060,12 @@ class Config:
     @property
     def experiment(self) -> str:
         return self.tracking.experiment or self.name
+
+    @property
+    def evaluates_beside(self) -> bool:
+        """`align.evaluate_beside` resolved: unset (auto), where the evaluator reserves CPUs or GPUs of its own."""
+        beside = self.align.evaluate_beside
+        return self.resources.evaluator.reserved() if beside is None else beside
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

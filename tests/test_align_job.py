@@ -83,6 +83,7 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(
         *vllm,
         f"align.rollout_engines={replicas}",
         f"eval.workers={evaluators}",
+        *([] if vllm else ["align.evaluate_beside=true"]),  # each evaluation beside the next version's making
     )
     out = align.main(argv)
     records = out["records"]
@@ -127,6 +128,7 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(
     printed = capsys.readouterr().out
     assert "WER sent" in printed and f"iter {versions[-1]}: WER change vs base" in printed
     assert f"rollout engine: {backend} (" in printed  # the user is told which engine sampled
+    assert vllm or "version 0: evaluating (beside version 1)\nversion 1: rolling out pairs from version 0" in printed
     # each adapter is a PEFT directory and carries the learner's probe value
     for k in versions[1:]:
         adapter = run_dir / "align" / "adapters" / f"v{k}"
@@ -190,8 +192,8 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(
             tune_decoding.main([*tune, *argv[2:], "eval.split=test"])
 
         # killed after v1 and v2 were committed but before their records: the resumed job evaluates them, never
-        # retrains them; with early stopping it waits for each evaluation, so v1's ran alone this time, and not
-        # beside v2's rollout and learner as before: the same metrics to the last digit
+        # retrains them; with early stopping it waits for each evaluation, so v1's runs alone this time, not beside
+        # v2's rollout and learner as before: the same metrics to the last digit
         for k in (1, 2):
             (run_dir / "align" / "records" / f"iter_{k}.json").unlink()
         monkeypatch.setattr("actors.learner.fit_learner", lambda *a, **k: pytest.fail("a version was trained again"))

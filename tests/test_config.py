@@ -32,6 +32,13 @@ def test_cluster_example_loads_and_validates():
     cfg = load_config(REPO / "configs" / "librispeech-encodec.yaml")
     assert cfg.corpus.kind == "librispeech" and cfg.codec.kind == "encodec" and cfg.codec.n_codebooks == 8
     assert cfg.ray.address == "auto" and cfg.tracking.uri.startswith("http")
+    # its evaluators reserve CPUs and a GPU share of their own: each evaluation runs beside the next version's making
+    assert cfg.evaluates_beside and not load_config(TINY).evaluates_beside  # the tiny one's share the cores
+    assert not load_config(
+        REPO / "configs" / "librispeech-encodec.yaml", ["align.evaluate_beside=false"]
+    ).evaluates_beside
+    with pytest.raises(ConfigError, match="align.evaluate_beside"):
+        load_config(TINY, ["align.evaluate_beside=sometimes"])
 
 
 def test_overrides_are_typed_by_yaml_and_applied():
