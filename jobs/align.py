@@ -5,8 +5,8 @@
 
 Roles (actors/): RolloutEngine (vLLM or torch), ReferenceScorer, Evaluator, reward scorers, the critic (ppo), all
 created once; the Learner runs on Ray Train. Policy version k (0 = the base) is made by four named stages, each with
-its inputs and outputs in the open: `roll_out` (pairs from version k-1) -> `learn` (version k) -> `evaluate` ->
-`publish`. Every stage's output is keyed and committed (sa_ray/align_run.py): re-running the same command resumes
+its inputs and outputs in the open: `roll_out` (pairs from version k-1) -> `learn` (version k) -> `Evaluation`
+-> `publish` (actors/align_stages.py). Every stage's output is keyed and committed (sa_ray/align_run.py): re-running the same command resumes
 after the last completed stage, inside the same MLflow parent run.
 """
 
@@ -54,24 +54,21 @@ def align(loop: Loop, run_id: str | None) -> dict:
         loop.run_id = mlrun.info.run_id
         tracking.set_tags(loop.tags)
         records: list[dict] = []
-        previous, evaluating = None, None  # evaluating: a made version and its evaluation, not yet finished
+        previous, evaluating = None, None  # evaluating: a version made, its evaluation running beside the next
         patience = cfg.align.early_stopping
+        beside = cfg.evaluates_beside and not patience  # early stopping needs each evaluation before the next
         for k in range(cfg.align.iterations + 1):  # policy version k = the base after k iterations
-            record = run.record(k)
-            made = record is None
-            if made:
-                record = make_version(loop, k, previous)
-            if evaluating:  # no early stopping here: it cannot end the run
+            done = run.record(k)
+            record = done or make_version(loop, k, previous)
+            if evaluating:
                 report(finish_version(loop, *evaluating, records), records, patience)
                 evaluating = None
-            if not made:
-                stop = report(record, records, patience)
-            elif (
-                patience or not cfg.evaluates_beside
-            ):  # early stopping: the evaluation decides whether there is a next version
-                stop = report(finish_version(loop, record, Evaluation.start(loop, k), records), records, patience)
-            else:
+            if done:
+                stop = report(done, records, patience)
+            elif beside:
                 evaluating, stop = (record, Evaluation.start(loop, k, beside=k < cfg.align.iterations)), False
+            else:
+                stop = report(finish_version(loop, record, Evaluation.start(loop, k), records), records, patience)
             previous = record
             if stop:
                 break
