@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -166,9 +165,9 @@ def learn(loop: Loop, k: int) -> dict:
 @dataclass
 class Evaluation:
     """Version k's held-out metrics (paired with the base's: same utterances, prompts and seeds), its distribution
-    gap and sample wavs, computed by the evaluators while the driver goes on (the next version's rollout and
-    learner); `result` waits for them and logs them to MLflow from the job's thread (MLflow's active run is the
-    thread's)."""
+    gap and sample wavs, computed by the evaluators, `beside` the driver's next stages (the next version's rollout
+    and learner) or before it goes on; `result` waits for them and logs them to MLflow from the job's thread
+    (MLflow's active run is the thread's)."""
 
     loop: Loop
     k: int
@@ -185,16 +184,17 @@ class Evaluation:
         usage, start = role_usage(loop, ["evaluator"]), time.perf_counter()
         title = f"golden vs synthetic, iteration {k}" if loop.cfg.eval.gap_utterances else None
         adapter = str(loop.run.adapter(k)) if k else None
-        call = partial(
-            evaluate_version,
-            loop.roles["evaluator"],
-            adapter,
-            ceiling=k == 0,
-            gap_title=title,
-            samples=2,
-            progress=not beside,
-        )
-        return cls(loop, k, usage, _EVALUATING.submit(lambda: (call(), time.perf_counter())), start)
+
+        def evaluated() -> tuple:  # the evaluation, and when it ended (not when it is waited for)
+            roles = loop.roles["evaluator"]
+            out = evaluate_version(roles, adapter, ceiling=k == 0, gap_title=title, samples=2, progress=not beside)
+            return out, time.perf_counter()
+
+        if beside:
+            return cls(loop, k, usage, _EVALUATING.submit(evaluated), start)
+        done = Future()  # alone: on the job's thread, as every other stage
+        done.set_result(evaluated())
+        return cls(loop, k, usage, done, start)
 
     def result(self, base: dict | None) -> dict:
         (out, png, samples), end = self.future.result()
