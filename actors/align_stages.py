@@ -173,7 +173,7 @@ class Evaluation:
     k: int
     usage: dict
     future: Future
-    start: float
+    began: float  # perf_counter at its start (`start` is the constructor)
 
     @classmethod
     def start(cls, loop: Loop, k: int, beside: bool = False) -> Evaluation:
@@ -181,7 +181,7 @@ class Evaluation:
         from actors.evaluator import evaluate_version  # the roles' module (torch and the models): not at import time
 
         print(f"version {k}: evaluating" + (f" (beside version {k + 1})" if beside else ""), flush=True)
-        usage, start = role_usage(loop, ["evaluator"]), time.perf_counter()
+        usage, began = role_usage(loop, ["evaluator"]), time.perf_counter()
         title = f"golden vs synthetic, iteration {k}" if loop.cfg.eval.gap_utterances else None
         adapter = str(loop.run.adapter(k)) if k else None
 
@@ -191,10 +191,10 @@ class Evaluation:
             return out, time.perf_counter()
 
         if beside:
-            return cls(loop, k, usage, _EVALUATING.submit(evaluated), start)
+            return cls(loop, k, usage, _EVALUATING.submit(evaluated), began)
         done = Future()  # alone: on the job's thread, as every other stage
         done.set_result(evaluated())
-        return cls(loop, k, usage, done, start)
+        return cls(loop, k, usage, done, began)
 
     def result(self, base: dict | None) -> dict:
         (out, png, samples), end = self.future.result()
@@ -204,7 +204,7 @@ class Evaluation:
             tracking.log_bytes(png, f"gap/iter_{self.k}.png")
         for name, wav, sr in samples:
             tracking.log_wav(wav, sr, f"samples/iter_{self.k}/{name}")
-        out["eval_seconds"] = end - self.start  # the whole stage (metrics, gap, samples), not the wait for it
+        out["eval_seconds"] = end - self.began  # the whole stage (metrics, gap, samples), not the wait for it
         return {**out, **usage_record(self.loop, self.usage)}
 
 
