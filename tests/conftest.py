@@ -4,9 +4,9 @@ Unit tier (`make test-fast`: SA_RAY_TEST_FAST=1, `-m "not slow"`): no Ray, no jo
 tiny slice prepared in this process by the library functions behind `jobs.prepare` (corpus synthesis, codec fit,
 `tokenize_rows`; no Ray Data), in the job's layout; `base_in_process` is a tiny base model trained on it.
 
-Slow tier (`-m slow`; `make test` runs it with the unit tier beside it: scripts/test.sh): ONE local Ray cluster per
-session (`ray_local`), the same slice prepared by the job itself (`prepared_tiny`) and a tiny base trained on that
-(`tiny_base`). Under SA_RAY_TEST_FAST=1 these fixtures fail, and any test that leaves Ray running (in this process
+Slow tier (`-m slow`; `make test` runs it as two halves, the unit tier beside: scripts/test.sh): ONE local Ray
+cluster per session (`ray_local`), the same slice prepared by the job itself (`prepared_tiny`) and a tiny base
+trained on that (`tiny_base`). Under SA_RAY_TEST_FAST=1 these fixtures fail, and any test that leaves Ray running (in this process
 or as a child process) fails too.
 """
 
@@ -113,6 +113,22 @@ def ray_left_running() -> list[str]:
         if any(name.startswith(p) for p in RAY_PROCESSES):
             found.append(f"a {name} process (pid {child.pid})")
     return found
+
+
+# `make test` runs the Ray tier as two pytest processes side by side (scripts/test.sh), each with a Ray instance of
+# its own: SA_RAY_TEST_HALF=1 runs these files' tests, =2 the rest. The align-job tests are half the tier's time.
+FIRST_HALF = ("test_align_job.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    """SA_RAY_TEST_HALF=1|2: keep this half's tests (scripts/test.sh), deselect the other half's."""
+    half = os.environ.get("SA_RAY_TEST_HALF")
+    if half not in ("1", "2"):
+        return
+    mine = [item.path.name in FIRST_HALF if half == "1" else item.path.name not in FIRST_HALF for item in items]
+    if not all(mine):
+        config.hook.pytest_deselected(items=[item for item, keep in zip(items, mine) if not keep])
+        items[:] = [item for item, keep in zip(items, mine) if keep]
 
 
 @pytest.hookimpl(wrapper=True)
