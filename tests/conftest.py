@@ -120,15 +120,12 @@ def ray_left_running() -> list[str]:
 FIRST_HALF = ("test_align_job.py",)
 
 
-def pytest_collection_modifyitems(config, items):
-    """SA_RAY_TEST_HALF=1|2: keep this half's tests (scripts/test.sh), deselect the other half's."""
+def pytest_ignore_collect(collection_path, config):
+    """SA_RAY_TEST_HALF=1|2: this half's test files only (scripts/test.sh); the other half's are not even imported."""
     half = os.environ.get("SA_RAY_TEST_HALF")
-    if half not in ("1", "2"):
-        return
-    mine = [item.path.name in FIRST_HALF if half == "1" else item.path.name not in FIRST_HALF for item in items]
-    if not all(mine):
-        config.hook.pytest_deselected(items=[item for item, keep in zip(items, mine) if not keep])
-        items[:] = [item for item, keep in zip(items, mine) if keep]
+    if half in ("1", "2") and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        return (collection_path.name in FIRST_HALF) != (half == "1")
+    return None
 
 
 @pytest.hookimpl(wrapper=True)
@@ -206,6 +203,27 @@ def corpus_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("corpus-cache")
 
 
+_STORE_TEMPLATE: list[Path] = []
+
+
+def mlflow_store(db: Path) -> str:
+    """`sqlite:///<db>`, an empty MLflow store there: a copy of one made once per test process (a new store runs
+    MLflow's schema migrations, 1-2 s of CPU in the job that opens it first). An existing file is left as it is."""
+    import shutil
+    import tempfile
+
+    if not db.exists():
+        if not _STORE_TEMPLATE:
+            from mlflow.tracking import MlflowClient
+
+            template = Path(tempfile.mkdtemp(prefix="sa-ray-mlflow-")) / "mlflow.db"
+            MlflowClient(f"sqlite:///{template}").search_experiments()  # creates and migrates it
+            _STORE_TEMPLATE.append(template)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_STORE_TEMPLATE[0], db)
+    return f"sqlite:///{db}"
+
+
 def tiny_argv(tmp: Path, corpus_cache: Path, *extra: str) -> list[str]:
     """Job arguments for the tiny slice, writing under `tmp`."""
     return [
@@ -213,7 +231,7 @@ def tiny_argv(tmp: Path, corpus_cache: Path, *extra: str) -> list[str]:
         str(REPO / "configs" / "tiny.yaml"),
         f"run_dir={tmp / 'run'}",
         f"corpus.cache_dir={corpus_cache}",
-        f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}",
+        f"tracking.uri={mlflow_store(tmp / 'mlruns' / 'mlflow.db')}",
         *TINY_OVERRIDES,
         *extra,
     ]
@@ -349,7 +367,7 @@ def align_command(argv: list[str], run_dir: Path, base_model: Path, tmp: Path, a
         *argv,
         f"run_dir={run_dir}",
         f"align.base_model={base_model}",
-        f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+        f"tracking.uri={mlflow_store(tmp / 'mlflow.db')}",
         f"ray.address={address}",
         *ONE_ITERATION,
         *extra,

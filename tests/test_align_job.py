@@ -19,7 +19,7 @@ import pytest
 from sa_ray import preference
 from sa_ray.config import ConfigError
 from sa_ray.preference import read_manifest, select_prompts
-from tests.conftest import REPO, ROLLOUT_BACKENDS, copy_prepared
+from tests.conftest import REPO, ROLLOUT_BACKENDS, copy_prepared, mlflow_store
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def _argv(prepared_tiny, tiny_base, tmp_path, *extra) -> tuple[list[str], Path]:
         *argv,
         f"run_dir={run_dir}",
         f"align.base_model={tiny_base}",
-        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        f"tracking.uri={mlflow_store(tmp_path / 'mlflow.db')}",
         *ALIGN,
         *extra,
     ], run_dir

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import copy_prepared
+from tests.conftest import copy_prepared, mlflow_store
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ def _argv(prepared_tiny, tiny_base, tmp_path, name):
         *argv,
         f"run_dir={run_dir}",
         f"align.base_model={tiny_base}",
-        f"tracking.uri=sqlite:///{db}",
+        f"tracking.uri={mlflow_store(db)}",
         *ALIGN,
     ], run_dir
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from .conftest import TINY_OVERRIDES
+from .conftest import TINY_OVERRIDES, mlflow_store
 from .ray_head import BIN, running_head, submit
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def _prepare_argv(tmp: Path, corpus_cache: Path) -> list[str]:
         "configs/tiny.yaml",
         f"run_dir={tmp / 'run'}",
         f"corpus.cache_dir={corpus_cache}",
-        f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}",
+        f"tracking.uri={mlflow_store(tmp / 'mlruns' / 'mlflow.db')}",
         *TINY_OVERRIDES,
     ]
 
@@ -85,7 +85,7 @@ def test_align_job_succeeds_is_tracked_and_its_policy_served(ray_head, prepared_
 
     cfg, _, _ = prepared_tiny
     run_dir = copy_prepared(cfg.run_dir, tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path / "mlruns" / "mlflow.db")
     argv = [
         "python",
         "-m",

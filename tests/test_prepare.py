@@ -14,7 +14,7 @@ from jobs import _cli, prepare
 from sa_ray import tracking
 from sa_ray.corpus.voices import Voice
 
-from .conftest import REPO
+from .conftest import REPO, mlflow_store
 
 pytestmark = pytest.mark.slow
 
@@ -164,7 +164,7 @@ def _bad_argv(tmp, root, *extra):
         f"corpus.root={root}",
         "corpus.heldout_sentences=0",
         "corpus.align_sentences=0",
-        f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+        f"tracking.uri={mlflow_store(tmp / 'mlflow.db')}",
         "codec.n_codebooks=2",
         "codec.codebook_size=8",
         "prepare.encoders=1",

@@ -244,10 +244,10 @@ def test_init_from_makes_a_given_model_the_runs_base_without_starting_ray(
 
     from jobs import pretrain
     from sa_ray import tracking
-    from tests.conftest import copy_prepared
+    from tests.conftest import copy_prepared, mlflow_store
 
     cfg, argv, _ = prepared_in_process
-    run_dir, uri = copy_prepared(cfg.run_dir, tmp_path), f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir, uri = copy_prepared(cfg.run_dir, tmp_path), mlflow_store(tmp_path / "mlflow.db")
     out = pretrain.main(
         [*argv, f"run_dir={run_dir}", f"pretrain.init_from={base_in_process}", "pretrain.eval_utterances=0",
          f"tracking.uri={uri}"]

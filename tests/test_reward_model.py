@@ -21,7 +21,7 @@ from sa_ray.data.examples import PromptBank
 from sa_ray.lineage import LineageError
 from sa_ray.models.vocab import Vocab
 from sa_ray.preference import commit_pairs, golden_pairs, rollout_requests
-from tests.conftest import REPO
+from tests.conftest import REPO, mlflow_store
 
 # seconds on one thread: 30 steps of 8 pairs (held-out accuracy 0.9-1.0 over seeds 0-4; 20 steps: 0.85-0.95)
 TINY = RewardModelConfig(steps=30, batch_size=8, lr=3e-3, warmup_steps=2, heldout_fraction=0.25, seed=0)
@@ -179,7 +179,7 @@ def test_the_job_trains_saves_and_registers_the_reward_model(pairs, base_in_proc
     pq.write_table(pa.Table.from_pylist(pairs), staging / "part-0.parquet")
     (run_dir / "align" / "pairs").mkdir(parents=True)
     commit_pairs(staging, run_dir / "align" / "pairs" / "iter_0", {})
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path / "mlflow.db")
     out = job.main(
         [
             "--config",
