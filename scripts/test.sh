@@ -2,7 +2,7 @@
 # `make test`: the whole suite as three pytest processes side by side. The Ray tier (`-m slow`: local Ray clusters,
 # jobs, Serve) spends part of its time waiting on process starts, Ray's scheduling and health checks, so it runs as
 # two halves (SA_RAY_TEST_HALF=1: the align-job tests, =2: the rest; tests/conftest.py), each with a Ray instance
-# of its own (its own RAY_TMPDIR): alone, one half keeps the two cores ~1.35 busy. The unit tier (no Ray:
+# of its own (its own RAY_TMPDIR): alone, the tier kept the two cores 1.2-1.6 busy. The unit tier (no Ray:
 # SA_RAY_TEST_FAST=1 fails a test that starts it) fills what is left, at the lowest priority (nice 19): Ray runs
 # its workers at nice 15, so a unit tier at 0 would take the cores from them (SCHED_IDLE did no better than
 # nice 19: docs/performance.md). The second half's report and the unit tier's follow the first half's. Arguments

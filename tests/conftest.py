@@ -6,8 +6,8 @@ tiny slice prepared in this process by the library functions behind `jobs.prepar
 
 Slow tier (`-m slow`; `make test` runs it as two halves, the unit tier beside: scripts/test.sh): ONE local Ray
 cluster per session (`ray_local`), the same slice prepared by the job itself (`prepared_tiny`) and a tiny base
-trained on that (`tiny_base`). Under SA_RAY_TEST_FAST=1 these fixtures fail, and any test that leaves Ray running (in this process
-or as a child process) fails too.
+trained on that (`tiny_base`). Under SA_RAY_TEST_FAST=1 these fixtures fail, and any test that leaves Ray running
+(in this process or as a child process) fails too.
 """
 
 from __future__ import annotations
@@ -120,12 +120,25 @@ def ray_left_running() -> list[str]:
 FIRST_HALF = ("test_align_job.py",)
 
 
-def pytest_ignore_collect(collection_path, config):
-    """SA_RAY_TEST_HALF=1|2: this half's test files only (scripts/test.sh); the other half's are not even imported."""
+def _other_half(path: Path) -> bool:
+    """Under SA_RAY_TEST_HALF=1|2: whether this test file is the other half's."""
     half = os.environ.get("SA_RAY_TEST_HALF")
-    if half in ("1", "2") and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
-        return (collection_path.name in FIRST_HALF) != (half == "1")
+    return half in ("1", "2") and (path.name in FIRST_HALF) != (half == "1")
+
+
+def pytest_ignore_collect(collection_path, config):
+    """The other half's test files are not even imported (collecting every one imports torch, transformers, vLLM)."""
+    if collection_path.suffix == ".py" and collection_path.name.startswith("test_") and _other_half(collection_path):
+        return True
     return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """... nor run when named on the command line (which pytest collects whatever pytest_ignore_collect says)."""
+    other = [item for item in items if _other_half(item.path)]
+    if other:
+        config.hook.pytest_deselected(items=other)
+        items[:] = [item for item in items if not _other_half(item.path)]
 
 
 @pytest.hookimpl(wrapper=True)
@@ -209,6 +222,7 @@ _STORE_TEMPLATE: list[Path] = []
 def mlflow_store(db: Path) -> str:
     """`sqlite:///<db>`, an empty MLflow store there: a copy of one made once per test process (a new store runs
     MLflow's schema migrations, 1-2 s of CPU in the job that opens it first). An existing file is left as it is."""
+    import atexit
     import shutil
     import tempfile
 
@@ -216,7 +230,9 @@ def mlflow_store(db: Path) -> str:
         if not _STORE_TEMPLATE:
             from mlflow.tracking import MlflowClient
 
-            template = Path(tempfile.mkdtemp(prefix="sa-ray-mlflow-")) / "mlflow.db"
+            folder = tempfile.mkdtemp(prefix="sa-ray-mlflow-")
+            atexit.register(shutil.rmtree, folder, True)
+            template = Path(folder) / "mlflow.db"
             MlflowClient(f"sqlite:///{template}").search_experiments()  # creates and migrates it
             _STORE_TEMPLATE.append(template)
         db.parent.mkdir(parents=True, exist_ok=True)
