@@ -18,8 +18,11 @@ if [ "${1:-}" = --unit ]; then
   exec "${UNIT_TIER[@]}" "$@"
 fi
 RAY_TIER=("$PY" -m pytest -q -ra --durations=30 -m slow)
-# each half's Ray sessions (their logs) stay in $ray_tmp/1 and /2 after the run, as /tmp/ray's would
-logs=$(mktemp -d) ray_tmp=$(mktemp -d "${RAY_TMPDIR:-/tmp}/sa-ray-test.XXXX") pids=()
+# each half's Ray sessions (their logs) stay in $ray_tmp/1 and /2 after the run, as /tmp/ray's would; a RAY_TMPDIR
+# that does not exist yet is made, as Ray makes it
+mkdir -p "${RAY_TMPDIR:-/tmp}" && ray_tmp=$(mktemp -d "${RAY_TMPDIR:-/tmp}/sa-ray-test.XXXX") || exit 1
+logs=$(mktemp -d) || exit 1
+pids=()
 trap 'rm -rf "$logs"; [ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2>/dev/null' EXIT
 
 nice -n 19 "${UNIT_TIER[@]}" "$@" >"$logs/unit" 2>&1 &

@@ -135,10 +135,12 @@ def pytest_ignore_collect(collection_path, config):
 
 def pytest_collection_modifyitems(config, items):
     """... nor run when named on the command line (which pytest collects whatever pytest_ignore_collect says)."""
-    other = [item for item in items if _other_half(item.path)]
+    keep, other = [], []
+    for item in items:
+        (other if _other_half(item.path) else keep).append(item)
     if other:
         config.hook.pytest_deselected(items=other)
-        items[:] = [item for item in items if not _other_half(item.path)]
+        items[:] = keep
 
 
 @pytest.hookimpl(wrapper=True)
