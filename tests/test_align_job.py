@@ -248,13 +248,14 @@ def test_killed_mid_learner_after_its_pairs_were_committed_resubmitted_completes
     learner0 = run_dir / "align" / "learner" / "iter_0"
 
     def kill_when(reached, moment: str) -> None:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        log = tmp_path / "killed-run.log"  # what the job said, for a failure to show
+        with log.open("w") as out:
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=out, stderr=out)
         try:
             deadline = time.time() + 600
             while not reached():
-                assert proc.poll() is None and time.time() < deadline, f"the job ended before {moment}"
+                ended = proc.poll() is not None or time.time() > deadline
+                assert not ended, f"the job ended before {moment}:\n{log.read_text()[-3000:]}"
                 time.sleep(0.5)
         finally:
             os.killpg(proc.pid, signal.SIGKILL)  # ...and the job dies right then, driver and local cluster alike
