@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -233,6 +234,12 @@ def test_align_runs_two_iterations_and_logs_to_mlflow(
             )
 
 
+# What `ray.init` raises when a local instance's raylet exits before registering: on a loaded machine Ray 2.60's raylet
+# gives its dashboard agent a fixed 15 s to write its port file (ray-project/ray#65983; docs/environment.md). A job
+# that starts a Ray instance of its own beside the suite's others is started once more when that is why it ended.
+RAY_START_TIMEOUT = "The current node timed out during startup"
+
+
 def test_killed_mid_learner_after_its_pairs_were_committed_resubmitted_completes_with_the_expected_pairs(
     prepared_tiny, tiny_base, tmp_path
 ):
@@ -249,23 +256,31 @@ def test_killed_mid_learner_after_its_pairs_were_committed_resubmitted_completes
 
     def kill_when(reached, moment: str) -> None:
         log = tmp_path / "killed-run.log"  # what the job said, for a failure to show
-        with log.open("w") as out:
-            proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=out, stderr=out)
-        try:
-            deadline = time.time() + 600
-            while not reached():
-                ended = proc.poll() is not None or time.time() > deadline
-                assert not ended, f"the job ended before {moment}:\n{log.read_text()[-3000:]}"
-                time.sleep(0.5)
-        finally:
-            os.killpg(proc.pid, signal.SIGKILL)  # ...and the job dies right then, driver and local cluster alike
-            proc.wait()
+        for attempt in (1, 2):  # a second start only where Ray's own start-up timed out (RAY_START_TIMEOUT)
+            with log.open("w") as out:
+                proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=out, stderr=out)
+            try:
+                deadline = time.time() + 600
+                while not reached():
+                    if attempt == 1 and proc.poll() is not None and RAY_START_TIMEOUT in log.read_text():
+                        break
+                    ended = proc.poll() is not None or time.time() > deadline
+                    assert not ended, f"the job ended before {moment}:\n{log.read_text()[-3000:]}"
+                    time.sleep(0.5)
+                else:
+                    return
+            finally:
+                with contextlib.suppress(ProcessLookupError):  # the job dies right then, driver and local cluster
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
     kill_when(lambda: any(learner0.glob("checkpoint_*")), "its learner's first checkpoint")
     committed = read_manifest(pairs0)
     assert committed is not None and not (run_dir / "align" / "adapters" / "v1").exists()
 
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode and RAY_START_TIMEOUT in done.stderr:  # Ray's start-up, not the job's: once more
+        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert read_manifest(pairs0) == committed  # never rolled out again
     keys = _keys(pairs0)
